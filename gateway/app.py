@@ -1,0 +1,118 @@
+"""Wiring: settings in, one ASGI application out."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from starlette.types import Receive, Scope, Send
+
+from gateway.admin.api import ManagementAPI, internal_routes
+from gateway.keys.cache import KeyCache
+from gateway.keys.hashing import Pepper, load_pepper
+from gateway.keys.store import KeyStore, open_store
+from gateway.keys.usage import UsageRecorder
+from gateway.pipeline import Gateway, Verifier
+from gateway.policies import Policy, load_policy
+from gateway.proxy.forwarder import Forwarder
+from gateway.settings import Settings, resolve_path
+
+log = logging.getLogger("gateway")
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def policy_path(settings: Settings) -> Path:
+    """The policy file: relative to the config file, else to the project (the shipped ``policies/``)."""
+    path = resolve_path(settings, settings.policies)
+    if not path.exists() and not Path(settings.policies).is_absolute():
+        shipped = PROJECT_ROOT / settings.policies
+        if shipped.exists():
+            return shipped
+    return path
+
+
+@dataclass
+class Components:
+    store: KeyStore
+    pepper: Pepper
+    pepper_created: bool
+    policy: Policy
+    jwt: Verifier | None = None
+
+
+def build_components(settings: Settings) -> Components:
+    """Everything that can fail on bad configuration, built before any socket is opened."""
+    policy = load_policy(policy_path(settings))
+    if settings.management.enabled:
+        policy = policy.with_routes(internal_routes(settings.management.prefix))
+    pepper, created = load_pepper(settings)
+    jwt: Verifier | None = None
+    if settings.jwt.enabled:
+        from gateway.jwtauth import JWTVerifier
+
+        jwt = JWTVerifier(settings.jwt, settings.base_dir)
+    store = open_store(settings)
+    return Components(store=store, pepper=pepper, pepper_created=created, policy=policy, jwt=jwt)
+
+
+class GatewayApp:
+    """The ASGI application: the lifespan around the :class:`Gateway` pipeline."""
+
+    def __init__(self, settings: Settings, components: Components) -> None:
+        self.settings = settings
+        self.components = components
+        store = components.store
+        self.cache = KeyCache(store, settings.cache.ttl_seconds, settings.cache.max_size)
+        up = settings.upstream
+
+        def forwarder(url: str) -> Forwarder:
+            return Forwarder(url, connect_timeout=up.connect_timeout, read_timeout=up.read_timeout,
+                             pool_size=up.pool_size)
+
+        self.forwarders: dict[str, Forwarder | None] = {
+            "live": forwarder(up.url),
+            "test": forwarder(up.environments.test) if up.environments.test else None,
+        }
+        self.usage = UsageRecorder(store, settings.usage.flush_seconds)
+        management = (
+            ManagementAPI(settings, store, self.cache, components.pepper, components.policy)
+            if settings.management.enabled else None
+        )
+        self.gateway = Gateway(
+            settings, components.policy, self.cache, components.pepper, self.forwarders,
+            management=management, usage=self.usage, jwt=components.jwt,
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+            return
+        await self.gateway(scope, receive, send)
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    for f in self.forwarders.values():
+                        if f is not None:
+                            await f.start()
+                    self.usage.start()
+                except Exception as exc:  # noqa: BLE001 - reported to the server, which exits
+                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.usage.stop()
+                for f in self.forwarders.values():
+                    if f is not None:
+                        await f.close()
+                await self.components.store.close()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+
+def create_app(settings: Settings, components: Components | None = None) -> GatewayApp:
+    return GatewayApp(settings, components or build_components(settings))

@@ -1,0 +1,483 @@
+"""The ``gateway`` command: serve, demo, keys and policy.
+
+Exit status: 0 on success, 1 when an operation cannot be done (unknown key id, store trouble), 2 for bad
+configuration or bad arguments. Messages name the problem; they never contain a key value except the one
+line of ``keys create`` that shows a new key once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import shutil
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from gateway import __version__
+from gateway.app import Components, build_components, create_app
+from gateway.keys.record import KeyRecord, to_iso, utcnow
+from gateway.keys.service import (
+    KeyInputError,
+    create_key,
+    due_for_rotation,
+    revoke_key,
+    rotate_key,
+    update_key,
+)
+from gateway.keys.store import Conflict, StoreError
+from gateway.policies import PolicyError, load_policy
+from gateway.settings import ConfigError, Settings, load_settings
+
+DEFAULT_CONFIG = "config.yaml"
+
+
+class CLIError(Exception):
+    def __init__(self, message: str, status: int = 1) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def _settings(args: argparse.Namespace, overrides: dict[str, Any] | None = None) -> Settings:
+    explicit = args.config is not None
+    return load_settings(args.config if explicit else DEFAULT_CONFIG, required=explicit, overrides=overrides)
+
+
+def _components(settings: Settings) -> Components:
+    components = build_components(settings)
+    if components.pepper_created:
+        print(
+            f"gateway: created a new server secret in {components.pepper.source} (mode 600). Keep it and back it"
+            " up: keys cannot be checked without it.",
+            file=sys.stderr,
+        )
+    return components
+
+
+def _configure_logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+# --- serve ----------------------------------------------------------------------------------------------------
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    overrides: dict[str, Any] = {}
+    if args.host:
+        overrides.setdefault("listen", {})["host"] = args.host
+    if args.port:
+        overrides.setdefault("listen", {})["port"] = args.port
+    settings = _settings(args, overrides)
+    components = _components(settings)
+    _configure_logging()
+    logging.getLogger("gateway").info(
+        "gateway %s listening on %s:%d, forwarding to %s, policy %s (%d routes)", __version__,
+        settings.listen.host, settings.listen.port, settings.upstream.url, components.policy.source,
+        len(components.policy.routes),
+    )
+    app = create_app(settings, components)
+    config = uvicorn.Config(
+        app, host=settings.listen.host, port=settings.listen.port, lifespan="on", access_log=False,
+        server_header=False, date_header=False, log_level="info", proxy_headers=False,
+    )
+    uvicorn.Server(config).run()
+    return 0
+
+
+# --- demo -----------------------------------------------------------------------------------------------------
+
+DEMO_KEYS = (
+    ("monitoring-key", ["servers:read", "instances:read", "backups:read"], [], "read-only"),
+    ("deployment-key", ["servers:read", "instances:*", "backups:*"], ["127.0.0.0/8", "::1"], "deployment"),
+    ("admin-key", ["*"], [], "admin"),
+)
+
+
+async def _demo(port: int, data_dir: Path) -> None:
+    import uvicorn
+
+    from gateway.demo import upstream
+
+    runner, upstream_port = await upstream.start("127.0.0.1", 0)
+    try:
+        settings = load_settings(
+            None,
+            environ={},
+            overrides={
+                "listen": {"host": "127.0.0.1", "port": port},
+                "upstream": {"url": f"http://127.0.0.1:{upstream_port}"},
+                "store": {"url": f"sqlite:///{data_dir / 'keys.db'}"},
+            },
+        )
+        components = build_components(settings)
+        base = f"http://127.0.0.1:{port}"
+        lines = [
+            "",
+            f"gateway demo: sample deployERP upstream on 127.0.0.1:{upstream_port}, gateway on {base}",
+            f"store: {data_dir / 'keys.db'} (removed when the demo stops)",
+            "",
+            "Three keys, shown this once:",
+        ]
+        values: dict[str, str] = {}
+        for name, perms, ips, kind in DEMO_KEYS:
+            value, record = await create_key(
+                components.store, components.pepper, settings.key_format, name=name, permissions=perms,
+                allowed_ips=ips, policy=components.policy, created_by="demo",
+            )
+            values[kind] = value
+            allow = f", allowed from {', '.join(ips)}" if ips else ""
+            lines.append(f"  {kind:<10} {record.id}  {value}  ({', '.join(perms)}{allow})")
+        ro, dep, adm = values["read-only"], values["deployment"], values["admin"]
+        lines += [
+            "",
+            "Try:",
+            f"  curl -s {base}/v1/servers",
+            f"  curl -s {base}/v1/servers -H 'Authorization: Bearer {ro}'",
+            f"  curl -si {base}/v1/servers -H 'Authorization: Bearer {ro}' -H 'X-Debug-Auth: true'",
+            f"  curl -s -X POST {base}/v1/instances -H 'Authorization: Bearer {ro}'",
+            f"  curl -s -X POST {base}/v1/instances -H 'Authorization: Bearer {dep}'"
+            " -H 'Content-Type: application/json' -d '{\"app\": \"shop\"}'",
+            f"  curl -s {base}/v1/invoices -H 'Authorization: Bearer {adm}'",
+            f"  curl -s {base}/v1/auth/test -H 'Authorization: Bearer {adm}'",
+            "",
+            "Press Ctrl-C to stop.",
+            "",
+        ]
+        print("\n".join(lines), flush=True)
+        app = create_app(settings, components)
+        config = uvicorn.Config(
+            app, host="127.0.0.1", port=port, lifespan="on", access_log=False, server_header=False,
+            date_header=False, log_level="warning",
+        )
+        server = uvicorn.Server(config)
+        await server.serve()
+        if not server.started:
+            raise CLIError(f"could not listen on 127.0.0.1:{port} (is the port taken? use --port)")
+    finally:
+        await runner.cleanup()
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    data_dir = Path(tempfile.mkdtemp(prefix="gateway-demo-"))
+    try:
+        asyncio.run(_demo(args.port, data_dir))
+    except KeyboardInterrupt:
+        pass
+    finally:
+        shutil.rmtree(data_dir, ignore_errors=True)
+    print("gateway demo stopped.")
+    return 0
+
+
+# --- keys -----------------------------------------------------------------------------------------------------
+
+
+def _split_permissions(text: str) -> list[str]:
+    return [p.strip() for p in text.split(",") if p.strip()]
+
+
+def _table(records: Sequence[KeyRecord]) -> str:
+    now = utcnow()
+    rows = [("ID", "NAME", "ENV", "STATUS", "PERMISSIONS", "EXPIRES", "HINT")]
+    for r in records:
+        rows.append((r.id, r.name, r.environment, r.status(now), ",".join(r.permissions),
+                     to_iso(r.expires_at) or "-", "..." + r.hint))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows)
+
+
+def _show(record: KeyRecord) -> str:
+    doc = record.public()
+    width = max(len(k) for k in doc)
+    return "\n".join(f"{k.ljust(width)}  {_plain(v)}" for k, v in doc.items())
+
+
+def _plain(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, list):
+        return ",".join(value) or "-"
+    return str(value)
+
+
+def _out(args: argparse.Namespace, doc: Any, text: str) -> None:
+    print(json.dumps(doc, indent=2) if args.json else text)
+
+
+async def _notify(settings: Settings, payload: dict[str, Any]) -> str | None:
+    """POST one rotation notice to rotation.webhook_url; returns an error message or None."""
+    import httpx
+
+    url = settings.rotation.webhook_url
+    if url is None:
+        return None
+    try:
+        async with httpx.AsyncClient(timeout=10.0) as client:
+            resp = await client.post(url, json=payload)
+        if resp.status_code >= 300:
+            return f"webhook answered {resp.status_code}"
+    except httpx.HTTPError as exc:
+        return f"webhook failed: {exc.__class__.__name__}"
+    return None
+
+
+async def _keys(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    components = _components(settings)
+    store = components.store
+    cmd = args.keys_cmd
+    try:
+        if cmd == "create":
+            value, record = await create_key(
+                store, components.pepper, settings.key_format, name=args.name,
+                permissions=_split_permissions(args.permissions), allowed_ips=args.allow_ip or [],
+                expires_at=args.expires_at, environment=args.env, description=args.description,
+                rate_limit_tier=args.tier, auto_rotate=args.auto_rotate, rotation_period=args.rotation_period,
+                policy=components.policy,
+            )
+            _out(args, {**record.public(), "value": value},
+                 f"Created {record.id} ({record.name}, {record.environment}).\n"
+                 f"The key is shown this once; store it in a secret manager now:\n  {value}")
+        elif cmd == "list":
+            records = await store.list(environment=args.env, status=args.status)
+            empty = "No keys yet: create one with 'gateway keys create --name NAME --permissions SCOPES'."
+            _out(args, [r.public() for r in records], _table(records) if records else empty)
+        elif cmd == "show":
+            record = await store.get(args.id)
+            if record is None:
+                raise CLIError(f"no key with id {args.id!r}")
+            _out(args, record.public(), _show(record))
+        elif cmd == "update":
+            changes: dict[str, Any] = {}
+            if args.name is not None:
+                changes["name"] = args.name
+            if args.permissions is not None:
+                changes["permissions"] = _split_permissions(args.permissions)
+            if args.clear_allow_ip:
+                changes["allowed_ips"] = []
+            elif args.allow_ip:
+                changes["allowed_ips"] = args.allow_ip
+            if args.tier is not None:
+                changes["rate_limit_tier"] = None if args.tier == "none" else args.tier
+            if args.expires_at is not None:
+                changes["expires_at"] = None if args.expires_at in ("", "never") else args.expires_at
+            if args.description is not None:
+                changes["description"] = args.description
+            if args.auto_rotate is not None:
+                changes["auto_rotate"] = args.auto_rotate
+            if args.rotation_period is not None:
+                changes["rotation_period"] = args.rotation_period
+            if not changes:
+                raise CLIError("nothing to change: give at least one option (see --help)", status=2)
+            updated = await update_key(store, args.id, changes, policy=components.policy)
+            if updated is None:
+                raise CLIError(f"no key with id {args.id!r}")
+            _out(args, updated.public(), f"Updated {updated.id}.\n{_show(updated)}")
+        elif cmd == "revoke":
+            record = await revoke_key(store, args.id)
+            if record is None:
+                raise CLIError(f"no key with id {args.id!r}")
+            _out(args, record.public(),
+                 f"Revoked {record.id} ({record.name}). Running gateways refuse it within "
+                 f"{settings.cache.ttl_seconds:g} s (cache.ttl_seconds).")
+        elif cmd == "rotate":
+            grace = args.grace_period or settings.rotation.grace_period
+            result = await rotate_key(store, components.pepper, settings.key_format, args.id, grace_period=grace)
+            if result is None:
+                raise CLIError(f"no key with id {args.id!r}")
+            old, value, new = result
+            doc = {"old_key": {"id": old.id, "expires_at": to_iso(old.expires_at)},
+                   "new_key": {"id": new.id, "value": value, "created_at": to_iso(new.created_at)}}
+            _out(args, doc, f"Rotated {old.id} -> {new.id}. The old key works until {to_iso(old.expires_at)}.\n"
+                            f"The new key is shown this once:\n  {value}")
+        elif cmd == "rotate-due":
+            return await _rotate_due(args, settings, components)
+        return 0
+    except KeyInputError as exc:
+        raise CLIError(f"invalid {exc.field}: {exc.problem}", status=2) from None
+    except Conflict as exc:
+        raise CLIError(f"cannot do that: {exc}") from None
+    finally:
+        await store.close()
+
+
+async def _rotate_due(args: argparse.Namespace, settings: Settings, components: Components) -> int:
+    store = components.store
+    due = await due_for_rotation(store)
+    results: list[dict[str, Any]] = []
+    failures = 0
+    for record in due:
+        if args.dry_run:
+            results.append({"key_id": record.id, "name": record.name,
+                            "rotation_due_at": to_iso(record.rotation_due_at), "rotated": False})
+            continue
+        try:
+            result = await rotate_key(store, components.pepper, settings.key_format, record.id,
+                                      grace_period=settings.rotation.grace_period, actor="rotate-due")
+        except Conflict as exc:
+            results.append({"key_id": record.id, "rotated": False, "error": str(exc)})
+            failures += 1
+            continue
+        if result is None:
+            continue
+        old, value, new = result
+        notice: dict[str, Any] = {"event": "key.rotated", "key_id": old.id, "new_key_id": new.id,
+                                  "name": old.name, "old_key_expires_at": to_iso(old.expires_at)}
+        if settings.rotation.deliver_value:
+            notice["value"] = value
+        problem = await _notify(settings, notice)
+        if problem:
+            failures += 1
+        results.append({"key_id": old.id, "new_key_id": new.id, "old_key_expires_at": to_iso(old.expires_at),
+                        "rotated": True, "notified": settings.rotation.webhook_url is not None and not problem,
+                        **({"error": problem} if problem else {})})
+    if args.json:
+        print(json.dumps(results, indent=2))
+    else:
+        verb = "would rotate" if args.dry_run else "rotated"
+        print(f"{len(due)} key(s) due for rotation; {verb}:" if due else "No key is due for rotation.")
+        for r in results:
+            line = f"  {r['key_id']}"
+            if r.get("new_key_id"):
+                line += f" -> {r['new_key_id']} (old key works until {r['old_key_expires_at']})"
+            if r.get("error"):
+                line += f"  [{r['error']}]"
+            print(line)
+    return 1 if failures else 0
+
+
+async def _audit(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    components = _components(settings)
+    try:
+        events = await components.store.audit_log(args.key)
+    finally:
+        await components.store.close()
+    if args.json:
+        print(json.dumps([e.public() for e in events], indent=2))
+    elif not events:
+        print("No audit events.")
+    else:
+        for e in events:
+            details = json.dumps(e.details, separators=(",", ":")) if e.details else ""
+            print(f"{to_iso(e.at)}  {e.actor:<18} {e.action:<7} {e.key_id}  {details}".rstrip())
+    return 0
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    return asyncio.run(_audit(args))
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    return asyncio.run(_keys(args))
+
+
+# --- policy ---------------------------------------------------------------------------------------------------
+
+
+def cmd_policy(args: argparse.Namespace) -> int:
+    policy = load_policy(args.file)
+    print(f"{policy.source}: OK, {len(policy.routes)} rules, {len(policy.known_scopes)} scopes")
+    for line in policy.describe():
+        print("  " + line)
+    return 0
+
+
+# --- parser ---------------------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gateway", description="API-key authentication gateway.")
+    parser.add_argument("--version", action="version", version=f"gateway {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def with_config(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        p.add_argument("--config", metavar="PATH", help=f"configuration file (default: {DEFAULT_CONFIG} if present)")
+        return p
+
+    serve = with_config(sub.add_parser("serve", help="run the gateway"))
+    serve.add_argument("--host", help="listen address (overrides listen.host)")
+    serve.add_argument("--port", type=int, help="listen port (overrides listen.port)")
+    serve.set_defaults(func=cmd_serve)
+
+    demo = sub.add_parser("demo", help="run a sample upstream and the gateway in front of it, with three keys")
+    demo.add_argument("--port", type=int, default=8080, help="gateway port (default 8080)")
+    demo.set_defaults(func=cmd_demo)
+
+    keys = sub.add_parser("keys", help="manage API keys (directly on the store)")
+    ksub = keys.add_subparsers(dest="keys_cmd", required=True, metavar="ACTION")
+
+    def action(name: str, help: str) -> argparse.ArgumentParser:
+        p = with_config(ksub.add_parser(name, help=help))
+        p.add_argument("--json", action="store_true", help="print JSON")
+        return p
+
+    create = action("create", "create a key and print it once")
+    create.add_argument("--name", required=True)
+    create.add_argument("--permissions", required=True, help="comma-separated scopes: servers:read,instances:*")
+    create.add_argument("--allow-ip", action="append", metavar="CIDR", help="allowed network (repeatable)")
+    create.add_argument("--expires-at", metavar="ISO8601")
+    create.add_argument("--env", choices=("live", "test"), default="live")
+    create.add_argument("--description")
+    create.add_argument("--tier", help="rate-limit tier: standard, high_volume, limited, unlimited")
+    create.add_argument("--auto-rotate", action="store_true", help="mark for rotation by 'keys rotate-due'")
+    create.add_argument("--rotation-period", metavar="PERIOD", help="e.g. 90d (needed with --auto-rotate)")
+    lst = action("list", "list keys (never their values)")
+    lst.add_argument("--env", choices=("live", "test"))
+    lst.add_argument("--status", choices=("active", "expired", "revoked"))
+    show = action("show", "show one key")
+    show.add_argument("id")
+    update = action("update", "change a key's name, permissions, allowlist, tier, expiry or description")
+    update.add_argument("id")
+    update.add_argument("--name")
+    update.add_argument("--permissions", help="comma-separated scopes (replaces the list)")
+    update.add_argument("--allow-ip", action="append", metavar="CIDR", help="replaces the allowlist (repeatable)")
+    update.add_argument("--clear-allow-ip", action="store_true", help="remove the allowlist")
+    update.add_argument("--tier", help="rate-limit tier, or 'none'")
+    update.add_argument("--expires-at", metavar="ISO8601", help="new expiry, or 'never'")
+    update.add_argument("--description")
+    update.add_argument("--auto-rotate", action=argparse.BooleanOptionalAction, default=None)
+    update.add_argument("--rotation-period", metavar="PERIOD")
+    revoke = action("revoke", "revoke a key (the record stays, for the audit trail)")
+    revoke.add_argument("id")
+    rotate = action("rotate", "replace a key; the old one works for a grace period")
+    rotate.add_argument("id")
+    rotate.add_argument("--grace-period", metavar="PERIOD", help="e.g. 7d, 12h, 0 (default: rotation.grace_period)")
+    due = action("rotate-due", "rotate every auto-rotate key past its period, and notify rotation.webhook_url")
+    due.add_argument("--dry-run", action="store_true", help="only list what would be rotated")
+    keys.set_defaults(func=cmd_keys)
+
+    audit = with_config(sub.add_parser("audit", help="list the audit trail of key changes"))
+    audit.add_argument("--key", metavar="ID", help="only this key's events")
+    audit.add_argument("--json", action="store_true")
+    audit.set_defaults(func=cmd_audit)
+
+    policy = sub.add_parser("policy", help="policy files")
+    psub = policy.add_subparsers(dest="policy_cmd", required=True, metavar="ACTION")
+    check = psub.add_parser("check", help="validate a policy file and print its routes")
+    check.add_argument("file")
+    policy.set_defaults(func=cmd_policy)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except (ConfigError, PolicyError) as exc:
+        print(f"gateway: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except StoreError as exc:
+        print(f"gateway: store error: {exc}", file=sys.stderr)
+        return 1
+    except CLIError as exc:
+        print(f"gateway: {exc}", file=sys.stderr)
+        return exc.status
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,1 @@
+"""``gateway demo``: a sample deployERP-shaped upstream and the gateway in front of it."""

@@ -1,0 +1,164 @@
+"""Every answer the gateway gives on its own behalf, in the two error formats of the platforms it fronts.
+
+    GatewayError
+     +-- AuthenticationRequired   401 authentication_required / UNAUTHORIZED
+     +-- InvalidToken             401 invalid_token           / UNAUTHORIZED
+     +-- ExpiredToken             401 expired_token           / UNAUTHORIZED
+     +-- InsufficientPermissions  403 insufficient_permissions/ FORBIDDEN
+     +-- IPRestricted             403 ip_restricted           / FORBIDDEN
+     +-- BadRequest               400 invalid_request         / BAD_REQUEST
+     +-- UpstreamUnavailable      502 upstream_unavailable    / BAD_GATEWAY
+     +-- UpstreamTimeout          504 upstream_timeout        / GATEWAY_TIMEOUT
+
+deployERP:  {"error": {"code": ..., "message": ..., "status": ...}}
+DeployAlly: {"success": false, "error": {"code": ..., "message": ...}}
+
+Messages are fixed strings: no error ever echoes a credential or other client input.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+
+Header = tuple[bytes, bytes]
+
+
+class GatewayError(Exception):
+    status: int = 500
+    code: str = "internal_error"
+    ally_code: str = "INTERNAL_ERROR"
+    message: str = "Internal error"
+    ally_message: str = "Erro interno"
+    # RFC 6750 error attribute of WWW-Authenticate, for 401 answers.
+    bearer_error: str | None = None
+    # The request field at fault, for validation errors.
+    field: str | None = None
+
+    def __init__(self, message: str | None = None, *, field: str | None = None) -> None:
+        if message is not None:
+            self.message = message
+            self.ally_message = message
+        if field is not None:
+            self.field = field
+        super().__init__(self.message)
+
+    def www_authenticate(self) -> bytes | None:
+        if self.status != 401:
+            return None
+        if self.bearer_error is None:
+            # RFC 6750 3.1: a request with no credentials gets no error attribute.
+            return b'Bearer realm="api"'
+        desc = self.message.replace('"', "'")
+        return f'Bearer realm="api", error="{self.bearer_error}", error_description="{desc}"'.encode()
+
+    def body(self, error_format: str) -> bytes:
+        if error_format == "deployally":
+            err: dict[str, object] = {"code": self.ally_code, "message": self.ally_message}
+            doc: dict[str, object] = {"success": False, "error": err}
+        else:
+            err = {"code": self.code, "message": self.message, "status": self.status}
+            doc = {"error": err}
+        if self.field is not None:
+            err["field"] = self.field
+        return json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode()
+
+    def headers(self, error_format: str, body: bytes) -> list[Header]:
+        out: list[Header] = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+            (b"cache-control", b"no-store"),
+        ]
+        www = self.www_authenticate()
+        if www is not None:
+            out.append((b"www-authenticate", www))
+        return out
+
+
+class AuthenticationRequired(GatewayError):
+    status, code, ally_code = 401, "authentication_required", "UNAUTHORIZED"
+    message = "No authentication token provided"
+    ally_message = "API Key inválida ou não fornecida"
+
+
+class InvalidToken(GatewayError):
+    status, code, ally_code = 401, "invalid_token", "UNAUTHORIZED"
+    message = "The authentication token is invalid or has been revoked"
+    ally_message = "API Key inválida ou não fornecida"
+    bearer_error = "invalid_token"
+
+
+class ExpiredToken(GatewayError):
+    status, code, ally_code = 401, "expired_token", "UNAUTHORIZED"
+    message = "The authentication token has expired"
+    ally_message = "API Key expirada"
+    bearer_error = "invalid_token"
+
+
+class InsufficientPermissions(GatewayError):
+    status, code, ally_code = 403, "insufficient_permissions", "FORBIDDEN"
+    message = "The API key does not have permission for this resource"
+    ally_message = "API Key não tem permissão para este recurso"
+
+
+class IPRestricted(GatewayError):
+    status, code, ally_code = 403, "ip_restricted", "FORBIDDEN"
+    message = "Requests from this IP address are not allowed for this API key"
+    ally_message = "Endereço IP não permitido para esta API Key"
+
+
+class BadRequest(GatewayError):
+    status, code, ally_code = 400, "invalid_request", "BAD_REQUEST"
+    message = "The request is malformed"
+    ally_message = "Requisição malformada"
+
+
+class UpstreamUnavailable(GatewayError):
+    status, code, ally_code = 502, "upstream_unavailable", "BAD_GATEWAY"
+    message = "The upstream service is unavailable"
+    ally_message = "Serviço indisponível"
+
+
+class UpstreamTimeout(GatewayError):
+    status, code, ally_code = 504, "upstream_timeout", "GATEWAY_TIMEOUT"
+    message = "The upstream service did not answer in time"
+    ally_message = "O serviço não respondeu a tempo"
+
+
+class NotFound(GatewayError):
+    status, code, ally_code = 404, "not_found", "NOT_FOUND"
+    message = "Not found"
+    ally_message = "Não encontrado"
+
+
+class ValidationFailed(GatewayError):
+    status, code, ally_code = 422, "validation_error", "VALIDATION_ERROR"
+    message = "The request body is invalid"
+    ally_message = "Dados inválidos"
+
+
+class ConflictError(GatewayError):
+    status, code, ally_code = 409, "conflict", "CONFLICT"
+    message = "The key cannot be changed in its current state"
+    ally_message = "A key não pode ser alterada no estado atual"
+
+
+class EnvironmentUnavailable(GatewayError):
+    status, code, ally_code = 403, "environment_unavailable", "FORBIDDEN"
+    message = "Test keys cannot be used here: no test environment is configured"
+    ally_message = "Keys de teste não podem ser usadas aqui"
+
+
+class ServiceUnavailable(GatewayError):
+    status, code, ally_code = 503, "service_unavailable", "SERVICE_UNAVAILABLE"
+    message = "The service is temporarily unavailable"
+    ally_message = "Serviço temporariamente indisponível"
+
+
+def render(
+    error: GatewayError, error_format: str, extra_headers: Sequence[Header] = ()
+) -> tuple[int, list[Header], bytes]:
+    body = error.body(error_format)
+    headers = error.headers(error_format, body)
+    headers.extend(extra_headers)
+    return error.status, headers, body

@@ -1,0 +1,1 @@
+"""API keys: value format and checksum, keyed hashing, records, stores and the lookup cache."""

@@ -1,0 +1,100 @@
+"""The key cache: a bounded ``cachetools`` TTL cache in front of the store, keyed by the keyed hash.
+
+Known and unknown keys are cached alike, so a cache hit (valid, revoked or unknown) does no store I/O. Each
+entry is compiled once: permissions as a frozenset, the allowlist as ``ipaddress`` networks, expiry as a
+timestamp and the identity headers as bytes. A change made elsewhere (the CLI, another process) is seen once
+the entry's TTL (``cache.ttl_seconds``) runs out.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from cachetools import TTLCache
+
+from gateway.keys.record import KeyRecord
+from gateway.keys.store import KeyStore
+from gateway.network import IPNetwork, parse_networks
+
+
+@dataclass(frozen=True, slots=True)
+class AuthKey:
+    record: KeyRecord
+    permissions: frozenset[str]
+    networks: tuple[IPNetwork, ...]
+    expires_ts: float | None
+    revoked: bool
+    id_header: bytes
+    permissions_header: bytes
+    environment_header: bytes
+    # What the upstream is told about the caller.
+    upstream_headers: tuple[tuple[str, str], ...]
+    # When the key is due for rotation (a debug header says so past this time), or None.
+    rotation_due_ts: float | None
+
+    @property
+    def environment(self) -> str:
+        return self.record.environment
+
+    @property
+    def actor(self) -> str:
+        return self.record.id
+
+    @classmethod
+    def compile(cls, record: KeyRecord) -> AuthKey:
+        perms = ",".join(record.permissions)
+        due = record.rotation_due_at
+        return cls(
+            record=record,
+            permissions=frozenset(record.permissions),
+            networks=parse_networks(record.allowed_ips),
+            expires_ts=record.expires_at.timestamp() if record.expires_at else None,
+            revoked=record.revoked_at is not None,
+            id_header=record.id.encode("ascii"),
+            permissions_header=perms.encode("ascii"),
+            environment_header=record.environment.encode("ascii"),
+            upstream_headers=(
+                ("x-auth-key-id", record.id),
+                ("x-auth-permissions", perms),
+                ("x-auth-environment", record.environment),
+            ),
+            rotation_due_ts=due.timestamp() if due is not None and record.rotated_to is None else None,
+        )
+
+
+_MISS = object()
+
+
+class KeyCache:
+    def __init__(self, store: KeyStore, ttl_seconds: float, max_size: int) -> None:
+        self.store = store
+        self._entries: TTLCache[str, AuthKey | None] | None = (
+            TTLCache(maxsize=max_size, ttl=ttl_seconds) if ttl_seconds > 0 else None
+        )
+        self.hits = 0
+        self.misses = 0
+
+    async def lookup(self, key_hash: str) -> AuthKey | None:
+        entries = self._entries
+        if entries is not None:
+            entry = entries.get(key_hash, _MISS)
+            if entry is not _MISS:
+                self.hits += 1
+                return entry  # type: ignore[return-value]
+        self.misses += 1
+        record = await self.store.get_by_hash(key_hash)
+        compiled = AuthKey.compile(record) if record is not None else None
+        if entries is not None:
+            entries[key_hash] = compiled
+        return compiled
+
+    def invalidate(self, key_hash: str | None = None) -> None:
+        if self._entries is None:
+            return
+        if key_hash is None:
+            self._entries.clear()
+        else:
+            self._entries.pop(key_hash, None)
+
+    def __len__(self) -> int:
+        return len(self._entries) if self._entries is not None else 0

@@ -1,0 +1,81 @@
+"""The keyed hash that is all the store ever holds of a key value.
+
+``HMAC-SHA256(pepper, value)``: without the pepper (the server secret) a stolen store cannot be used to test
+guesses offline. The pepper comes from the ``secret`` setting (``GATEWAY_SECRET``), or the file named by
+``secret_file``; with neither, a random one is written on first run to a file of mode 600.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import secrets
+from pathlib import Path
+
+from gateway.settings import ConfigError, Settings, resolve_path, sqlite_path
+
+SECRET_FILE_NAME = "gateway.secret"
+
+
+class Pepper:
+    """The server secret. Its repr and str never show it."""
+
+    __slots__ = ("_key", "source")
+
+    def __init__(self, key: bytes, source: str) -> None:
+        self._key = key
+        self.source = source
+
+    def __repr__(self) -> str:
+        return f"Pepper(source={self.source!r}, key=<redacted>)"
+
+    __str__ = __repr__
+
+    def hash(self, value: str) -> str:
+        return hmac.new(self._key, value.encode("utf-8"), hashlib.sha256).hexdigest()
+
+    @staticmethod
+    def same(a: str, b: str) -> bool:
+        return hmac.compare_digest(a, b)
+
+
+def default_secret_file(settings: Settings) -> Path:
+    if settings.secret_file:
+        return resolve_path(settings, settings.secret_file)
+    if settings.store.url.startswith("sqlite:///"):
+        return sqlite_path(settings).parent / SECRET_FILE_NAME
+    return resolve_path(settings, SECRET_FILE_NAME)
+
+
+def load_pepper(settings: Settings, *, create: bool = True) -> tuple[Pepper, bool]:
+    """Return the pepper and whether it was created just now (the caller says where, once)."""
+    if settings.secret:
+        return Pepper(settings.secret.encode("utf-8"), "secret setting"), False
+    path = default_secret_file(settings)
+    if path.exists():
+        try:
+            mode = path.stat().st_mode & 0o777
+            data = path.read_bytes().strip()
+        except OSError as exc:
+            raise ConfigError(f"secret_file: cannot read {path}: {exc.strerror}") from None
+        if mode & 0o077:
+            raise ConfigError(f"secret_file: {path} is readable by others (mode {mode:o}); chmod 600 it")
+        if len(data) < 16:
+            raise ConfigError(f"secret_file: {path} holds fewer than 16 bytes")
+        return Pepper(data, str(path)), False
+    if not create:
+        raise ConfigError(f"secret_file: {path} does not exist")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    value = secrets.token_urlsafe(48).encode("ascii")
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:  # another process won the race: use its secret
+        return load_pepper(settings, create=False)
+    except OSError as exc:
+        raise ConfigError(f"secret_file: cannot create {path}: {exc.strerror}") from None
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(value + b"\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+    return Pepper(value, str(path)), True

@@ -1,0 +1,268 @@
+"""SQLite key store: one file, WAL mode, synchronous=FULL so a kill -9 loses nothing committed.
+
+Lookups are single indexed reads, fast enough (tens of microseconds) to run on the event loop; in WAL mode
+readers never wait for the writer (the CLI, another process). Every change and its audit event are written in
+one transaction.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from gateway.keys.record import AuditEvent, KeyRecord, parse_iso, to_iso, utcnow
+from gateway.keys.store import Conflict, StoreError, UsageUpdate
+
+SCHEMA_VERSION = 1
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS api_keys (
+    id              TEXT PRIMARY KEY,
+    key_hash        TEXT NOT NULL UNIQUE,
+    hint            TEXT NOT NULL,
+    name            TEXT NOT NULL,
+    permissions     TEXT NOT NULL,
+    allowed_ips     TEXT NOT NULL,
+    environment     TEXT NOT NULL,
+    created_at      TEXT NOT NULL,
+    expires_at      TEXT,
+    revoked_at      TEXT,
+    rate_limit_tier TEXT,
+    description     TEXT,
+    created_by      TEXT NOT NULL,
+    auto_rotate     INTEGER NOT NULL DEFAULT 0,
+    rotation_period INTEGER,
+    rotated_from    TEXT,
+    rotated_to      TEXT,
+    last_used_at    TEXT,
+    last_used_ip    TEXT,
+    request_count   INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS api_keys_created ON api_keys (created_at, id);
+CREATE TABLE IF NOT EXISTS audit_log (
+    seq     INTEGER PRIMARY KEY AUTOINCREMENT,
+    at      TEXT NOT NULL,
+    actor   TEXT NOT NULL,
+    action  TEXT NOT NULL,
+    key_id  TEXT NOT NULL,
+    details TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS audit_log_key ON audit_log (key_id, seq);
+"""
+_FIELDS = (
+    "id", "key_hash", "hint", "name", "permissions", "allowed_ips", "environment", "created_at", "expires_at",
+    "revoked_at", "rate_limit_tier", "description", "created_by", "auto_rotate", "rotation_period",
+    "rotated_from", "rotated_to", "last_used_at", "last_used_ip", "request_count",
+)
+_COLUMNS = ", ".join(_FIELDS)
+_JSON_FIELDS = frozenset({"permissions", "allowed_ips"})
+_TIME_FIELDS = frozenset({"created_at", "expires_at", "revoked_at", "last_used_at"})
+# Fields an update may change (the rest are fixed at creation or owned by rotate/revoke/usage).
+UPDATABLE = frozenset({"name", "permissions", "allowed_ips", "rate_limit_tier", "expires_at", "description",
+                       "auto_rotate", "rotation_period"})
+
+
+def _to_db(name: str, value: Any) -> Any:
+    if name in _JSON_FIELDS:
+        return json.dumps(list(value))
+    if name in _TIME_FIELDS:
+        return to_iso(value)
+    if name == "auto_rotate":
+        return int(bool(value))
+    return value
+
+
+def _from_db(row: Sequence[Any]) -> KeyRecord:
+    values: dict[str, Any] = {}
+    for name, value in zip(_FIELDS, row, strict=True):
+        if name in _JSON_FIELDS:
+            value = tuple(json.loads(value))
+        elif name in _TIME_FIELDS:
+            value = parse_iso(value) if value else None
+        elif name == "auto_rotate":
+            value = bool(value)
+        values[name] = value
+    return KeyRecord(**values)
+
+
+def _status_clause(status: str | None, now: datetime) -> tuple[str, list[Any]]:
+    stamp = to_iso(now)
+    if status == "revoked":
+        return "revoked_at IS NOT NULL", []
+    if status == "expired":
+        return "revoked_at IS NULL AND expires_at IS NOT NULL AND expires_at <= ?", [stamp]
+    if status == "active":
+        return "revoked_at IS NULL AND (expires_at IS NULL OR expires_at > ?)", [stamp]
+    return "", []
+
+
+class SQLiteStore:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(str(path), timeout=5.0, isolation_level=None, check_same_thread=False)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.execute("PRAGMA busy_timeout=5000")
+            version = self._db.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise StoreError(f"{path}: made by a newer gateway (schema {version}); upgrade the gateway")
+            self._db.executescript(_SCHEMA)
+            self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        except sqlite3.Error as exc:
+            raise StoreError(f"{path}: cannot open the SQLite store: {exc}") from None
+
+    def __repr__(self) -> str:
+        return f"SQLiteStore({str(self.path)!r})"
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One IMMEDIATE transaction: the write lock is taken up front, so check-then-write is atomic."""
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            raise StoreError(f"{self.path}: write failed: {exc}") from None
+        try:
+            yield self._db
+            self._db.execute("COMMIT")
+        except BaseException as exc:
+            self._db.execute("ROLLBACK")
+            if isinstance(exc, sqlite3.IntegrityError):
+                raise StoreError("a key with this id or value already exists") from None
+            if isinstance(exc, sqlite3.Error):
+                raise StoreError(f"{self.path}: write failed: {exc}") from None
+            raise
+
+    def _read(self, sql: str, args: Sequence[Any] = ()) -> list[Any]:
+        try:
+            return self._db.execute(sql, args).fetchall()
+        except sqlite3.Error as exc:
+            raise StoreError(f"{self.path}: read failed: {exc}") from None
+
+    def _get(self, where: str, arg: str) -> KeyRecord | None:
+        rows = self._read(f"SELECT {_COLUMNS} FROM api_keys WHERE {where} = ?", (arg,))
+        return _from_db(rows[0]) if rows else None
+
+    @staticmethod
+    def _insert(db: sqlite3.Connection, record: KeyRecord) -> None:
+        db.execute(
+            f"INSERT INTO api_keys ({_COLUMNS}) VALUES ({', '.join('?' * len(_FIELDS))})",
+            [_to_db(f, getattr(record, f)) for f in _FIELDS],
+        )
+
+    @staticmethod
+    def _audit(db: sqlite3.Connection, event: AuditEvent) -> None:
+        db.execute(
+            "INSERT INTO audit_log (at, actor, action, key_id, details) VALUES (?, ?, ?, ?, ?)",
+            (to_iso(event.at), event.actor, event.action, event.key_id, json.dumps(event.details, default=str)),
+        )
+
+    async def get_by_hash(self, key_hash: str) -> KeyRecord | None:
+        return self._get("key_hash", key_hash)
+
+    async def get(self, key_id: str) -> KeyRecord | None:
+        return self._get("id", key_id)
+
+    async def add(self, record: KeyRecord, audit: AuditEvent | None = None) -> None:
+        with self._write() as db:
+            self._insert(db, record)
+            if audit is not None:
+                self._audit(db, audit)
+
+    async def list(
+        self, *, environment: str | None = None, status: str | None = None, now: datetime | None = None,
+        limit: int | None = None, offset: int = 0,
+    ) -> list[KeyRecord]:
+        clauses, args = [], []
+        if environment is not None:
+            clauses.append("environment = ?")
+            args.append(environment)
+        clause, more = _status_clause(status, now or utcnow())
+        if clause:
+            clauses.append(clause)
+            args.extend(more)
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        sql = f"SELECT {_COLUMNS} FROM api_keys {where} ORDER BY created_at, id LIMIT ? OFFSET ?"
+        rows = self._read(sql, [*args, -1 if limit is None else limit, offset])
+        return [_from_db(r) for r in rows]
+
+    async def update(self, key_id: str, changes: Mapping[str, Any], audit: AuditEvent) -> KeyRecord | None:
+        bad = set(changes) - UPDATABLE
+        if bad:
+            raise StoreError(f"cannot update field {sorted(bad)[0]!r}")
+        with self._write() as db:
+            if not db.execute("SELECT 1 FROM api_keys WHERE id = ?", (key_id,)).fetchone():
+                return None
+            if changes:
+                sets = ", ".join(f"{name} = ?" for name in changes)
+                db.execute(f"UPDATE api_keys SET {sets} WHERE id = ?",
+                           [*(_to_db(n, v) for n, v in changes.items()), key_id])
+            self._audit(db, audit)
+        return await self.get(key_id)
+
+    async def revoke(self, key_id: str, actor: str = "cli") -> KeyRecord | None:
+        with self._write() as db:
+            row = db.execute("SELECT revoked_at FROM api_keys WHERE id = ?", (key_id,)).fetchone()
+            if row is None:
+                return None
+            if row[0] is None:
+                db.execute("UPDATE api_keys SET revoked_at = ? WHERE id = ?", (to_iso(utcnow()), key_id))
+                self._audit(db, AuditEvent(action="revoke", key_id=key_id, actor=actor))
+        return await self.get(key_id)
+
+    async def rotate(
+        self, old_id: str, new: KeyRecord, old_expires_at: datetime, audit: AuditEvent
+    ) -> KeyRecord | None:
+        with self._write() as db:
+            row = db.execute("SELECT revoked_at, rotated_to, expires_at FROM api_keys WHERE id = ?",
+                             (old_id,)).fetchone()
+            if row is None:
+                return None
+            revoked_at, rotated_to, expires_at = row
+            if revoked_at is not None:
+                raise Conflict("the key is revoked")
+            if rotated_to is not None:
+                raise Conflict(f"the key was already rotated; rotate {rotated_to} instead")
+            if expires_at is not None and parse_iso(expires_at) <= utcnow():
+                raise Conflict("the key has expired")
+            if expires_at is not None and parse_iso(expires_at) < old_expires_at:
+                old_expires_at = parse_iso(expires_at)  # rotation never extends a key's life
+            self._insert(db, new)
+            db.execute("UPDATE api_keys SET expires_at = ?, rotated_to = ? WHERE id = ?",
+                       (to_iso(old_expires_at), new.id, old_id))
+            self._audit(db, audit)
+        return await self.get(old_id)
+
+    async def audit_log(self, key_id: str | None = None, limit: int = 1000) -> list[AuditEvent]:
+        if key_id is None:
+            rows = self._read("SELECT at, actor, action, key_id, details FROM audit_log ORDER BY seq LIMIT ?",
+                              (limit,))
+        else:
+            rows = self._read("SELECT at, actor, action, key_id, details FROM audit_log WHERE key_id = ?"
+                              " ORDER BY seq LIMIT ?", (key_id, limit))
+        return [AuditEvent(at=parse_iso(at), actor=actor, action=action, key_id=kid, details=json.loads(d))
+                for at, actor, action, kid, d in rows]
+
+    async def record_usage(self, updates: Sequence[UsageUpdate]) -> None:
+        if not updates:
+            return
+        with self._write() as db:
+            db.executemany(
+                "UPDATE api_keys SET request_count = request_count + ?,"
+                " last_used_at = CASE WHEN last_used_at IS NULL OR last_used_at < ? THEN ? ELSE last_used_at END,"
+                " last_used_ip = CASE WHEN last_used_at IS NULL OR last_used_at <= ? THEN ? ELSE last_used_ip END"
+                " WHERE id = ?",
+                [(u.count, to_iso(u.last_used_at), to_iso(u.last_used_at), to_iso(u.last_used_at), u.last_used_ip,
+                  u.key_id) for u in updates],
+            )
+
+    async def ping(self) -> None:
+        self._read("SELECT 1")
+
+    async def close(self) -> None:
+        self._db.close()

@@ -1,0 +1,60 @@
+"""Key stores, chosen by the scheme of ``store.url``.
+
+The protocol is narrow: look a key up by its keyed hash; add, read, list, update, revoke and rotate keys,
+each change written together with its audit event (all or nothing); read the audit trail; add usage counts in
+batches. A store never sees a key value, only its keyed hash.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Protocol
+
+from gateway.keys.record import AuditEvent, KeyRecord
+from gateway.settings import ConfigError, Settings, sqlite_path
+
+
+@dataclass(frozen=True, slots=True)
+class UsageUpdate:
+    key_id: str
+    count: int
+    last_used_at: datetime
+    last_used_ip: str | None
+
+
+class KeyStore(Protocol):
+    async def get_by_hash(self, key_hash: str) -> KeyRecord | None: ...
+    async def get(self, key_id: str) -> KeyRecord | None: ...
+    async def add(self, record: KeyRecord, audit: AuditEvent | None = None) -> None: ...
+    async def list(
+        self, *, environment: str | None = None, status: str | None = None, now: datetime | None = None,
+        limit: int | None = None, offset: int = 0,
+    ) -> list[KeyRecord]: ...
+    async def update(self, key_id: str, changes: Mapping[str, Any], audit: AuditEvent) -> KeyRecord | None: ...
+    async def revoke(self, key_id: str, actor: str = "cli") -> KeyRecord | None: ...
+    async def rotate(
+        self, old_id: str, new: KeyRecord, old_expires_at: datetime, audit: AuditEvent
+    ) -> KeyRecord | None: ...
+    async def audit_log(self, key_id: str | None = None, limit: int = 1000) -> list[AuditEvent]: ...
+    async def record_usage(self, updates: Sequence[UsageUpdate]) -> None: ...
+    async def ping(self) -> None: ...
+    async def close(self) -> None: ...
+
+
+class StoreError(Exception):
+    """The store could not be read or written (the message names the store, never a key)."""
+
+
+class Conflict(StoreError):
+    """The change does not apply to the key as it is now (revoked, already rotated)."""
+
+
+def open_store(settings: Settings) -> KeyStore:
+    scheme = settings.store.url.split(":", 1)[0]
+    if scheme == "sqlite":
+        from gateway.keys.sqlite import SQLiteStore
+
+        return SQLiteStore(sqlite_path(settings))
+    raise ConfigError(f"store.url: the {scheme}:// store is not available in this version")

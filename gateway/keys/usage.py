@@ -1,0 +1,74 @@
+"""Key usage (last use, last address, request count), counted in memory and written in batches.
+
+The hot path only bumps a counter in a dict; a background task writes everything gathered every
+``usage.flush_seconds`` in one store transaction, and once more at shutdown. If a write fails the counts are
+kept and retried with the next batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from datetime import UTC, datetime
+
+from gateway.keys.store import KeyStore, StoreError, UsageUpdate
+
+log = logging.getLogger("gateway.usage")
+
+
+class UsageRecorder:
+    def __init__(self, store: KeyStore, flush_seconds: float) -> None:
+        self._store = store
+        self._interval = flush_seconds
+        self._pending: dict[str, list[object]] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    def note(self, key_id: str, client_ip: str | None) -> None:
+        entry = self._pending.get(key_id)
+        if entry is None:
+            self._pending[key_id] = [1, time.time(), client_ip]
+        else:
+            entry[0] += 1  # type: ignore[operator]
+            entry[1] = time.time()
+            entry[2] = client_ip
+
+    async def flush(self) -> None:
+        if not self._pending:
+            return
+        batch, self._pending = self._pending, {}
+        updates = [
+            UsageUpdate(key_id=k, count=int(v[0]),  # type: ignore[call-overload]
+                        last_used_at=datetime.fromtimestamp(float(v[1]), UTC).replace(microsecond=0),  # type: ignore[arg-type]
+                        last_used_ip=v[2])  # type: ignore[arg-type]
+            for k, v in batch.items()
+        ]
+        try:
+            await self._store.record_usage(updates)
+        except StoreError as exc:
+            log.warning("usage write failed, will retry: %s", exc)
+            for k, v in batch.items():
+                entry = self._pending.get(k)
+                if entry is None:
+                    self._pending[k] = v
+                else:
+                    entry[0] += v[0]  # type: ignore[operator]
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval)
+            await self.flush()
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+        await self.flush()

@@ -1,0 +1,290 @@
+"""The auth gate: one pure-ASGI callable on the hot path.
+
+For every HTTP request, in this order:
+
+1. read the headers once (credential, forwarding headers, debug flag) and check the path (400 if ambiguous);
+2. find the policy route; a public route is forwarded without a credential;
+3. authenticate: ``Authorization: Bearer <key>``, format and checksum first, then the keyed hash through the
+   cache (401 ``authentication_required`` / ``invalid_token`` / ``expired_token``);
+4. check the client network against the key's allowlist (403 ``ip_restricted``);
+5. check the policy: the route must exist and the key must hold its scopes (403 ``insufficient_permissions``);
+6. forward, with the client's ``X-Auth-*`` headers removed and the gateway's identity headers added.
+
+Per-request state lives in locals only; everything else was compiled when the app was built.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
+
+from starlette.types import Receive, Scope, Send
+
+from gateway.admin.api import Call, ManagementAPI
+from gateway.errors import (
+    AuthenticationRequired,
+    EnvironmentUnavailable,
+    ExpiredToken,
+    GatewayError,
+    InsufficientPermissions,
+    InvalidToken,
+    IPRestricted,
+    render,
+)
+from gateway.keys.cache import AuthKey, KeyCache
+from gateway.keys.format import KeyParser
+from gateway.keys.hashing import Pepper
+from gateway.keys.store import StoreError
+from gateway.keys.usage import UsageRecorder
+from gateway.network import ClientResolver, IPAddress, in_networks, parse_address
+from gateway.paths import split_path
+from gateway.policies import Policy, Route, grants
+from gateway.proxy.forwarder import Forwarder
+from gateway.settings import Settings
+
+log = logging.getLogger("gateway.pipeline")
+
+Header = tuple[bytes, bytes]
+
+# Request headers the gateway consumes or replaces: never forwarded as the client sent them.
+_CONSUMED = frozenset(
+    {
+        b"authorization", b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"te",
+        b"trailer", b"upgrade", b"proxy-authorization", b"host", b"expect", b"x-forwarded-for",
+        b"x-forwarded-proto", b"x-forwarded-host", b"x-debug-auth",
+    }
+)
+# Every spelling of the identity-header prefix a server might hand over (names arrive lower-cased).
+_IDENTITY_PREFIXES = frozenset({b"x-auth-", b"x_auth_", b"x-auth_", b"x_auth-"})
+_BEARER = b"bearer "
+_MAX_CREDENTIAL = 8192
+
+
+def looks_like_jwt(token: str) -> bool:
+    """Three base64url segments, the first a JSON header (``eyJ`` is ``{"`` encoded)."""
+    try:
+        from gateway.jwtauth import looks_like_jwt as shape
+    except ImportError:  # pragma: no cover - JWT support not installed
+        return False
+    return shape(token)
+
+
+class StoreUnavailable(GatewayError):
+    status, code, ally_code = 503, "store_unavailable", "SERVICE_UNAVAILABLE"
+    message = "The key store is unavailable"
+    ally_message = "Serviço de chaves indisponível"
+
+
+class Verifier(Protocol):
+    """What the pipeline needs of the JWT verifier (gateway.jwtauth.JWTVerifier)."""
+
+    def verify(self, token: str, now: float | None = None) -> Any: ...
+
+
+class Gateway:
+    """The ASGI callable that authenticates, authorises and forwards every request."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        policy: Policy,
+        cache: KeyCache,
+        pepper: Pepper,
+        forwarders: Mapping[str, Forwarder | None],
+        management: ManagementAPI | None = None,
+        usage: UsageRecorder | None = None,
+        jwt: Verifier | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.policy = policy
+        self.cache = cache
+        self.forwarders = forwarders
+        self.management = management
+        self.usage = usage
+        self.clock = clock
+        self._jwt = jwt
+        self._pepper = pepper
+        self._parser = KeyParser(settings.key_format)
+        self._resolver = ClientResolver(settings.trusted_proxies)
+        self._format = settings.error_format
+        self._debug_allowed = settings.debug_headers
+        self._forward_authorization = settings.forward_authorization
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            if scope["type"] == "websocket":
+                await send({"type": "websocket.close", "code": 1008})
+            return
+
+        # 1. One pass over the headers.
+        authorization: list[bytes] = []
+        connection: list[bytes] = []
+        forwarded_for: list[bytes] = []
+        host: bytes | None = None
+        forwarded_proto: bytes | None = None
+        forwarded_host: bytes | None = None
+        debug = False
+        has_body = False
+        forward: list[tuple[str, str]] = []
+        for name, value in scope["headers"]:
+            if name in _CONSUMED:
+                if name == b"authorization":
+                    authorization.append(value)
+                    if self._forward_authorization:
+                        forward.append(("authorization", value.decode("latin-1")))
+                elif name == b"x-forwarded-for":
+                    forwarded_for.append(value)
+                elif name == b"connection":
+                    connection.append(value)
+                elif name == b"host":
+                    host = value
+                elif name == b"x-forwarded-proto":
+                    forwarded_proto = value
+                elif name == b"x-forwarded-host":
+                    forwarded_host = value
+                elif name == b"x-debug-auth":
+                    debug = self._debug_allowed and value.strip().lower() == b"true"
+                elif name == b"transfer-encoding":
+                    has_body = True
+                continue
+            if name[:7] in _IDENTITY_PREFIXES:
+                continue
+            if name == b"content-length" and value != b"0":
+                has_body = True
+            forward.append((name.decode("latin-1"), value.decode("latin-1")))
+
+        principal: Any = None
+        ip_check = "not_configured"
+        client: IPAddress | None = None
+        method = scope["method"]
+        raw_path: bytes = scope.get("raw_path") or scope["path"].encode("utf-8")
+        forwarder: Forwarder | None = None
+        try:
+            segments = split_path(raw_path)
+            # 2. The route decides whether a credential is needed, and which kinds.
+            route = self.policy.match(method, segments)
+            if route is None or not route.public:
+                # 3. Authenticate.
+                principal = await self._authenticate(authorization, route)
+                # 4. Client network.
+                if principal.networks:
+                    client = self._resolver.resolve(_peer(scope), forwarded_for)
+                    if not in_networks(client, principal.networks):
+                        ip_check = "failed"
+                        raise IPRestricted()
+                    ip_check = "passed"
+                # 5. Policy.
+                if route is None:
+                    raise InsufficientPermissions("No policy rule allows this method and path")
+                perms = principal.permissions
+                for needed in route.scopes:
+                    if not grants(perms, needed):
+                        raise InsufficientPermissions()
+                if self.usage is not None and isinstance(principal, AuthKey):
+                    if client is None:
+                        client = self._resolver.resolve(_peer(scope), forwarded_for)
+                    self.usage.note(principal.record.id, str(client) if client is not None else None)
+                if route.internal and self.management is not None:
+                    extra = self._debug_headers(principal, ip_check) if debug else []
+                    call = Call(method, route, segments, scope["query_string"], principal, receive)
+                    await self.management.handle(call, send, extra)
+                    return
+            # Test keys go to the test upstream and never to the live one.
+            forwarder = self.forwarders.get(principal.environment if principal is not None else "live")
+            if forwarder is None:
+                raise EnvironmentUnavailable()
+        except GatewayError as exc:
+            extra = self._debug_headers(principal, ip_check) if debug else []
+            await _send_error(send, exc, self._format, extra)
+            return
+
+        # 6. Forward.
+        if connection:
+            named = {t.strip().lower().decode("latin-1") for t in b",".join(connection).split(b",")}
+            forward = [h for h in forward if h[0] not in named]
+        peer = _peer(scope) or ""
+        proto: bytes = scope["scheme"].encode()
+        if forwarded_for and self._resolver.is_trusted(parse_address(peer)):
+            # Behind a trusted proxy: extend its chain and keep what it says of the original request.
+            chain = b", ".join(forwarded_for).decode("latin-1") + ", " + peer
+            proto = forwarded_proto or proto
+            host = forwarded_host or host
+        else:
+            chain = peer
+        forward.append(("x-forwarded-for", chain))
+        forward.append(("x-forwarded-proto", proto.decode("latin-1")))
+        if host is not None:
+            forward.append(("x-forwarded-host", host.decode("latin-1")))
+        if principal is not None:
+            forward.extend(principal.upstream_headers)
+        extra = self._debug_headers(principal, ip_check) if debug else []
+        try:
+            await forwarder.forward(
+                method, raw_path, scope["query_string"], forward, has_body, receive, send, extra
+            )
+        except GatewayError as exc:
+            await _send_error(send, exc, self._format, extra)
+
+    async def _authenticate(self, authorization: list[bytes], route: Route | None) -> Any:
+        if not authorization:
+            raise AuthenticationRequired()
+        if len(authorization) > 1:
+            raise InvalidToken("More than one Authorization header was sent")
+        value = authorization[0]
+        if value[:7].lower() != _BEARER or len(value) > _MAX_CREDENTIAL:
+            if not value.strip() or value.strip().lower() == b"bearer":
+                raise AuthenticationRequired()
+            raise InvalidToken()
+        try:
+            token = value[7:].decode("ascii")
+        except UnicodeDecodeError:
+            raise InvalidToken() from None
+        if self._parser.environment(token) is None:
+            # Not an API key. A JWT is told apart by its shape, never by trying one after the other.
+            if self._jwt is not None and looks_like_jwt(token):
+                if route is not None and "jwt" not in route.credentials:
+                    raise InvalidToken("This route does not accept a JWT")
+                return self._jwt.verify(token, self.clock())
+            raise InvalidToken()
+        if route is not None and "api_key" not in route.credentials:
+            raise InvalidToken("This route does not accept an API key")
+        key_hash = self._pepper.hash(token)
+        try:
+            key = await self.cache.lookup(key_hash)
+        except StoreError as exc:
+            log.error("key store lookup failed: %s", exc)
+            raise StoreUnavailable() from None
+        if key is None or key.revoked or not Pepper.same(key.record.key_hash, key_hash):
+            raise InvalidToken()
+        if key.expires_ts is not None and key.expires_ts <= self.clock():
+            raise ExpiredToken()
+        return key
+
+    def _debug_headers(self, principal: Any, ip_check: str) -> list[Header]:
+        out: list[Header] = []
+        if isinstance(principal, AuthKey):
+            out.append((b"x-auth-key-id", principal.id_header))
+            out.append((b"x-auth-permissions", principal.permissions_header))
+            if principal.record.rotated_to is not None:
+                out.append((b"x-auth-key-status", b"grace_period"))
+            elif principal.rotation_due_ts is not None and principal.rotation_due_ts <= self.clock():
+                out.append((b"x-auth-key-status", b"rotation_due"))
+        elif principal is not None:
+            out.append((b"x-auth-subject", principal.subject_header))
+            out.append((b"x-auth-permissions", principal.permissions_header))
+        out.append((b"x-auth-ip-check", ip_check.encode()))
+        out.append((b"x-auth-rate-limit", b"unlimited"))
+        return out
+
+
+def _peer(scope: Scope) -> str | None:
+    client = scope.get("client")
+    return client[0] if client else None
+
+
+async def _send_error(send: Send, error: GatewayError, error_format: str, extra: list[Header] | tuple[()]) -> None:
+    status, headers, body = render(error, error_format, extra)
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})

@@ -1,0 +1,126 @@
+"""The upstream leg: one pooled aiohttp session per process, bodies streamed both ways.
+
+Nothing is buffered: the request body is handed to aiohttp as an async generator over ASGI ``receive``
+(uvicorn stops reading the socket while its buffer is full), and the response body is sent chunk by chunk as
+it arrives (each ``send`` waits while the client's socket is full). The target is passed to aiohttp already
+encoded, so the raw path and query reach the upstream byte for byte.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Sequence
+from urllib.parse import urlsplit
+
+import aiohttp
+from starlette.types import Receive, Send
+from yarl import URL
+
+from gateway.errors import UpstreamTimeout, UpstreamUnavailable
+
+log = logging.getLogger("gateway.proxy")
+
+Header = tuple[bytes, bytes]
+
+# Response headers that describe the upstream connection, not the message (RFC 9110 7.6.1).
+RESPONSE_HOP_BY_HOP = frozenset(
+    {b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"te", b"trailer", b"upgrade",
+     b"proxy-authenticate"}
+)
+
+
+class ClientGone(Exception):
+    """The client went away while its request body was being streamed."""
+
+
+class Forwarder:
+    def __init__(self, url: str, *, connect_timeout: float, read_timeout: float, pool_size: int) -> None:
+        parts = urlsplit(url)
+        self._origin = f"{parts.scheme}://{parts.netloc}"
+        self._base_path = parts.path.rstrip("/")
+        self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout, sock_read=read_timeout)
+        self._pool_size = pool_size
+        self._session: aiohttp.ClientSession | None = None
+
+    async def start(self) -> None:
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=self._pool_size, ttl_dns_cache=60),
+            timeout=self._timeout,
+            auto_decompress=False,
+            # Never add what the client did not send (Accept-Encoding would let the upstream compress for a
+            # client that cannot read it), and never keep cookies between different clients' requests.
+            skip_auto_headers=("Accept", "Accept-Encoding", "User-Agent", "Content-Type"),
+            cookie_jar=aiohttp.DummyCookieJar(),
+        )
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def forward(
+        self,
+        method: str,
+        raw_path: bytes,
+        query: bytes,
+        headers: Sequence[tuple[str, str]],
+        has_body: bool,
+        receive: Receive,
+        send: Send,
+        extra_response_headers: Sequence[Header] = (),
+    ) -> int:
+        """Forward one request and stream the answer to ``send``. Returns the status sent to the client.
+
+        Raises :class:`GatewayError` (502/504) only while nothing has been sent yet."""
+        assert self._session is not None, "Forwarder.start() was not awaited"
+        target = self._base_path + raw_path.decode("latin-1")
+        if query:
+            target += "?" + query.decode("latin-1")
+        url = URL(self._origin + target, encoded=True)
+        data = _body(receive) if has_body else None
+        try:
+            resp = await self._session.request(method, url, headers=headers, data=data, allow_redirects=False)
+        except ClientGone:
+            return 499
+        except (TimeoutError, aiohttp.ServerTimeoutError):
+            raise UpstreamTimeout() from None
+        except (aiohttp.ClientError, OSError) as exc:
+            log.warning("upstream request failed: %s", exc.__class__.__name__)
+            raise UpstreamUnavailable() from None
+        try:
+            out = _response_headers(resp.raw_headers)
+            out.extend(extra_response_headers)
+            await send({"type": "http.response.start", "status": resp.status, "headers": out})
+            try:
+                async for chunk in resp.content.iter_any():
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            except (TimeoutError, aiohttp.ClientError) as exc:
+                # Too late for an error answer: end without completing the body, so the server closes the
+                # connection and the client sees a truncated response instead of a silently short one.
+                log.warning("upstream response broke off: %s", exc.__class__.__name__)
+                return resp.status
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            return resp.status
+        finally:
+            resp.release()
+
+
+async def _body(receive: Receive) -> AsyncIterator[bytes]:
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientGone()
+        chunk = message.get("body", b"")
+        if chunk:
+            yield chunk
+        if not message.get("more_body", False):
+            return
+
+
+def _response_headers(raw: Sequence[tuple[bytes, bytes]]) -> list[Header]:
+    named: set[bytes] = set()
+    for name, value in raw:
+        if name.lower() == b"connection":
+            named.update(t.strip().lower() for t in value.split(b","))
+    return [(n, v) for n, v in raw if (low := n.lower()) not in RESPONSE_HOP_BY_HOP and low not in named]
+

@@ -1,0 +1,106 @@
+"""Per-key rate limits: several windows (per hour, per minute) enforced together, exactly.
+
+Algorithm: GCRA (the generic cell rate algorithm) for each window. A window of ``limit`` requests per
+``period`` has an emission interval ``e = period / limit`` and keeps one number per key, the theoretical
+arrival time ``tat``. A request at ``now`` is admitted when ``max(tat, now) + e - now <= period``; then
+``tat = max(tat, now) + e``. This admits a burst of exactly ``limit`` from rest, then one more every ``e``:
+a sliding window with no edges, so there is no double burst at a window boundary. A request is admitted only
+if every window admits it, and only then does any window spend it (atomically: in one Lua script on Redis,
+in one synchronous step in memory).
+
+Times are integer microseconds, so the arithmetic is exact in Python and in Lua's doubles.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+US = 1_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    name: str  # "hour", "minute"
+    limit: int
+    period_us: int
+
+    @property
+    def emission_us(self) -> int:
+        # Rounded down: never admits fewer than `limit` per period. Periods here (60 s, 3600 s) divide
+        # exactly for any limit up to a million, which is all the tiers use.
+        return self.period_us // self.limit
+
+
+@dataclass(frozen=True, slots=True)
+class Quota:
+    windows: tuple[Window, ...]
+    policy_header: bytes  # IETF RateLimit-Policy value
+
+    @classmethod
+    def of(cls, per_hour: int | None, per_minute: int | None) -> Quota | None:
+        windows = []
+        if per_hour:
+            windows.append(Window("hour", per_hour, 3600 * US))
+        if per_minute:
+            windows.append(Window("minute", per_minute, 60 * US))
+        if not windows:
+            return None
+        policy = ", ".join(f'"{w.name}";q={w.limit};w={w.period_us // US}' for w in windows)
+        return cls(tuple(windows), policy.encode())
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """The outcome for the tightest window (the one with the fewest requests left)."""
+
+    allowed: bool
+    window: str
+    limit: int
+    remaining: int
+    reset_after: float  # seconds until the tightest window is full again
+    retry_after: float  # seconds until a request could be admitted (0 when allowed)
+    now: float  # the limiter's clock, seconds since the epoch
+
+
+class Limiter(Protocol):
+    """``hit`` spends a request, ``peek`` only looks. None: no limit could be applied (Redis away and
+    ``on_store_error: allow``). Raises :class:`LimiterUnavailable` when the request must be refused."""
+
+    async def hit(self, bucket: str, quota: Quota) -> Decision | None: ...
+    async def peek(self, bucket: str, quota: Quota) -> Decision | None: ...
+    async def close(self) -> None: ...
+
+
+class LimiterUnavailable(Exception):
+    """The shared limiter (Redis) did not answer in time."""
+
+
+def decide(quota: Quota, tats: list[int], now: int, consume: bool) -> tuple[Decision, list[int] | None]:
+    """GCRA over every window of ``quota``. ``tats`` are the stored times (0 for none). Returns the decision
+    and, when a request was admitted and ``consume`` is set, the new times to store."""
+    allowed = True
+    retry = 0
+    new: list[int] = []
+    for w, tat in zip(quota.windows, tats, strict=True):
+        base = tat if tat > now else now
+        after = base + w.emission_us
+        if after - now > w.period_us:
+            allowed = False
+            retry = max(retry, after - w.period_us - now)
+        new.append(after)
+    spent = new if allowed and consume else [t if t > now else now for t in tats]
+    return _summary(quota, spent, now, allowed, retry), (new if allowed and consume else None)
+
+
+def _summary(quota: Quota, tats: list[int], now: int, allowed: bool, retry: int) -> Decision:
+    best: tuple[int, Window, int] | None = None
+    for w, tat in zip(quota.windows, tats, strict=True):
+        used = tat - now  # how far ahead of now the window is booked
+        remaining = max(0, (w.period_us - used) // w.emission_us)
+        if best is None or remaining < best[0]:
+            best = (remaining, w, used)
+    assert best is not None
+    remaining, w, used = best
+    return Decision(allowed=allowed, window=w.name, limit=w.limit, remaining=remaining,
+                    reset_after=max(0, used) / US, retry_after=retry / US, now=now / US)

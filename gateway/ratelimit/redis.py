@@ -1,0 +1,112 @@
+"""Limits shared by every gateway process through Redis: one Lua script, one round trip per request.
+
+Redis trouble never hangs a request: every call is bounded by ``redis_timeout_ms`` (socket timeouts, no
+retries), and after a failure Redis is left alone for a second (then tried again, so recovery is automatic).
+While it is away, ``on_store_error`` decides: ``deny`` (503), ``allow``, or ``local`` (limit in this
+process's memory at 1/``local_share`` of each limit).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import redis.asyncio as aioredis
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+from redis.retry import Retry
+
+from gateway.ratelimit import Decision, LimiterUnavailable, Quota, Window, _summary, decide
+from gateway.ratelimit.memory import MemoryLimiter
+
+log = logging.getLogger("gateway.ratelimit")
+LUA = (Path(__file__).parent / "gcra.lua").read_text()
+PAUSE_AFTER_FAILURE = 1.0
+
+
+POOL_WAIT = 1.0
+
+
+def redis_client(url: str, timeout_ms: float, max_connections: int = 64) -> aioredis.Redis:
+    """A client whose talk with Redis is bounded by ``timeout_ms`` (connect and every read; no retries).
+
+    The wait for a free pooled connection is bounded separately (``POOL_WAIT``): it measures this process's
+    own load, not Redis, and a burst of requests should queue for a connection rather than fail."""
+    t = timeout_ms / 1000.0
+    pool = aioredis.BlockingConnectionPool.from_url(
+        url, max_connections=max_connections, timeout=POOL_WAIT, socket_timeout=t, socket_connect_timeout=t,
+        retry=Retry(NoBackoff(), 0),
+    )
+    return aioredis.Redis(connection_pool=pool)
+
+
+class RedisLimiter:
+    def __init__(self, url: str, timeout_ms: float, on_error: str = "deny", local_share: int = 1,
+                 max_keys: int = 1_000_000) -> None:
+        self._redis = redis_client(url, timeout_ms)
+        self._script = self._redis.register_script(LUA)
+        self._on_error = on_error
+        self._share = local_share
+        self._local = MemoryLimiter(max_keys) if on_error == "local" else None
+        self._scaled: dict[Quota, Quota] = {}
+        self._paused_until = 0.0
+        self.errors = 0
+
+    async def _run(self, bucket: str, quota: Quota, consume: bool) -> Decision:
+        if time.monotonic() < self._paused_until:
+            raise LimiterUnavailable()
+        args: list[int | str] = [1 if consume else 0]
+        for w in quota.windows:
+            args += [w.name, w.period_us, w.emission_us]
+        try:
+            out = await self._script(keys=[f"{{rl:{bucket}}}"], args=args)
+        except (RedisError, OSError, TimeoutError) as exc:
+            self.errors += 1
+            if time.monotonic() >= self._paused_until:
+                log.warning("rate limiter: Redis unavailable (%s); on_store_error=%s for %.0f s",
+                            exc.__class__.__name__, self._on_error, PAUSE_AFTER_FAILURE)
+            self._paused_until = time.monotonic() + PAUSE_AFTER_FAILURE
+            raise LimiterUnavailable() from None
+        admitted, now, tats = int(out[0]), int(out[1]), [int(x) for x in out[2:]]
+        if admitted and consume:
+            return _summary(quota, tats, now, True, 0)  # tats are already the spent times
+        return decide(quota, tats, now, consume=False)[0]
+
+    async def _fallback(self, bucket: str, quota: Quota, consume: bool) -> Decision | None:
+        if self._on_error == "deny":
+            raise LimiterUnavailable()
+        if self._local is None:  # allow
+            return None
+        scaled = self._scaled.get(quota)
+        if scaled is None:
+            scaled = self._scaled[quota] = Quota(
+                tuple(Window(w.name, max(1, w.limit // self._share), w.period_us) for w in quota.windows),
+                quota.policy_header,
+            )
+        return await (self._local.hit(bucket, scaled) if consume else self._local.peek(bucket, scaled))
+
+    async def hit(self, bucket: str, quota: Quota) -> Decision | None:
+        try:
+            return await self._run(bucket, quota, True)
+        except LimiterUnavailable:
+            return await self._fallback(bucket, quota, True)
+
+    async def peek(self, bucket: str, quota: Quota) -> Decision | None:
+        try:
+            return await self._run(bucket, quota, False)
+        except LimiterUnavailable:
+            return await self._fallback(bucket, quota, False)
+
+    async def start(self) -> None:
+        """Load the script once, so the first burst does not all miss it (NOSCRIPT) at once."""
+        try:
+            await self._redis.script_load(LUA)
+        except (RedisError, OSError, TimeoutError) as exc:
+            log.warning("rate limiter: Redis unavailable at start (%s); will retry", exc.__class__.__name__)
+
+    async def ping(self) -> None:
+        await self._redis.ping()
+
+    async def close(self) -> None:
+        await self._redis.aclose()
