@@ -4,7 +4,9 @@ Rather than normalise (and risk the upstream normalising differently), the gatew
 meaning could differ between two parsers, and forwards the raw path byte for byte. Refused with 400:
 anything outside RFC 3986 path characters (raw backslash, ``;`` parameters, spaces, control or non-ASCII
 bytes), empty segments (``//``), dot segments raw or encoded (``/./``, ``/../``, ``%2e%2e``), encoded ``/``,
-``\\``, NUL or control bytes, malformed escapes, and escapes that decode to invalid or overlong UTF-8.
+``\\``, NUL or control bytes, malformed escapes, escapes that decode to invalid or overlong UTF-8, and
+double encoding (``%252e``: an escape that decodes to another escape, which an upstream that decodes twice
+would read as ``.``).
 """
 
 from __future__ import annotations
@@ -37,9 +39,12 @@ def _decode(seg: str) -> str:
         pos = m.end()
     raw += seg[pos:].encode("ascii")
     try:
-        return raw.decode("utf-8")  # strict: overlong forms and surrogates are refused
+        text = raw.decode("utf-8")  # strict: overlong forms and surrogates are refused
     except UnicodeDecodeError:
         raise PathError() from None
+    if "%" in text and _ESCAPE.search(text):
+        raise PathError()  # double encoding
+    return text
 
 
 def split_path(raw_path: bytes) -> list[str]:
