@@ -1,0 +1,162 @@
+"""Helpers for the key-lifecycle tests (management API, rotation, audit, environments, JWT).
+
+Everything works on real processes from tests/support/procs.py; these only save repetition: a module-scoped
+gateway with an admin key, a small client for the management API, and a tiny real HTTP receiver for the
+rotation webhook.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from tests.support.procs import Gateway
+
+
+def bearer(value: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {value}"}
+
+
+def parse_time(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(UTC)
+
+
+@dataclass
+class KeysAPI:
+    """A client of one gateway's management API, calling as the key ``value``."""
+
+    gateway: Gateway
+    value: str
+    prefix: str = "/v1"
+    client: httpx.Client = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.client = self.gateway.client()
+
+    def close(self) -> None:
+        self.client.close()
+
+    def as_key(self, value: str) -> KeysAPI:
+        return KeysAPI(self.gateway, value, self.prefix)
+
+    def call(self, method: str, path: str, body: Any = None, raw: bytes | None = None,
+             params: dict[str, Any] | None = None) -> httpx.Response:
+        headers = bearer(self.value)
+        content: bytes | None = raw
+        if body is not None:
+            content = json.dumps(body).encode()
+        if content is not None:
+            headers["Content-Type"] = "application/json"
+        return self.client.request(method, self.prefix + path, headers=headers, content=content, params=params)
+
+    def create(self, body: dict[str, Any]) -> httpx.Response:
+        return self.call("POST", "/api-keys", body)
+
+    def created(self, **body: Any) -> dict[str, Any]:
+        """Create a key and return the answer's document (asserting 201)."""
+        body.setdefault("name", "k")
+        body.setdefault("permissions", ["servers:read"])
+        resp = self.create(body)
+        assert resp.status_code == 201, resp.text
+        return resp.json()  # type: ignore[no-any-return]
+
+    def get(self, key_id: str) -> httpx.Response:
+        return self.call("GET", f"/api-keys/{key_id}")
+
+    def list(self, **params: Any) -> httpx.Response:
+        return self.call("GET", "/api-keys", params=params or None)
+
+    def patch(self, key_id: str, body: Any, raw: bytes | None = None) -> httpx.Response:
+        return self.call("PATCH", f"/api-keys/{key_id}", body, raw)
+
+    def delete(self, key_id: str) -> httpx.Response:
+        return self.call("DELETE", f"/api-keys/{key_id}")
+
+    def rotate(self, key_id: str, body: Any = None) -> httpx.Response:
+        return self.call("POST", f"/api-keys/{key_id}/rotate", body)
+
+    def all_ids(self) -> list[str]:
+        """Every key id visible to the caller, walking every page."""
+        ids: list[str] = []
+        offset: int | None = 0
+        while offset is not None:
+            resp = self.list(limit=500, offset=offset)
+            assert resp.status_code == 200, resp.text
+            doc = resp.json()
+            ids += [r["id"] for r in doc["data"]]
+            offset = doc["pagination"]["next_offset"]
+        return ids
+
+
+def use(gateway: Gateway, value: str, path: str = "/v1/servers", **headers: str) -> httpx.Response:
+    with gateway.client() as c:
+        return c.get(path, headers={**bearer(value), **headers})
+
+
+def wait_for(check: Callable[[], Any], timeout: float = 10.0, interval: float = 0.05) -> Any:
+    """Poll ``check`` until it returns something truthy (bounded in time)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout} s (last: {result!r})")
+        time.sleep(interval)
+
+
+class Receiver:
+    """A tiny real HTTP server on a free loopback port that records every POST body (the rotation webhook)."""
+
+    def __init__(self, status: int = 200) -> None:
+        self.bodies: list[Any] = []
+        self.status = status
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - the http.server API
+                length = int(self.headers.get("Content-Length", "0"))
+                raw = self.rfile.read(length)
+                outer.bodies.append(json.loads(raw) if raw else None)
+                self.send_response(outer.status)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hooks/rotation"
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self._thread.join(5)
+
+
+def receiver() -> Iterator[Receiver]:
+    r = Receiver()
+    try:
+        yield r
+    finally:
+        r.stop()
+
+
+def admin_gateway(work: Path, upstream_url: str, settings: dict[str, Any] | None = None,
+                  permissions: str = "*") -> tuple[Gateway, str]:
+    """A real gateway process with one admin key made by the CLI (the bootstrap path)."""
+    gw = Gateway(work, upstream_url, settings)
+    # Unlimited tier: the tests make many management calls with this key, and rate limits are not the point.
+    admin = gw.create_key("admin", permissions, "--tier", "unlimited")
+    return gw, admin["value"]
