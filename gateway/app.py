@@ -16,6 +16,7 @@ from gateway.keys.usage import UsageRecorder
 from gateway.pipeline import Gateway, Verifier
 from gateway.policies import Policy, load_policy
 from gateway.proxy.forwarder import Forwarder
+from gateway.ratelimit.stage import RateLimits, open_limiter
 from gateway.settings import Settings, resolve_path
 
 log = logging.getLogger("gateway")
@@ -77,12 +78,15 @@ class GatewayApp:
         }
         self.usage = UsageRecorder(store, settings.usage.flush_seconds)
         management = (
-            ManagementAPI(settings, store, self.cache, components.pepper, components.policy)
+            ManagementAPI(settings, store, self.cache, components.pepper, components.policy,
+                          tiers=tuple(settings.rate_limits.tiers))
             if settings.management.enabled else None
         )
+        rl = settings.rate_limits
+        self.limits = RateLimits(rl, open_limiter(settings) if rl.enabled else None)
         self.gateway = Gateway(
             settings, components.policy, self.cache, components.pepper, self.forwarders,
-            management=management, usage=self.usage, jwt=components.jwt,
+            management=management, usage=self.usage, jwt=components.jwt, limits=self.limits,
         )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -100,12 +104,14 @@ class GatewayApp:
                         if f is not None:
                             await f.start()
                     self.usage.start()
+                    await self.limits.start()
                 except Exception as exc:  # noqa: BLE001 - reported to the server, which exits
                     await send({"type": "lifespan.startup.failed", "message": str(exc)})
                     return
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 await self.usage.stop()
+                await self.limits.close()
                 for f in self.forwarders.values():
                     if f is not None:
                         await f.close()

@@ -239,7 +239,7 @@ async def _keys(args: argparse.Namespace) -> int:
                 permissions=_split_permissions(args.permissions), allowed_ips=args.allow_ip or [],
                 expires_at=args.expires_at, environment=args.env, description=args.description,
                 rate_limit_tier=args.tier, auto_rotate=args.auto_rotate, rotation_period=args.rotation_period,
-                policy=components.policy,
+                policy=components.policy, tiers=tuple(settings.rate_limits.tiers),
             )
             _out(args, {**record.public(), "value": value},
                  f"Created {record.id} ({record.name}, {record.environment}).\n"
@@ -275,7 +275,8 @@ async def _keys(args: argparse.Namespace) -> int:
                 changes["rotation_period"] = args.rotation_period
             if not changes:
                 raise CLIError("nothing to change: give at least one option (see --help)", status=2)
-            updated = await update_key(store, args.id, changes, policy=components.policy)
+            updated = await update_key(store, args.id, changes, policy=components.policy,
+                                       tiers=tuple(settings.rate_limits.tiers))
             if updated is None:
                 raise CLIError(f"no key with id {args.id!r}")
             _out(args, updated.public(), f"Updated {updated.id}.\n{_show(updated)}")

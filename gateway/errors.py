@@ -9,6 +9,8 @@
      +-- BadRequest               400 invalid_request         / BAD_REQUEST
      +-- UpstreamUnavailable      502 upstream_unavailable    / BAD_GATEWAY
      +-- UpstreamTimeout          504 upstream_timeout        / GATEWAY_TIMEOUT
+     +-- RateLimited              429 rate_limit_exceeded     / RATE_LIMITED (with Retry-After)
+     +-- RateLimitUnavailable     503 rate_limit_unavailable  / SERVICE_UNAVAILABLE (with Retry-After)
 
 deployERP:  {"error": {"code": ..., "message": ..., "status": ...}}
 DeployAlly: {"success": false, "error": {"code": ..., "message": ...}}
@@ -153,6 +155,32 @@ class ServiceUnavailable(GatewayError):
     status, code, ally_code = 503, "service_unavailable", "SERVICE_UNAVAILABLE"
     message = "The service is temporarily unavailable"
     ally_message = "Serviço temporariamente indisponível"
+
+
+class RateLimited(GatewayError):
+    """Over the key's rate limit. Carries the rate-limit headers of the answer (Retry-After among them)."""
+
+    status, code, ally_code = 429, "rate_limit_exceeded", "RATE_LIMITED"
+    message = "Rate limit exceeded; retry after the time given in Retry-After"
+    ally_message = "Limite de requisições excedido; tente novamente após o tempo indicado em Retry-After"
+
+    def __init__(self, extra_headers: Sequence[Header] = ()) -> None:
+        super().__init__()
+        self.extra_headers = list(extra_headers)
+
+    def headers(self, error_format: str, body: bytes) -> list[Header]:
+        return [*super().headers(error_format, body), *self.extra_headers]
+
+
+class RateLimitUnavailable(GatewayError):
+    """The shared rate limiter (Redis) did not answer in time and ``on_store_error`` is ``deny``."""
+
+    status, code, ally_code = 503, "rate_limit_unavailable", "SERVICE_UNAVAILABLE"
+    message = "The rate limiter is temporarily unavailable; retry shortly"
+    ally_message = "O limitador de requisições está indisponível; tente novamente em instantes"
+
+    def headers(self, error_format: str, body: bytes) -> list[Header]:
+        return [*super().headers(error_format, body), (b"retry-after", b"1")]
 
 
 def render(

@@ -8,6 +8,7 @@ For every HTTP request, in this order:
    cache (401 ``authentication_required`` / ``invalid_token`` / ``expired_token``);
 4. check the client network against the key's allowlist (403 ``ip_restricted``);
 5. check the policy: the route must exist and the key must hold its scopes (403 ``insufficient_permissions``);
+   then spend one request of the key's rate limit (429 ``rate_limit_exceeded``; ``/auth/test`` only looks);
 6. forward, with the client's ``X-Auth-*`` headers removed and the gateway's identity headers added.
 
 Per-request state lives in locals only; everything else was compiled when the app was built.
@@ -42,6 +43,7 @@ from gateway.network import ClientResolver, IPAddress, in_networks, parse_addres
 from gateway.paths import split_path
 from gateway.policies import Policy, Route, grants
 from gateway.proxy.forwarder import Forwarder
+from gateway.ratelimit.stage import UNLIMITED_DEBUG, Applied, RateLimits
 from gateway.settings import Settings
 
 log = logging.getLogger("gateway.pipeline")
@@ -97,6 +99,7 @@ class Gateway:
         usage: UsageRecorder | None = None,
         jwt: Verifier | None = None,
         clock: Callable[[], float] = time.time,
+        limits: RateLimits | None = None,
     ) -> None:
         self.policy = policy
         self.cache = cache
@@ -111,6 +114,9 @@ class Gateway:
         self._format = settings.error_format
         self._debug_allowed = settings.debug_headers
         self._forward_authorization = settings.forward_authorization
+        self.limits = limits
+        prefix = "" if settings.management.prefix == "/" else settings.management.prefix
+        self._auth_test = f"{prefix}/auth/test"  # answered without spending a request
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -161,6 +167,8 @@ class Gateway:
         method = scope["method"]
         raw_path: bytes = scope.get("raw_path") or scope["path"].encode("utf-8")
         forwarder: Forwarder | None = None
+        applied: Applied | None = None
+        rate_headers: list[Header] | tuple[()] = ()
         try:
             segments = split_path(raw_path)
             # 2. The route decides whether a credential is needed, and which kinds.
@@ -186,9 +194,20 @@ class Gateway:
                     if client is None:
                         client = self._resolver.resolve(_peer(scope), forwarded_for)
                     self.usage.note(principal.record.id, str(client) if client is not None else None)
+                # 6. Rate limit.
+                if self.limits is not None:
+                    applied = await self.limits.check(principal, route.template != self._auth_test)
+                    if applied is not None:
+                        rate_headers = applied.headers
                 if route.internal and self.management is not None:
-                    extra = self._debug_headers(principal, ip_check) if debug else []
-                    call = Call(method, route, segments, scope["query_string"], principal, receive)
+                    extra = await self._debug_headers(principal, ip_check, applied) if debug else []
+                    extra.extend(rate_headers)
+                    limit_doc = None
+                    if self.limits is not None and self.limits.enabled:
+                        tier = self.limits.tier_of(principal)
+                        limit_doc = (applied.public(tier) if applied is not None else
+                                     {"limit": None, "remaining": None, "reset": None, "tier": tier})
+                    call = Call(method, route, segments, scope["query_string"], principal, receive, limit_doc)
                     await self.management.handle(call, send, extra)
                     return
             # Test keys go to the test upstream and never to the live one.
@@ -196,7 +215,8 @@ class Gateway:
             if forwarder is None:
                 raise EnvironmentUnavailable()
         except GatewayError as exc:
-            extra = self._debug_headers(principal, ip_check) if debug else []
+            extra = await self._debug_headers(principal, ip_check, applied) if debug else []
+            extra.extend(rate_headers)
             await _send_error(send, exc, self._format, extra)
             return
 
@@ -219,7 +239,11 @@ class Gateway:
             forward.append(("x-forwarded-host", host.decode("latin-1")))
         if principal is not None:
             forward.extend(principal.upstream_headers)
-        extra = self._debug_headers(principal, ip_check) if debug else []
+        if debug:
+            extra = await self._debug_headers(principal, ip_check, applied)
+            extra.extend(rate_headers)
+        else:
+            extra = rate_headers  # type: ignore[assignment]
         try:
             await forwarder.forward(
                 method, raw_path, scope["query_string"], forward, has_body, receive, send, extra
@@ -262,7 +286,7 @@ class Gateway:
             raise ExpiredToken()
         return key
 
-    def _debug_headers(self, principal: Any, ip_check: str) -> list[Header]:
+    async def _debug_headers(self, principal: Any, ip_check: str, applied: Applied | None) -> list[Header]:
         out: list[Header] = []
         if isinstance(principal, AuthKey):
             out.append((b"x-auth-key-id", principal.id_header))
@@ -275,8 +299,18 @@ class Gateway:
             out.append((b"x-auth-subject", principal.subject_header))
             out.append((b"x-auth-permissions", principal.permissions_header))
         out.append((b"x-auth-ip-check", ip_check.encode()))
-        out.append((b"x-auth-rate-limit", b"unlimited"))
+        if principal is not None:
+            out.append((b"x-auth-rate-limit", await self._rate_debug(principal, applied)))
         return out
+
+    async def _rate_debug(self, principal: Any, applied: Applied | None) -> bytes:
+        """``remaining/limit`` for X-Auth-Rate-Limit; a denial before the rate-limit stage only looks."""
+        if applied is None and self.limits is not None:
+            try:
+                applied = await self.limits.check(principal, spend=False)
+            except GatewayError:
+                return b"unavailable"
+        return applied.debug_value if applied is not None else UNLIMITED_DEBUG
 
 
 def _peer(scope: Scope) -> str | None:

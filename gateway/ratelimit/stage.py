@@ -1,0 +1,153 @@
+"""The rate-limit stage of the pipeline: tier -> quota -> limiter -> headers.
+
+Everything that can be is compiled at start-up: one :class:`Quota` per tier, the header names, the
+``RateLimit-Policy`` value of each quota. Per request the stage does one limiter call (a dict update in
+memory, or one Lua round trip to Redis) and formats four small numbers.
+
+A key's tier is ``rate_limit_tier`` on its record, else ``rate_limits.default_tier``. A key that needs its own
+numbers gets a tier of its own in ``rate_limits.tiers`` (tiers are configuration, so every process agrees on
+them). A tier that the configuration no longer defines falls back to the default tier. JWT principals
+(dashboard users) are limited at the default tier, by subject.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from gateway.errors import RateLimited, RateLimitUnavailable
+from gateway.ratelimit import Decision, Limiter, LimiterUnavailable, Quota
+from gateway.settings import RateLimitSettings, Settings
+
+log = logging.getLogger("gateway.ratelimit")
+
+Header = tuple[bytes, bytes]
+
+_LIMIT, _REMAINING, _RESET = b"x-ratelimit-limit", b"x-ratelimit-remaining", b"x-ratelimit-reset"
+_POLICY, _STATE = b"ratelimit-policy", b"ratelimit"
+_RETRY_AFTER = b"retry-after"
+
+
+def limiter_url(settings: Settings) -> str:
+    """``rate_limits.url``, else the store's Redis when the store is Redis, else ``memory://``."""
+    if settings.rate_limits.url:
+        return settings.rate_limits.url
+    if settings.store.url.split(":", 1)[0] in ("redis", "rediss", "unix"):
+        return settings.store.url
+    return "memory://"
+
+
+def open_limiter(settings: Settings) -> Limiter:
+    """The limiter named by :func:`limiter_url` (chosen by URL scheme)."""
+    rl = settings.rate_limits
+    url = limiter_url(settings)
+    if url.startswith("memory:"):
+        from gateway.ratelimit.memory import MemoryLimiter
+
+        return MemoryLimiter(rl.max_tracked_keys)
+    from gateway.ratelimit.redis import RedisLimiter
+
+    return RedisLimiter(url, rl.redis_timeout_ms, rl.on_store_error, rl.local_share, rl.max_tracked_keys)
+
+
+@dataclass(frozen=True, slots=True)
+class Applied:
+    """What the stage found for one request: the decision for the tightest window and its headers."""
+
+    decision: Decision
+    headers: list[Header]
+
+    @property
+    def debug_value(self) -> bytes:
+        return f"{self.decision.remaining}/{self.decision.limit}".encode()
+
+    def public(self, tier: str) -> dict[str, Any]:
+        """The ``rate_limit`` object of ``/v1/auth/test``."""
+        d = self.decision
+        reset = datetime.fromtimestamp(math.ceil(d.now + d.reset_after), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        return {"limit": d.limit, "remaining": d.remaining, "reset": reset, "window": d.window, "tier": tier}
+
+
+UNLIMITED_DEBUG = b"unlimited"
+
+
+class RateLimits:
+    """Per-tier quotas compiled once, and the limiter they are checked against."""
+
+    def __init__(self, settings: RateLimitSettings, limiter: Limiter | None) -> None:
+        self.enabled = settings.enabled and limiter is not None
+        self.limiter = limiter
+        self._quotas: dict[str, Quota | None] = {
+            name: Quota.of(t.per_hour, t.per_minute) for name, t in settings.tiers.items()
+        }
+        self.default_tier = settings.default_tier
+        self._default = self._quotas[settings.default_tier]
+
+    def tier_of(self, principal: Any) -> str:
+        record = getattr(principal, "record", None)
+        tier = record.rate_limit_tier if record is not None else None
+        return tier if tier is not None and tier in self._quotas else self.default_tier
+
+    def _quota(self, principal: Any) -> tuple[str, Quota] | None:
+        record = getattr(principal, "record", None)
+        if record is not None:
+            tier = record.rate_limit_tier
+            quota = self._quotas.get(tier, self._default) if tier is not None else self._default
+            bucket = record.id
+        else:
+            quota = self._default
+            bucket = "jwt:" + str(getattr(principal, "subject", ""))
+        return None if quota is None else (bucket, quota)
+
+    async def check(self, principal: Any, spend: bool = True) -> Applied | None:
+        """Spend (or, with ``spend=False``, only look at) one request of ``principal``'s quota.
+
+        None: the principal is not limited (unlimited tier, limits off, or Redis away with
+        ``on_store_error: allow``). Raises :class:`RateLimited` (429) over the limit and
+        :class:`RateLimitUnavailable` (503) when the limiter cannot answer and the configuration says deny."""
+        if not self.enabled:
+            return None
+        found = self._quota(principal)
+        if found is None:
+            return None
+        bucket, quota = found
+        assert self.limiter is not None
+        try:
+            decision = await (self.limiter.hit(bucket, quota) if spend else self.limiter.peek(bucket, quota))
+        except LimiterUnavailable:
+            raise RateLimitUnavailable() from None
+        if decision is None:
+            return None
+        headers = self.headers(quota, decision)
+        if spend and not decision.allowed:
+            retry = max(1, math.ceil(decision.retry_after))
+            headers.append((_RETRY_AFTER, str(retry).encode()))
+            raise RateLimited(headers)
+        return Applied(decision, headers)
+
+    @staticmethod
+    def headers(quota: Quota, d: Decision) -> list[Header]:
+        """The X-RateLimit-* trio (Reset is a Unix time, as GitHub's) and the IETF draft's
+        ``RateLimit-Policy`` (every window) and ``RateLimit`` (the tightest window, ``t`` in seconds)."""
+        reset_in = math.ceil(d.reset_after)
+        limit = str(d.limit).encode()
+        remaining = str(d.remaining).encode()
+        return [
+            (_LIMIT, limit),
+            (_REMAINING, remaining),
+            (_RESET, str(math.ceil(d.now) + reset_in).encode()),
+            (_POLICY, quota.policy_header),
+            (_STATE, b'"%s";r=%s;t=%d' % (d.window.encode(), remaining, reset_in)),
+        ]
+
+    async def start(self) -> None:
+        start = getattr(self.limiter, "start", None)
+        if start is not None:
+            await start()
+
+    async def close(self) -> None:
+        if self.limiter is not None:
+            await self.limiter.close()

@@ -1,0 +1,115 @@
+"""Rate limits end to end: a real `gateway serve` process with the in-memory limiter, a real upstream.
+
+The ``limited`` tier is 100/hour with a burst of 10/minute: from rest exactly 10 requests pass, then one more
+every 6 s (the minute window's emission interval).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+import pytest
+
+from tests.support.procs import Gateway, Upstream
+
+
+def bearer(value: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {value}"}
+
+
+@pytest.fixture
+def gw(make_gateway: Callable[..., Gateway], fresh_upstream: Upstream) -> Gateway:
+    return make_gateway(fresh_upstream.url)
+
+
+def test_limited_tier_admits_exactly_ten_of_thirty(gw: Gateway, fresh_upstream: Upstream) -> None:
+    key = gw.create_key("limited", "servers:read", "--tier", "limited")
+    with gw.client() as c:
+        # /v1/auth/test only looks: asking twice spends nothing.
+        for _ in range(2):
+            doc = c.get("/v1/auth/test", headers=bearer(key["value"])).json()
+            assert doc["rate_limit"]["limit"] == 10
+            assert doc["rate_limit"]["remaining"] == 10
+            assert doc["rate_limit"]["tier"] == "limited"
+        started = time.time()
+        answers = [c.get("/v1/servers", headers=bearer(key["value"])) for _ in range(30)]
+    statuses = [r.status_code for r in answers]
+    assert statuses.count(200) == 10, statuses
+    assert statuses[:10] == [200] * 10 and set(statuses[10:]) == {429}
+    assert len(fresh_upstream.records()) == 10  # a refused request never reaches the upstream
+
+    # Every admitted answer counts down, with the IETF headers for the tightest window (the minute).
+    for i, r in enumerate(answers[:10]):
+        assert r.headers["x-ratelimit-limit"] == "10"
+        assert r.headers["x-ratelimit-remaining"] == str(9 - i)
+        reset = int(r.headers["x-ratelimit-reset"])
+        assert started - 1 <= reset - 6 * (i + 1) <= time.time() + 1
+        assert r.headers["ratelimit-policy"] == '"hour";q=100;w=3600, "minute";q=10;w=60'
+        assert r.headers["ratelimit"].startswith(f'"minute";r={9 - i};t=')
+
+    refused = answers[10]
+    assert refused.json() == {"error": {"code": "rate_limit_exceeded", "status": 429,
+                                         "message": refused.json()["error"]["message"]}}
+    assert refused.headers["content-type"].startswith("application/json")
+    retry = int(refused.headers["retry-after"])
+    assert 1 <= retry <= 6
+    assert refused.headers["x-ratelimit-remaining"] == "0"
+    assert "www-authenticate" not in refused.headers
+    assert key["value"] not in refused.text
+
+    with gw.client() as c:
+        test = c.get("/v1/auth/test", headers={**bearer(key["value"]), "X-Debug-Auth": "true"})
+    assert test.status_code == 200
+    assert test.json()["rate_limit"]["remaining"] == 0
+    reset = datetime.strptime(test.json()["rate_limit"]["reset"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+    assert 50 <= reset.timestamp() - time.time() <= 62
+    assert test.headers["x-auth-rate-limit"] == "0/10"
+
+
+def test_window_slides_one_more_after_the_emission_interval(gw: Gateway) -> None:
+    key = gw.create_key("limited", "servers:read", "--tier", "limited")
+    with gw.client() as c:
+        statuses = [c.get("/v1/servers", headers=bearer(key["value"])).status_code for _ in range(12)]
+        assert statuses.count(200) == 10
+        retry = int(c.get("/v1/servers", headers=bearer(key["value"])).headers["retry-after"])
+        time.sleep(retry + 0.3)
+        after = [c.get("/v1/servers", headers=bearer(key["value"])).status_code for _ in range(3)]
+    assert after == [200, 429, 429]
+
+
+def test_headers_and_debug_value_for_standard_and_unlimited(gw: Gateway) -> None:
+    standard = gw.create_key("std", "servers:read")  # no tier: the default, standard
+    unlimited = gw.create_key("free", "servers:read", "--tier", "unlimited")
+    dbg = {"X-Debug-Auth": "true"}
+    with gw.client() as c:
+        a = c.get("/v1/servers", headers={**bearer(standard["value"]), **dbg})
+        b = c.get("/v1/servers", headers={**bearer(unlimited["value"]), **dbg})
+        t = c.get("/v1/auth/test", headers=bearer(unlimited["value"]))
+        denied = c.get("/v1/invoices", headers={**bearer(standard["value"]), **dbg})
+    assert a.status_code == 200
+    assert a.headers["x-ratelimit-limit"] == "100" and a.headers["x-ratelimit-remaining"] == "99"
+    assert a.headers["x-auth-rate-limit"] == "99/100"
+    assert b.status_code == 200
+    assert "x-ratelimit-limit" not in b.headers and "ratelimit" not in b.headers
+    assert b.headers["x-auth-rate-limit"] == "unlimited"
+    assert t.json()["rate_limit"] == {"limit": None, "remaining": None, "reset": None, "tier": "unlimited"}
+    # A denial before the rate-limit stage spends nothing, and its debug header only looks.
+    assert denied.status_code == 403
+    assert denied.headers["x-auth-rate-limit"] == "99/100"
+
+
+def test_deployally_format_and_custom_tier(make_gateway: Callable[..., Gateway], fresh_upstream: Upstream) -> None:
+    gw = make_gateway(fresh_upstream.url, settings={
+        "error_format": "deployally",
+        "rate_limits": {"tiers": {"tiny": {"per_minute": 2}}},
+    })
+    key = gw.create_key("tiny", "servers:read", "--tier", "tiny")  # a tier of the configuration's own
+    with gw.client() as c:
+        answers = [c.get("/v1/servers", headers=bearer(key["value"])) for _ in range(3)]
+    assert [r.status_code for r in answers] == [200, 200, 429]
+    assert answers[2].json() == {"success": False,
+                                 "error": {"code": "RATE_LIMITED", "message": answers[2].json()["error"]["message"]}}
+    assert answers[0].headers["ratelimit-policy"] == '"minute";q=2;w=60'
+    assert int(answers[2].headers["retry-after"]) in range(1, 31)
