@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -27,7 +28,7 @@ from gateway.errors import (
 )
 from gateway.keys.cache import KeyCache
 from gateway.keys.hashing import Pepper
-from gateway.keys.record import KeyRecord, to_iso, utcnow
+from gateway.keys.record import KeyRecord, to_iso
 from gateway.keys.service import (
     DEFAULT_TIERS,
     KeyInputError,
@@ -87,8 +88,12 @@ _STATUSES = ("active", "expired", "revoked")
 
 
 class ManagementAPI:
+    """The handlers of the internal routes. ``clock`` (seconds since the epoch) is the gateway's clock, so
+    what these answers say of a key (status, grace period, rotation due) agrees with what the gate decides."""
+
     def __init__(self, settings: Settings, store: KeyStore, cache: KeyCache, pepper: Pepper, policy: Policy,
-                 tiers: tuple[str, ...] = DEFAULT_TIERS) -> None:
+                 tiers: tuple[str, ...] = DEFAULT_TIERS, clock: Callable[[], float] = time.time) -> None:
+        self.clock = clock
         self._settings = settings
         self._store = store
         self._cache = cache
@@ -148,8 +153,11 @@ class ManagementAPI:
             raise NotFound("No API key with this id")
         return record
 
+    def _now(self) -> datetime:
+        return datetime.fromtimestamp(self.clock(), UTC).replace(microsecond=0)
+
     def _show(self, record: KeyRecord) -> dict[str, Any]:
-        return record.public(utcnow(), ip_field=self._ip_field)
+        return record.public(self._now(), ip_field=self._ip_field)
 
     async def _body(self, call: Call, allowed: set[str]) -> dict[str, Any]:
         chunks, size = [], 0
@@ -193,7 +201,7 @@ class ManagementAPI:
     async def auth_test(self, call: Call) -> tuple[int, Any]:
         p = call.principal
         record: KeyRecord | None = getattr(p, "record", None)
-        now = utcnow()
+        now = self._now()
         doc: dict[str, Any] = {"authenticated": True}
         if record is not None:
             doc.update({
@@ -210,7 +218,7 @@ class ManagementAPI:
             })
         else:
             doc.update({"key_id": None, "subject": p.subject, "permissions": list(p.permissions_list),
-                        "credential": "jwt", "expires_at": to_iso(datetime.fromtimestamp(p.expires_ts).astimezone())})
+                        "credential": "jwt", "expires_at": to_iso(datetime.fromtimestamp(p.expires_ts, UTC))})
         doc["rate_limit"] = dict(call.rate_limit) if call.rate_limit is not None else None
         return 200, doc
 
@@ -232,7 +240,8 @@ class ManagementAPI:
             if env == "live":
                 return 200, {"data": [], "pagination": {"limit": limit, "offset": offset, "next_offset": None}}
             env = "test"
-        records = await self._store.list(environment=env, status=status, limit=limit + 1, offset=offset)
+        records = await self._store.list(environment=env, status=status, now=self._now(), limit=limit + 1,
+                                         offset=offset)
         more = len(records) > limit
         return 200, {
             "data": [self._show(r) for r in records[:limit]],

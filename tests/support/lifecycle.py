@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 
@@ -30,11 +30,17 @@ def parse_time(text: str) -> datetime:
     return datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(UTC)
 
 
+class Served(Protocol):
+    """A gateway process (procs.Gateway) or an in-process one (ThreadedGateway)."""
+
+    def client(self) -> httpx.Client: ...
+
+
 @dataclass
 class KeysAPI:
     """A client of one gateway's management API, calling as the key ``value``."""
 
-    gateway: Gateway
+    gateway: Served
     value: str
     prefix: str = "/v1"
     client: httpx.Client = field(init=False)
@@ -97,7 +103,7 @@ class KeysAPI:
         return ids
 
 
-def use(gateway: Gateway, value: str, path: str = "/v1/servers", **headers: str) -> httpx.Response:
+def use(gateway: Served, value: str, path: str = "/v1/servers", **headers: str) -> httpx.Response:
     with gateway.client() as c:
         return c.get(path, headers={**bearer(value), **headers})
 
@@ -160,3 +166,51 @@ def admin_gateway(work: Path, upstream_url: str, settings: dict[str, Any] | None
     # Unlimited tier: the tests make many management calls with this key, and rate limits are not the point.
     admin = gw.create_key("admin", permissions, "--tier", "unlimited")
     return gw, admin["value"]
+
+
+class FakeClock:
+    """A clock the test moves by hand (seconds since the epoch), injected into the gateway's ``clock``."""
+
+    def __init__(self, now: float | None = None) -> None:
+        self.now = time.time() if now is None else now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def set(self, when: datetime) -> None:
+        self.now = when.timestamp()
+
+
+class ThreadedGateway:
+    """The gateway ASGI app served by a real uvicorn server in a thread of the test process (as httpx's own
+    tests do), so the test can reach into it: here, to inject a :class:`FakeClock`. Store, upstream and
+    sockets are real."""
+
+    def __init__(self, config: Path, env: dict[str, str], clock: Callable[[], float]) -> None:
+        import uvicorn
+
+        from gateway.app import create_app
+        from gateway.settings import load_settings
+
+        self.settings = load_settings(config, environ=env, required=True)
+        self.app = create_app(self.settings)
+        self.app.gateway.clock = clock
+        if self.app.gateway.management is not None:
+            self.app.gateway.management.clock = clock
+        self.port = self.settings.listen.port
+        self.url = f"http://127.0.0.1:{self.port}"
+        cfg = uvicorn.Config(self.app, host="127.0.0.1", port=self.port, lifespan="on", access_log=False,
+                             log_level="warning")
+        self.server = uvicorn.Server(cfg)
+        self._thread = threading.Thread(target=self.server.run, daemon=True)
+        self._thread.start()
+        wait_for(lambda: self.server.started or not self._thread.is_alive(), timeout=20)
+        if not self.server.started:
+            raise RuntimeError("the in-process gateway did not start")
+
+    def client(self) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=10)
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self._thread.join(15)
