@@ -88,15 +88,15 @@ class Policy:
         self.source = source
         self._extra_scopes = tuple(extra_scopes)
         self._root = _Node()
-        for route in self.routes:
-            self._insert(route)
+        for i, route in enumerate(self.routes):
+            self._insert(route, i)
         self.known_scopes = frozenset(s for r in self.routes for s in r.scopes) | frozenset(self._extra_scopes)
 
     def with_routes(self, routes: Sequence[Route]) -> Policy:
         """This policy plus ``routes`` (the gateway's own endpoints); a clash with a file rule is an error."""
         return Policy((*self.routes, *routes), self._extra_scopes, self.source)
 
-    def _insert(self, route: Route) -> None:
+    def _insert(self, route: Route, index: int) -> None:
         node = self._root
         segments = route.template.strip("/").split("/") if route.template != "/" else []
         subtree = bool(segments) and segments[-1] == "**"
@@ -111,7 +111,12 @@ class Policy:
         table = node.subtree if subtree else node.rules
         for method in route.methods:
             if method in table:
-                raise PolicyError(f"{self.source}: {method} {route.template} is defined twice")
+                if route.internal:  # the gateway's own endpoints are added after the file's rules
+                    raise PolicyError(
+                        f"{self.source}: {method} {route.template} clashes with the gateway's own endpoint "
+                        "(move the rule, or change management.prefix)"
+                    )
+                raise PolicyError(f"{self.source}: routes[{index}]: {method} {route.template} is defined twice")
             table[method] = route
 
     def match(self, method: str, segments: Sequence[str]) -> Route | None:
