@@ -371,6 +371,46 @@ async def _audit(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- store ---------------------------------------------------------------------------------------------------
+
+
+async def _store_copy(args: argparse.Namespace) -> int:
+    """Copy every key (hashes only: a store never holds a value) and its audit trail to another store."""
+    from gateway.keys.store import open_url
+
+    if args.source == args.target:
+        raise CLIError("--from and --to name the same store", status=2)
+    settings = _settings(args)
+    source = open_url(args.source, settings)
+    try:
+        target = open_url(args.target, settings)
+    except BaseException:
+        await source.close()
+        raise
+    try:
+        copied: set[str] = set()
+        skipped = 0
+        for record in await source.list():
+            if await target.get(record.id) is not None:
+                skipped += 1  # copied before: copying again changes nothing
+                continue
+            await target.add(record)
+            copied.add(record.id)
+        events = [e for e in await source.audit_log(None, limit=2**31 - 1) if e.key_id in copied]
+        await target.append_audit(events)
+    finally:
+        await source.close()
+        await target.close()
+    doc = {"copied_keys": len(copied), "skipped_keys": skipped, "copied_audit_events": len(events)}
+    _out(args, doc, f"Copied {len(copied)} key(s) and {len(events)} audit event(s); {skipped} key(s) were "
+                    "already there. The keys authenticate only with the same server secret (GATEWAY_SECRET).")
+    return 0
+
+
+def cmd_store(args: argparse.Namespace) -> int:
+    return asyncio.run(_store_copy(args))
+
+
 def cmd_audit(args: argparse.Namespace) -> int:
     return asyncio.run(_audit(args))
 
@@ -453,6 +493,15 @@ def build_parser() -> argparse.ArgumentParser:
     due = action("rotate-due", "rotate every auto-rotate key past its period, and notify rotation.webhook_url")
     due.add_argument("--dry-run", action="store_true", help="only list what would be rotated")
     keys.set_defaults(func=cmd_keys)
+
+    store = sub.add_parser("store", help="key stores")
+    ssub = store.add_subparsers(dest="store_cmd", required=True, metavar="ACTION")
+    copy = with_config(ssub.add_parser("copy", help="copy every key (hashes only) and the audit trail"))
+    where = "sqlite:///path or redis://host:port/db"
+    copy.add_argument("--from", dest="source", required=True, metavar="URL", help=where)
+    copy.add_argument("--to", dest="target", required=True, metavar="URL", help=where)
+    copy.add_argument("--json", action="store_true")
+    store.set_defaults(func=cmd_store)
 
     audit = with_config(sub.add_parser("audit", help="list the audit trail of key changes"))
     audit.add_argument("--key", metavar="ID", help="only this key's events")

@@ -39,6 +39,7 @@ KEY_FORMATS: dict[str, dict[str, str]] = {
 class ListenSettings:
     host: str = "127.0.0.1"
     port: int = 8080
+    workers: int = 1  # uvicorn worker processes (more than one needs a Redis store and Redis limits)
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +60,9 @@ class UpstreamSettings:
 @dataclass(frozen=True, slots=True)
 class StoreSettings:
     url: str = "sqlite:///data/keys.db"
+    # Redis stores: every exchange (connect, each reply) is bounded by this; then the lookup fails (503)
+    # unless the key is still in the cache.
+    timeout_ms: float = 100.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,8 +233,12 @@ def _validate(s: Settings) -> None:
     if s.upstream.pool_size < 1:
         raise bad("upstream.pool_size", "must be at least 1")
     scheme = s.store.url.split(":", 1)[0]
-    if scheme not in ("sqlite", "redis", "rediss"):
-        raise bad("store.url", f"unsupported scheme {scheme!r}; use sqlite:///path/keys.db")
+    if scheme not in ("sqlite", "redis", "rediss", "unix"):
+        raise bad("store.url", f"unsupported scheme {scheme!r}; use sqlite:///path/keys.db or redis://host:port/db")
+    if not 1 <= s.store.timeout_ms <= 60_000:
+        raise bad("store.timeout_ms", "must be between 1 and 60000")
+    if not 1 <= s.listen.workers <= 64:
+        raise bad("listen.workers", "must be between 1 and 64")
     if scheme == "sqlite" and not s.store.url.startswith("sqlite:///"):
         raise bad("store.url", "must look like sqlite:///relative/path.db or sqlite:////absolute/path.db")
     if s.cache.ttl_seconds < 0:

@@ -261,6 +261,12 @@ class SQLiteStore:
                   u.key_id) for u in updates],
             )
 
+    async def append_audit(self, events: Sequence[AuditEvent]) -> None:
+        """Append audit rows as they are (``gateway store copy``), in one transaction."""
+        with self._write() as db:
+            for event in events:
+                self._audit(db, event)
+
     async def ping(self) -> None:
         self._read("SELECT 1")
 

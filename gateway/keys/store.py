@@ -13,7 +13,7 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from gateway.keys.record import AuditEvent, KeyRecord
-from gateway.settings import ConfigError, Settings, sqlite_path
+from gateway.settings import ConfigError, Settings, resolve_path
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +39,7 @@ class KeyStore(Protocol):
     ) -> KeyRecord | None: ...
     async def audit_log(self, key_id: str | None = None, limit: int = 1000) -> list[AuditEvent]: ...
     async def record_usage(self, updates: Sequence[UsageUpdate]) -> None: ...
+    async def append_audit(self, events: Sequence[AuditEvent]) -> None: ...
     async def ping(self) -> None: ...
     async def close(self) -> None: ...
 
@@ -51,10 +52,29 @@ class Conflict(StoreError):
     """The change does not apply to the key as it is now (revoked, already rotated)."""
 
 
+REDIS_SCHEMES = ("redis", "rediss", "unix")
+
+
+def is_redis_url(url: str) -> bool:
+    return url.split(":", 1)[0] in REDIS_SCHEMES
+
+
 def open_store(settings: Settings) -> KeyStore:
-    scheme = settings.store.url.split(":", 1)[0]
+    """The store named by ``store.url``: ``sqlite:///path`` or ``redis://``, ``rediss://``, ``unix://``."""
+    return open_url(settings.store.url, settings)
+
+
+def open_url(url: str, settings: Settings) -> KeyStore:
+    """A store by URL (``gateway store copy`` opens two); relative SQLite paths resolve like ``store.url``."""
+    scheme = url.split(":", 1)[0]
     if scheme == "sqlite":
         from gateway.keys.sqlite import SQLiteStore
 
-        return SQLiteStore(sqlite_path(settings))
-    raise ConfigError(f"store.url: the {scheme}:// store is not available in this version")
+        if not url.startswith("sqlite:///"):
+            raise ConfigError(f"{url!r}: a SQLite URL looks like sqlite:///relative/path.db or sqlite:////abs.db")
+        return SQLiteStore(resolve_path(settings, url[len("sqlite:///"):]))
+    if scheme in REDIS_SCHEMES:
+        from gateway.keys.redis import RedisStore
+
+        return RedisStore(url, settings.store.timeout_ms)
+    raise ConfigError(f"store.url: unsupported scheme {scheme!r}; use sqlite:///path/keys.db or redis://host:port/db")

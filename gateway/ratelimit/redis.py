@@ -38,7 +38,7 @@ def redis_client(url: str, timeout_ms: float, max_connections: int = 64) -> aior
         url, max_connections=max_connections, timeout=POOL_WAIT, socket_timeout=t, socket_connect_timeout=t,
         retry=Retry(NoBackoff(), 0),
     )
-    return aioredis.Redis(connection_pool=pool)
+    return aioredis.Redis.from_pool(pool)  # the client owns the pool: aclose() closes its connections
 
 
 class RedisLimiter:

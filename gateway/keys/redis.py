@@ -1,0 +1,410 @@
+"""Redis key store: the same behaviour as the SQLite store, shared by every gateway process and host.
+
+Layout (every name carries the hash tag ``{gw}``, so on Redis Cluster they all live in one slot and the
+scripts below may touch several of them atomically)::
+
+    {gw}:key:<id>          hash: the record's fields (never a value; the keyed hash is one field)
+    {gw}:hash:<keyed hash> string: the id, to look a key up by the hash of the value presented
+    {gw}:ids               sorted set of ids scored by created_at (listing order: created_at, id)
+    {gw}:audit             list of audit events (JSON), oldest first
+    {gw}:audit:<id>        the same events, per key
+
+Every change is one Lua script: the check (exists, revoked, already rotated, expired) and the write, the audit
+row and the invalidation message happen together or not at all. Each script ends by publishing the keyed
+hash of every key it changed on :data:`INVALIDATE_CHANNEL`, so every gateway process drops that cache entry
+at once (see :mod:`gateway.keys.cache`).
+
+Every call is bounded by ``timeout_ms`` (connect and each read, no retries): an absent Redis costs a request
+at most that long, and the caller sees :class:`StoreError`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import Any
+from urllib.parse import urlsplit
+
+import redis.asyncio as aioredis
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+from redis.retry import Retry
+
+from gateway.keys.record import AuditEvent, KeyRecord, parse_iso, to_iso, utcnow
+from gateway.keys.store import Conflict, StoreError, UsageUpdate
+
+NS = "{gw}"
+INVALIDATE_CHANNEL = "gateway:keys:invalidate"
+POOL_WAIT = 1.0
+_IDS = f"{NS}:ids"
+_AUDIT = f"{NS}:audit"
+
+_FIELDS = (
+    "id", "key_hash", "hint", "name", "permissions", "allowed_ips", "environment", "created_at", "expires_at",
+    "revoked_at", "rate_limit_tier", "description", "created_by", "auto_rotate", "rotation_period",
+    "rotated_from", "rotated_to", "last_used_at", "last_used_ip", "request_count",
+)
+_JSON_FIELDS = frozenset({"permissions", "allowed_ips"})
+_TIME_FIELDS = frozenset({"created_at", "expires_at", "revoked_at", "last_used_at"})
+_INT_FIELDS = frozenset({"rotation_period", "request_count"})
+UPDATABLE = frozenset({"name", "permissions", "allowed_ips", "rate_limit_tier", "expires_at", "description",
+                       "auto_rotate", "rotation_period"})
+
+# --- scripts --------------------------------------------------------------------------------------------------
+# Shared prologue: ARGV[1] is the invalidation channel.
+
+_GET_BY_HASH = """
+local id = redis.call('GET', KEYS[1])
+if not id then return false end
+return redis.call('HGETALL', ARGV[1] .. id)
+"""
+
+# KEYS: key, hash index, ids, audit, key audit. ARGV: channel, hash, id, score, audit json ('' for none),
+# then field/value pairs.
+_ADD = """
+if redis.call('EXISTS', KEYS[1]) == 1 or redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
+local fields = {}
+for i = 6, #ARGV do fields[#fields + 1] = ARGV[i] end
+redis.call('HSET', KEYS[1], unpack(fields))
+redis.call('SET', KEYS[2], ARGV[3])
+redis.call('ZADD', KEYS[3], ARGV[4], ARGV[3])
+if ARGV[5] ~= '' then
+  redis.call('RPUSH', KEYS[4], ARGV[5])
+  redis.call('RPUSH', KEYS[5], ARGV[5])
+end
+redis.call('PUBLISH', ARGV[1], ARGV[2])
+return 1
+"""
+
+# KEYS: key, audit, key audit. ARGV: channel, audit json, number of pairs to set, pairs..., fields to delete...
+_UPDATE = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+local n = tonumber(ARGV[3])
+if n > 0 then
+  local pairs_ = {}
+  for i = 4, 3 + 2 * n do pairs_[#pairs_ + 1] = ARGV[i] end
+  redis.call('HSET', KEYS[1], unpack(pairs_))
+end
+for i = 4 + 2 * n, #ARGV do redis.call('HDEL', KEYS[1], ARGV[i]) end
+redis.call('RPUSH', KEYS[2], ARGV[2])
+redis.call('RPUSH', KEYS[3], ARGV[2])
+redis.call('PUBLISH', ARGV[1], redis.call('HGET', KEYS[1], 'key_hash'))
+return 1
+"""
+
+# KEYS: key, audit, key audit. ARGV: channel, now (ISO), audit json.
+_REVOKE = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+if redis.call('HEXISTS', KEYS[1], 'revoked_at') == 1 then return 2 end
+redis.call('HSET', KEYS[1], 'revoked_at', ARGV[2])
+redis.call('RPUSH', KEYS[2], ARGV[3])
+redis.call('RPUSH', KEYS[3], ARGV[3])
+redis.call('PUBLISH', ARGV[1], redis.call('HGET', KEYS[1], 'key_hash'))
+return 1
+"""
+
+# KEYS: old key, new key, new hash index, ids, audit, old key audit.
+# ARGV: channel, now (ISO), old expires_at (ISO), new id, new hash, new score, audit json, new field/value pairs.
+_ROTATE = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return {'missing'} end
+local old = redis.call('HMGET', KEYS[1], 'revoked_at', 'rotated_to', 'expires_at', 'key_hash')
+if old[1] then return {'revoked'} end
+if old[2] then return {'rotated', old[2]} end
+local expires = ARGV[3]
+if old[3] then
+  if old[3] <= ARGV[2] then return {'expired'} end
+  if old[3] < expires then expires = old[3] end  -- rotation never extends a key's life
+end
+if redis.call('EXISTS', KEYS[2]) == 1 or redis.call('EXISTS', KEYS[3]) == 1 then return {'exists'} end
+local fields = {}
+for i = 8, #ARGV do fields[#fields + 1] = ARGV[i] end
+redis.call('HSET', KEYS[2], unpack(fields))
+redis.call('SET', KEYS[3], ARGV[4])
+redis.call('ZADD', KEYS[4], ARGV[6], ARGV[4])
+redis.call('HSET', KEYS[1], 'expires_at', expires, 'rotated_to', ARGV[4])
+redis.call('RPUSH', KEYS[5], ARGV[7])
+redis.call('RPUSH', KEYS[6], ARGV[7])
+redis.call('PUBLISH', ARGV[1], old[4])
+redis.call('PUBLISH', ARGV[1], ARGV[5])
+return {'ok'}
+"""
+
+# KEYS: one key per update. ARGV: triples of count, last_used_at (ISO), last_used_ip ('' for none).
+_USAGE = """
+for i = 1, #KEYS do
+  if redis.call('EXISTS', KEYS[i]) == 1 then
+    local count, at, ip = ARGV[3 * i - 2], ARGV[3 * i - 1], ARGV[3 * i]
+    local last = redis.call('HGET', KEYS[i], 'last_used_at')
+    redis.call('HINCRBY', KEYS[i], 'request_count', count)
+    if (not last) or last <= at then
+      if ip == '' then
+        redis.call('HDEL', KEYS[i], 'last_used_ip')
+      else
+        redis.call('HSET', KEYS[i], 'last_used_ip', ip)
+      end
+    end
+    if (not last) or last < at then redis.call('HSET', KEYS[i], 'last_used_at', at) end
+  end
+end
+return 1
+"""
+
+# KEYS: audit, then one per-key audit list per event. ARGV: the events (JSON).
+_APPEND_AUDIT = """
+for i = 1, #ARGV do
+  redis.call('RPUSH', KEYS[1], ARGV[i])
+  redis.call('RPUSH', KEYS[i + 1], ARGV[i])
+end
+return 1
+"""
+
+
+def _key(key_id: str) -> str:
+    return f"{NS}:key:{key_id}"
+
+
+def _hash_key(key_hash: str) -> str:
+    return f"{NS}:hash:{key_hash}"
+
+
+def _key_audit(key_id: str) -> str:
+    return f"{NS}:audit:{key_id}"
+
+
+def _encode(name: str, value: Any) -> str | None:
+    """A field as stored; None means absent."""
+    if value is None:
+        return None
+    if name in _JSON_FIELDS:
+        return json.dumps(list(value))
+    if name in _TIME_FIELDS:
+        return to_iso(value)
+    if name == "auto_rotate":
+        return "1" if value else "0"
+    return str(value)
+
+
+def _pairs(record: KeyRecord) -> list[str]:
+    out: list[str] = []
+    for name in _FIELDS:
+        value = _encode(name, getattr(record, name))
+        if value is not None:
+            out += [name, value]
+    return out
+
+
+def _decode(raw: Mapping[bytes, bytes] | Sequence[bytes]) -> KeyRecord:
+    if not isinstance(raw, Mapping):  # HGETALL through a script: a flat list
+        it = iter(raw)
+        raw = dict(zip(it, it, strict=True))
+    data = {k.decode(): v.decode() for k, v in raw.items()}
+    values: dict[str, Any] = {}
+    for name in _FIELDS:
+        text = data.get(name)
+        if text is None:
+            continue
+        if name in _JSON_FIELDS:
+            values[name] = tuple(json.loads(text))
+        elif name in _TIME_FIELDS:
+            values[name] = parse_iso(text)
+        elif name == "auto_rotate":
+            values[name] = text == "1"
+        elif name in _INT_FIELDS:
+            values[name] = int(text)
+        else:
+            values[name] = text
+    return KeyRecord(**values)
+
+
+def _event_json(event: AuditEvent) -> str:
+    return json.dumps({"at": to_iso(event.at), "actor": event.actor, "action": event.action,
+                       "key_id": event.key_id, "details": event.details}, default=str, separators=(",", ":"))
+
+
+def _event(text: bytes) -> AuditEvent:
+    d = json.loads(text)
+    return AuditEvent(at=parse_iso(d["at"]), actor=d["actor"], action=d["action"], key_id=d["key_id"],
+                      details=d["details"])
+
+
+def redacted(url: str) -> str:
+    """The URL without its password, for messages."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    user = f"{parts.username}:***@" if parts.username else ":***@"
+    return parts._replace(netloc=user + netloc).geturl()
+
+
+def client(url: str, timeout_ms: float, max_connections: int = 64) -> aioredis.Redis:
+    """A client whose every exchange with Redis is bounded by ``timeout_ms`` (connect and each read; no
+    retries). The wait for a free pooled connection measures this process's own load, not Redis, and is
+    bounded separately (``POOL_WAIT``)."""
+    t = timeout_ms / 1000.0
+    try:
+        pool = aioredis.BlockingConnectionPool.from_url(
+            url, max_connections=max_connections, timeout=POOL_WAIT, socket_timeout=t, socket_connect_timeout=t,
+            retry=Retry(NoBackoff(), 0),
+        )
+    except ValueError as exc:
+        raise StoreError(f"{redacted(url)}: not a Redis URL ({exc})") from None
+    return aioredis.Redis.from_pool(pool)  # the client owns the pool: aclose() closes its connections
+
+
+class RedisStore:
+    """The :class:`gateway.keys.store.KeyStore` protocol on Redis (redis-py asyncio, hiredis parser)."""
+
+    def __init__(self, url: str, timeout_ms: float = 100.0) -> None:
+        self.url = url
+        self.timeout_ms = timeout_ms
+        self._where = redacted(url)
+        self.redis = client(url, timeout_ms)
+        self._get_by_hash = self.redis.register_script(_GET_BY_HASH)
+        self._add = self.redis.register_script(_ADD)
+        self._update = self.redis.register_script(_UPDATE)
+        self._revoke = self.redis.register_script(_REVOKE)
+        self._rotate = self.redis.register_script(_ROTATE)
+        self._usage = self.redis.register_script(_USAGE)
+        self._append_audit = self.redis.register_script(_APPEND_AUDIT)
+
+    def __repr__(self) -> str:
+        return f"RedisStore({self._where!r})"
+
+    def _fail(self, exc: BaseException, what: str) -> StoreError:
+        return StoreError(f"{self._where}: {what} failed: {exc.__class__.__name__}")
+
+    async def _call(self, what: str, coro: Any) -> Any:
+        try:
+            return await coro
+        except (RedisError, OSError, TimeoutError) as exc:
+            raise self._fail(exc, what) from None
+
+    # --- reads -----------------------------------------------------------------------------------------------
+
+    async def get_by_hash(self, key_hash: str) -> KeyRecord | None:
+        raw = await self._call("lookup", self._get_by_hash(keys=[_hash_key(key_hash)], args=[f"{NS}:key:"]))
+        return _decode(raw) if raw else None
+
+    async def get(self, key_id: str) -> KeyRecord | None:
+        raw = await self._call("read", self.redis.hgetall(_key(key_id)))
+        return _decode(raw) if raw else None
+
+    async def list(
+        self, *, environment: str | None = None, status: str | None = None, now: datetime | None = None,
+        limit: int | None = None, offset: int = 0,
+    ) -> list[KeyRecord]:
+        now = now or utcnow()
+        ids = await self._call("list", self.redis.zrange(_IDS, 0, -1))
+        out: list[KeyRecord] = []
+        skipped = 0
+        batch = 500
+        for start in range(0, len(ids), batch):
+            pipe = self.redis.pipeline(transaction=False)
+            for key_id in ids[start:start + batch]:
+                pipe.hgetall(_key(key_id.decode()))
+            for raw in await self._call("list", pipe.execute()):
+                if not raw:
+                    continue
+                record = _decode(raw)
+                if environment is not None and record.environment != environment:
+                    continue
+                if status is not None and record.status(now) != status:
+                    continue
+                if skipped < offset:
+                    skipped += 1
+                    continue
+                out.append(record)
+                if limit is not None and len(out) >= limit:
+                    return out
+        return out
+
+    async def audit_log(self, key_id: str | None = None, limit: int = 1000) -> list[AuditEvent]:
+        name = _AUDIT if key_id is None else _key_audit(key_id)
+        rows = await self._call("audit read", self.redis.lrange(name, 0, limit - 1))
+        return [_event(r) for r in rows]
+
+    # --- writes ----------------------------------------------------------------------------------------------
+
+    async def add(self, record: KeyRecord, audit: AuditEvent | None = None) -> None:
+        done = await self._call("write", self._add(
+            keys=[_key(record.id), _hash_key(record.key_hash), _IDS, _AUDIT, _key_audit(record.id)],
+            args=[INVALIDATE_CHANNEL, record.key_hash, record.id, record.created_at.timestamp(),
+                  _event_json(audit) if audit is not None else "", *_pairs(record)],
+        ))
+        if not int(done):
+            raise StoreError("a key with this id or value already exists")
+
+    async def update(self, key_id: str, changes: Mapping[str, Any], audit: AuditEvent) -> KeyRecord | None:
+        bad = set(changes) - UPDATABLE
+        if bad:
+            raise StoreError(f"cannot update field {sorted(bad)[0]!r}")
+        sets: list[str] = []
+        deletes: list[str] = []
+        for name, value in changes.items():
+            encoded = _encode(name, value)
+            if encoded is None:
+                deletes.append(name)
+            else:
+                sets += [name, encoded]
+        done = await self._call("write", self._update(
+            keys=[_key(key_id), _AUDIT, _key_audit(key_id)],
+            args=[INVALIDATE_CHANNEL, _event_json(audit), len(sets) // 2, *sets, *deletes],
+        ))
+        if not int(done):
+            return None
+        return await self.get(key_id)
+
+    async def revoke(self, key_id: str, actor: str = "cli") -> KeyRecord | None:
+        now = utcnow()
+        event = AuditEvent(action="revoke", key_id=key_id, actor=actor, at=now)
+        done = await self._call("write", self._revoke(
+            keys=[_key(key_id), _AUDIT, _key_audit(key_id)],
+            args=[INVALIDATE_CHANNEL, to_iso(now), _event_json(event)],
+        ))
+        if not int(done):
+            return None
+        return await self.get(key_id)
+
+    async def rotate(
+        self, old_id: str, new: KeyRecord, old_expires_at: datetime, audit: AuditEvent
+    ) -> KeyRecord | None:
+        out = await self._call("write", self._rotate(
+            keys=[_key(old_id), _key(new.id), _hash_key(new.key_hash), _IDS, _AUDIT, _key_audit(old_id)],
+            args=[INVALIDATE_CHANNEL, to_iso(utcnow()), to_iso(old_expires_at), new.id, new.key_hash,
+                  new.created_at.timestamp(), _event_json(audit), *_pairs(new)],
+        ))
+        verdict = out[0].decode()
+        if verdict == "missing":
+            return None
+        if verdict == "revoked":
+            raise Conflict("the key is revoked")
+        if verdict == "rotated":
+            raise Conflict(f"the key was already rotated; rotate {out[1].decode()} instead")
+        if verdict == "expired":
+            raise Conflict("the key has expired")
+        if verdict == "exists":
+            raise StoreError("a key with this id or value already exists")
+        return await self.get(old_id)
+
+    async def record_usage(self, updates: Sequence[UsageUpdate]) -> None:
+        if not updates:
+            return
+        args: list[str | int] = []
+        for u in updates:
+            args += [u.count, to_iso(u.last_used_at) or "", u.last_used_ip or ""]
+        await self._call("usage write", self._usage(keys=[_key(u.key_id) for u in updates], args=args))
+
+    async def append_audit(self, events: Sequence[AuditEvent]) -> None:
+        """Append audit rows as they are (``gateway store copy``)."""
+        for start in range(0, len(events), 500):
+            chunk = events[start:start + 500]
+            await self._call("audit write", self._append_audit(
+                keys=[_AUDIT, *(_key_audit(e.key_id) for e in chunk)], args=[_event_json(e) for e in chunk]))
+
+    async def ping(self) -> None:
+        await self._call("ping", self.redis.ping())
+
+    async def close(self) -> None:
+        await self.redis.aclose()

@@ -1,0 +1,246 @@
+"""The Redis key store behaves as the SQLite store: the same calls on a real SQLite file and a real
+redis-server give the same answers; changes are atomic; values are never stored; `gateway store copy` moves
+keys between them and the keys still authenticate."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from gateway.keys.format import generate_key, generate_key_id
+from gateway.keys.hashing import Pepper
+from gateway.keys.record import AuditEvent, KeyRecord, utcnow
+from gateway.keys.redis import RedisStore
+from gateway.keys.service import create_key, revoke_key, rotate_key, update_key
+from gateway.keys.sqlite import SQLiteStore
+from gateway.keys.store import Conflict, KeyStore, StoreError, UsageUpdate
+from gateway.settings import KeyFormat
+from tests.support.procs import SECRET, Gateway, RedisServer, Upstream, run_cli
+from tests.support.redisdb import dump, fresh_db
+
+PEPPER = Pepper(SECRET.encode(), "test")
+FMT = KeyFormat()
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path, redis_server: RedisServer | str) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'keys.db'}"
+    return fresh_db(redis_server)
+
+
+def open_store(url: str) -> KeyStore:
+    if url.startswith("sqlite:///"):
+        return SQLiteStore(Path(url[len("sqlite:///"):]))
+    return RedisStore(url, timeout_ms=2000)
+
+
+def run(coro_fn: Callable[[KeyStore], object], url: str) -> None:
+    async def main() -> None:
+        store = open_store(url)
+        try:
+            await coro_fn(store)  # type: ignore[misc]
+        finally:
+            await store.close()
+
+    asyncio.run(main())
+
+
+def test_same_behaviour_as_sqlite(store_url: str) -> None:
+    async def check(store: KeyStore) -> None:
+        value, a = await create_key(store, PEPPER, FMT, name="a", permissions=["servers:read"],
+                                    allowed_ips=["10.0.0.0/8"], rate_limit_tier="limited", description="first")
+        _, b = await create_key(store, PEPPER, FMT, name="b", permissions=["instances:*"], environment="test",
+                                expires_at=utcnow() + timedelta(days=1))
+        assert await store.get_by_hash(PEPPER.hash(value)) == a
+        assert await store.get_by_hash(PEPPER.hash(generate_key("dep_live_"))) is None
+        assert await store.get(a.id) == a and await store.get("key_nope") is None
+        order = [r.id for r in sorted([a, b], key=lambda r: (r.created_at, r.id))]  # created_at, then id
+        assert [r.id for r in await store.list()] == order
+        assert [r.id for r in await store.list(environment="test")] == [b.id]
+        assert [r.id for r in await store.list(limit=1, offset=1)] == order[1:]
+
+        updated = await update_key(store, a.id, {"name": "a2", "allowed_ips": [], "rate_limit_tier": None})
+        assert updated is not None
+        assert (updated.name, updated.allowed_ips, updated.rate_limit_tier) == ("a2", (), None)
+        assert updated.description == "first"
+        assert await update_key(store, "key_nope", {"name": "x"}) is None
+
+        rotated = await rotate_key(store, PEPPER, FMT, b.id, grace_period="7d")
+        assert rotated is not None
+        old, new_value, new = rotated
+        assert old.rotated_to == new.id and new.rotated_from == b.id
+        assert old.expires_at == b.expires_at  # rotation never extends a key's life
+        assert (await store.get_by_hash(PEPPER.hash(new_value))) == new
+        with pytest.raises(Conflict, match="already rotated"):
+            await rotate_key(store, PEPPER, FMT, b.id, grace_period="0")
+
+        revoked = await revoke_key(store, a.id)
+        assert revoked is not None and revoked.revoked_at is not None
+        again = await revoke_key(store, a.id)
+        assert again is not None and again.revoked_at == revoked.revoked_at
+        with pytest.raises(Conflict, match="revoked"):
+            await rotate_key(store, PEPPER, FMT, a.id, grace_period="0")
+        assert [r.id for r in await store.list(status="revoked")] == [a.id]
+        assert {r.id for r in await store.list(status="active")} == {b.id, new.id}
+
+        now = utcnow()
+        await store.record_usage([UsageUpdate(new.id, 3, now, "10.1.2.3"),
+                                  UsageUpdate("key_gone", 1, now, None)])
+        await store.record_usage([UsageUpdate(new.id, 2, now - timedelta(seconds=5), "10.9.9.9")])
+        used = await store.get(new.id)
+        assert used is not None
+        assert (used.request_count, used.last_used_at, used.last_used_ip) == (5, now, "10.1.2.3")
+
+        actions = [(e.action, e.key_id) for e in await store.audit_log()]
+        assert actions == [("create", a.id), ("create", b.id), ("update", a.id), ("rotate", b.id),
+                           ("revoke", a.id)]
+        assert [e.action for e in await store.audit_log(a.id)] == ["create", "update", "revoke"]
+        assert [e.action for e in await store.audit_log(limit=2)] == ["create", "create"]
+
+        with pytest.raises(StoreError, match="already exists"):
+            await store.add(a)
+        await store.ping()
+
+    run(check, store_url)
+
+
+def test_concurrent_rotations_exactly_one_wins(store_url: str) -> None:
+    async def check(store: KeyStore) -> None:
+        _, rec = await create_key(store, PEPPER, FMT, name="r", permissions=["servers:read"])
+        results = await asyncio.gather(
+            *(rotate_key(store, PEPPER, FMT, rec.id, grace_period="1h") for _ in range(8)), return_exceptions=True
+        )
+        wins = [r for r in results if isinstance(r, tuple)]
+        assert len(wins) == 1, results
+        assert all(isinstance(r, Conflict) for r in results if not isinstance(r, tuple))
+        assert len(await store.list()) == 2
+        assert [e.action for e in await store.audit_log(rec.id)] == ["create", "rotate"]
+
+    run(check, store_url)
+
+
+def test_a_failed_change_writes_nothing(store_url: str) -> None:
+    async def check(store: KeyStore) -> None:
+        _, rec = await create_key(store, PEPPER, FMT, name="r", permissions=["servers:read"])
+        _, other = await create_key(store, PEPPER, FMT, name="o", permissions=["servers:read"])
+        # A successor whose id is taken: the rotation must leave the old key untouched.
+        clash = KeyRecord(id=other.id, key_hash=PEPPER.hash(generate_key("dep_live_")), hint="zzzz", name="r",
+                          permissions=rec.permissions)
+        with pytest.raises(StoreError):
+            await store.rotate(rec.id, clash, utcnow() + timedelta(hours=1),
+                               AuditEvent("rotate", rec.id, "cli"))
+        assert await store.get(rec.id) == rec
+        assert [e.action for e in await store.audit_log()] == ["create", "create"]
+
+    run(check, store_url)
+
+
+def test_redis_holds_no_key_value(redis_server: RedisServer | str) -> None:
+    url = fresh_db(redis_server)
+    values: list[str] = []
+
+    async def check(store: KeyStore) -> None:
+        for i in range(3):
+            value, rec = await create_key(store, PEPPER, FMT, name=f"k{i}", permissions=["servers:read"])
+            values.append(value)
+        rotated = await rotate_key(store, PEPPER, FMT, rec.id, grace_period="0")
+        assert rotated is not None
+        values.append(rotated[1])
+
+    run(check, url)
+    everything = dump(url)
+    assert everything
+    for value in values:
+        assert value.encode() not in everything
+        assert value[len("dep_live_"):].encode() not in everything
+        assert PEPPER.hash(value).encode() in everything  # found by its keyed hash only
+
+
+def test_unreachable_redis_fails_fast_with_a_clean_message(own_redis: RedisServer) -> None:
+    own_redis.pause()  # a hung server: accepts nothing, answers nothing
+
+    async def check() -> None:
+        store = RedisStore(own_redis.url, timeout_ms=50)
+        try:
+            started = time.monotonic()
+            with pytest.raises(StoreError) as err:
+                await store.get_by_hash("0" * 64)
+            assert time.monotonic() - started < 1.0
+            assert "0" * 64 not in str(err.value)
+        finally:
+            await store.close()
+
+    try:
+        asyncio.run(check())
+    finally:
+        own_redis.resume()
+
+
+def test_password_is_not_in_messages() -> None:
+    async def check() -> None:
+        store = RedisStore("redis://:hunter2-secret@127.0.0.1:1/0", timeout_ms=50)
+        try:
+            assert "hunter2" not in repr(store)
+            with pytest.raises(StoreError) as err:
+                await store.get(generate_key_id())
+            assert "hunter2" not in str(err.value)
+        finally:
+            await store.close()
+
+    asyncio.run(check())
+
+
+# --- gateway store copy ---------------------------------------------------------------------------------------
+
+
+def test_store_copy_round_trip_keeps_keys_working(
+    tmp_path: Path, redis_server: RedisServer | str, make_gateway: Callable[..., Gateway], fresh_upstream: Upstream
+) -> None:
+    first = make_gateway(fresh_upstream.url, name="first", start=False)
+    made = [first.create_key(f"k{i}", "servers:read") for i in range(3)]
+    revoked = made[2]
+    first.cli("keys", "revoke", revoked["id"])
+    sqlite_a = f"sqlite:///{first.work / 'keys.db'}"
+    redis_url = fresh_db(redis_server)
+    sqlite_b = f"sqlite:///{tmp_path / 'back' / 'keys.db'}"
+
+    out = first.cli("store", "copy", "--from", sqlite_a, "--to", redis_url, "--json")
+    assert json.loads(out.stdout) == {"copied_keys": 3, "skipped_keys": 0, "copied_audit_events": 4}
+    for m in made:
+        assert m["value"] not in out.stdout + out.stderr
+    again = first.cli("store", "copy", "--from", sqlite_a, "--to", redis_url, "--json")
+    assert json.loads(again.stdout)["skipped_keys"] == 3  # idempotent
+    back = first.cli("store", "copy", "--from", redis_url, "--to", sqlite_b)
+    assert "Copied 3 key(s) and 4 audit event(s)" in back.stdout
+
+    for url in (redis_url, sqlite_b):
+        gw = make_gateway(fresh_upstream.url, settings={"store": {"url": url}})
+        with gw.client() as c:
+            for m in made[:2]:
+                assert c.get("/v1/servers", headers={"Authorization": f"Bearer {m['value']}"}).status_code == 200
+            assert c.get("/v1/servers",
+                         headers={"Authorization": f"Bearer {revoked['value']}"}).status_code == 401
+        listed = json.loads(gw.cli("audit", "--json").stdout)
+        assert [e["action"] for e in listed] == ["create", "create", "create", "revoke"]
+        gw.stop()
+
+
+def test_store_copy_bad_arguments(tmp_path: Path) -> None:
+    same = run_cli("store", "copy", "--from", "redis://127.0.0.1:1/0", "--to", "redis://127.0.0.1:1/0", check=False,
+                   cwd=tmp_path)
+    assert same.returncode == 2 and "same store" in same.stderr
+    bad = run_cli("store", "copy", "--from", "ftp://x", "--to", f"sqlite:///{tmp_path}/k.db", check=False,
+                  cwd=tmp_path)
+    assert bad.returncode == 2 and "unsupported scheme" in bad.stderr and "Traceback" not in bad.stderr
+    down = run_cli("store", "copy", "--from", "redis://127.0.0.1:1/0", "--to", f"sqlite:///{tmp_path}/k.db",
+                   check=False, cwd=tmp_path)
+    assert down.returncode == 1 and "store error" in down.stderr and "Traceback" not in down.stderr
+
+
