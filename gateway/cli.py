@@ -82,9 +82,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
         len(components.policy.routes),
     )
     app = create_app(settings, components)
+    from gateway.guard import http_protocol
+
+    # httptools (llhttp) is the stricter parser; the gateway's subclass adds limits, a head deadline and
+    # JSON refusals (docs/security.md). The concurrency cap lives in that protocol, so limit_concurrency
+    # stays unset here.
     config = uvicorn.Config(
         app, host=settings.listen.host, port=settings.listen.port, lifespan="on", access_log=False,
         server_header=False, date_header=False, log_level="info", proxy_headers=False,
+        http=http_protocol(settings),
+        timeout_keep_alive=settings.limits.keep_alive_seconds,  # type: ignore[arg-type]  # call_later: float
     )
     uvicorn.Server(config).run()
     return 0

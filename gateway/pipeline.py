@@ -2,10 +2,12 @@
 
 For every HTTP request, in this order:
 
-1. read the headers once (credential, forwarding headers, debug flag) and check the path (400 if ambiguous);
+1. read the headers once (credential, forwarding headers, debug flag, framing) and refuse ambiguous framing
+   (400, connection closed), methods outside the policy's set (405) and ambiguous paths (400);
 2. find the policy route; a public route is forwarded without a credential;
 3. authenticate: ``Authorization: Bearer <key>``, format and checksum first, then the keyed hash through the
-   cache (401 ``authentication_required`` / ``invalid_token`` / ``expired_token``);
+   cache (401 ``authentication_required`` / ``invalid_token`` / ``expired_token``); an address with too many
+   failed attempts cools down first (429 ``too_many_failed_attempts``, see gateway.guard);
 4. check the client network against the key's allowlist (403 ``ip_restricted``);
 5. check the policy: the route must exist and the key must hold its scopes (403 ``insufficient_permissions``);
    then spend one request of the key's rate limit (429 ``rate_limit_exceeded``; ``/auth/test`` only looks);
@@ -34,6 +36,7 @@ from gateway.errors import (
     IPRestricted,
     render,
 )
+from gateway.guard import CLOSE, FailureGuard, FramingError, MethodNotAllowed, PayloadTooLarge, TooManyFailures
 from gateway.keys.cache import AuthKey, KeyCache
 from gateway.keys.format import KeyParser
 from gateway.keys.hashing import Pepper
@@ -41,7 +44,7 @@ from gateway.keys.store import StoreError
 from gateway.keys.usage import UsageRecorder
 from gateway.network import ClientResolver, IPAddress, in_networks, parse_address
 from gateway.paths import split_path
-from gateway.policies import Policy, Route, grants
+from gateway.policies import KNOWN_METHODS, Policy, Route, grants
 from gateway.proxy.forwarder import Forwarder
 from gateway.ratelimit.stage import UNLIMITED_DEBUG, Applied, RateLimits
 from gateway.settings import Settings
@@ -56,11 +59,15 @@ _CONSUMED = frozenset(
         b"authorization", b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"te",
         b"trailer", b"upgrade", b"proxy-authorization", b"host", b"expect", b"x-forwarded-for",
         b"x-forwarded-proto", b"x-forwarded-host", b"x-debug-auth",
+        # Client-address headers anyone can send: the gateway's X-Forwarded-For is the only one it vouches for.
+        b"forwarded", b"x-real-ip", b"true-client-ip", b"cf-connecting-ip", b"x-client-ip", b"x-cluster-client-ip",
+        b"fastly-client-ip",
     }
 )
 # Every spelling of the identity-header prefix a server might hand over (names arrive lower-cased).
 _IDENTITY_PREFIXES = frozenset({b"x-auth-", b"x_auth_", b"x-auth_", b"x_auth-"})
-_BEARER = b"bearer "
+# The scheme is matched exactly as the platforms document it; "bearer", "BEARER" get 401 (docs/security.md).
+_BEARER = b"Bearer "
 _MAX_CREDENTIAL = 8192
 
 
@@ -114,6 +121,14 @@ class Gateway:
         self._format = settings.error_format
         self._debug_allowed = settings.debug_headers
         self._forward_authorization = settings.forward_authorization
+        lim = settings.limits
+        self._max_body = lim.max_body_bytes
+        self._body_limits = dict(lim.body_bytes_per_route)
+        # Failed authentications per client address; its counters are read by the metrics endpoint.
+        self.auth_failures = FailureGuard(
+            lim.auth_failures_per_minute, lim.auth_failures_cooldown_seconds, lim.auth_failures_global_per_minute,
+            lim.max_tracked_clients,
+        )
         self.limits = limits
         prefix = "" if settings.management.prefix == "/" else settings.management.prefix
         self._auth_test = f"{prefix}/auth/test"  # answered without spending a request
@@ -132,7 +147,9 @@ class Gateway:
         forwarded_proto: bytes | None = None
         forwarded_host: bytes | None = None
         debug = False
-        has_body = False
+        length = -1  # Content-Length, when sent
+        chunked = False
+        bad_frame = False  # framing the HTTP server let through but two parsers could read differently
         forward: list[tuple[str, str]] = []
         for name, value in scope["headers"]:
             if name in _CONSUMED:
@@ -145,6 +162,7 @@ class Gateway:
                 elif name == b"connection":
                     connection.append(value)
                 elif name == b"host":
+                    bad_frame |= host is not None
                     host = value
                 elif name == b"x-forwarded-proto":
                     forwarded_proto = value
@@ -153,13 +171,24 @@ class Gateway:
                 elif name == b"x-debug-auth":
                     debug = self._debug_allowed and value.strip().lower() == b"true"
                 elif name == b"transfer-encoding":
-                    has_body = True
+                    # Only one, final "chunked" (RFC 9112 6.1); llhttp passes "gzip, chunked" on.
+                    bad_frame |= chunked or length >= 0 or value.lower() != b"chunked"
+                    chunked = True
                 continue
             if name[:7] in _IDENTITY_PREFIXES:
                 continue
-            if name == b"content-length" and value != b"0":
-                has_body = True
+            if name == b"content-length":
+                # Digits only, once: llhttp passes "5 " on, which aiohttp then refuses to send.
+                if length >= 0 or chunked or not value.isdigit() or len(value) > 18:
+                    bad_frame = True
+                else:
+                    length = int(value)
             forward.append((name.decode("latin-1"), value.decode("latin-1")))
+        has_body = chunked or length > 0
+        if chunked or host is None:
+            # Transfer-Encoding means nothing to HTTP/1.0 (RFC 9112 6.1); HTTP/1.1 requires one Host (3.2).
+            version = scope["http_version"]
+            bad_frame |= chunked and version == "1.0" or host is None and version == "1.1"
 
         principal: Any = None
         ip_check = "not_configured"
@@ -169,12 +198,22 @@ class Gateway:
         forwarder: Forwarder | None = None
         applied: Applied | None = None
         rate_headers: list[Header] | tuple[()] = ()
+        body_limit = self._max_body
         try:
+            if bad_frame:
+                raise FramingError()
+            if method not in KNOWN_METHODS:
+                # llhttp refuses unknown tokens; this catches the ones it knows (TRACE, PROPFIND, ...).
+                raise MethodNotAllowed()
             segments = split_path(raw_path)
             # 2. The route decides whether a credential is needed, and which kinds.
             route = self.policy.match(method, segments)
             if route is None or not route.public:
-                # 3. Authenticate.
+                # 3. Authenticate, unless this address is cooling down after too many failures.
+                if self.auth_failures.blocked:
+                    wait = self.auth_failures.retry_after(self._client_key(scope, forwarded_for), self.clock())
+                    if wait is not None:
+                        raise TooManyFailures(wait)
                 principal = await self._authenticate(authorization, route)
                 # 4. Client network.
                 if principal.networks:
@@ -190,6 +229,11 @@ class Gateway:
                 for needed in route.scopes:
                     if not grants(perms, needed):
                         raise InsufficientPermissions()
+                if has_body:
+                    # Refused on Content-Length before a byte is read; chunked bodies are counted as they stream.
+                    body_limit = self._body_limits.get(route.template, body_limit)
+                    if length > body_limit:
+                        raise PayloadTooLarge()
                 if self.usage is not None and isinstance(principal, AuthKey):
                     if client is None:
                         client = self._resolver.resolve(_peer(scope), forwarded_for)
@@ -210,13 +254,22 @@ class Gateway:
                     call = Call(method, route, segments, scope["query_string"], principal, receive, limit_doc)
                     await self.management.handle(call, send, extra)
                     return
+            elif has_body:
+                body_limit = self._body_limits.get(route.template, body_limit)
+                if length > body_limit:
+                    raise PayloadTooLarge()
             # Test keys go to the test upstream and never to the live one.
             forwarder = self.forwarders.get(principal.environment if principal is not None else "live")
             if forwarder is None:
                 raise EnvironmentUnavailable()
         except GatewayError as exc:
+            if isinstance(exc, InvalidToken):
+                self.auth_failures.failure(self._client_key(scope, forwarded_for), self.clock())
             extra = await self._debug_headers(principal, ip_check, applied) if debug else []
             extra.extend(rate_headers)
+            if has_body or bad_frame:
+                # The body was not read: close rather than let the server drain it (or misread it).
+                extra.append(CLOSE)
             await _send_error(send, exc, self._format, extra)
             return
 
@@ -246,10 +299,16 @@ class Gateway:
             extra = rate_headers  # type: ignore[assignment]
         try:
             await forwarder.forward(
-                method, raw_path, scope["query_string"], forward, has_body, receive, send, extra
+                method, raw_path, scope["query_string"], forward, has_body, receive, send, extra,
+                body_limit=body_limit,
             )
         except GatewayError as exc:
-            await _send_error(send, exc, self._format, extra)
+            await _send_error(send, exc, self._format, [*extra, CLOSE] if has_body else extra)
+
+    def _client_key(self, scope: Scope, forwarded_for: list[bytes]) -> str:
+        """The address failed authentications are counted against (the peer when XFF is unusable)."""
+        client = self._resolver.resolve(_peer(scope), forwarded_for)
+        return str(client) if client is not None else _peer(scope) or "unknown"
 
     async def _authenticate(self, authorization: list[bytes], route: Route | None) -> Any:
         if not authorization:
@@ -257,7 +316,7 @@ class Gateway:
         if len(authorization) > 1:
             raise InvalidToken("More than one Authorization header was sent")
         value = authorization[0]
-        if value[:7].lower() != _BEARER or len(value) > _MAX_CREDENTIAL:
+        if value[:7] != _BEARER or len(value) > _MAX_CREDENTIAL:
             if not value.strip() or value.strip().lower() == b"bearer":
                 raise AuthenticationRequired()
             raise InvalidToken()

@@ -140,6 +140,27 @@ class RateLimitSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class LimitsSettings:
+    """What one request and one client may cost the gateway (docs/security.md)."""
+
+    max_header_bytes: int = 16_384  # all header lines of a request together (431)
+    max_headers: int = 100  # header lines per request (431)
+    max_target_bytes: int = 8_192  # the request target, path and query (414)
+    max_body_bytes: int = 1_073_741_824  # per request body, checked against Content-Length and counted (413)
+    # Per-route body limits, keyed by the policy rule's path template ("/v1/backups/**": 104857600).
+    body_bytes_per_route: dict[str, int] = field(default_factory=dict)
+    header_timeout_seconds: float = 10.0  # the whole request head must arrive within this (slowloris; 408)
+    keep_alive_seconds: float = 5.0  # an idle keep-alive connection is closed after this
+    max_connections: int = 1_024  # concurrent connections + requests per process; beyond it 503
+    # Failed authentications per client address per minute before it gets 429 for the cool-down; 0: off.
+    auth_failures_per_minute: int = 30
+    auth_failures_cooldown_seconds: float = 60.0
+    # Failed authentications per minute from all clients together that log an alert (a distributed attack).
+    auth_failures_global_per_minute: int = 1_000
+    max_tracked_clients: int = 100_000  # client addresses the failure counter remembers (oldest dropped)
+
+
+@dataclass(frozen=True, slots=True)
 class KeyFormat:
     live: str = "dep_live_"
     test: str = "dep_test_"
@@ -169,13 +190,15 @@ class Settings:
     usage: UsageSettings = field(default_factory=UsageSettings)
     jwt: JWTSettings = field(default_factory=JWTSettings)
     rate_limits: RateLimitSettings = field(default_factory=RateLimitSettings)
+    limits: LimitsSettings = field(default_factory=LimitsSettings)
     # Where relative paths in the file were resolved from (not a setting).
     base_dir: str = field(default=".", compare=False)
 
 
 _ERROR_FORMATS = ("deployerp", "deployally")
 _SECTIONS = frozenset(
-    {"listen", "upstream", "store", "cache", "key_format", "management", "rotation", "usage", "jwt", "rate_limits"}
+    {"listen", "upstream", "store", "cache", "key_format", "management", "rotation", "usage", "jwt", "rate_limits",
+     "limits"}
 )
 
 
@@ -260,8 +283,26 @@ def _validate(s: Settings) -> None:
             ipaddress.ip_network(cidr, strict=False)
         except ValueError:
             raise bad(f"trusted_proxies[{i}]", f"not an IP address or CIDR network: {cidr!r}") from None
+    _validate_limits(s.limits)
     if s.secret is not None and len(s.secret) < 16:
         raise bad("secret", "must be at least 16 characters (use 32 or more random bytes)")
+
+
+def _validate_limits(lim: LimitsSettings) -> None:
+    minimum = {"max_header_bytes": 1024, "max_headers": 8, "max_target_bytes": 256, "max_body_bytes": 0,
+               "max_connections": 1, "auth_failures_per_minute": 0, "auth_failures_global_per_minute": 0,
+               "max_tracked_clients": 1}
+    for name, least in minimum.items():
+        if getattr(lim, name) < least:
+            raise ConfigError(f"limits.{name}: must be at least {least}")
+    for name in ("header_timeout_seconds", "keep_alive_seconds", "auth_failures_cooldown_seconds"):
+        if getattr(lim, name) <= 0:
+            raise ConfigError(f"limits.{name}: must be a positive number of seconds")
+    for template, size in lim.body_bytes_per_route.items():
+        if not template.startswith("/"):
+            raise ConfigError(f"limits.body_bytes_per_route.{template}: must be a policy path template (/v1/...)")
+        if size < 0:
+            raise ConfigError(f"limits.body_bytes_per_route.{template}: must be zero or more bytes")
 
 
 def valid_tier_name(name: str) -> bool:

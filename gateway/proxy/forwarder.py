@@ -16,7 +16,8 @@ import aiohttp
 from starlette.types import Receive, Send
 from yarl import URL
 
-from gateway.errors import UpstreamTimeout, UpstreamUnavailable
+from gateway.errors import GatewayError, UpstreamTimeout, UpstreamUnavailable
+from gateway.guard import PayloadTooLarge
 
 log = logging.getLogger("gateway.proxy")
 
@@ -68,16 +69,18 @@ class Forwarder:
         receive: Receive,
         send: Send,
         extra_response_headers: Sequence[Header] = (),
+        body_limit: int | None = None,
     ) -> int:
         """Forward one request and stream the answer to ``send``. Returns the status sent to the client.
 
-        Raises :class:`GatewayError` (502/504) only while nothing has been sent yet."""
+        A body longer than ``body_limit`` bytes is cut off (the upstream sees an incomplete request) and
+        answered 413. Raises :class:`GatewayError` (413/502/504) only while nothing has been sent yet."""
         assert self._session is not None, "Forwarder.start() was not awaited"
         target = self._base_path + raw_path.decode("latin-1")
         if query:
             target += "?" + query.decode("latin-1")
         url = URL(self._origin + target, encoded=True)
-        data = _body(receive) if has_body else None
+        data = _body(receive, body_limit) if has_body else None
         try:
             resp = await self._session.request(method, url, headers=headers, data=data, allow_redirects=False)
         except ClientGone:
@@ -85,6 +88,11 @@ class Forwarder:
         except (TimeoutError, aiohttp.ServerTimeoutError):
             raise UpstreamTimeout() from None
         except (aiohttp.ClientError, OSError) as exc:
+            # aiohttp wraps what the body generator raised; the cause says whose fault it was.
+            if isinstance(exc.__cause__, GatewayError):
+                raise exc.__cause__ from None
+            if isinstance(exc.__cause__, ClientGone):
+                return 499
             log.warning("upstream request failed: %s", exc.__class__.__name__)
             raise UpstreamUnavailable() from None
         try:
@@ -105,13 +113,18 @@ class Forwarder:
             resp.release()
 
 
-async def _body(receive: Receive) -> AsyncIterator[bytes]:
+async def _body(receive: Receive, limit: int | None = None) -> AsyncIterator[bytes]:
+    left = limit
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
             raise ClientGone()
         chunk = message.get("body", b"")
         if chunk:
+            if left is not None:
+                left -= len(chunk)
+                if left < 0:
+                    raise PayloadTooLarge()
             yield chunk
         if not message.get("more_body", False):
             return

@@ -1,0 +1,344 @@
+"""Defences in front of the pipeline: the HTTP server's protocol, request limits and failed-login counting.
+
+``gateway serve`` runs uvicorn with :func:`http_protocol`, a subclass of uvicorn's httptools (llhttp)
+protocol. llhttp already refuses most ambiguous framing (``Content-Length`` with ``Transfer-Encoding``,
+differing or repeated ``Content-Length``, obfuscated chunked codings, obs-fold, bare LF, lower-case or unknown
+method tokens); docs/security.md lists what it and h11 accept. The subclass adds what the ASGI application
+cannot do because uvicorn hides it or because it must happen before the head is complete:
+
+* request targets that are not origin-form (absolute-form, authority-form, ``*``) and fragments: uvicorn
+  hands the application only the path of ``http://evil/x``, so the check has to look at the raw target;
+  ``CONNECT`` gets 405;
+* versions other than HTTP/1.0 and 1.1 (llhttp parses ``GET /`` as HTTP/0.9);
+* the size of the request target (414), of the header block and the number of header lines (431), counted
+  as they arrive so a client cannot make the parser buffer an endless header;
+* a deadline for the whole request head (slowloris: 408, or a silent close if nothing arrived at all);
+* JSON error bodies in the configured format and ``Connection: close`` for everything refused here.
+
+The remaining framing checks (a single final ``chunked``, digits-only ``Content-Length``, no
+``Transfer-Encoding`` on HTTP/1.0, one ``Host``) sit in the pipeline's single pass over the headers, so they
+hold under any ASGI server.
+
+:class:`FailureGuard` counts failed authentications per client address and in total, in bounded memory.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import OrderedDict
+from typing import Any
+
+import httptools
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+
+from gateway.errors import BadRequest, GatewayError, Header, render
+from gateway.settings import LimitsSettings, Settings
+
+log = logging.getLogger("gateway.security")
+
+CLOSE: Header = (b"connection", b"close")
+
+
+class MethodNotAllowed(GatewayError):
+    status, code, ally_code = 405, "method_not_allowed", "METHOD_NOT_ALLOWED"
+    message = "This method is not supported"
+    ally_message = "Método não suportado"
+
+    def headers(self, error_format: str, body: bytes) -> list[Header]:
+        return [*super().headers(error_format, body), (b"allow", b"GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS")]
+
+
+class FramingError(BadRequest):
+    message = "The request framing is malformed or ambiguous"
+    ally_message = "O enquadramento da requisição é inválido ou ambíguo"
+
+
+class TargetNotOriginForm(BadRequest):
+    message = "The request target must be a path (origin-form)"
+    ally_message = "O alvo da requisição deve ser um caminho"
+
+
+class RequestTimeout(GatewayError):
+    status, code, ally_code = 408, "request_timeout", "REQUEST_TIMEOUT"
+    message = "The request headers did not arrive in time"
+    ally_message = "Os cabeçalhos da requisição não chegaram a tempo"
+
+
+class PayloadTooLarge(GatewayError):
+    status, code, ally_code = 413, "payload_too_large", "PAYLOAD_TOO_LARGE"
+    message = "The request body is larger than this route accepts"
+    ally_message = "O corpo da requisição é maior do que esta rota aceita"
+
+
+class URITooLong(GatewayError):
+    status, code, ally_code = 414, "uri_too_long", "URI_TOO_LONG"
+    message = "The request target is too long"
+    ally_message = "O alvo da requisição é longo demais"
+
+
+class HeadersTooLarge(GatewayError):
+    status, code, ally_code = 431, "headers_too_large", "HEADERS_TOO_LARGE"
+    message = "The request headers are too large or too many"
+    ally_message = "Os cabeçalhos da requisição são grandes ou numerosos demais"
+
+
+class Overloaded(GatewayError):
+    status, code, ally_code = 503, "service_unavailable", "SERVICE_UNAVAILABLE"
+    message = "The gateway is at its connection limit; retry shortly"
+    ally_message = "O gateway está no limite de conexões; tente novamente em instantes"
+
+    def headers(self, error_format: str, body: bytes) -> list[Header]:
+        return [*super().headers(error_format, body), (b"retry-after", b"1")]
+
+
+class TooManyFailures(GatewayError):
+    """Too many failed authentications from this client address: refused until the cool-down ends."""
+
+    status, code, ally_code = 429, "too_many_failed_attempts", "TOO_MANY_REQUESTS"
+    message = "Too many failed authentication attempts from this address; retry after the time in Retry-After"
+    ally_message = "Muitas tentativas de autenticação falharam a partir deste endereço; tente mais tarde"
+
+    def __init__(self, retry_after: float) -> None:
+        super().__init__()
+        self.retry_after = max(1, int(retry_after + 0.999))
+
+    def headers(self, error_format: str, body: bytes) -> list[Header]:
+        return [*super().headers(error_format, body), (b"retry-after", str(self.retry_after).encode())]
+
+
+# --- the HTTP server protocol ---------------------------------------------------------------------------------
+
+
+class _Refused(Exception):
+    """Raised inside an llhttp callback to stop parsing; the error to answer with is on the protocol."""
+
+
+class GuardedHttpToolsProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with limits, a head deadline, origin-form targets and JSON refusals.
+
+    Configured by :func:`http_protocol`, which sets the class attributes below from the settings."""
+
+    limits: LimitsSettings = LimitsSettings()
+    error_format: str = "deployerp"
+    # The most bytes a head may take on the wire before the parser is stopped (target + headers + slack for
+    # the request line and line ends); counted per read so a never-ending header line cannot grow in memory.
+    raw_head_limit: int = 0
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._refusal: GatewayError | None = None
+        self._head_timer: Any = None
+        self._in_head = True  # no request head is complete on this connection yet
+        self._head_began = False  # a byte of the current head has arrived
+        self._head_lines = 0
+        self._head_bytes = 0
+        self._raw_head = 0
+        self._messages = 0
+
+    # connection life
+
+    def connection_made(self, transport: Any) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm_head_timer()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm_head_timer()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        counting = self._in_head
+        messages = self._messages
+        super().data_received(data)
+        # Still inside the same unfinished head: every byte of this read was head. The parser buffers a
+        # header line until it ends, so this is what bounds its memory.
+        if counting and self._in_head and messages == self._messages and not self.transport.is_closing():
+            self._raw_head += len(data)
+            if self._raw_head > self.raw_head_limit:
+                self._refuse(HeadersTooLarge())
+
+    def _arm_head_timer(self) -> None:
+        if self._head_timer is None:
+            self._head_timer = self.loop.call_later(self.limits.header_timeout_seconds, self._head_timeout)
+
+    def _disarm_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_timeout(self) -> None:
+        self._head_timer = None
+        if self.transport.is_closing():
+            return
+        if self.cycle is not None and not self.cycle.response_complete:
+            # A pipelined head is dawdling behind a request still being answered: end after that answer.
+            self.cycle.keep_alive = False
+            return
+        if self._head_began:
+            log.info("request head not complete after %.0f s: connection closed", self.limits.header_timeout_seconds)
+            self._refuse(RequestTimeout())
+        else:
+            self.transport.close()
+
+    # parser callbacks
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._messages += 1
+        self._in_head = True
+        self._head_began = True
+        self._head_lines = 0
+        self._head_bytes = 0
+        self._raw_head = 0
+        self._arm_head_timer()
+
+    def on_url(self, url: bytes) -> None:
+        super().on_url(url)
+        if len(self.url) > self.limits.max_target_bytes:
+            self._stop(URITooLong())
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._head_lines += 1
+        self._head_bytes += len(name) + len(value) + 4
+        if self._head_lines > self.limits.max_headers or self._head_bytes > self.limits.max_header_bytes:
+            self._stop(HeadersTooLarge())
+        super().on_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        self._head_began = False
+        self._disarm_head_timer()
+        url = self.url
+        if url[:1] != b"/" or b"#" in url:
+            if self.parser.get_method() == b"CONNECT":
+                self._stop(MethodNotAllowed("The gateway is not a proxy: CONNECT is not supported"))
+            self._stop(TargetNotOriginForm())
+        if self.parser.get_http_version() not in ("1.1", "1.0"):
+            self._stop(BadRequest("Only HTTP/1.0 and HTTP/1.1 are supported"))
+        cap = self.limits.max_connections
+        if len(self.connections) > cap or len(self.tasks) >= cap:
+            # uvicorn's limit_concurrency does the same, but answers in plain text and counts the connection
+            # asking (limit_concurrency=1 refuses everything); this is that check, in the gateway's format.
+            log.warning("connection limit reached (limits.max_connections=%d): 503", cap)
+            self._stop(Overloaded())
+        super().on_headers_complete()
+
+    # refusals
+
+    def _stop(self, error: GatewayError) -> None:
+        self._refusal = error
+        raise _Refused()
+
+    def send_400_response(self, msg: str) -> None:
+        # Every parser error ends here (llhttp's own and the _Refused raised by the callbacks above).
+        error, self._refusal = self._refusal, None
+        self._refuse(error or FramingError("The request is not valid HTTP/1.1"))
+
+    def _refuse(self, error: GatewayError) -> None:
+        """Answer ``error`` as JSON and close the connection: the rest of the stream cannot be trusted."""
+        self._disarm_head_timer()
+        if self.transport.is_closing():
+            return
+        if self.cycle is not None and not self.cycle.response_complete:
+            # A request on this connection is still being answered: writing now would interleave the answers.
+            # Let that answer finish, then close (the refused request gets no answer of its own).
+            self.cycle.keep_alive = False
+            self.flow.pause_reading()
+            return
+        status, headers, body = render(error, self.error_format, (CLOSE,))
+        out = [STATUS_LINE[status]]
+        for name, value in headers:
+            out += [name, b": ", value, b"\r\n"]
+        out += [b"\r\n", body]
+        self.transport.write(b"".join(out))
+        self.transport.close()
+
+
+def http_protocol(settings: Settings) -> type[GuardedHttpToolsProtocol]:
+    """The uvicorn ``http`` protocol class for these settings."""
+    lim = settings.limits
+    attrs = {
+        "limits": lim,
+        "error_format": settings.error_format,
+        "raw_head_limit": lim.max_header_bytes + lim.max_target_bytes + 2 * lim.max_headers + 1024,
+    }
+    return type("GatewayHttpProtocol", (GuardedHttpToolsProtocol,), attrs)
+
+
+# Make sure an llhttp callback error is what send_400_response sees (httptools wraps it; uvicorn catches it).
+assert issubclass(httptools.HttpParserCallbackError, httptools.HttpParserError)
+
+
+# --- failed authentications -----------------------------------------------------------------------------------
+
+
+class FailureGuard:
+    """Failed authentications per client address, in one-minute windows, in bounded memory.
+
+    Past ``per_minute`` failures in a window an address is refused (429) for ``cooldown`` seconds and one
+    structured log event is written; past ``global_per_minute`` failures from all addresses together in a
+    window one alert event is written (nobody is blocked for it: that would let an attacker lock everyone
+    out). ``failures_total`` and ``blocks_total`` are counters for the metrics endpoint.
+
+    Memory: at most ``max_tracked`` windows and as many blocks; the least recently failing address is
+    forgotten first. Single-threaded (the event loop), so no locking.
+    """
+
+    WINDOW = 60.0
+
+    def __init__(self, per_minute: int, cooldown: float, global_per_minute: int, max_tracked: int) -> None:
+        self.enabled = per_minute > 0
+        self.per_minute = per_minute
+        self.cooldown = cooldown
+        self.global_per_minute = global_per_minute
+        self.max_tracked = max_tracked
+        self.failures_total = 0
+        self.blocks_total = 0
+        self.refused_total = 0
+        self.blocked: dict[str, float] = {}  # address -> time the block ends
+        self._windows: OrderedDict[str, list[float]] = OrderedDict()  # address -> [window start, count]
+        self._global = [0.0, 0]
+
+    def retry_after(self, address: str, now: float) -> float | None:
+        """Seconds left of the address's block, or None when it is not blocked."""
+        until = self.blocked.get(address)
+        if until is None:
+            return None
+        if until <= now:
+            del self.blocked[address]
+            return None
+        self.refused_total += 1
+        return until - now
+
+    def failure(self, address: str, now: float) -> None:
+        """Count one failed authentication from ``address``."""
+        self.failures_total += 1
+        g = self._global
+        if now - g[0] >= self.WINDOW:
+            g[0], g[1] = now, 0
+        g[1] += 1
+        if g[1] == self.global_per_minute:
+            _event("auth_failures_global", failures=g[1], window_seconds=int(self.WINDOW))
+        if not self.enabled:
+            return
+        window = self._windows.get(address)
+        if window is None or now - window[0] >= self.WINDOW:
+            window = [now, 0]
+        self._windows[address] = window
+        self._windows.move_to_end(address)
+        while len(self._windows) > self.max_tracked:
+            self._windows.popitem(last=False)
+        window[1] += 1
+        if window[1] >= self.per_minute and address not in self.blocked:
+            if len(self.blocked) >= self.max_tracked:
+                self.blocked.pop(next(iter(self.blocked)))
+            self.blocked[address] = now + self.cooldown
+            self.blocks_total += 1
+            del self._windows[address]
+            _event("auth_failures_blocked", client=address, failures=int(window[1]),
+                   cooldown_seconds=self.cooldown)
+
+
+def _event(name: str, **fields: Any) -> None:
+    """One JSON object per line: what log shippers parse. Never carries a credential."""
+    log.warning(json.dumps({"event": name, **fields}, separators=(",", ":")))
