@@ -13,6 +13,7 @@ from gateway.keys.cache import KeyCache
 from gateway.keys.hashing import Pepper, load_pepper
 from gateway.keys.store import KeyStore, open_store
 from gateway.keys.usage import UsageRecorder
+from gateway.ops.health import Health, readiness_checks
 from gateway.pipeline import Gateway, Verifier
 from gateway.policies import Policy, load_policy
 from gateway.proxy.forwarder import Forwarder
@@ -88,10 +89,19 @@ class GatewayApp:
             settings, components.policy, self.cache, components.pepper, self.forwarders,
             management=management, usage=self.usage, jwt=components.jwt, limits=self.limits,
         )
+        ops = settings.ops
+        self.health = Health(ops.healthz_path, ops.readyz_path, readiness_checks(
+            store, lambda: self.gateway.policy, self.limits.limiter), ops.readyz_timeout_seconds)
+        # Probes are answered before the auth gate: one dict lookup on the path per request.
+        self._probes = self.health.routes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
             await self._lifespan(receive, send)
+            return
+        probe = self._probes.get(scope["path"]) if scope["type"] == "http" else None
+        if probe is not None:
+            await probe(scope, receive, send)
             return
         await self.gateway(scope, receive, send)
 
@@ -110,6 +120,7 @@ class GatewayApp:
                     return
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
+                self.health.start_draining()
                 await self.usage.stop()
                 await self.limits.close()
                 for f in self.forwarders.values():

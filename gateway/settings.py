@@ -90,6 +90,15 @@ class UsageSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class OpsSettings:
+    """Probes for orchestrators, answered before the auth gate without a credential (gateway/ops/health.py)."""
+
+    healthz_path: str = "/healthz"  # liveness: 200 while the process serves
+    readyz_path: str = "/readyz"  # readiness: 200, or 503 when the store/policy/Redis is not usable or draining
+    readyz_timeout_seconds: float = 2.0  # each readiness check is bounded by this
+
+
+@dataclass(frozen=True, slots=True)
 class JWTSettings:
     """JWTs for dashboard users, on routes whose policy allows the ``jwt`` credential."""
 
@@ -188,6 +197,7 @@ class Settings:
     management: ManagementSettings = field(default_factory=ManagementSettings)
     rotation: RotationSettings = field(default_factory=RotationSettings)
     usage: UsageSettings = field(default_factory=UsageSettings)
+    ops: OpsSettings = field(default_factory=OpsSettings)
     jwt: JWTSettings = field(default_factory=JWTSettings)
     rate_limits: RateLimitSettings = field(default_factory=RateLimitSettings)
     limits: LimitsSettings = field(default_factory=LimitsSettings)
@@ -253,6 +263,14 @@ def _validate(s: Settings) -> None:
         raise bad("rate_limits.max_tracked_keys", "must be at least 1")
     if s.usage.flush_seconds <= 0:
         raise bad("usage.flush_seconds", "must be a positive number of seconds")
+    for name in ("healthz_path", "readyz_path"):
+        probe = getattr(s.ops, name)
+        if not probe.startswith("/") or any(c in probe for c in "?#% ") or not probe.isascii():
+            raise bad(f"ops.{name}", f"must be a plain path starting with '/' (got {probe!r})")
+    if s.ops.healthz_path == s.ops.readyz_path:
+        raise bad("ops.readyz_path", "must differ from ops.healthz_path")
+    if s.ops.readyz_timeout_seconds <= 0:
+        raise bad("ops.readyz_timeout_seconds", "must be a positive number of seconds")
     if s.upstream.pool_size < 1:
         raise bad("upstream.pool_size", "must be at least 1")
     scheme = s.store.url.split(":", 1)[0]
