@@ -12,6 +12,7 @@ import asyncio
 import json
 import logging
 import shutil
+import socket
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -106,12 +107,31 @@ DEMO_KEYS = (
 )
 
 
+def _listen(host: str, port: int) -> socket.socket:
+    """Bind the demo's listening socket before anything is printed, so a taken port fails first and plainly."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise CLIError(f"cannot listen on {host}:{port}: {exc.strerror} (is the port taken? use --port)") from None
+    sock.listen(2048)
+    return sock
+
+
 async def _demo(port: int, data_dir: Path) -> None:
     import uvicorn
 
     from gateway.demo import upstream
 
-    runner, upstream_port = await upstream.start("127.0.0.1", 0)
+    sock = _listen("127.0.0.1", port)
+    port = int(sock.getsockname()[1])  # --port 0 picks a free one
+    try:
+        runner, upstream_port = await upstream.start("127.0.0.1", 0)
+    except BaseException:
+        sock.close()
+        raise
     try:
         settings = load_settings(
             None,
@@ -162,11 +182,9 @@ async def _demo(port: int, data_dir: Path) -> None:
             app, host="127.0.0.1", port=port, lifespan="on", access_log=False, server_header=False,
             date_header=False, log_level="warning",
         )
-        server = uvicorn.Server(config)
-        await server.serve()
-        if not server.started:
-            raise CLIError(f"could not listen on 127.0.0.1:{port} (is the port taken? use --port)")
+        await uvicorn.Server(config).serve(sockets=[sock])
     finally:
+        sock.close()
         await runner.cleanup()
 
 
@@ -308,11 +326,22 @@ async def _keys(args: argparse.Namespace) -> int:
             return await _rotate_due(args, settings, components)
         return 0
     except KeyInputError as exc:
-        raise CLIError(f"invalid {exc.field}: {exc.problem}", status=2) from None
+        # Name the flag the operator typed, and the stored field it feeds (the API's name for it).
+        flag = _FLAGS.get(exc.field)
+        named = f"{flag} ({exc.field})" if flag else exc.field
+        raise CLIError(f"invalid {named}: {exc.problem}", status=2) from None
     except Conflict as exc:
         raise CLIError(f"cannot do that: {exc}") from None
     finally:
         await store.close()
+
+
+# The CLI flag behind each field a KeyInputError can name.
+_FLAGS = {
+    "name": "--name", "permissions": "--permissions", "ip_whitelist": "--allow-ip", "expires_at": "--expires-at",
+    "environment": "--env", "description": "--description", "rate_limit_tier": "--tier",
+    "rotation_period": "--rotation-period", "grace_period": "--grace-period",
+}
 
 
 async def _rotate_due(args: argparse.Namespace, settings: Settings, components: Components) -> int:
@@ -455,7 +484,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(func=cmd_serve)
 
     demo = sub.add_parser("demo", help="run a sample upstream and the gateway in front of it, with three keys")
-    demo.add_argument("--port", type=int, default=8080, help="gateway port (default 8080)")
+    demo.add_argument("--port", type=int, default=8080, help="gateway port (default 8080; 0 picks a free one)")
     demo.set_defaults(func=cmd_demo)
 
     keys = sub.add_parser("keys", help="manage API keys (directly on the store)")
