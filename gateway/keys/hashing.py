@@ -51,6 +51,9 @@ def default_secret_file(settings: Settings) -> Path:
 def load_pepper(settings: Settings, *, create: bool = True) -> tuple[Pepper, bool]:
     """Return the pepper and whether it was created just now (the caller says where, once)."""
     if settings.secret:
+        # load_settings checks this too; settings built in code skip it, and a short pepper is a weak one.
+        if len(settings.secret) < 16:
+            raise ConfigError("secret: must be at least 16 characters (use 32 or more random bytes)")
         return Pepper(settings.secret.encode("utf-8"), "secret setting"), False
     path = default_secret_file(settings)
     if path.exists():
@@ -66,8 +69,11 @@ def load_pepper(settings: Settings, *, create: bool = True) -> tuple[Pepper, boo
         return Pepper(data, str(path)), False
     if not create:
         raise ConfigError(f"secret_file: {path} does not exist")
-    path.parent.mkdir(parents=True, exist_ok=True)
     value = secrets.token_urlsafe(48).encode("ascii")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"secret_file: cannot create {path}: {exc.strerror}") from None
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:  # another process won the race: use its secret
