@@ -356,7 +356,7 @@ async def _rotate_due(args: argparse.Namespace, settings: Settings, components: 
             continue
         try:
             result = await rotate_key(store, components.pepper, settings.key_format, record.id,
-                                      grace_period=settings.rotation.grace_period, actor="rotate-due")
+                                      grace_period=settings.rotation.grace_period, actor="cli")
         except Conflict as exc:
             results.append({"key_id": record.id, "rotated": False, "error": str(exc)})
             failures += 1

@@ -51,6 +51,13 @@ class KeysAPI:
     def close(self) -> None:
         self.client.close()
 
+    @property
+    def created_by(self) -> str:
+        """The caller's key id, as the audit trail and ``created_by`` name it."""
+        resp = self.call("GET", "/auth/test")
+        assert resp.status_code == 200, resp.text
+        return resp.json()["key_id"]  # type: ignore[no-any-return]
+
     def as_key(self, value: str) -> KeysAPI:
         return KeysAPI(self.gateway, value, self.prefix)
 
@@ -126,14 +133,17 @@ class Receiver:
     def __init__(self, status: int = 200) -> None:
         self.bodies: list[Any] = []
         self.status = status
+        self.fail_for: set[str] = set()  # answer 500 to notices about these key ids
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:  # noqa: N802 - the http.server API
                 length = int(self.headers.get("Content-Length", "0"))
                 raw = self.rfile.read(length)
-                outer.bodies.append(json.loads(raw) if raw else None)
-                self.send_response(outer.status)
+                body = json.loads(raw) if raw else None
+                outer.bodies.append(body)
+                failing = isinstance(body, dict) and body.get("key_id") in outer.fail_for
+                self.send_response(500 if failing else outer.status)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
 
