@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import math
 import os
 import types
 import typing
@@ -225,6 +226,14 @@ def _validate(s: Settings) -> None:
         raise bad("upstream.url", f"must be an http:// or https:// URL with a host (got {s.upstream.url!r})")
     if parts.query or parts.fragment:
         raise bad("upstream.url", "must not carry a query or fragment")
+    if any(c.isspace() or not c.isprintable() for c in s.upstream.url):
+        raise bad("upstream.url", "must not contain spaces or control characters")
+    try:
+        port = parts.port  # a port that is not a number in 0..65535 raises here, not at the first request
+    except ValueError:
+        port = 0
+    if port == 0:
+        raise bad("upstream.url", "has an invalid port (use 1..65535)")
     for name in ("connect_timeout", "read_timeout"):
         if getattr(s.upstream, name) <= 0:
             raise bad(f"upstream.{name}", "must be a positive number of seconds")
@@ -382,9 +391,12 @@ def _convert(tp: Any, value: Any, name: str) -> Any:
         if isinstance(value, bool) or not isinstance(value, int | float | str):
             raise ConfigError(f"{name}: must be a number (got {value!r})")
         try:
-            return float(value)
+            number = float(value)
         except ValueError:
             raise ConfigError(f"{name}: must be a number (got {value!r})") from None
+        if not math.isfinite(number):  # nan passes every "< 0" check; inf is no timeout at all
+            raise ConfigError(f"{name}: must be a finite number (got {value!r})")
+        return number
     if tp is str:
         if isinstance(value, bool) or not isinstance(value, str | int | float):
             raise ConfigError(f"{name}: must be a string (got {type(value).__name__})")

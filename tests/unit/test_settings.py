@@ -1,0 +1,334 @@
+"""gateway/settings.py: defaults < YAML file < GATEWAY_* environment < CLI overrides, and every bad value
+refused with a message that starts with the setting's name."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from gateway.settings import (
+    ConfigError,
+    KeyFormat,
+    Settings,
+    load_settings,
+    resolve_path,
+    sqlite_path,
+)
+
+
+def write(tmp_path: Path, text: str, name: str = "config.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def refused(field: str, *, text: str | None = None, env: dict[str, str] | None = None, tmp_path: Path | None = None,
+            overrides: dict[str, object] | None = None) -> str:
+    """Load and expect a ConfigError whose message starts with ``field``; return the message."""
+    path = write(tmp_path, text) if text is not None and tmp_path is not None else None
+    with pytest.raises(ConfigError) as info:
+        load_settings(path, environ=env or {}, overrides=overrides)
+    message = str(info.value)
+    assert message.startswith(f"{field}: "), message
+    assert "Traceback" not in message
+    return message
+
+
+# --- defaults, file, environment, precedence -------------------------------------------------------------------
+
+
+def test_defaults() -> None:
+    s = load_settings(None, environ={})
+    assert s == Settings()
+    assert (s.listen.host, s.listen.port) == ("127.0.0.1", 8080)
+    assert s.upstream.url == "http://127.0.0.1:9000"
+    assert s.store.url == "sqlite:///data/keys.db"
+    assert s.cache.ttl_seconds == 5.0
+    assert s.policies == "policies/deployerp.yaml"
+    assert s.error_format == "deployerp"
+    assert s.key_format == KeyFormat("dep_live_", "dep_test_")
+    assert s.debug_headers is True
+    assert s.trusted_proxies == ()
+    assert s.forward_authorization is False
+    assert s.secret is None and s.secret_file is None
+    assert s.base_dir == "."
+
+
+def test_a_missing_file_gives_defaults_unless_required(tmp_path: Path) -> None:
+    assert load_settings(tmp_path / "absent.yaml", environ={}) == Settings()
+    with pytest.raises(ConfigError, match=r"absent\.yaml: configuration file not found"):
+        load_settings(tmp_path / "absent.yaml", environ={}, required=True)
+
+
+def test_an_empty_file_gives_defaults(tmp_path: Path) -> None:
+    assert load_settings(write(tmp_path, "# nothing here\n"), environ={}) == Settings()
+
+
+def test_the_shipped_config_yaml_loads() -> None:
+    shipped = Path(__file__).resolve().parents[2] / "config.yaml"
+    s = load_settings(shipped, environ={}, required=True)
+    assert s.listen.port == 8080 and s.error_format == "deployerp"
+    assert s.base_dir == str(shipped.parent)
+
+
+def test_yaml_file_values(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """
+listen: {host: 0.0.0.0, port: 9999}
+upstream: {url: "https://api.example.com:8443", connect_timeout: 1.5, read_timeout: 30}
+store: {url: "sqlite:///state/keys.db"}
+cache: {ttl_seconds: 0.5}
+policies: my-policy.yaml
+error_format: deployally
+key_format: deployally
+debug_headers: false
+trusted_proxies: [10.0.0.0/8, "2001:db8::/32", 192.0.2.1]
+forward_authorization: true
+""",
+    )
+    s = load_settings(path, environ={})
+    assert (s.listen.host, s.listen.port) == ("0.0.0.0", 9999)
+    assert s.upstream.url == "https://api.example.com:8443"
+    assert (s.upstream.connect_timeout, s.upstream.read_timeout) == (1.5, 30.0)
+    assert s.cache.ttl_seconds == 0.5
+    assert s.policies == "my-policy.yaml"
+    assert s.error_format == "deployally"
+    assert s.key_format == KeyFormat("da_", "da_test_")
+    assert s.debug_headers is False and s.forward_authorization is True
+    assert s.trusted_proxies == ("10.0.0.0/8", "2001:db8::/32", "192.0.2.1")
+    assert s.base_dir == str(tmp_path)
+
+
+def test_environment_overrides_sections_and_top_level_fields() -> None:
+    env = {
+        "GATEWAY_UPSTREAM__URL": "http://10.1.2.3:7000",
+        "GATEWAY_LISTEN__PORT": "18080",
+        "GATEWAY_CACHE__TTL_SECONDS": "2.5",
+        "GATEWAY_ERROR_FORMAT": "deployally",
+        "GATEWAY_KEY_FORMAT": "deployally",
+        "GATEWAY_TRUSTED_PROXIES": "10.0.0.0/8, 192.168.0.0/16",
+        "GATEWAY_DEBUG_HEADERS": "false",
+        "GATEWAY_FORWARD_AUTHORIZATION": "YES",
+        "GATEWAY_POLICIES": "policies/deployally.yaml",
+        "GATEWAY_URL": "https://not-ours.example",  # another tool's variable: ignored
+        "OTHER_LISTEN__PORT": "1",
+    }
+    s = load_settings(None, environ=env)
+    assert s.upstream.url == "http://10.1.2.3:7000"
+    assert s.listen.port == 18080
+    assert s.cache.ttl_seconds == 2.5
+    assert s.error_format == "deployally"
+    assert s.key_format == KeyFormat("da_", "da_test_")
+    assert s.trusted_proxies == ("10.0.0.0/8", "192.168.0.0/16")
+    assert s.debug_headers is False and s.forward_authorization is True
+    assert s.policies == "policies/deployally.yaml"
+
+
+def test_precedence_defaults_file_environment_overrides(tmp_path: Path) -> None:
+    path = write(tmp_path, "listen: {host: 10.9.9.9, port: 1111}\ncache: {ttl_seconds: 7}\nerror_format: deployally\n")
+    s = load_settings(path, environ={"GATEWAY_LISTEN__PORT": "2222", "GATEWAY_ERROR_FORMAT": "deployerp"})
+    assert s.listen.host == "10.9.9.9"  # file (the environment names only the port)
+    assert s.listen.port == 2222  # environment beats file
+    assert s.cache.ttl_seconds == 7.0  # file beats default
+    assert s.cache.max_size == 100_000  # default kept beside a file value in the same section
+    assert s.error_format == "deployerp"
+    s = load_settings(path, environ={"GATEWAY_LISTEN__PORT": "2222"}, overrides={"listen": {"port": 3333}})
+    assert s.listen.port == 3333 and s.listen.host == "10.9.9.9"  # CLI flags beat everything
+
+
+def test_key_format_presets_and_mappings(tmp_path: Path) -> None:
+    assert load_settings(None, environ={"GATEWAY_KEY_FORMAT": "deployerp"}).key_format == KeyFormat()
+    s = load_settings(write(tmp_path, "key_format: {live: acme_, test: acme_test_}\n"), environ={})
+    assert s.key_format == KeyFormat("acme_", "acme_test_")
+    s = load_settings(None, environ={"GATEWAY_KEY_FORMAT__TEST": "sandbox_"})
+    assert s.key_format == KeyFormat("dep_live_", "sandbox_")
+    # A preset in the file, one field changed from the environment.
+    s = load_settings(write(tmp_path, "key_format: deployally\n"), environ={"GATEWAY_KEY_FORMAT__TEST": "da_dev_"})
+    assert s.key_format == KeyFormat("da_", "da_dev_")
+    refused("key_format", env={"GATEWAY_KEY_FORMAT": "stripe"})
+    refused("key_format", env={"GATEWAY_KEY_FORMAT__LIVE": "dep_test_"})  # live and test must differ
+    refused("key_format.live", env={"GATEWAY_KEY_FORMAT__LIVE": "deplive"})  # must end with "_"
+    refused("key_format.test", env={"GATEWAY_KEY_FORMAT__TEST": "dép_"})
+    refused("key_format.test", env={"GATEWAY_KEY_FORMAT__TEST": "a-b_"})
+    refused("key_format.unknown", env={"GATEWAY_KEY_FORMAT__UNKNOWN": "x_"})
+
+
+def test_relative_paths_resolve_against_the_config_files_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                                                   ) -> None:
+    conf = tmp_path / "etc" / "gateway"
+    conf.mkdir(parents=True)
+    path = write(conf, "store: {url: 'sqlite:///data/keys.db'}\npolicies: rules/policy.yaml\n")
+    elsewhere = tmp_path / "cwd"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # the working directory must not matter
+    s = load_settings(path, environ={})
+    assert sqlite_path(s) == conf / "data" / "keys.db"
+    assert resolve_path(s, s.policies) == conf / "rules" / "policy.yaml"
+    assert resolve_path(s, "/abs/policy.yaml") == Path("/abs/policy.yaml")
+    assert resolve_path(s, "~/p.yaml") == Path.home() / "p.yaml"
+    s = load_settings(write(conf, "store: {url: 'sqlite:////var/lib/gw/keys.db'}\n", "abs.yaml"), environ={})
+    assert sqlite_path(s) == Path("/var/lib/gw/keys.db")
+    # A relative config path is resolved once, when loaded.
+    s = load_settings(Path("..") / "etc" / "gateway" / "config.yaml", environ={})
+    assert Path(s.base_dir) == conf
+
+
+# --- errors ----------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("port", ["0", "65536", "-1", "100000"])
+def test_port_out_of_range(port: str) -> None:
+    message = refused("listen.port", env={"GATEWAY_LISTEN__PORT": port})
+    assert "between 1 and 65535" in message
+
+
+@pytest.mark.parametrize("value", ["abc", "80.5", "", "0x50", "8080 tcp"])
+def test_port_not_an_integer_from_the_environment(value: str) -> None:
+    assert "must be an integer" in refused("listen.port", env={"GATEWAY_LISTEN__PORT": value})
+
+
+@pytest.mark.parametrize("text", ["listen: {port: 80.5}\n", "listen: {port: true}\n", "listen: {port: [80]}\n",
+                                  "listen: {port: abc}\n"])
+def test_port_not_an_integer_in_the_file(tmp_path: Path, text: str) -> None:
+    assert "must be an integer" in refused("listen.port", text=text, tmp_path=tmp_path)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "ftp://example.com",
+        "example.com",
+        "127.0.0.1:9000",
+        "http://",
+        "http:///path",
+        "http://host:99999",
+        "http://host:abc",
+        "http://host:-1",
+        "http://exa mple.com",
+        "http://host/\x00",
+        "http://host/?x=1",
+        "http://host/#frag",
+        "",
+    ],
+)
+def test_bad_upstream_url(url: str) -> None:
+    refused("upstream.url", env={"GATEWAY_UPSTREAM__URL": url})
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:9000", "https://api.example.com", "http://[::1]:8080/base",
+                                 "http://host:1", "http://host:65535/"])
+def test_good_upstream_urls(url: str) -> None:
+    assert load_settings(None, environ={"GATEWAY_UPSTREAM__URL": url}).upstream.url == url
+
+
+def test_bad_error_format() -> None:
+    message = refused("error_format", env={"GATEWAY_ERROR_FORMAT": "json"})
+    assert "deployerp" in message and "deployally" in message and "'json'" in message
+
+
+def test_unknown_settings_are_named(tmp_path: Path) -> None:
+    assert "unknown setting" in refused("lisen", text="lisen: {port: 1}\n", tmp_path=tmp_path)
+    message = refused("listen.prot", text="listen: {prot: 1}\n", tmp_path=tmp_path)
+    assert "known: " in message and "port" in message
+    refused("listen.bogus", env={"GATEWAY_LISTEN__BOGUS": "1"})
+    refused("upstream.environments.prod", text="upstream: {environments: {prod: 'http://x'}}\n", tmp_path=tmp_path)
+
+
+def test_bad_cidr_in_trusted_proxies_names_the_entry(tmp_path: Path) -> None:
+    message = refused("trusted_proxies[1]", env={"GATEWAY_TRUSTED_PROXIES": "10.0.0.0/8,10.0.0.0/33"})
+    assert "'10.0.0.0/33'" in message
+    refused("trusted_proxies[0]", text="trusted_proxies: [example.com]\n", tmp_path=tmp_path)
+    refused("trusted_proxies", text="trusted_proxies: {a: 1}\n", tmp_path=tmp_path)
+
+
+def test_bad_yaml_names_the_file_and_the_line(tmp_path: Path) -> None:
+    path = write(tmp_path, "listen:\n  host: 127.0.0.1\n  port: [8080\nerror_format: deployerp\n")
+    with pytest.raises(ConfigError) as info:
+        load_settings(path, environ={})
+    message = str(info.value)
+    assert message.startswith(f"{path}: not valid YAML")
+    line = int(re.search(r"line (\d+)", message).group(1))  # type: ignore[union-attr]
+    assert 3 <= line <= 4
+
+
+def test_tabs_and_unreadable_files(tmp_path: Path) -> None:
+    path = write(tmp_path, "listen:\n\tport: 1\n")
+    with pytest.raises(ConfigError, match=rf"^{re.escape(str(path))}: not valid YAML \(line 2"):
+        load_settings(path, environ={})
+    latin = tmp_path / "latin.yaml"
+    latin.write_bytes(b"listen: {host: caf\xe9}\n")
+    with pytest.raises(ConfigError, match=rf"^{re.escape(str(latin))}: cannot read"):
+        load_settings(latin, environ={})
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_settings(tmp_path, environ={})  # a directory
+
+
+@pytest.mark.parametrize("text", ["- a\n- b\n", "just a string\n", "42\n"])
+def test_the_top_level_must_be_a_mapping(tmp_path: Path, text: str) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError, match=rf"^{re.escape(str(path))}: the top level must be a mapping"):
+        load_settings(path, environ={})
+
+
+def test_a_section_that_is_not_a_mapping(tmp_path: Path) -> None:
+    assert "must be a mapping" in refused("listen", text="listen: 8080\n", tmp_path=tmp_path)
+    assert "must be a mapping" in refused("cache", env={"GATEWAY_CACHE": "big"})
+
+
+@pytest.mark.parametrize("value", ["maybe", "2", "", "tru", "on off"])
+def test_bad_booleans(value: str) -> None:
+    message = refused("debug_headers", env={"GATEWAY_DEBUG_HEADERS": value})
+    assert "must be true or false" in message
+
+
+@pytest.mark.parametrize(("value", "expected"), [("true", True), ("1", True), ("yes", True), ("ON", True),
+                                                 ("false", False), ("0", False), ("no", False), ("Off", False)])
+def test_good_booleans(value: str, expected: bool) -> None:
+    assert load_settings(None, environ={"GATEWAY_FORWARD_AUTHORIZATION": value}).forward_authorization is expected
+
+
+def test_boolean_in_the_file_must_be_a_boolean(tmp_path: Path) -> None:
+    refused("debug_headers", text="debug_headers: 1.5\n", tmp_path=tmp_path)
+    refused("forward_authorization", text="forward_authorization: [true]\n", tmp_path=tmp_path)
+
+
+@pytest.mark.parametrize("value", ["nan", "NaN", "inf", "-inf", "Infinity", "1e999"])
+def test_non_finite_numbers_are_refused(value: str) -> None:
+    refused("cache.ttl_seconds", env={"GATEWAY_CACHE__TTL_SECONDS": value})
+    refused("upstream.read_timeout", env={"GATEWAY_UPSTREAM__READ_TIMEOUT": value})
+
+
+def test_non_finite_numbers_in_the_file_are_refused(tmp_path: Path) -> None:
+    refused("upstream.connect_timeout", text="upstream: {connect_timeout: .nan}\n", tmp_path=tmp_path)
+    refused("cache.ttl_seconds", text="cache: {ttl_seconds: .inf}\n", tmp_path=tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("env", "field"),
+    [
+        ({"GATEWAY_CACHE__TTL_SECONDS": "-1"}, "cache.ttl_seconds"),
+        ({"GATEWAY_CACHE__TTL_SECONDS": "five"}, "cache.ttl_seconds"),
+        ({"GATEWAY_CACHE__MAX_SIZE": "0"}, "cache.max_size"),
+        ({"GATEWAY_UPSTREAM__CONNECT_TIMEOUT": "0"}, "upstream.connect_timeout"),
+        ({"GATEWAY_UPSTREAM__READ_TIMEOUT": "-5"}, "upstream.read_timeout"),
+        ({"GATEWAY_STORE__URL": "postgres://db/keys"}, "store.url"),
+        ({"GATEWAY_STORE__URL": "sqlite://keys.db"}, "store.url"),
+        ({"GATEWAY_LISTEN__HOST": ""}, "listen.host"),
+        ({"GATEWAY_SECRET": "short"}, "secret"),
+        ({"GATEWAY_MANAGEMENT__PREFIX": "v1"}, "management.prefix"),
+        ({"GATEWAY_UPSTREAM__ENVIRONMENTS__TEST": "gopher://x"}, "upstream.environments.test"),
+    ],
+)
+def test_other_bad_values_name_their_field(env: dict[str, str], field: str) -> None:
+    refused(field, env=env)
+
+
+def test_secret_values_never_appear_in_error_messages(tmp_path: Path) -> None:
+    refused("secret", text="secret: {value: do-not-print-me-0123456789}\n", tmp_path=tmp_path)
+    message = refused("secret", env={"GATEWAY_SECRET": "tiny-secret"})
+    assert "tiny-secret" not in message
+    message = refused("secret", text="secret: [do-not-print-me-0123456789]\n", tmp_path=tmp_path)
+    assert "do-not-print-me" not in message
