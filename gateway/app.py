@@ -5,13 +5,14 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from starlette.types import Receive, Scope, Send
 
 from gateway.admin.api import ManagementAPI, internal_routes
 from gateway.keys.cache import KeyCache
 from gateway.keys.hashing import Pepper, load_pepper
-from gateway.keys.store import KeyStore, open_store
+from gateway.keys.store import KeyStore, is_redis_url, open_store
 from gateway.keys.usage import UsageRecorder
 from gateway.ops.health import Health, readiness_checks
 from gateway.pipeline import Gateway, Verifier
@@ -19,6 +20,9 @@ from gateway.policies import Policy, load_policy
 from gateway.proxy.forwarder import Forwarder
 from gateway.ratelimit.stage import RateLimits, open_limiter
 from gateway.settings import Settings, resolve_path
+
+if TYPE_CHECKING:
+    from gateway.keys.redis import InvalidationListener
 
 log = logging.getLogger("gateway")
 
@@ -67,6 +71,12 @@ class GatewayApp:
         self.components = components
         store = components.store
         self.cache = KeyCache(store, settings.cache.ttl_seconds, settings.cache.max_size)
+        self.invalidations: InvalidationListener | None = None
+        if is_redis_url(settings.store.url):
+            from gateway.keys.redis import InvalidationListener
+
+            # Changes made by any process reach this one's cache within a second (pub/sub).
+            self.invalidations = InvalidationListener(settings.store.url, self.cache, settings.store.timeout_ms)
         up = settings.upstream
 
         def forwarder(url: str) -> Forwarder:
@@ -115,6 +125,8 @@ class GatewayApp:
                             await f.start()
                     self.usage.start()
                     await self.limits.start()
+                    if self.invalidations is not None:
+                        self.invalidations.start()
                 except Exception as exc:  # noqa: BLE001 - reported to the server, which exits
                     await send({"type": "lifespan.startup.failed", "message": str(exc)})
                     return
@@ -123,6 +135,8 @@ class GatewayApp:
                 self.health.start_draining()
                 await self.usage.stop()
                 await self.limits.close()
+                if self.invalidations is not None:
+                    await self.invalidations.stop()
                 for f in self.forwarders.values():
                     if f is not None:
                         await f.close()

@@ -309,9 +309,12 @@ async def _keys(args: argparse.Namespace) -> int:
             record = await revoke_key(store, args.id)
             if record is None:
                 raise CLIError(f"no key with id {args.id!r}")
+            from gateway.keys.store import is_redis_url
+
+            bound = ("1 s (Redis store: every gateway is told at once)" if is_redis_url(settings.store.url)
+                     else f"{settings.cache.ttl_seconds:g} s (cache.ttl_seconds)")
             _out(args, record.public(),
-                 f"Revoked {record.id} ({record.name}). Running gateways refuse it within "
-                 f"{settings.cache.ttl_seconds:g} s (cache.ttl_seconds).")
+                 f"Revoked {record.id} ({record.name}). Running gateways refuse it within {bound}.")
         elif cmd == "rotate":
             grace = args.grace_period or settings.rotation.grace_period
             result = await rotate_key(store, components.pepper, settings.key_format, args.id, grace_period=grace)

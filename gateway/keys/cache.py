@@ -2,8 +2,13 @@
 
 Known and unknown keys are cached alike, so a cache hit (valid, revoked or unknown) does no store I/O. Each
 entry is compiled once: permissions as a frozenset, the allowlist as ``ipaddress`` networks, expiry as a
-timestamp and the identity headers as bytes. A change made elsewhere (the CLI, another process) is seen once
-the entry's TTL (``cache.ttl_seconds``) runs out.
+timestamp and the identity headers as bytes.
+
+A change made elsewhere (the CLI, another process) is seen once the entry's TTL (``cache.ttl_seconds``) runs
+out; with a Redis store every change is also announced on a pub/sub channel and
+:class:`gateway.keys.redis.InvalidationListener` drops the entry at once (within a second). A lookup that was
+already reading the store when an invalidation arrived does not cache what it read (it may predate the
+change): every invalidation bumps a generation number that a lookup checks before it stores its answer.
 """
 
 from __future__ import annotations
@@ -73,6 +78,7 @@ class KeyCache:
         )
         self.hits = 0
         self.misses = 0
+        self._generation = 0
 
     async def lookup(self, key_hash: str) -> AuthKey | None:
         entries = self._entries
@@ -82,13 +88,16 @@ class KeyCache:
                 self.hits += 1
                 return entry  # type: ignore[return-value]
         self.misses += 1
+        generation = self._generation
         record = await self.store.get_by_hash(key_hash)
         compiled = AuthKey.compile(record) if record is not None else None
-        if entries is not None:
+        if entries is not None and generation == self._generation:
             entries[key_hash] = compiled
         return compiled
 
     def invalidate(self, key_hash: str | None = None) -> None:
+        """Forget one key (by keyed hash), or every key."""
+        self._generation += 1
         if self._entries is None:
             return
         if key_hash is None:

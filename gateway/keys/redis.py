@@ -14,13 +14,18 @@ row and the invalidation message happen together or not at all. Each script ends
 hash of every key it changed on :data:`INVALIDATE_CHANNEL`, so every gateway process drops that cache entry
 at once (see :mod:`gateway.keys.cache`).
 
-Every call is bounded by ``timeout_ms`` (connect and each read, no retries): an absent Redis costs a request
-at most that long, and the caller sees :class:`StoreError`.
+Every call is bounded by ``timeout_ms`` (connect and each read): an absent or hung Redis costs a request at
+most that long, and the caller sees :class:`StoreError`. A timeout is never retried; a broken connection
+(reset or refused, as a pooled connection is after Redis restarts) is retried once at once.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
+import logging
+import time
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
@@ -28,11 +33,14 @@ from urllib.parse import urlsplit
 
 import redis.asyncio as aioredis
 from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
-from redis.retry import Retry
+from redis.asyncio.retry import Retry
 
 from gateway.keys.record import AuditEvent, KeyRecord, parse_iso, to_iso, utcnow
 from gateway.keys.store import Conflict, StoreError, UsageUpdate
+
+log = logging.getLogger("gateway.store")
 
 NS = "{gw}"
 INVALIDATE_CHANNEL = "gateway:keys:invalidate"
@@ -239,14 +247,14 @@ def redacted(url: str) -> str:
 
 
 def client(url: str, timeout_ms: float, max_connections: int = 64) -> aioredis.Redis:
-    """A client whose every exchange with Redis is bounded by ``timeout_ms`` (connect and each read; no
-    retries). The wait for a free pooled connection measures this process's own load, not Redis, and is
-    bounded separately (``POOL_WAIT``)."""
+    """A client whose every exchange with Redis is bounded by ``timeout_ms`` (connect and each read; a
+    timeout is never retried, a broken connection once). The wait for a free pooled connection measures this
+    process's own load, not Redis, and is bounded separately (``POOL_WAIT``)."""
     t = timeout_ms / 1000.0
     try:
         pool = aioredis.BlockingConnectionPool.from_url(
             url, max_connections=max_connections, timeout=POOL_WAIT, socket_timeout=t, socket_connect_timeout=t,
-            retry=Retry(NoBackoff(), 0),
+            retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
         )
     except ValueError as exc:
         raise StoreError(f"{redacted(url)}: not a Redis URL ({exc})") from None
@@ -408,3 +416,81 @@ class RedisStore:
 
     async def close(self) -> None:
         await self.redis.aclose()
+
+
+class InvalidationListener:
+    """Keeps this process's :class:`KeyCache` in step with every change made anywhere.
+
+    Every store script publishes the keyed hash of each key it changes on :data:`INVALIDATE_CHANNEL`; this
+    task, started with the gateway, drops that entry from the cache as the message arrives (well under a
+    second). The connection is watched with a PING every :attr:`PING_EVERY` seconds: if nothing at all comes
+    back for :attr:`DEAD_AFTER` seconds (Redis down, hung or unreachable) the task reconnects, retrying every
+    :attr:`RETRY` seconds. Messages sent while it was away are lost, so on every (re)subscription the whole
+    cache is cleared. While it is away, ``cache.ttl_seconds`` remains the bound.
+    """
+
+    PING_EVERY = 0.5
+    DEAD_AFTER = 1.5
+    RETRY = 0.25
+    POLL = 0.1
+
+    def __init__(self, url: str, cache: Any, timeout_ms: float) -> None:
+        self._redis = client(url, max(timeout_ms, 250.0), max_connections=2)
+        self._cache = cache
+        self._where = redacted(url)
+        self._task: asyncio.Task[None] | None = None
+        self.connected = False
+        self.received = 0
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="key-invalidations")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        with contextlib.suppress(RedisError, OSError, TimeoutError):
+            await asyncio.wait_for(self._redis.aclose(), 1.0)
+
+    async def _run(self) -> None:
+        while True:
+            pubsub = self._redis.pubsub()
+            try:
+                await self._listen(pubsub)
+            except (RedisError, OSError, TimeoutError) as exc:
+                if self.connected:
+                    log.warning("key invalidations: lost %s (%s); revocations fall back to cache.ttl_seconds "
+                                "until it is back", self._where, exc.__class__.__name__)
+                self.connected = False
+            finally:
+                with contextlib.suppress(RedisError, OSError, TimeoutError):
+                    await asyncio.wait_for(pubsub.aclose(), 1.0)
+            await asyncio.sleep(self.RETRY)
+
+    async def _listen(self, pubsub: Any) -> None:
+        await pubsub.subscribe(INVALIDATE_CHANNEL)
+        last_seen = last_ping = time.monotonic()
+        while True:
+            message = await pubsub.get_message(timeout=self.POLL)
+            now = time.monotonic()
+            if message is not None:
+                last_seen = now
+                kind = message.get("type")
+                if kind == "subscribe":
+                    # Anything published while we were away is lost: start from an empty cache.
+                    self._cache.invalidate()
+                    if not self.connected:
+                        log.info("key invalidations: subscribed on %s", self._where)
+                    self.connected = True
+                elif kind == "message":
+                    self.received += 1
+                    self._cache.invalidate(message["data"].decode("ascii", "replace"))
+                continue
+            if now - last_seen > self.DEAD_AFTER:
+                raise TimeoutError("no answer from Redis")
+            if now - last_ping >= self.PING_EVERY:
+                last_ping = now
+                await pubsub.ping()

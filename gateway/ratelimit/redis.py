@@ -1,7 +1,8 @@
 """Limits shared by every gateway process through Redis: one Lua script, one round trip per request.
 
-Redis trouble never hangs a request: every call is bounded by ``redis_timeout_ms`` (socket timeouts, no
-retries), and after a failure Redis is left alone for a second (then tried again, so recovery is automatic).
+Redis trouble never hangs a request: every call is bounded by ``redis_timeout_ms`` (socket timeouts; only a
+broken connection is retried, once), and after a failure Redis is left alone for a second (then tried again,
+so recovery is automatic).
 While it is away, ``on_store_error`` decides: ``deny`` (503), ``allow``, or ``local`` (limit in this
 process's memory at 1/``local_share`` of each limit).
 """
@@ -14,8 +15,9 @@ from pathlib import Path
 
 import redis.asyncio as aioredis
 from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
-from redis.retry import Retry
+from redis.asyncio.retry import Retry
 
 from gateway.ratelimit import Decision, LimiterUnavailable, Quota, Window, _summary, decide
 from gateway.ratelimit.memory import MemoryLimiter
@@ -29,14 +31,15 @@ POOL_WAIT = 1.0
 
 
 def redis_client(url: str, timeout_ms: float, max_connections: int = 64) -> aioredis.Redis:
-    """A client whose talk with Redis is bounded by ``timeout_ms`` (connect and every read; no retries).
+    """A client whose talk with Redis is bounded by ``timeout_ms`` (connect and every read; a timeout is
+    never retried, a broken connection, as a pooled one is after Redis restarts, once at once).
 
     The wait for a free pooled connection is bounded separately (``POOL_WAIT``): it measures this process's
     own load, not Redis, and a burst of requests should queue for a connection rather than fail."""
     t = timeout_ms / 1000.0
     pool = aioredis.BlockingConnectionPool.from_url(
         url, max_connections=max_connections, timeout=POOL_WAIT, socket_timeout=t, socket_connect_timeout=t,
-        retry=Retry(NoBackoff(), 0),
+        retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
     )
     return aioredis.Redis.from_pool(pool)  # the client owns the pool: aclose() closes its connections
 
