@@ -284,7 +284,8 @@ BAD_FILES = [
         r"routes\[1\]: GET /v1/servers is defined twice",
     ),
     (
-        "routes:\n  - {path: '/a/{x}', methods: [GET], scopes: [a:b]}\n  - {path: '/a/{y}', methods: [GET], scopes: [a:c]}\n",
+        "routes:\n  - {path: '/a/{x}', methods: [GET], scopes: [a:b]}\n"
+        "  - {path: '/a/{y}', methods: [GET], scopes: [a:c]}\n",
         r"routes\[1\]: GET /a/\{y\} is defined twice",
     ),
     ("routes:\n" + GOOD + "  - {path: /a/**/b, methods: [GET], scopes: [a:b]}\n", r"routes\[1\]: '/\*\*' may only end"),
@@ -509,7 +510,7 @@ _hostile_paths = st.one_of(
 ).map(lambda b: b"/" + b)
 
 
-@settings(max_examples=500, deadline=None)
+@settings(max_examples=300, deadline=None)
 @given(raw=_hostile_paths)
 def test_property_split_path_refuses_or_returns_clean_segments(raw: bytes) -> None:
     try:
@@ -523,7 +524,7 @@ def test_property_split_path_refuses_or_returns_clean_segments(raw: bytes) -> No
         assert not any(ord(c) < 0x20 or ord(c) == 0x7F for c in seg)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(raw=raw_paths)
 def test_property_split_path_on_generated_paths_returns_clean_segments(raw: str) -> None:
     try:
@@ -546,10 +547,15 @@ _rules = st.lists(
 )
 
 
-@settings(max_examples=200, deadline=None)
-@given(rules=_rules, path=st.lists(st.sampled_from(["a", "b", "c"]), max_size=4), method=st.sampled_from(["GET", "POST"]))
-def test_property_match_is_the_most_specific_rule(rules: list[tuple[list[str], bool, set[str]]], path: list[str],
-                                                 method: str) -> None:
+@settings(max_examples=150, deadline=None)
+@given(
+    rules=_rules,
+    path=st.lists(st.sampled_from(["a", "b", "c"]), max_size=4),
+    method=st.sampled_from(["GET", "POST"]),
+)
+def test_property_match_is_the_most_specific_rule(
+    rules: list[tuple[list[str], bool, set[str]]], path: list[str], method: str
+) -> None:
     routes = []
     for i, (segs, subtree, methods) in enumerate(rules):
         # Parameter names must differ within a template; the matcher ignores them.
