@@ -208,10 +208,11 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._in_head = False
         self._head_began = False
         self._disarm_head_timer()
+        if self.parser.get_method() == b"CONNECT":
+            # llhttp treats what follows a CONNECT head as tunnel bytes: never let the connection go on.
+            self._stop(MethodNotAllowed("The gateway is not a proxy: CONNECT is not supported"))
         url = self.url
         if url[:1] != b"/" or b"#" in url:
-            if self.parser.get_method() == b"CONNECT":
-                self._stop(MethodNotAllowed("The gateway is not a proxy: CONNECT is not supported"))
             self._stop(TargetNotOriginForm())
         if self.parser.get_http_version() not in ("1.1", "1.0"):
             self._stop(BadRequest("Only HTTP/1.0 and HTTP/1.1 are supported"))
