@@ -427,7 +427,8 @@ def _merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
 def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
     sections = _SECTIONS
     out: dict[str, Any] = {}
-    for var, raw in environ.items():
+    # Whole sections before their fields, so the result never depends on the environment's order.
+    for var, raw in sorted(environ.items(), key=lambda item: item[0].count("__")):
         if not var.startswith(ENV_PREFIX):
             continue
         path = var[len(ENV_PREFIX):].lower().split("__")
@@ -437,14 +438,17 @@ def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
         if not all(path):
             raise ConfigError(f"{var}: malformed variable name (use GATEWAY_SECTION__FIELD)")
         if len(path) == 1 and path[0] in sections:
-            # GATEWAY_KEY_FORMAT=deployally: a whole section given by a preset name
-            out[path[0]] = raw
+            # GATEWAY_KEY_FORMAT=deployally: a whole section given by a preset name (expanded now, so that
+            # GATEWAY_KEY_FORMAT__TEST can still change one field of it)
+            out[path[0]] = _normalise({path[0]: raw})[path[0]]
             continue
         node = out
         for part in path[:-1]:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"{var}: conflicts with another GATEWAY_ variable")
+        if isinstance(node.get(path[-1]), dict):
+            raise ConfigError(f"{var}: conflicts with another GATEWAY_ variable")
         node[path[-1]] = raw
     return out
 

@@ -156,6 +156,22 @@ def test_key_format_presets_and_mappings(tmp_path: Path) -> None:
     refused("key_format.unknown", env={"GATEWAY_KEY_FORMAT__UNKNOWN": "x_"})
 
 
+def test_environment_results_do_not_depend_on_variable_order() -> None:
+    pairs = [("GATEWAY_KEY_FORMAT", "deployally"), ("GATEWAY_KEY_FORMAT__TEST", "da_dev_")]
+    for env in (dict(pairs), dict(reversed(pairs))):
+        # A preset for the section and one field of it changed: both orders mean the same.
+        assert load_settings(None, environ=env).key_format == KeyFormat("da_", "da_dev_")
+    pairs = [("GATEWAY_LISTEN__PORT", "2"), ("GATEWAY_LISTEN__PORT__X", "1")]
+    for env in (dict(pairs), dict(reversed(pairs))):
+        refused("GATEWAY_LISTEN__PORT__X", env=env)  # a field and a sub-field of it: always a conflict
+
+
+def test_malformed_environment_variable_names() -> None:
+    assert "malformed variable name" in refused("GATEWAY_LISTEN__", env={"GATEWAY_LISTEN__": "1"})
+    assert "malformed variable name" in refused("GATEWAY_LISTEN____PORT", env={"GATEWAY_LISTEN____PORT": "1"})
+    refused("listen.port", env={"GATEWAY_LISTEN__PORT__X": "1"})
+
+
 def test_relative_paths_resolve_against_the_config_files_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
                                                                    ) -> None:
     conf = tmp_path / "etc" / "gateway"
