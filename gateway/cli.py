@@ -17,10 +17,9 @@ import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gateway import __version__
-from gateway.app import Components, build_components, create_app
 from gateway.keys.record import KeyRecord, to_iso, utcnow
 from gateway.keys.service import (
     KeyInputError,
@@ -33,6 +32,12 @@ from gateway.keys.service import (
 from gateway.keys.store import Conflict, StoreError
 from gateway.policies import PolicyError, load_policy
 from gateway.settings import ConfigError, Settings, load_settings
+
+if TYPE_CHECKING:
+    from gateway.app import Components
+
+# gateway.app (the pipeline, aiohttp, uvicorn) is imported only by the commands that need it: a refused
+# configuration, `policy check` or `--help` answer without paying for it.
 
 DEFAULT_CONFIG = "config.yaml"
 
@@ -49,6 +54,8 @@ def _settings(args: argparse.Namespace, overrides: dict[str, Any] | None = None)
 
 
 def _components(settings: Settings) -> Components:
+    from gateway.app import build_components
+
     components = build_components(settings)
     if components.pepper_created:
         print(
@@ -67,15 +74,18 @@ def _configure_logging() -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
     overrides: dict[str, Any] = {}
     if args.host:
         overrides.setdefault("listen", {})["host"] = args.host
     if args.port:
         overrides.setdefault("listen", {})["port"] = args.port
-    settings = _settings(args, overrides)
+    settings = _settings(args, overrides)  # a bad configuration stops here, before the heavy imports
     components = _components(settings)
+
+    import uvicorn
+
+    from gateway.app import create_app
+
     _configure_logging()
     logging.getLogger("gateway").info(
         "gateway %s listening on %s:%d, forwarding to %s, policy %s (%d routes)", __version__,
@@ -123,6 +133,7 @@ def _listen(host: str, port: int) -> socket.socket:
 async def _demo(port: int, data_dir: Path) -> None:
     import uvicorn
 
+    from gateway.app import build_components, create_app
     from gateway.demo import upstream
 
     sock = _listen("127.0.0.1", port)
