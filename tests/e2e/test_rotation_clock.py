@@ -24,7 +24,8 @@ Setup = tuple[ThreadedGateway, KeysAPI, FakeClock, Upstream]
 def setup(tmp_path: Path) -> Iterator[Setup]:
     up = Upstream(tmp_path)
     # Only to write the config file and run the CLI against its store; the server is the threaded one.
-    cfg = Gateway(tmp_path / "gw", up.url, {"cache": {"ttl_seconds": 300}}, start=False)
+    cfg = Gateway(tmp_path / "gw", up.url, {"cache": {"ttl_seconds": 300}, "limits": {"auth_failures_per_minute": 0}},
+                  start=False)
     admin = cfg.create_key("admin", "*", "--tier", "unlimited")
     clock = FakeClock()
     gw = ThreadedGateway(cfg.config, {"GATEWAY_SECRET": SECRET}, clock)

@@ -172,7 +172,8 @@ def receiver() -> Iterator[Receiver]:
 def admin_gateway(work: Path, upstream_url: str, settings: dict[str, Any] | None = None,
                   permissions: str = "*") -> tuple[Gateway, str]:
     """A real gateway process with one admin key made by the CLI (the bootstrap path)."""
-    gw = Gateway(work, upstream_url, settings)
+    # The failed-authentication cool-down is off: these tests make many refused calls on purpose.
+    gw = Gateway(work, upstream_url, {"limits": {"auth_failures_per_minute": 0}, **(settings or {})})
     # Unlimited tier: the tests make many management calls with this key, and rate limits are not the point.
     admin = gw.create_key("admin", permissions, "--tier", "unlimited")
     return gw, admin["value"]
