@@ -240,12 +240,19 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._disarm_head_timer()
         if self.transport.is_closing():
             return
-        if self.cycle is not None and not self.cycle.response_complete:
-            # A request on this connection is still being answered: writing now would interleave the answers.
-            # Let that answer finish, then close (the refused request gets no answer of its own).
-            self.cycle.keep_alive = False
-            self.flow.pause_reading()
-            return
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_complete:
+            if cycle.more_body and not cycle.response_started:
+                # The fault is in this request's own body (a bad chunk): the application sees the client
+                # gone (the upstream gets a broken-off request, never a complete one) and the client the error.
+                cycle.disconnected = True
+                cycle.message_event.set()
+            else:
+                # The fault is in a pipelined request behind one still being answered: writing now would
+                # interleave the answers. Let that one finish, then close; the refused one gets no answer.
+                cycle.keep_alive = False
+                self.flow.pause_reading()
+                return
         status, headers, body = render(error, self.error_format, (CLOSE,))
         out = [STATUS_LINE[status]]
         for name, value in headers:

@@ -175,7 +175,9 @@ class Gateway:
                     bad_frame |= chunked or length >= 0 or value.lower() != b"chunked"
                     chunked = True
                 continue
-            if name[:7] in _IDENTITY_PREFIXES:
+            if name[:7] in _IDENTITY_PREFIXES or b"_" in name:
+                # Names with "_" are dropped (nginx's default): CGI-style upstreams read Transfer_Encoding or
+                # X_Auth_Key_Id as the dashed header the gateway vouches for.
                 continue
             if name == b"content-length":
                 # Digits only, once: llhttp passes "5 " on, which aiohttp then refuses to send.
