@@ -9,10 +9,14 @@ out; with a Redis store every change is also announced on a pub/sub channel and
 :class:`gateway.keys.redis.InvalidationListener` drops the entry at once (within a second). A lookup that was
 already reading the store when an invalidation arrived does not cache what it read (it may predate the
 change): every invalidation bumps a generation number that a lookup checks before it stores its answer.
+
+Concurrent misses for the same key share one store read (a burst of requests with a key that just fell out of
+the cache costs one round trip, not hundreds).
 """
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 
 from cachetools import TTLCache
@@ -79,6 +83,7 @@ class KeyCache:
         self.hits = 0
         self.misses = 0
         self._generation = 0
+        self._loading: dict[str, asyncio.Task[AuthKey | None]] = {}
 
     async def lookup(self, key_hash: str) -> AuthKey | None:
         entries = self._entries
@@ -88,11 +93,26 @@ class KeyCache:
                 self.hits += 1
                 return entry  # type: ignore[return-value]
         self.misses += 1
+        task = self._loading.get(key_hash)
+        if task is None:
+            # A task of its own, so a client that goes away does not cancel the read the others wait for.
+            task = asyncio.ensure_future(self._load(key_hash))
+            self._loading[key_hash] = task
+            task.add_done_callback(lambda t, h=key_hash: self._done(h, t))  # type: ignore[misc]
+        return await asyncio.shield(task)
+
+    def _done(self, key_hash: str, task: asyncio.Task[AuthKey | None]) -> None:
+        if self._loading.get(key_hash) is task:
+            del self._loading[key_hash]
+        if not task.cancelled():
+            task.exception()  # retrieved here: a failure nobody waited for is not "never retrieved"
+
+    async def _load(self, key_hash: str) -> AuthKey | None:
         generation = self._generation
         record = await self.store.get_by_hash(key_hash)
         compiled = AuthKey.compile(record) if record is not None else None
-        if entries is not None and generation == self._generation:
-            entries[key_hash] = compiled
+        if self._entries is not None and generation == self._generation:
+            self._entries[key_hash] = compiled
         return compiled
 
     def invalidate(self, key_hash: str | None = None) -> None:
