@@ -135,6 +135,16 @@ def test_allowlists_match_ipv4_ipv6_and_mapped_clients() -> None:
     assert not in_networks(parse_address("10.0.0.1"), ())
 
 
+def test_ipv6_networks_do_not_cover_ipv4_clients() -> None:
+    # IPv4 clients (and IPv4-mapped ones) need an IPv4 entry or a ::ffff: one of /96 or longer; a wide IPv6
+    # network never lets them in by accident.
+    nets = parse_networks(["::/0"])
+    assert in_networks(parse_address("2001:db8::1"), nets)
+    assert not in_networks(parse_address("192.0.2.1"), nets)
+    assert not in_networks(parse_address("::ffff:192.0.2.1"), nets)
+    assert not in_networks(parse_address("2001:db8::1"), parse_networks(["0.0.0.0/0"]))
+
+
 def test_mapped_allowlist_entries_match_ipv4_and_mapped_clients() -> None:
     nets = parse_networks(["::ffff:10.0.0.0/104"])
     assert in_networks(parse_address("10.9.8.7"), nets)
