@@ -63,7 +63,7 @@ class StoreSettings:
     url: str = "sqlite:///data/keys.db"
     # Redis stores: every exchange (connect, each reply) is bounded by this; then the lookup fails (503)
     # unless the key is still in the cache.
-    timeout_ms: float = 100.0
+    timeout_ms: float = 50.0
 
 
 @dataclass(frozen=True, slots=True)

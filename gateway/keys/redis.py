@@ -264,7 +264,7 @@ def client(url: str, timeout_ms: float, max_connections: int = 64) -> aioredis.R
 class RedisStore:
     """The :class:`gateway.keys.store.KeyStore` protocol on Redis (redis-py asyncio, hiredis parser)."""
 
-    def __init__(self, url: str, timeout_ms: float = 100.0) -> None:
+    def __init__(self, url: str, timeout_ms: float = 50.0) -> None:
         self.url = url
         self.timeout_ms = timeout_ms
         self._where = redacted(url)
