@@ -317,7 +317,8 @@ class Gateway:
             raise AuthenticationRequired()
         if len(authorization) > 1:
             raise InvalidToken("More than one Authorization header was sent")
-        value = authorization[0]
+        # Whitespace around a field value is not part of it (RFC 9110 5.5); llhttp leaves trailing OWS on.
+        value = authorization[0].rstrip(b" \t")
         if value[:7] != _BEARER or len(value) > _MAX_CREDENTIAL:
             if not value.strip() or value.strip().lower() == b"bearer":
                 raise AuthenticationRequired()
