@@ -79,6 +79,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         overrides.setdefault("listen", {})["host"] = args.host
     if args.port:
         overrides.setdefault("listen", {})["port"] = args.port
+    if args.workers:
+        overrides.setdefault("listen", {})["workers"] = args.workers
     settings = _settings(args, overrides)  # a bad configuration stops here, before the heavy imports
     components = _components(settings)
 
@@ -92,6 +94,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
         settings.listen.host, settings.listen.port, settings.upstream.url, components.policy.source,
         len(components.policy.routes),
     )
+    from gateway.workers import drift_warnings
+
+    for warning in drift_warnings(settings):
+        logging.getLogger("gateway").warning(warning)
+    if settings.listen.workers > 1:
+        return _serve_workers(args, settings, components, overrides)
     app = create_app(settings, components)
     from gateway.guard import http_protocol
 
@@ -105,6 +113,27 @@ def cmd_serve(args: argparse.Namespace) -> int:
         timeout_keep_alive=settings.limits.keep_alive_seconds,  # type: ignore[arg-type]  # call_later: float
     )
     uvicorn.Server(config).run()
+    return 0
+
+
+def _serve_workers(args: argparse.Namespace, settings: Settings, components: Components,
+                   overrides: dict[str, Any]) -> int:
+    """uvicorn's worker processes: each rebuilds the app from the same configuration (gateway.workers)."""
+    import os
+
+    import uvicorn
+
+    from gateway.workers import worker_environment
+
+    asyncio.run(components.store.close())  # each worker opens its own
+    os.environ.update(worker_environment(args.config or DEFAULT_CONFIG, overrides))
+    uvicorn.run(
+        "gateway.workers:app_factory", factory=True, workers=settings.listen.workers,
+        host=settings.listen.host, port=settings.listen.port, lifespan="on", access_log=False,
+        server_header=False, date_header=False, log_level="info", proxy_headers=False,
+        http="gateway.workers:HttpProtocol",
+        timeout_keep_alive=settings.limits.keep_alive_seconds,  # type: ignore[arg-type]  # call_later: float
+    )
     return 0
 
 
@@ -495,6 +524,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve = with_config(sub.add_parser("serve", help="run the gateway"))
     serve.add_argument("--host", help="listen address (overrides listen.host)")
     serve.add_argument("--port", type=int, help="listen port (overrides listen.port)")
+    serve.add_argument("--workers", type=int, metavar="N",
+                       help="worker processes (overrides listen.workers; more than 1 wants a Redis store)")
     serve.set_defaults(func=cmd_serve)
 
     demo = sub.add_parser("demo", help="run a sample upstream and the gateway in front of it, with three keys")
