@@ -23,6 +23,7 @@ short TTL) so a dashboard session does not pay for a signature check on every re
 from __future__ import annotations
 
 import json
+import math
 import re
 import time
 from collections.abc import Mapping
@@ -207,7 +208,7 @@ class JWTVerifier:
     def _verify(self, token: str) -> JWTPrincipal:
         try:
             header = jwt.get_unverified_header(token)
-        except jwt.InvalidTokenError:
+        except (jwt.PyJWTError, ValueError, TypeError):
             raise InvalidToken() from None
         alg = header.get("alg")
         if not isinstance(alg, str) or alg not in self._algorithms:
@@ -216,7 +217,8 @@ class JWTVerifier:
         try:
             claims = jwt.decode(token, key, algorithms=[alg], audience=self._audience, issuer=self._issuer,
                                 options=self._options)  # type: ignore[arg-type]
-        except jwt.InvalidTokenError:
+        except (jwt.PyJWTError, ValueError, TypeError):
+            # Every way a token can be bad is the same answer; the reason is never echoed.
             raise InvalidToken() from None
         exp = claims.get("exp")
         nbf = claims.get("nbf")
@@ -282,7 +284,8 @@ def _fits(alg: str, key: Any) -> bool:
 
 
 def _number(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
+    # JSON parsers accept NaN and Infinity: an exp of either would never be reached.
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _resolve(base_dir: str, path: str) -> Path:

@@ -19,6 +19,8 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
+from gateway.jwtauth import JWTVerifier
+from gateway.settings import ConfigError, load_settings
 from tests.support.lifecycle import KeysAPI, bearer
 from tests.support.procs import Gateway, Upstream, run_cli
 
@@ -163,6 +165,9 @@ def test_expiry_is_required_and_enforced(env: Env) -> None:
         assert_refused(get(gw, make(exp=None)))  # no exp at all: refused, never "valid forever"
         assert_refused(get(gw, make(exp="tomorrow")))
     assert_refused(get(env.multi, env.keys.hs(nbf=int(time.time()) + 600)))
+    # JSON lets a signer write NaN or Infinity: an exp that is never reached must not mean "forever".
+    for never in (float("nan"), float("inf")):
+        assert_refused(get(env.multi, hand_made({"alg": "HS256"}, env.keys.claims(exp=never), HS_SECRET.encode())))
     assert get(env.multi, env.keys.hs(nbf=int(time.time()) - 5)).status_code == 200
 
 
@@ -273,10 +278,20 @@ def test_no_token_reaches_a_log_or_an_error(env: Env) -> None:
     assert HS_SECRET not in log
 
 
+def test_bad_jwt_configuration_stops_serve_with_exit_2(env: Env) -> None:
+    gw = Gateway(env.work / "bad-none", env.up.url, {"jwt": {"enabled": True, "algorithms": ["HS256", "none"],
+                                                             "secret": HS_SECRET}}, start=False)
+    proc = run_cli("serve", "--config", str(gw.config), env=gw.env, check=False, cwd=gw.work, timeout=30)
+    assert proc.returncode == 2, (proc.stdout, proc.stderr)
+    assert "jwt.algorithms" in proc.stderr and "Traceback" not in proc.stderr
+    assert HS_SECRET not in proc.stdout + proc.stderr
+
+
 @pytest.mark.parametrize(
     ("jwt_settings", "named"),
     [
         ({"algorithms": ["none"]}, "jwt.algorithms"),
+        ({"algorithms": ["HS256", "ES999"], "secret": HS_SECRET}, "jwt.algorithms"),
         ({"algorithms": ["HS256"]}, "jwt.secret"),
         ({"algorithms": ["HS256"], "secret": "short-secret-1234"}, "jwt.secret"),
         ({"algorithms": ["RS256"]}, "jwt.public_key_file"),
@@ -285,15 +300,16 @@ def test_no_token_reaches_a_log_or_an_error(env: Env) -> None:
         ({"algorithms": ["RS256"], "jwks_file": "policy.yaml"}, "jwt.jwks_file"),
     ],
 )
-def test_bad_jwt_configuration_stops_with_the_setting_named(env: Env, jwt_settings: dict[str, Any],
-                                                            named: str) -> None:
+def test_bad_jwt_settings_are_refused_naming_the_setting(env: Env, jwt_settings: dict[str, Any],
+                                                         named: str) -> None:
+    """In process (start-up is what fails; the test above shows serve turns it into exit status 2)."""
     settings = {"enabled": True, **jwt_settings}
     if settings.get("public_key_file") == "PEM":
         settings["public_key_file"] = str(env.work / "public.pem")
     if settings.get("jwks_file") == "policy.yaml":
         settings["jwks_file"] = str(env.work / "policy.yaml")
-    gw = Gateway(env.work / f"bad-{abs(hash(json.dumps(jwt_settings)))}", env.up.url, {"jwt": settings},
-                 start=False)
-    proc = run_cli("serve", "--config", str(gw.config), env=gw.env, check=False, cwd=gw.work, timeout=30)
-    assert proc.returncode == 2, (proc.stdout, proc.stderr)
-    assert named in proc.stderr and "Traceback" not in proc.stderr
+    loaded = load_settings(None, environ={}, overrides={"jwt": settings})
+    with pytest.raises(ConfigError) as caught:
+        JWTVerifier(loaded.jwt, str(env.work))
+    assert str(caught.value).startswith(named), str(caught.value)
+    assert HS_SECRET not in str(caught.value)

@@ -7,6 +7,7 @@ with the real CLI and the real management API; only the time the gate compares a
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -20,8 +21,9 @@ from tests.support.procs import SECRET, Gateway, Upstream
 Setup = tuple[ThreadedGateway, KeysAPI, FakeClock, Upstream]
 
 
-@pytest.fixture
-def setup(tmp_path: Path) -> Iterator[Setup]:
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
+    tmp_path = tmp_path_factory.mktemp("clock")
     up = Upstream(tmp_path)
     # Only to write the config file and run the CLI against its store; the server is the threaded one.
     cfg = Gateway(tmp_path / "gw", up.url, {"cache": {"ttl_seconds": 300}, "limits": {"auth_failures_per_minute": 0}},
@@ -36,6 +38,12 @@ def setup(tmp_path: Path) -> Iterator[Setup]:
         api.close()
         gw.stop()
         up.stop()
+
+
+@pytest.fixture
+def setup(served: Setup) -> Setup:
+    served[2].now = time.time()  # each test starts at the real time and moves the clock from there
+    return served
 
 
 def status(gw: ThreadedGateway, value: str, **headers: str) -> tuple[int, str | None, dict[str, str]]:
