@@ -16,7 +16,7 @@ from typing import Any
 from gateway.keys.format import generate_key, generate_key_id
 from gateway.keys.hashing import Pepper
 from gateway.keys.record import AuditEvent, KeyRecord, parse_iso, to_iso, utcnow
-from gateway.keys.store import KeyStore
+from gateway.keys.store import Conflict, KeyStore
 from gateway.network import parse_network
 from gateway.policies import Policy, grants, valid_scope
 from gateway.settings import KeyFormat, parse_duration
@@ -210,11 +210,16 @@ async def update_key(
     caller_permissions: frozenset[str] | None = None,
 ) -> KeyRecord | None:
     """Validate and apply ``changes`` (name, permissions, allowed_ips, rate_limit_tier, expires_at,
-    description, auto_rotate, rotation_period). Returns the new record, or None for an unknown id."""
+    description, auto_rotate, rotation_period). Returns the new record, or None for an unknown id.
+
+    Raises :class:`Conflict` for a revoked key, and for a rotated key whose end of grace would move later:
+    otherwise a key rotated out because it leaked could be brought back by changing its expiry."""
     record = await store.get(key_id)
     if record is None:
         return None
     check_manageable(record, caller_permissions)
+    if record.revoked_at is not None:
+        raise Conflict("the key is revoked")
     now = utcnow()
     clean: dict[str, Any] = {}
     for field, value in changes.items():
@@ -237,6 +242,10 @@ async def update_key(
             clean[field] = check_period(value)
         else:
             raise KeyInputError(field, "is not a field that can be changed")
+    if record.rotated_to is not None and "expires_at" in clean:
+        new_end = clean["expires_at"]
+        if record.expires_at is not None and (new_end is None or new_end > record.expires_at):
+            raise Conflict(f"the key was rotated to {record.rotated_to}; its grace period can end sooner, not later")
     if clean.get("auto_rotate", record.auto_rotate) and not clean.get("rotation_period", record.rotation_period):
         raise KeyInputError("rotation_period", "is needed when auto_rotate is true (e.g. 90d)")
     details = {k: (to_iso(v) if isinstance(v, datetime) else list(v) if isinstance(v, tuple) else v)

@@ -260,6 +260,26 @@ def test_delete_revokes_keeps_the_record_and_refuses_at_once(api: KeysAPI, gw: t
     assert again.status_code == 200 and again.json()["revoked_at"] == resp.json()["revoked_at"]
     conflict = api.rotate(doc["id"])
     assert conflict.status_code == 409 and conflict.json()["error"]["code"] == "conflict"
+    # A revoked key stays as it was: no changes either.
+    changed = api.patch(doc["id"], {"name": "revived", "expires_at": None})
+    assert changed.status_code == 409 and api.get(doc["id"]).json()["name"] == "doomed"
+
+
+def test_a_rotated_keys_grace_period_can_end_sooner_not_later(api: KeysAPI, gw: tuple[Gateway, str]) -> None:
+    old = api.created(name="leaked")
+    assert api.rotate(old["id"], {"grace_period": "0"}).status_code == 200
+    for later in ({"expires_at": None}, {"expires_at": future(30)}):
+        resp = api.patch(old["id"], later)
+        assert resp.status_code == 409, resp.text
+        assert "rotated" in resp.json()["error"]["message"]
+    refused = use(gw[0], old["value"])
+    assert refused.status_code == 401 and refused.json()["error"]["code"] == "expired_token"
+    graced = api.created(name="graced")
+    rotated = api.rotate(graced["id"], {"grace_period": "7d"}).json()
+    sooner = future(1)
+    resp = api.patch(graced["id"], {"expires_at": sooner, "name": "graced-old"})
+    assert resp.status_code == 200 and resp.json()["expires_at"] == sooner
+    assert parse_time(sooner) < parse_time(rotated["old_key"]["expires_at"])
 
 
 # --- rotate ---------------------------------------------------------------------------------------------------
