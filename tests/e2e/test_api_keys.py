@@ -357,7 +357,8 @@ def test_scopes_are_enforced(api: KeysAPI, gw: tuple[Gateway, str]) -> None:
         for resp in (reader.create({"name": "x", "permissions": ["api-keys:read"]}),
                      reader.patch(target["id"], {"name": "y"}), reader.delete(target["id"]),
                      reader.rotate(target["id"]),
-                     plain.list(), plain.get(target["id"]), plain.create({"name": "x", "permissions": ["servers:read"]})):
+                     plain.list(), plain.get(target["id"]),
+                     plain.create({"name": "x", "permissions": ["servers:read"]})):
             assert resp.status_code == 403, resp.text
             assert resp.json()["error"]["code"] == "insufficient_permissions"
         assert writer.list().status_code == 200
