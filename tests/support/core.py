@@ -179,3 +179,47 @@ class Gateway6(Gateway):
         except Exception:
             self._log.close()
             raise RuntimeError(f"gateway did not start:\n{self.log()}") from None
+
+
+def store_key(g: Gateway, name: str = "k", permissions: str = "servers:read", *extra: str) -> dict[str, Any]:
+    """Create a key straight in ``g``'s real SQLite store, as ``g.create_key`` does through the CLI.
+
+    Same store file, same server secret, same validation (gateway.keys.service.create_key), same answer
+    (the record's public view plus ``value``), but without starting a CLI process (~0.5 s each). Tests whose
+    subject is the CLI use ``g.create_key``; tests that only need keys use this. ``extra`` takes the CLI's
+    ``--allow-ip CIDR`` (repeatable), ``--expires-at ISO`` and ``--env live|test``.
+    """
+    import asyncio
+
+    from gateway.keys.hashing import load_pepper
+    from gateway.keys.service import create_key
+    from gateway.keys.store import open_store
+    from gateway.policies import load_policy
+    from gateway.settings import load_settings, resolve_path
+
+    allow: list[str] = []
+    opts: dict[str, str] = {}
+    for flag, value in zip(extra[::2], extra[1::2], strict=True):
+        if flag == "--allow-ip":
+            allow.append(value)
+        elif flag in ("--expires-at", "--env"):
+            opts[flag] = value
+        else:
+            raise AssertionError(f"store_key does not take {flag}")
+    settings = load_settings(g.config, environ=g.env, required=True)
+    pepper, _ = load_pepper(settings)
+    policy = load_policy(resolve_path(settings, settings.policies))
+
+    async def make() -> dict[str, Any]:
+        store = open_store(settings)
+        try:
+            value, record = await create_key(
+                store, pepper, settings.key_format, name=name,
+                permissions=[p for p in permissions.split(",") if p], allowed_ips=allow,
+                expires_at=opts.get("--expires-at"), environment=opts.get("--env", "live"), policy=policy,
+            )
+        finally:
+            await store.close()
+        return {**record.public(), "value": value}
+
+    return asyncio.run(make())
