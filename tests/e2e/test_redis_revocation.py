@@ -58,7 +58,14 @@ def test_revoke_through_one_process_is_enforced_by_the_other_within_a_second(
     wait_subscribed(a)
     wait_subscribed(b)
     admin = a.create_key("admin", "*")
-    via_api, via_cli, rotated, narrowed = (a.create_key(n, "servers:read") for n in ("api", "cli", "rot", "nar"))
+
+    def make(name: str) -> dict[str, Any]:  # through A's API: quicker than starting the CLI each time
+        resp = httpx.post(f"{a.url}/v1/api-keys", headers=bearer(admin["value"]), timeout=5,
+                          json={"name": name, "permissions": ["servers:read"]})
+        assert resp.status_code == 201, resp.text
+        return resp.json()  # type: ignore[no-any-return]
+
+    via_api, via_cli, rotated, narrowed = (make(n) for n in ("api", "cli", "rot", "nar"))
     for k in (via_api, via_cli, rotated, narrowed):
         assert status(a, k["value"]) == 200 and status(b, k["value"]) == 200  # now cached in both, for 300 s
 
