@@ -397,7 +397,7 @@ def upstream_segments(normalised: str) -> list[str]:
 
 def lenient_segments(raw: str) -> list[str]:
     """How the most lenient upstream might read ``raw``: escapes decoded twice before splitting, backslashes as
-    slashes, ``;`` parameters dropped, then dot segments removed. Used only to widen "under /v1/servers"."""
+    slashes, ``;`` parameters dropped, then dot segments removed. Used only to widen "under a protected subtree"."""
     text = unquote(unquote(raw, errors="replace"), errors="replace").replace("\\", "/")
     text = "/".join(seg.split(";", 1)[0] for seg in text.split("/"))
     return [s for s in remove_dot_segments(text).split("/") if s]
@@ -436,7 +436,7 @@ def reference_match(routes: Sequence[Route], method: str, segs: Sequence[str]) -
 
 
 # Segments a path is built from: plain ones (so that many generated paths are accepted and reach the matcher),
-# hostile ones, and whole traversals in one segment aimed from /v1/invoices at /v1/servers. Each group is drawn
+# hostile ones, and whole traversals in one segment aimed from one subtree at another. Each group is drawn
 # equally often, whatever its size.
 PLAIN = ["v1", "servers", "invoices", "instances", "backups", "templates", "api", "srv_1", "x", "...", ".x", "V1",
          "SERVERS", "Servers", "%73ervers", "%53ervers", "%76%31", "serv%65rs", "%7e", "~", "%e2%82%ac", "*", "%25",
@@ -453,7 +453,6 @@ TRAVERSALS = [
     for form in ("..%2f{}", "%2e%2e%2f{}", "..%5c{}", "..\\{}", "..;/{}", "%252e%252e%252f{}", "..%252f{}",
                  "%2e%2e%5c{}", "..%2f..%2f{}")
 ]
-SEGMENTS = PLAIN + HOSTILE + TRAVERSALS
 PREFIXES = [[], ["v1"], ["v1", "servers"], ["v1", "servers", "x"], ["v1", "invoices"], ["v1", "backups", "b"],
             ["api", "v1"], ["api", "v1", "templates"], ["api", "v1", "instances", "i1"]]
 METHODS = sorted(KNOWN_METHODS) + ["get", "Get", "TRACE", "CONNECT", "*"]
