@@ -480,11 +480,13 @@ def test_no_key_value_in_the_log(gw: tuple[Gateway, str], api: KeysAPI) -> None:
 
 def test_deployally_format_wraps_answers(tmp_path: Path, up: Upstream) -> None:
     gw, admin = admin_gateway(tmp_path / "ally", up.url, {
-        "error_format": "deployally", "key_format": "deployally",
+        "error_format": "deployally", "key_format": "deployally", "management": {"prefix": "/api/v1"},
         "policies": str(Path(__file__).resolve().parents[2] / "policies" / "deployally.yaml"),
     })
-    api = KeysAPI(gw, admin)
+    api = KeysAPI(gw, admin, prefix="/api/v1")  # the DeployAlly guide's paths: /api/v1/api-keys
     try:
+        with gw.client() as c:  # nothing at /v1 (no rule: denied)
+            assert c.get("/v1/api-keys", headers={"Authorization": f"Bearer {admin}"}).status_code == 403
         resp = api.create({"name": "CI/CD Pipeline", "permissions": ["templates:read", "deployments:create"],
                            "allowed_ips": ["203.0.113.10", "203.0.113.11"]})
         assert resp.status_code == 201
