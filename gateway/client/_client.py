@@ -329,6 +329,11 @@ class _BaseClient(Generic[_R]):
                                   **kwargs)
         return cls(self._redact(message), **kwargs)
 
+    def _route_url(self, path: str) -> str:
+        if not isinstance(path, str) or not path.startswith("/") or "://" in path:
+            raise ValueError("path must be a path from the gateway's root, such as '/v1/servers'")
+        return f"{self.base_url}{path}"
+
     def _request_args(self, method: str, url: str, json: Any = None,
                       params: Mapping[str, Any] | None = None) -> dict[str, Any]:
         args: dict[str, Any] = {"method": method, "url": url, "headers": self._headers(), "params": params or None}
@@ -376,7 +381,7 @@ class Client(_BaseClient[JSON]):
     def request(self, method: str, path: str, *, json: Any = None, params: Mapping[str, Any] | None = None) -> Any:
         """Call any route through the gateway (``path`` from the root, e.g. ``/v1/servers``) with this key:
         the parsed JSON answer, or the typed error."""
-        return self._send(self._request_args(method, f"{self.base_url}{path}", json, params))
+        return self._send(self._request_args(method, self._route_url(path), json, params))
 
     def close(self) -> None:
         """Close the connection pool."""
@@ -422,7 +427,7 @@ class AsyncClient(_BaseClient[Coroutine[Any, Any, JSON]]):
     async def request(self, method: str, path: str, *, json: Any = None,
                       params: Mapping[str, Any] | None = None) -> Any:
         """Call any route through the gateway with this key (see :meth:`Client.request`)."""
-        return await self._send(self._request_args(method, f"{self.base_url}{path}", json, params))
+        return await self._send(self._request_args(method, self._route_url(path), json, params))
 
     async def aclose(self) -> None:
         """Close the connection pool."""

@@ -116,6 +116,18 @@ def test_readyz_follows_the_rate_limiter_redis(make_gateway: Callable[..., Gatew
         time.sleep(0.2)
 
 
+def test_readyz_follows_a_redis_key_store(make_gateway: Callable[..., Gateway], fresh_upstream: Upstream,
+                                         own_redis: RedisServer) -> None:
+    gw = make_gateway(fresh_upstream.url, settings={"store": {"url": own_redis.url}})
+    ok = _get(gw, "/readyz")
+    assert ok.status_code == 200 and ok.json()["checks"]["store"] == "ok"
+    own_redis.stop()
+    down = _get(gw, "/readyz")
+    assert down.status_code == 503
+    assert down.json()["checks"]["store"] == "the key store does not answer"
+    assert _get(gw, "/healthz").status_code == 200
+
+
 def test_readyz_bounded_when_redis_hangs(make_gateway: Callable[..., Gateway], fresh_upstream: Upstream,
                                          own_redis: RedisServer) -> None:
     gw = make_gateway(fresh_upstream.url, settings={"rate_limits": {"url": own_redis.url},

@@ -158,8 +158,11 @@ def test_bad_construction_arguments(clean_env: pytest.MonkeyPatch) -> None:
         Client(api_key="dep_live_x")
     with pytest.raises(ConfigurationError, match="prefix"):
         Client(api_key="dep_live_x", base_url="http://127.0.0.1:1", prefix="v1/")
-    with Client(api_key="dep_live_x", base_url="http://127.0.0.1:1") as c, pytest.raises(ValueError):
-        c.api_keys.get("")
+    with Client(api_key="dep_live_x", base_url="http://127.0.0.1:1") as c:
+        with pytest.raises(ValueError):
+            c.api_keys.get("")
+        with pytest.raises(ValueError):
+            c.request("GET", "http://elsewhere.example/v1/servers")  # the key goes to the gateway only
 
 
 # --- every key-management method --------------------------------------------------------------------------------
