@@ -438,7 +438,8 @@ def test_bad_create_bodies_get_422_naming_the_field(api: KeysAPI) -> None:
     before = api.all_ids()
     for body, field in BAD_CREATES:
         assert_validation(api.create(body), field)
-    for raw in (b"{", b"\xff\xfe", b'{"name": "x", "permissions": ["servers:read"],}', b"null"):
+    too_big = b'{"name": "x", "permissions": ["servers:read"], "description": "' + b"d" * 70_000 + b'"}'
+    for raw in (b"{", b"\xff\xfe", b'{"name": "x", "permissions": ["servers:read"],}', b"null", too_big):
         assert_validation(api.call("POST", "/api-keys", raw=raw), "body")
     assert api.all_ids() == before, "a failed create wrote something"
 
