@@ -32,9 +32,10 @@ def test_workers_sharing_redis_hold_the_limit_exactly(
     make_gateway: Callable[..., Gateway], fresh_upstream: Upstream, redis_server: RedisServer | str
 ) -> None:
     settings = {"listen": {"workers": 2}, "store": {"url": fresh_db(redis_server)},
-                "rate_limits": {"redis_timeout_ms": 2000}}
+                "rate_limits": {"redis_timeout_ms": 2000, "tiers": {"ten_per_hour": {"per_hour": 10}}}}
     gw = make_gateway(fresh_upstream.url, settings=settings)
-    key = gw.create_key("limited", "servers:read", "--tier", "limited")
+    # 10 per hour: the next one is 6 minutes away, so however slow this machine is, exactly 10 pass.
+    key = gw.create_key("ten", "servers:read", "--tier", "ten_per_hour")
     # New connections each time, so uvicorn's workers share the requests.
     statuses = [httpx.get(f"{gw.url}/v1/servers", headers={"Authorization": f"Bearer {key['value']}"},
                           timeout=10).status_code for _ in range(30)]
