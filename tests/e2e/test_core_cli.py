@@ -118,6 +118,9 @@ def test_every_key_command_takes_config(tmp_path: Path) -> None:
     assert json.loads(two.cli("keys", "list", "--json").stdout) == []
     assert two.cli("keys", "revoke", made["id"], check=False).returncode == 1
     one.cli("keys", "revoke", made["id"])
+    # Without --config, ./config.yaml is used (the default), as for serve.
+    default = run_cli("keys", "list", "--json", env=one.env, cwd=one.work)
+    assert [d["id"] for d in json.loads(default.stdout)] == [made["id"]]
     missing = run_cli("keys", "list", "--config", str(tmp_path / "nope.yaml"), check=False)
     assert missing.returncode == 2 and "nope.yaml" in missing.stderr
 

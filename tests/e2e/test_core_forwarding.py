@@ -9,6 +9,8 @@ every client (about 0.1 s each on a busy machine).
 
 from __future__ import annotations
 
+import socket
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -344,4 +346,70 @@ def test_upstream_timeout_is_504_json(tmp_path: Path, upstream: Upstream) -> Non
     finally:
         g.stop()
     assert "Traceback" not in g.log()
+    assert_no_secret(g.log(), VALUES)
+
+
+class RawUpstream:
+    """A tiny HTTP/1.1 server in a thread of this process (real socket) that answers every request with fixed
+    bytes: the recording upstream cannot send arbitrary hop-by-hop response headers, this one can."""
+
+    def __init__(self, response: bytes) -> None:
+        self.response = response
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen()
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            with conn:
+                conn.settimeout(5)
+                data = b""
+                while b"\r\n\r\n" not in data:
+                    chunk = conn.recv(65536)
+                    if not chunk:
+                        break
+                    data += chunk
+                conn.sendall(self.response)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def test_response_hop_by_hop_headers_removed(tmp_path: Path) -> None:
+    raw = RawUpstream(
+        b"HTTP/1.1 200 OK\r\n"
+        b"Content-Type: application/json\r\n"
+        b"Content-Length: 11\r\n"
+        b"Connection: close, X-Hop-Resp\r\n"
+        b"X-Hop-Resp: named in Connection\r\n"
+        b"Keep-Alive: timeout=5\r\n"
+        b"Proxy-Authenticate: Basic realm=x\r\n"
+        b"Proxy-Connection: keep-alive\r\n"
+        b"X-Kept: yes\r\n"
+        b"Set-Cookie: a=1\r\n"
+        b"\r\n"
+        b'{"ok":true}'
+    )
+    g = Gateway(tmp_path / "raw", raw.url)
+    try:
+        made = store_key(g, "k", "servers:read")
+        VALUES.append(made["value"])
+        with g.client(verify=False) as c:
+            resp = c.get("/v1/servers", headers=bearer(made["value"]))
+        assert resp.status_code == 200
+        assert resp.json() == {"ok": True}
+        for gone in ("x-hop-resp", "keep-alive", "proxy-authenticate", "proxy-connection"):
+            assert gone not in resp.headers, gone
+        assert resp.headers["x-kept"] == "yes"
+        assert resp.headers["set-cookie"] == "a=1"
+    finally:
+        g.stop()
+        raw.close()
     assert_no_secret(g.log(), VALUES)
