@@ -35,10 +35,13 @@ def test_limited_tier_admits_exactly_ten_of_thirty(gw: Gateway, fresh_upstream: 
             assert doc["rate_limit"]["tier"] == "limited"
         started = time.time()
         answers = [c.get("/v1/servers", headers=bearer(key["value"])) for _ in range(30)]
+        took = time.time() - started
     statuses = [r.status_code for r in answers]
-    assert statuses.count(200) == 10, statuses
-    assert statuses[:10] == [200] * 10 and set(statuses[10:]) == {429}
-    assert len(fresh_upstream.records()) == 10  # a refused request never reaches the upstream
+    assert statuses[:10] == [200] * 10 and statuses[10] == 429
+    # Exactly 10: GCRA admits one more per 6 s, which only a machine too busy to send 30 requests in 6 s sees.
+    assert statuses.count(200) == 10 + int(took // 6), (took, statuses)
+    assert set(statuses) == {200, 429}
+    assert len(fresh_upstream.records()) == statuses.count(200)  # a refused request never reaches the upstream
 
     # Every admitted answer counts down, with the IETF headers for the tightest window (the minute).
     for i, r in enumerate(answers[:10]):
@@ -72,8 +75,12 @@ def test_window_slides_one_more_after_the_emission_interval(gw: Gateway) -> None
     key = gw.create_key("limited", "servers:read", "--tier", "limited")
     with gw.client() as c:
         statuses = [c.get("/v1/servers", headers=bearer(key["value"])).status_code for _ in range(12)]
-        assert statuses.count(200) == 10
-        retry = int(c.get("/v1/servers", headers=bearer(key["value"])).headers["retry-after"])
+        assert statuses[:10] == [200] * 10
+        probe = c.get("/v1/servers", headers=bearer(key["value"]))
+        while probe.status_code == 200:  # only on a machine so busy that 12 requests outlasted 6 s
+            probe = c.get("/v1/servers", headers=bearer(key["value"]))
+        retry = int(probe.headers["retry-after"])  # whole seconds, rounded up
+        assert 1 <= retry <= 6
         time.sleep(retry + 0.3)
         after = [c.get("/v1/servers", headers=bearer(key["value"])).status_code for _ in range(3)]
     assert after == [200, 429, 429]
