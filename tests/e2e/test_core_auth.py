@@ -60,6 +60,7 @@ def gw(tmp_path_factory: pytest.TempPathFactory, upstream: Upstream) -> Iterator
     yield g
     g.stop()
     assert_no_secret(g.log(), VALUES)
+    assert "Traceback" not in g.log()
 
 
 def key(g: Gateway, permissions: str, *extra: str) -> dict[str, str]:
@@ -231,6 +232,7 @@ def test_ipv6_allowlist_on_ipv6_listener(tmp_path: Path, upstream: Upstream) -> 
     finally:
         g.stop()
     assert_no_secret(g.log(), VALUES)
+    assert "Traceback" not in g.log()
 
 
 # --- the gateway's own answers --------------------------------------------------------------------------------
@@ -306,6 +308,7 @@ def test_debug_headers_off_ignores_x_debug_auth(tmp_path: Path, upstream: Upstre
     finally:
         g.stop()
     assert_no_secret(g.log(), VALUES)
+    assert "Traceback" not in g.log()
 
 
 # --- DeployAlly -----------------------------------------------------------------------------------------------
@@ -348,6 +351,7 @@ def test_deployally_formats(tmp_path: Path, upstream: Upstream) -> None:
     finally:
         g.stop()
     assert_no_secret(g.log(), VALUES)
+    assert "Traceback" not in g.log()
 
 
 def test_raw_socket_denials_are_complete_json(gw: Gateway) -> None:

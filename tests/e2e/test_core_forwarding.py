@@ -53,6 +53,7 @@ def gw(tmp_path_factory: pytest.TempPathFactory, upstream: Upstream, store_url: 
     yield g
     g.stop()
     assert_no_secret(g.log(), VALUES)
+    assert "Traceback" not in g.log()
 
 
 @pytest.fixture(scope="module")
@@ -64,6 +65,7 @@ def behind_proxy(tmp_path_factory: pytest.TempPathFactory, upstream: Upstream, s
     yield g
     g.stop()
     assert_no_secret(g.log(), VALUES)
+    assert "Traceback" not in g.log()
 
 
 @pytest.fixture(scope="module")
