@@ -126,29 +126,41 @@ def test_every_key_command_takes_config(tmp_path: Path) -> None:
 
 
 def test_secret_file_created_mode_600_beside_the_store(tmp_path: Path, fresh_upstream: Upstream) -> None:
-    work = tmp_path / "gw"
-    env = {"GATEWAY_SECRET": ""}  # no secret given: the gateway must make one
-    g = Gateway(work, fresh_upstream.url, {"store": {"url": f"sqlite:///{work / 'data' / 'keys.db'}"}},
-                env=env, start=False)
-    g.env.pop("GATEWAY_SECRET")
-    first = g.cli("keys", "create", "--name", "a", "--permissions", "servers:read", "--json")
-    secret = work / "data" / "gateway.secret"
+    def secretless(name: str) -> Gateway:
+        work = tmp_path / name
+        g = Gateway(work, fresh_upstream.url, {"store": {"url": f"sqlite:///{work / 'data' / 'keys.db'}"}},
+                    start=False)
+        g.env.pop("GATEWAY_SECRET")  # no secret given anywhere: the gateway must make one
+        return g
+
+    # First run is the CLI: it creates the secret and says where.
+    cli_first = secretless("cli-first")
+    first = cli_first.cli("keys", "create", "--name", "a", "--permissions", "servers:read", "--json")
+    secret = cli_first.work / "data" / "gateway.secret"
     assert secret.exists()
     assert stat.S_IMODE(secret.stat().st_mode) == 0o600
-    assert str(secret) in first.stderr  # the CLI says where
+    assert str(secret) in first.stderr
     assert len(secret.read_bytes().strip()) >= 32
-    # Said once: the next command reuses the file quietly, and the server accepts the key made with it.
-    second = g.cli("keys", "list")
-    assert str(secret) not in second.stderr
+    # Said once: the next command reuses the file quietly.
+    assert str(secret) not in cli_first.cli("keys", "list").stderr
+
+    # First run is the server: it creates the secret, says where in its log, and the CLI then uses the same one.
+    g = secretless("serve-first")
     g.start()
     try:
-        value = json.loads(first.stdout)["value"]
+        made = g.cli("keys", "create", "--name", "b", "--permissions", "servers:read", "--json")
+        served_secret = g.work / "data" / "gateway.secret"
+        assert stat.S_IMODE(served_secret.stat().st_mode) == 0o600
+        assert str(served_secret) in g.log()
+        assert str(served_secret) not in made.stderr
+        value = json.loads(made.stdout)["value"]
         with g.client(verify=False) as c:
             assert c.get("/v1/servers", headers=bearer(value)).status_code == 200
     finally:
         g.stop()
-    assert_no_secret(g.log(), [value])
-    assert secret.read_bytes().strip().decode() not in g.log()
+    assert_no_secret(g.log(), [value, json.loads(first.stdout)["value"]])
+    assert served_secret.read_bytes().strip().decode() not in g.log()
+    assert secret.read_bytes() != served_secret.read_bytes()  # each made its own, from secrets
 
 
 def test_revoked_key_refused_within_cache_ttl(make_gateway: Callable[..., Gateway], fresh_upstream: Upstream) -> None:
