@@ -12,6 +12,7 @@ import asyncio
 import json
 import logging
 import shutil
+import signal
 import socket
 import sys
 import tempfile
@@ -228,13 +229,22 @@ async def _demo(port: int, data_dir: Path) -> None:
         await runner.cleanup()
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     data_dir = Path(tempfile.mkdtemp(prefix="gateway-demo-"))
+    # SIGTERM (a closed terminal, `kill`, `docker stop`) must clean up like Ctrl-C: uvicorn re-raises the signal
+    # after its graceful shutdown, and the default action would kill the process before the temporary store
+    # (and its server secret) is removed.
+    previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         asyncio.run(_demo(args.port, data_dir))
     except KeyboardInterrupt:
         pass
     finally:
+        signal.signal(signal.SIGTERM, previous)
         shutil.rmtree(data_dir, ignore_errors=True)
     print("gateway demo stopped.")
     return 0

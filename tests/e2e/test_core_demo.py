@@ -41,9 +41,9 @@ class Demo:
             self.out += line
         wait_port(port, self.proc)
 
-    def stop(self) -> tuple[int, str]:
-        """SIGINT, as Ctrl-C sends: returns the exit status and the rest of the output."""
-        self.proc.send_signal(signal.SIGINT)
+    def stop(self, sig: int = signal.SIGINT) -> tuple[int, str]:
+        """SIGINT, as Ctrl-C sends (or ``sig``): returns the exit status and the rest of the output."""
+        self.proc.send_signal(sig)
         try:
             rest, _ = self.proc.communicate(timeout=15)
         except subprocess.TimeoutExpired:
@@ -115,6 +115,16 @@ def test_printed_curl_lines_work_as_printed(demo: Demo) -> None:
     debug = next(r.stdout for line, r in zip(lines, results, strict=True) if "X-Debug-Auth" in line)
     assert re.search(r"^x-auth-ip-check: ", debug, re.M | re.I), debug
     assert demo.stop()[0] == 0
+
+
+def test_demo_sigterm_cleans_up_too(demo: Demo) -> None:
+    """`kill`, a closed terminal or `docker stop`: the temporary store and its server secret must still go."""
+    store = Path(re.search(r"^store: (\S+)", demo.out, re.M).group(1))  # type: ignore[union-attr]
+    assert (store.parent / "gateway.secret").exists()
+    status, rest = demo.stop(signal.SIGTERM)
+    assert status == 0, demo.out
+    assert "Traceback" not in demo.out
+    assert not store.parent.exists(), "SIGTERM left the demo's store and server secret behind"
 
 
 def test_demo_port_taken_fails_plainly() -> None:
