@@ -10,8 +10,9 @@ cannot do because uvicorn hides it or because it must happen before the head is 
   hands the application only the path of ``http://evil/x``, so the check has to look at the raw target;
   ``CONNECT`` gets 405;
 * versions other than HTTP/1.0 and 1.1 (llhttp parses ``GET /`` as HTTP/0.9);
-* the size of the request target (414), of the header block and the number of header lines (431), counted
-  as they arrive so a client cannot make the parser buffer an endless header;
+* the size of the request target (414), of the header block and the number of header lines (431), checked
+  when the head is complete, while the bytes of an unfinished head are counted per read so a client cannot
+  make the parser buffer an endless header;
 * a deadline for the whole request head (slowloris: 408, or a silent close if nothing arrived at all);
 * JSON error bodies in the configured format and ``Connection: close`` for everything refused here.
 
@@ -121,64 +122,76 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     limits: LimitsSettings = LimitsSettings()
     error_format: str = "deployerp"
-    # The most bytes a head may take on the wire before the parser is stopped (target + headers + slack for
-    # the request line and line ends); counted per read so a never-ending header line cannot grow in memory.
+    # The most bytes a head may take on the wire (target + headers + slack for the request line and line
+    # ends). Counted per read while a head is incomplete, so a never-ending header line cannot grow in memory.
     raw_head_limit: int = 0
+    # The limits again as plain class attributes: read on every request, one lookup each.
+    max_target: int = LimitsSettings.max_target_bytes
+    max_headers: int = LimitsSettings.max_headers
+    max_header_bytes: int = LimitsSettings.max_header_bytes
+    max_connections: int = LimitsSettings.max_connections
+
+    # Per request the work is a few attribute writes and, when the head is complete, a handful of length
+    # checks: the exact header-size sum runs only when the reads that carried the head were large, and the
+    # head deadline is one timer per connection, firing every header_timeout_seconds: a head still unfinished
+    # at two checks in a row (the same one: the message count has not moved) is cut off. So a head gets
+    # between one and two timeouts, and a busy keep-alive connection costs no timer work per request.
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._refusal: GatewayError | None = None
         self._head_timer: Any = None
-        self._in_head = True  # no request head is complete on this connection yet
-        self._head_began = False  # a byte of the current head has arrived
-        self._head_lines = 0
-        self._head_bytes = 0
-        self._raw_head = 0
+        self._in_head = True  # a request head is incomplete (or, before any byte, not begun)
+        self._checked = -1  # the message count at the last timer check
+        self._read = 0  # size of the read being parsed
+        self._head_seen = 0  # bytes read since the current head began: an upper bound of its size
+        self._raw_head = 0  # bytes of reads that were head from start to end: a lower bound of its size
         self._messages = 0
 
     # connection life
 
     def connection_made(self, transport: Any) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        self._arm_head_timer()
+        self._checked = 0  # a connection that sends nothing is cut off at the first check
+        self._head_timer = self.loop.call_later(self.limits.header_timeout_seconds, self._head_check)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._disarm_head_timer()
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
+        self._read = size = len(data)
         counting = self._in_head
         messages = self._messages
+        if counting:
+            self._head_seen += size
         super().data_received(data)
         # Still inside the same unfinished head: every byte of this read was head. The parser buffers a
         # header line until it ends, so this is what bounds its memory.
         if counting and self._in_head and messages == self._messages and not self.transport.is_closing():
-            self._raw_head += len(data)
+            self._raw_head += size
             if self._raw_head > self.raw_head_limit:
                 self._refuse(HeadersTooLarge())
 
-    def _arm_head_timer(self) -> None:
-        if self._head_timer is None:
-            self._head_timer = self.loop.call_later(self.limits.header_timeout_seconds, self._head_timeout)
-
-    def _disarm_head_timer(self) -> None:
-        if self._head_timer is not None:
-            self._head_timer.cancel()
-            self._head_timer = None
-
-    def _head_timeout(self) -> None:
+    def _head_check(self) -> None:
+        """The connection's one timer: cuts off a head unfinished at two checks in a row, else re-arms."""
         self._head_timer = None
         if self.transport.is_closing():
             return
-        if self.cycle is not None and not self.cycle.response_complete:
+        timeout = self.limits.header_timeout_seconds
+        if not self._in_head or self._messages != self._checked:
+            self._checked = self._messages
+            self._head_timer = self.loop.call_later(timeout, self._head_check)
+        elif self.cycle is not None and not self.cycle.response_complete:
             # A pipelined head is dawdling behind a request still being answered: end after that answer.
             self.cycle.keep_alive = False
-            return
-        if self._head_began:
-            log.info("request head not complete after %.0f s: connection closed", self.limits.header_timeout_seconds)
+        elif self._messages:
+            log.info("request head not complete after %.0f s: connection closed", timeout)
             self._refuse(RequestTimeout())
         else:
-            self.transport.close()
+            self.transport.close()  # connected and never said a word: nothing to answer
 
     # parser callbacks
 
@@ -186,37 +199,27 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         super().on_message_begin()
         self._messages += 1
         self._in_head = True
-        self._head_began = True
-        self._head_lines = 0
-        self._head_bytes = 0
+        self._head_seen = self._read
         self._raw_head = 0
-        self._arm_head_timer()
-
-    def on_url(self, url: bytes) -> None:
-        super().on_url(url)
-        if len(self.url) > self.limits.max_target_bytes:
-            self._stop(URITooLong())
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self._head_lines += 1
-        self._head_bytes += len(name) + len(value) + 4
-        if self._head_lines > self.limits.max_headers or self._head_bytes > self.limits.max_header_bytes:
-            self._stop(HeadersTooLarge())
-        super().on_header(name, value)
 
     def on_headers_complete(self) -> None:
         self._in_head = False
-        self._head_began = False
-        self._disarm_head_timer()
-        if self.parser.get_method() == b"CONNECT":
-            # llhttp treats what follows a CONNECT head as tunnel bytes: never let the connection go on.
-            self._stop(MethodNotAllowed("The gateway is not a proxy: CONNECT is not supported"))
         url = self.url
+        if len(url) > self.max_target:
+            self._stop(URITooLong())
+        headers = self.headers
+        if len(headers) > self.max_headers:
+            self._stop(HeadersTooLarge())
+        if self._head_seen > self.max_header_bytes:  # only then can the headers be over it: count exactly
+            if sum(len(n) + len(v) + 4 for n, v in headers) > self.max_header_bytes:
+                self._stop(HeadersTooLarge())
         if url[:1] != b"/" or b"#" in url:
+            if self.parser.get_method() == b"CONNECT":
+                self._stop(MethodNotAllowed("The gateway is not a proxy: CONNECT is not supported"))
             self._stop(TargetNotOriginForm())
         if self.parser.get_http_version() not in ("1.1", "1.0"):
             self._stop(BadRequest("Only HTTP/1.0 and HTTP/1.1 are supported"))
-        cap = self.limits.max_connections
+        cap = self.max_connections
         if len(self.connections) > cap or len(self.tasks) >= cap:
             # uvicorn's limit_concurrency does the same, but answers in plain text and counts the connection
             # asking (limit_concurrency=1 refuses everything); this is that check, in the gateway's format.
@@ -237,7 +240,6 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def _refuse(self, error: GatewayError) -> None:
         """Answer ``error`` as JSON and close the connection: the rest of the stream cannot be trusted."""
-        self._disarm_head_timer()
         if self.transport.is_closing():
             return
         cycle = self.cycle
@@ -269,6 +271,10 @@ def http_protocol(settings: Settings) -> type[GuardedHttpToolsProtocol]:
         "limits": lim,
         "error_format": settings.error_format,
         "raw_head_limit": lim.max_header_bytes + lim.max_target_bytes + 2 * lim.max_headers + 1024,
+        "max_target": lim.max_target_bytes,
+        "max_headers": lim.max_headers,
+        "max_header_bytes": lim.max_header_bytes,
+        "max_connections": lim.max_connections,
     }
     return type("GatewayHttpProtocol", (GuardedHttpToolsProtocol,), attrs)
 

@@ -269,8 +269,9 @@ class Gateway:
                 self.auth_failures.failure(self._client_key(scope, forwarded_for), self.clock())
             extra = await self._debug_headers(principal, ip_check, applied) if debug else []
             extra.extend(rate_headers)
-            if has_body or bad_frame:
-                # The body was not read: close rather than let the server drain it (or misread it).
+            if has_body or bad_frame or exc.__class__ is MethodNotAllowed:
+                # The body was not read: close rather than let the server drain it (or misread it). After a
+                # CONNECT head llhttp reads what follows as tunnel bytes: close too.
                 extra.append(CLOSE)
             await _send_error(send, exc, self._format, extra)
             return
