@@ -59,8 +59,13 @@ def demo() -> Iterator[Demo]:
     d = Demo(free_port())
     yield d
     if d.proc.poll() is None:
-        d.proc.kill()
-        d.proc.communicate()
+        # A test failed before stopping it: SIGTERM, so the demo still removes its temporary store.
+        d.proc.terminate()
+        try:
+            d.proc.communicate(timeout=15)
+        except subprocess.TimeoutExpired:
+            d.proc.kill()
+            d.proc.communicate()
 
 
 def _keys(out: str) -> dict[str, tuple[str, str]]:
