@@ -285,21 +285,35 @@ def _out(args: argparse.Namespace, doc: Any, text: str) -> None:
     print(json.dumps(doc, indent=2) if args.json else text)
 
 
+# Pauses before the 2nd and 3rd delivery attempt of a rotation notice. The key is already rotated when the
+# notice is sent (and with rotation.deliver_value the notice is the only place its value exists), so a
+# passing network hiccup or a restarting receiver is worth a retry.
+_NOTIFY_BACKOFF = (0.2, 1.0)
+
+
 async def _notify(settings: Settings, payload: dict[str, Any]) -> str | None:
-    """POST one rotation notice to rotation.webhook_url; returns an error message or None."""
+    """POST one rotation notice to rotation.webhook_url, retrying on 5xx or no answer; returns an error
+    message (never the payload) or None."""
     import httpx
 
     url = settings.rotation.webhook_url
     if url is None:
         return None
-    try:
-        async with httpx.AsyncClient(timeout=10.0) as client:
-            resp = await client.post(url, json=payload)
-        if resp.status_code >= 300:
-            return f"webhook answered {resp.status_code}"
-    except httpx.HTTPError as exc:
-        return f"webhook failed: {exc.__class__.__name__}"
-    return None
+    problem: str | None = None
+    async with httpx.AsyncClient(timeout=10.0) as client:
+        for pause in (0.0, *_NOTIFY_BACKOFF):
+            await asyncio.sleep(pause)
+            try:
+                resp = await client.post(url, json=payload)
+            except httpx.HTTPError as exc:
+                problem = f"webhook failed: {exc.__class__.__name__}"
+                continue
+            if resp.status_code < 300:
+                return None
+            problem = f"webhook answered {resp.status_code}"
+            if resp.status_code < 500:
+                break  # the receiver refuses this notice: asking again will not change its mind
+    return problem
 
 
 async def _keys(args: argparse.Namespace) -> int:
@@ -400,6 +414,8 @@ _FLAGS = {
 async def _rotate_due(args: argparse.Namespace, settings: Settings, components: Components) -> int:
     store = components.store
     due = await due_for_rotation(store)
+    if due and not args.dry_run and settings.rotation.webhook_url is None:
+        print("gateway: rotation.webhook_url is not set: nobody is notified of these rotations", file=sys.stderr)
     results: list[dict[str, Any]] = []
     failures = 0
     for record in due:

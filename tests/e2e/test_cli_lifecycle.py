@@ -223,6 +223,8 @@ def test_rotate_due_dry_run_then_rotates_and_notifies(env: Env, api: KeysAPI) ->
     assert notice["value"] not in proc.stdout + proc.stderr
     assert use(gw, notice["value"]).status_code == 200
     assert "webhook answered 500" in proc.stdout and failing["id"] in proc.stdout
+    assert [b["key_id"] for b in hook.bodies].count(failing["id"]) == 3  # a 5xx is retried twice
+    assert [b["key_id"] for b in hook.bodies].count(extra["id"]) == 1
     assert api.get(failing["id"]).json()["replaced_by"] is not None
 
 
