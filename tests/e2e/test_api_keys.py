@@ -3,7 +3,9 @@ a real SQLite file. Every endpoint, every error path, scopes and privilege escal
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Iterator
+from contextlib import closing
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -517,3 +519,26 @@ def test_deployally_format_wraps_answers(tmp_path: Path, up: Upstream) -> None:
     finally:
         api.close()
         gw.stop()
+
+
+# --- usage is written in batches, not per request -------------------------------------------------------------
+
+
+def test_usage_is_batched_off_the_hot_path_and_flushed_at_shutdown(tmp_path: Path, up: Upstream) -> None:
+    gw, admin = admin_gateway(tmp_path / "usage", up.url, {"usage": {"flush_seconds": 3600}})
+    api = KeysAPI(gw, admin)
+    try:
+        doc = api.created(name="busy")
+        for _ in range(5):
+            assert use(gw, doc["value"]).status_code == 200
+        # Read the real SQLite file: nothing was written for those five requests (the batch is an hour away).
+        with closing(sqlite3.connect(gw.work / "keys.db")) as db:
+            row = db.execute("SELECT request_count, last_used_at FROM api_keys WHERE id = ?", (doc["id"],)).fetchone()
+        assert row == (0, None)
+    finally:
+        api.close()
+    gw.stop()  # SIGTERM: the pending batch is written on the way out
+    with closing(sqlite3.connect(gw.work / "keys.db")) as db:
+        count, used_at, ip = db.execute("SELECT request_count, last_used_at, last_used_ip FROM api_keys WHERE id = ?",
+                                        (doc["id"],)).fetchone()
+    assert count == 5 and used_at is not None and ip == "127.0.0.1"
