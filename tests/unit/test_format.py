@@ -109,7 +109,7 @@ _any_key = st.sampled_from(["dep_live_", "dep_test_", "da_", "da_test_"]).flatma
 )
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(key=_any_key, data=st.data())
 def test_property_checksum_catches_substitutions(key: tuple[str, str], data: st.DataObject) -> None:
     prefix, value = key
@@ -120,7 +120,7 @@ def test_property_checksum_catches_substitutions(key: tuple[str, str], data: st.
     assert parser.environment(value[:i] + ch + value[i + 1:]) is None
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(key=_any_key, data=st.data())
 def test_property_checksum_catches_adjacent_transpositions(key: tuple[str, str], data: st.DataObject) -> None:
     prefix, value = key

@@ -474,7 +474,7 @@ raw_paths = st.builds(
     st.booleans(),
 )
 _F = TypeVar("_F", bound=Callable[..., Any])
-FAST = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FAST = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 # Known bypasses of other gateways, always tried first.
 ATTACKS = [
     "/v1/servers/..",
@@ -580,7 +580,7 @@ _hostile_paths = st.one_of(
 ).map(lambda b: b"/" + b)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(raw=_hostile_paths)
 def test_property_split_path_refuses_or_returns_clean_segments(raw: bytes) -> None:
     try:
@@ -594,7 +594,7 @@ def test_property_split_path_refuses_or_returns_clean_segments(raw: bytes) -> No
         assert not any(ord(c) < 0x20 or ord(c) == 0x7F for c in seg)
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(raw=raw_paths)
 def test_property_split_path_on_generated_paths_returns_clean_segments(raw: str) -> None:
     try:
