@@ -159,7 +159,7 @@ class LimitsSettings:
     max_body_bytes: int = 1_073_741_824  # per request body, checked against Content-Length and counted (413)
     # Per-route body limits, keyed by the policy rule's path template ("/v1/backups/**": 104857600).
     body_bytes_per_route: dict[str, int] = field(default_factory=dict)
-    header_timeout_seconds: float = 10.0  # the whole request head must arrive within this (slowloris; 408)
+    header_timeout_seconds: float = 10.0  # a request head unfinished past this (at most 2x) is cut off (slowloris; 408)
     keep_alive_seconds: float = 5.0  # an idle keep-alive connection is closed after this
     max_connections: int = 1_024  # concurrent connections + requests per process; beyond it 503
     # Failed authentications per client address per minute before it gets 429 for the cool-down; 0: off.
