@@ -91,17 +91,6 @@ class RateLimits:
         tier = record.rate_limit_tier if record is not None else None
         return tier if tier is not None and tier in self._quotas else self.default_tier
 
-    def _quota(self, principal: Any) -> tuple[str, Quota] | None:
-        record = getattr(principal, "record", None)
-        if record is not None:
-            tier = record.rate_limit_tier
-            quota = self._quotas.get(tier, self._default) if tier is not None else self._default
-            bucket = record.id
-        else:
-            quota = self._default
-            bucket = "jwt:" + str(getattr(principal, "subject", ""))
-        return None if quota is None else (bucket, quota)
-
     async def check(self, principal: Any, spend: bool = True) -> Applied | None:
         """Spend (or, with ``spend=False``, only look at) one request of ``principal``'s quota.
 
@@ -110,10 +99,18 @@ class RateLimits:
         :class:`RateLimitUnavailable` (503) when the limiter cannot answer and the configuration says deny."""
         if not self.enabled:
             return None
-        found = self._quota(principal)
-        if found is None:
-            return None
-        bucket, quota = found
+        record = getattr(principal, "record", None)
+        if record is not None:
+            tier = record.rate_limit_tier
+            quota = self._quotas.get(tier, self._default) if tier is not None else self._default
+            if quota is None:
+                return None
+            bucket = record.id
+        else:
+            quota = self._default
+            if quota is None:
+                return None
+            bucket = "jwt:" + str(getattr(principal, "subject", ""))
         assert self.limiter is not None
         try:
             decision = await (self.limiter.hit(bucket, quota) if spend else self.limiter.peek(bucket, quota))
