@@ -1,18 +1,59 @@
 #!/usr/bin/env bash
 # Starts the gateway in the foreground the way ../shared/bench/compare.sh -g expects:
 #   listens on 127.0.0.1:$GW_PORT, proxies to $GW_UPSTREAM, and writes one valid key to $GW_KEY_FILE first.
-# The key holds servers:read and an IP allowlist that matches (127.0.0.0/8); the store is a fresh SQLite file.
+# The key holds servers:read, an IP allowlist that matches (127.0.0.0/8) and the "bench" rate-limit tier: a limit
+# that is checked on every request (the GCRA update and the X-RateLimit-* headers are on the hot path) but is
+# never reached (10^8 an hour, 10^7 a minute). Everything else is the product default, so access logging and
+# metrics are whatever `gateway serve` does out of the box.
+#
+#   (default)         store: a fresh SQLite file; limiter: in memory (the default for a SQLite store).
+#   GW_LIMITER=redis  store and limiter on a private redis-server started on a free loopback port, pinned to
+#                     CPU $GW_REDIS_CPU (default 1, beside wrk and nginx, so the gateway keeps CPU 0 to itself
+#                     as it would with Redis on another host); it is stopped on exit.
+#
+# The script does not exec the gateway: it waits for it, and on SIGTERM/SIGINT (compare.sh kills the whole
+# process group after each round) it stops the gateway, then redis-server, then removes its temp directory, so
+# nothing outlives a round. compare.sh waits for this script, so the next round starts on a clean machine.
 # Example: ../shared/bench/compare.sh -d 8 -c 32 -r 3 -g 'exec loadtests/serve_for_bench.sh'
+#          ../shared/bench/compare.sh -d 8 -c 32 -r 3 -g 'GW_LIMITER=redis exec loadtests/serve_for_bench.sh'
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 py=${GW_PYTHON:-$here/.venv/bin/python}
+: "${GW_PORT:?}" "${GW_UPSTREAM:?}" "${GW_KEY_FILE:?}"
 work=$(mktemp -d /tmp/gw-bench.XXXXXX)
+gw_pid="" redis_pid=""
+cleanup() {
+  trap - EXIT INT TERM
+  if [ -n "$gw_pid" ]; then kill -TERM "$gw_pid" 2>/dev/null || true; wait "$gw_pid" 2>/dev/null || true; fi
+  if [ -n "$redis_pid" ]; then kill -TERM "$redis_pid" 2>/dev/null || true; wait "$redis_pid" 2>/dev/null || true; fi
+  rm -rf "$work"
+}
+trap cleanup EXIT
+trap 'exit 143' TERM
+trap 'exit 130' INT
+
+if [ "${GW_LIMITER:-memory}" = redis ]; then
+  rport=$("$py" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  taskset -c "${GW_REDIS_CPU:-1}" redis-server --bind 127.0.0.1 --port "$rport" --save "" --appendonly no \
+    --dir "$work" --logfile "$work/redis.log" & redis_pid=$!
+  for _ in $(seq 100); do redis-cli -p "$rport" ping 2>/dev/null | grep -q PONG && break; sleep 0.05; done
+  store="redis://127.0.0.1:$rport/0"
+else
+  store="sqlite:///$work/keys.db"
+fi
 cat > "$work/config.yaml" <<YAML
-listen: {host: 127.0.0.1, port: ${GW_PORT:?}}
-upstream: {url: "${GW_UPSTREAM:?}"}
-store: {url: "sqlite:///$work/keys.db"}
+listen: {host: 127.0.0.1, port: $GW_PORT}
+upstream: {url: "$GW_UPSTREAM"}
+store: {url: "$store"}
+secret_file: $work/gateway.secret
 policies: $here/policies/deployerp.yaml
+rate_limits:
+  tiers:
+    bench: {per_hour: 100000000, per_minute: 10000000}
 YAML
 "$py" -m gateway keys create --config "$work/config.yaml" --name bench --permissions servers:read \
-  --allow-ip 127.0.0.0/8 --json | "$py" -c 'import json,sys; print(json.load(sys.stdin)["value"])' > "${GW_KEY_FILE:?}"
-exec "$py" -m gateway serve --config "$work/config.yaml"
+  --allow-ip 127.0.0.0/8 --tier bench --json | "$py" -c 'import json,sys; print(json.load(sys.stdin)["value"])' \
+  > "$work/key"
+mv "$work/key" "$GW_KEY_FILE"  # whole, before the port opens
+"$py" -m gateway serve --config "$work/config.yaml" & gw_pid=$!
+wait "$gw_pid"
