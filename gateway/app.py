@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.admin.api import ManagementAPI, internal_routes
 from gateway.keys.cache import KeyCache
@@ -15,6 +16,9 @@ from gateway.keys.hashing import Pepper, load_pepper
 from gateway.keys.store import KeyStore, is_redis_url, open_store
 from gateway.keys.usage import UsageRecorder
 from gateway.ops.health import Health, readiness_checks
+from gateway.ops.logging import AccessLog, logged
+from gateway.ops.metrics import Metrics, MetricsEndpoint, gateway_sources
+from gateway.ops.reload import build_policy
 from gateway.pipeline import Gateway, Verifier
 from gateway.policies import Policy, load_policy
 from gateway.proxy.forwarder import Forwarder
@@ -50,9 +54,7 @@ class Components:
 
 def build_components(settings: Settings) -> Components:
     """Everything that can fail on bad configuration, built before any socket is opened."""
-    policy = load_policy(policy_path(settings))
-    if settings.management.enabled:
-        policy = policy.with_routes(internal_routes(settings.management.prefix))
+    policy = build_policy(settings)  # the same function a reload uses (gateway/ops/reload.py)
     pepper, created = load_pepper(settings)
     jwt: Verifier | None = None
     if settings.jwt.enabled:
@@ -66,7 +68,8 @@ def build_components(settings: Settings) -> Components:
 class GatewayApp:
     """The ASGI application: the lifespan around the :class:`Gateway` pipeline."""
 
-    def __init__(self, settings: Settings, components: Components) -> None:
+    def __init__(self, settings: Settings, components: Components,
+                 reload_settings: Callable[[], Settings] | None = None) -> None:
         self.settings = settings
         self.components = components
         store = components.store
@@ -95,15 +98,34 @@ class GatewayApp:
         )
         rl = settings.rate_limits
         self.limits = RateLimits(rl, open_limiter(settings) if rl.enabled else None)
+        ops = settings.ops
+        # One registry per app: several apps (tests, workers) never share a time series.
+        self.metrics = Metrics(ops.metrics_key_labels) if ops.metrics_enabled else None
         self.gateway = Gateway(
             settings, components.policy, self.cache, components.pepper, self.forwarders,
             management=management, usage=self.usage, jwt=components.jwt, limits=self.limits,
+            metrics=self.metrics, access_log=AccessLog() if ops.access_log else None,
         )
-        ops = settings.ops
         self.health = Health(ops.healthz_path, ops.readyz_path, readiness_checks(
             store, lambda: self.gateway.policy, self.limits.limiter), ops.readyz_timeout_seconds)
-        # Probes are answered before the auth gate: one dict lookup on the path per request.
-        self._probes = self.health.routes
+        # Probes, metrics and the API description are answered before the auth gate: one dict lookup on the
+        # path per request.
+        self._probes: dict[str, ASGIApp] = dict(self.health.routes)
+        if self.metrics is not None:
+            gateway_sources(self.metrics, self.cache, self.gateway.auth_failures, self.limits.limiter,
+                            is_redis_url(settings.store.url))
+            self._probes[ops.metrics_path] = MetricsEndpoint(
+                self.metrics, ops.metrics_scope, self.gateway.authorize, settings.error_format)
+        if ops.openapi_enabled:
+            from gateway.ops.openapi import openapi_routes
+
+            self._probes.update(openapi_routes(settings))
+        if ops.access_log and ops.access_log_probes:
+            access = AccessLog()
+            self._probes = {path: logged(app, access, path) for path, app in self._probes.items()}
+        from gateway.ops.reload import Reloader
+
+        self.reloader = Reloader(self, reload_settings)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -127,12 +149,14 @@ class GatewayApp:
                     await self.limits.start()
                     if self.invalidations is not None:
                         self.invalidations.start()
+                    self.reloader.start()
                 except Exception as exc:  # noqa: BLE001 - reported to the server, which exits
                     await send({"type": "lifespan.startup.failed", "message": str(exc)})
                     return
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 self.health.start_draining()
+                await self.reloader.stop()
                 await self.usage.stop()
                 await self.limits.close()
                 if self.invalidations is not None:
@@ -145,5 +169,7 @@ class GatewayApp:
                 return
 
 
-def create_app(settings: Settings, components: Components | None = None) -> GatewayApp:
-    return GatewayApp(settings, components or build_components(settings))
+def create_app(settings: Settings, components: Components | None = None,
+               reload_settings: Callable[[], Settings] | None = None) -> GatewayApp:
+    """The app; ``reload_settings`` re-reads the configuration on a reload (else only the policy file is)."""
+    return GatewayApp(settings, components or build_components(settings), reload_settings)

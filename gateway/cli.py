@@ -88,12 +88,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from gateway.app import create_app
+    from gateway.ops.logging import configure_logging, event
 
-    _configure_logging()
-    logging.getLogger("gateway").info(
-        "gateway %s listening on %s:%d, forwarding to %s, policy %s (%d routes)", __version__,
-        settings.listen.host, settings.listen.port, settings.upstream.url, components.policy.source,
-        len(components.policy.routes),
+    configure_logging(settings.ops.log_format)  # JSON lines by default, uvicorn's own lines included
+    event(
+        logging.getLogger("gateway"), "start",
+        f"gateway {__version__} listening on {settings.listen.host}:{settings.listen.port}, forwarding to"
+        f" {settings.upstream.url}, policy {components.policy.source} ({len(components.policy.routes)} routes)",
+        version=__version__, host=settings.listen.host, port=settings.listen.port, upstream=settings.upstream.url,
+        policy=str(components.policy.source), routes=len(components.policy.routes),
+        workers=settings.listen.workers,
     )
     from gateway.workers import drift_warnings
 
@@ -101,8 +105,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         logging.getLogger("gateway").warning(warning)
     if settings.listen.workers > 1:
         return _serve_workers(args, settings, components, overrides)
-    app = create_app(settings, components)
+    # A reload re-reads the same file with the same flags and environment (gateway/ops/reload.py).
+    app = create_app(settings, components, reload_settings=lambda: _settings(args, overrides))
     from gateway.guard import http_protocol
+    from gateway.ops.shutdown import GracefulServer
 
     # httptools (llhttp) is the stricter parser; the gateway's subclass adds limits, a head deadline and
     # JSON refusals (docs/security.md). The concurrency cap lives in that protocol, so limit_concurrency
@@ -112,8 +118,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
         server_header=False, date_header=False, log_level="info", proxy_headers=False,
         http=http_protocol(settings),
         timeout_keep_alive=settings.limits.keep_alive_seconds,  # type: ignore[arg-type]  # call_later: float
+        log_config=None,  # keep the JSON handler configured above
+        timeout_graceful_shutdown=settings.ops.shutdown_timeout_seconds,  # type: ignore[arg-type]  # wait_for
     )
-    uvicorn.Server(config).run()
+    # SIGTERM: readiness 503, ops.drain_seconds of serving, listener closed, in-flight requests finish,
+    # usage flushed, sessions closed, exit 0 (gateway/ops/shutdown.py).
+    GracefulServer(config, app.health.start_draining, settings.ops.drain_seconds).run()
     return 0
 
 
@@ -134,6 +144,8 @@ def _serve_workers(args: argparse.Namespace, settings: Settings, components: Com
         server_header=False, date_header=False, log_level="info", proxy_headers=False,
         http="gateway.workers:HttpProtocol",
         timeout_keep_alive=settings.limits.keep_alive_seconds,  # type: ignore[arg-type]  # call_later: float
+        log_config=None,
+        timeout_graceful_shutdown=settings.ops.shutdown_timeout_seconds,  # type: ignore[arg-type]
     )
     return 0
 

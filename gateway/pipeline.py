@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping
+from time import perf_counter
 from typing import Any, Protocol
 
 from starlette.types import Receive, Scope, Send
@@ -43,6 +44,8 @@ from gateway.keys.hashing import Pepper
 from gateway.keys.store import StoreError
 from gateway.keys.usage import UsageRecorder
 from gateway.network import ClientResolver, IPAddress, in_networks, parse_address
+from gateway.ops.logging import AccessLog, new_request_id, valid_request_id
+from gateway.ops.metrics import UNMATCHED, Metrics
 from gateway.paths import split_path
 from gateway.policies import KNOWN_METHODS, Policy, Route, grants
 from gateway.proxy.forwarder import Forwarder
@@ -62,6 +65,7 @@ _CONSUMED = frozenset(
         # Client-address headers anyone can send: the gateway's X-Forwarded-For is the only one it vouches for.
         b"forwarded", b"x-real-ip", b"true-client-ip", b"cf-connecting-ip", b"x-client-ip", b"x-cluster-client-ip",
         b"fastly-client-ip",
+        b"x-request-id",  # checked, then forwarded (or replaced by a generated one)
     }
 )
 # Every spelling of the identity-header prefix a server might hand over (names arrive lower-cased).
@@ -92,6 +96,57 @@ class Verifier(Protocol):
     def verify(self, token: str, now: float | None = None) -> Any: ...
 
 
+_REQUEST_ID = b"x-request-id"
+# Deny reasons that are the rate limiter's, not the gate's: the credential and the policy had passed.
+_RATE_REASONS = {"rate_limit_exceeded": "limited", "rate_limit_unavailable": "unavailable"}
+
+
+class Exchange:
+    """One request as its observers see it (metrics, access log): filled in by the pipeline, read at the end.
+
+    Its :meth:`send` adds ``X-Request-ID`` to the response head and counts the body bytes sent; its
+    :meth:`receive` (used only when the request has a body) counts the bytes read."""
+
+    __slots__ = ("_send", "_receive", "request_id", "status", "bytes_in", "bytes_out", "route", "principal",
+                 "deny", "gated", "authorized", "rate", "t_forward", "t_head", "client")
+
+    def __init__(self, send: Send, receive: Receive) -> None:
+        self._send = send
+        self._receive = receive
+        self.request_id = ""
+        self.status = 0
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.route: str | None = None
+        self.principal: Any = None
+        self.deny: str | None = None
+        self.gated = False  # the request needed a credential
+        self.authorized = False  # ... and passed authentication, network and policy
+        self.rate: str | None = None
+        self.t_forward = 0.0
+        self.t_head = 0.0
+        self.client: IPAddress | None = None
+
+    async def send(self, message: Any) -> None:
+        if message["type"] == "http.response.start":
+            self.status = message["status"]
+            self.t_head = perf_counter()
+            headers = message["headers"]
+            rid = (_REQUEST_ID, self.request_id.encode())
+            if type(headers) is list:
+                headers.append(rid)
+            else:
+                message["headers"] = [*headers, rid]
+        else:
+            self.bytes_out += len(message.get("body", b""))
+        await self._send(message)
+
+    async def receive(self) -> Any:
+        message = await self._receive()
+        self.bytes_in += len(message.get("body", b""))
+        return message
+
+
 class Gateway:
     """The ASGI callable that authenticates, authorises and forwards every request."""
 
@@ -107,8 +162,12 @@ class Gateway:
         jwt: Verifier | None = None,
         clock: Callable[[], float] = time.time,
         limits: RateLimits | None = None,
+        metrics: Metrics | None = None,
+        access_log: AccessLog | None = None,
     ) -> None:
-        self.policy = policy
+        self.policy = policy  # replaced whole on reload; a request reads it once (gateway/ops/reload.py)
+        self.metrics = metrics
+        self.access_log = access_log
         self.cache = cache
         self.forwarders = forwarders
         self.management = management
@@ -138,8 +197,44 @@ class Gateway:
             if scope["type"] == "websocket":
                 await send({"type": "websocket.close", "code": 1008})
             return
+        ex = Exchange(send, receive)
+        start = perf_counter()
+        try:
+            await self._serve(scope, receive, ex.send, ex)
+        except Exception:
+            if not ex.status:
+                ex.status = 500  # uvicorn answers 500 when nothing was sent yet
+            raise
+        finally:
+            self._finish(scope, ex, perf_counter() - start)
 
+    def _finish(self, scope: Scope, ex: Exchange, duration: float) -> None:
+        """Count and log one finished request: once, at its end, from what the pipeline noted."""
+        status = ex.status or 499  # nothing was sent: the client went away first
+        upstream = ex.t_head - ex.t_forward if ex.t_forward and ex.t_head else None
+        principal = ex.principal
+        key_id = principal.record.id if isinstance(principal, AuthKey) else None
+        route = ex.route or UNMATCHED
+        method = scope["method"]
+        m = self.metrics
+        if m is not None:
+            m.request(route, method, status, duration, upstream, key_id)
+            if ex.gated:
+                if ex.authorized:
+                    m.auth_decision("allowed", "ok")
+                else:
+                    m.auth_decision("denied", ex.deny or "error")
+            if ex.rate is not None:
+                m.rate_limit_decision(ex.rate)
+        if self.access_log is not None:
+            client = str(ex.client) if ex.client is not None else _peer(scope)
+            raw_path: bytes = scope.get("raw_path") or scope["path"].encode("utf-8")
+            self.access_log.write(time.time(), ex.request_id, method, ex.route, raw_path.decode("latin-1"),
+                                  status, duration, upstream, key_id, client, ex.bytes_in, ex.bytes_out, ex.deny)
+
+    async def _serve(self, scope: Scope, receive: Receive, send: Send, ex: Exchange) -> None:
         # 1. One pass over the headers.
+        request_id: bytes | None = None
         authorization: list[bytes] = []
         connection: list[bytes] = []
         forwarded_for: list[bytes] = []
@@ -170,6 +265,9 @@ class Gateway:
                     forwarded_host = value
                 elif name == b"x-debug-auth":
                     debug = self._debug_allowed and value.strip().lower() == b"true"
+                elif name == _REQUEST_ID:
+                    if valid_request_id(value):
+                        request_id = value
                 elif name == b"transfer-encoding":
                     # Only one, final "chunked" (RFC 9112 6.1); llhttp passes "gzip, chunked" on.
                     bad_frame |= chunked or length >= 0 or value.lower() != b"chunked"
@@ -187,6 +285,9 @@ class Gateway:
                     length = int(value)
             forward.append((name.decode("latin-1"), value.decode("latin-1")))
         has_body = chunked or length > 0
+        ex.request_id = rid = request_id.decode() if request_id is not None else new_request_id()
+        if has_body:
+            receive = ex.receive
         if chunked or host is None:
             # Transfer-Encoding means nothing to HTTP/1.0 (RFC 9112 6.1); HTTP/1.1 requires one Host (3.2).
             version = scope["http_version"]
@@ -210,13 +311,17 @@ class Gateway:
             segments = split_path(raw_path)
             # 2. The route decides whether a credential is needed, and which kinds.
             route = self.policy.match(method, segments)
+            if route is not None:
+                ex.route = route.template
             if route is None or not route.public:
+                ex.gated = True
                 # 3. Authenticate, unless this address is cooling down after too many failures.
                 if self.auth_failures.blocked:
                     wait = self.auth_failures.retry_after(self._client_key(scope, forwarded_for), self.clock())
                     if wait is not None:
                         raise TooManyFailures(wait)
                 principal = await self._authenticate(authorization, route)
+                ex.principal = principal
                 # 4. Client network.
                 if principal.networks:
                     client = self._resolver.resolve(_peer(scope), forwarded_for)
@@ -231,6 +336,7 @@ class Gateway:
                 for needed in route.scopes:
                     if not grants(perms, needed):
                         raise InsufficientPermissions()
+                ex.authorized = True
                 if has_body:
                     # Refused on Content-Length before a byte is read; chunked bodies are counted as they stream.
                     body_limit = self._body_limits.get(route.template, body_limit)
@@ -245,6 +351,8 @@ class Gateway:
                     applied = await self.limits.check(principal, route.template != self._auth_test)
                     if applied is not None:
                         rate_headers = applied.headers
+                    if self.limits.enabled:
+                        ex.rate = "allowed" if applied is not None else "unlimited"
                 if route.internal and self.management is not None:
                     extra = await self._debug_headers(principal, ip_check, applied) if debug else []
                     extra.extend(rate_headers)
@@ -265,6 +373,10 @@ class Gateway:
             if forwarder is None:
                 raise EnvironmentUnavailable()
         except GatewayError as exc:
+            ex.deny = exc.code
+            ex.client = client
+            if exc.code in _RATE_REASONS:
+                ex.rate = _RATE_REASONS[exc.code]
             if isinstance(exc, InvalidToken):
                 self.auth_failures.failure(self._client_key(scope, forwarded_for), self.clock())
             extra = await self._debug_headers(principal, ip_check, applied) if debug else []
@@ -291,6 +403,7 @@ class Gateway:
             chain = peer
         forward.append(("x-forwarded-for", chain))
         forward.append(("x-forwarded-proto", proto.decode("latin-1")))
+        forward.append(("x-request-id", rid))
         if host is not None:
             forward.append(("x-forwarded-host", host.decode("latin-1")))
         if principal is not None:
@@ -300,13 +413,38 @@ class Gateway:
             extra.extend(rate_headers)
         else:
             extra = rate_headers  # type: ignore[assignment]
+        ex.client = client
+        ex.t_forward = perf_counter()
         try:
             await forwarder.forward(
                 method, raw_path, scope["query_string"], forward, has_body, receive, send, extra,
                 body_limit=body_limit,
             )
         except GatewayError as exc:
+            ex.deny = exc.code
             await _send_error(send, exc, self._format, [*extra, CLOSE] if has_body else extra)
+
+    async def authorize(self, scope: Scope, needed: str) -> Any:
+        """Authenticate a request the gate does not route (``/metrics`` with ``ops.metrics_scope``) and check
+        that its credential holds ``needed``, with the same rules as the gate. Raises GatewayError."""
+        authorization = [v for n, v in scope["headers"] if n == b"authorization"]
+        forwarded_for = [v for n, v in scope["headers"] if n == b"x-forwarded-for"]
+        if self.auth_failures.blocked:
+            wait = self.auth_failures.retry_after(self._client_key(scope, forwarded_for), self.clock())
+            if wait is not None:
+                raise TooManyFailures(wait)
+        try:
+            principal = await self._authenticate(authorization, None)
+        except InvalidToken:
+            self.auth_failures.failure(self._client_key(scope, forwarded_for), self.clock())
+            raise
+        if principal.networks:
+            client = self._resolver.resolve(_peer(scope), forwarded_for)
+            if not in_networks(client, principal.networks):
+                raise IPRestricted()
+        if not grants(principal.permissions, needed):
+            raise InsufficientPermissions()
+        return principal
 
     def _client_key(self, scope: Scope, forwarded_for: list[bytes]) -> str:
         """The address failed authentications are counted against (the peer when XFF is unusable)."""
@@ -342,6 +480,8 @@ class Gateway:
             key = await self.cache.lookup(key_hash)
         except StoreError as exc:
             log.error("key store lookup failed: %s", exc)
+            if self.metrics is not None:
+                self.metrics.store_errors += 1
             raise StoreUnavailable() from None
         if key is None or key.revoked or not Pepper.same(key.record.key_hash, key_hash):
             raise InvalidToken()

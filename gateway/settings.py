@@ -97,6 +97,19 @@ class OpsSettings:
     healthz_path: str = "/healthz"  # liveness: 200 while the process serves
     readyz_path: str = "/readyz"  # readiness: 200, or 503 when the store/policy/Redis is not usable or draining
     readyz_timeout_seconds: float = 2.0  # each readiness check is bounded by this
+    metrics_enabled: bool = True  # Prometheus text format at metrics_path (gateway/ops/metrics.py)
+    metrics_path: str = "/metrics"
+    metrics_scope: str | None = None  # when set, /metrics needs a key (or JWT) holding this scope
+    metrics_key_labels: bool = False  # add a key_id label to gateway_requests_total (one series per key)
+    log_format: str = "json"  # json (one object per line) or text
+    access_log: bool = True  # one JSON line per request
+    access_log_probes: bool = False  # also log probe and metrics requests
+    watch_policy: bool = True  # reload the policy file when it changes (SIGHUP always reloads)
+    shutdown_timeout_seconds: float = 30.0  # on SIGTERM, in-flight requests get this long to finish
+    drain_seconds: float = 0.0  # on SIGTERM, keep serving this long (readyz 503) before closing the listener
+    openapi_enabled: bool = True  # the management API's OpenAPI document and a docs page, without auth
+    openapi_path: str = "/openapi.json"
+    docs_path: str = "/docs"
 
 
 @dataclass(frozen=True, slots=True)
@@ -278,6 +291,23 @@ def _validate(s: Settings) -> None:
             raise bad(f"ops.{name}", f"must be a plain path starting with '/' (got {probe!r})")
     if s.ops.healthz_path == s.ops.readyz_path:
         raise bad("ops.readyz_path", "must differ from ops.healthz_path")
+    ops_paths = {"healthz_path": s.ops.healthz_path, "readyz_path": s.ops.readyz_path}
+    for name in ("metrics_path", "openapi_path", "docs_path"):
+        path = getattr(s.ops, name)
+        if not path.startswith("/") or any(c in path for c in "?#% ") or not path.isascii():
+            raise bad(f"ops.{name}", f"must be a plain path starting with '/' (got {path!r})")
+        for other, taken in ops_paths.items():
+            if path == taken:
+                raise bad(f"ops.{name}", f"must differ from ops.{other}")
+        ops_paths[name] = path
+    if s.ops.metrics_scope is not None and not s.ops.metrics_scope.strip():
+        raise bad("ops.metrics_scope", "must be a scope such as metrics:read (or left out)")
+    if s.ops.log_format not in ("json", "text"):
+        raise bad("ops.log_format", f"must be json or text (got {s.ops.log_format!r})")
+    if s.ops.shutdown_timeout_seconds <= 0:
+        raise bad("ops.shutdown_timeout_seconds", "must be a positive number of seconds")
+    if s.ops.drain_seconds < 0:
+        raise bad("ops.drain_seconds", "must be zero or more seconds")
     if s.ops.readyz_timeout_seconds <= 0:
         raise bad("ops.readyz_timeout_seconds", "must be a positive number of seconds")
     if s.upstream.pool_size < 1:

@@ -29,6 +29,9 @@ RESPONSE_HOP_BY_HOP = frozenset(
      b"proxy-authenticate"}
 )
 
+# Not passed on either: the gateway sends its own X-Request-ID (the one it sent upstream) to the client.
+_NOT_PASSED = RESPONSE_HOP_BY_HOP | {b"x-request-id"}
+
 
 class ClientGone(Exception):
     """The client went away while its request body was being streamed."""
@@ -135,5 +138,5 @@ def _response_headers(raw: Sequence[tuple[bytes, bytes]]) -> list[Header]:
     for name, value in raw:
         if name.lower() == b"connection":
             named.update(t.strip().lower() for t in value.split(b","))
-    return [(n, v) for n, v in raw if (low := n.lower()) not in RESPONSE_HOP_BY_HOP and low not in named]
+    return [(n, v) for n, v in raw if (low := n.lower()) not in _NOT_PASSED and low not in named]
 

@@ -1,0 +1,165 @@
+"""JSON logs: one object per line for every event, and one access line per request.
+
+Every log record of ``gateway serve`` goes through :class:`JSONFormatter`: ``ts`` (UTC, milliseconds),
+``level``, ``logger``, ``event`` and ``message``, plus the fields given as ``extra={"fields": {...}}``. A
+message that is itself a JSON object (the brute-force guard writes those) is merged in rather than quoted.
+
+The access line is built by :func:`access_line` once, when the request has ended, and written through the
+``gateway.access`` logger, whose handler prints it as it is (no second encoding). Probes and metrics are not
+logged unless ``ops.access_log_probes`` is on.
+
+Nothing here ever sees a credential: the pipeline passes the key *id*, never its value, hash or a JWT, and the
+path without its query string (a query may carry a token some client put there).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+from typing import Any
+
+ACCESS_LOGGER = "gateway.access"
+
+_STANDARD = frozenset(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime"}
+
+
+def _timestamp(created: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(created)) + f".{int(created % 1 * 1000):03d}Z"
+
+
+class JSONFormatter(logging.Formatter):
+    """A log record as one JSON object on one line."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        message = record.getMessage()
+        doc: dict[str, Any] = {"ts": _timestamp(record.created), "level": record.levelname.lower(),
+                               "logger": record.name}
+        merged = False
+        if message.startswith("{") and message.endswith("}"):
+            try:
+                parsed = json.loads(message)
+            except ValueError:
+                parsed = None
+            if isinstance(parsed, dict):
+                doc.update(parsed)
+                merged = True
+        if not merged:
+            doc["event"] = getattr(record, "event", None) or "log"
+            doc["message"] = message
+        fields = getattr(record, "fields", None)
+        if isinstance(fields, dict):
+            doc.update(fields)
+        for name, value in record.__dict__.items():
+            # Anything else passed as extra= (not "fields"/"event", handled above) is kept too.
+            if name not in _STANDARD and name not in ("fields", "event", "color_message") and name not in doc:
+                doc[name] = value if isinstance(value, str | int | float | bool) or value is None else str(value)
+        if record.exc_info:
+            # The exception's class and message only: a traceback can carry local values (a key, a token).
+            exc = record.exc_info[1]
+            doc["error"] = f"{exc.__class__.__name__}: {exc}" if exc is not None else "unknown"
+        return json.dumps(doc, ensure_ascii=False, default=str, separators=(",", ":"))
+
+
+class _Verbatim(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return record.getMessage()
+
+
+def configure_logging(fmt: str = "json", level: int = logging.INFO) -> None:
+    """Route every logger (uvicorn's too) to stderr, as JSON lines (``fmt="json"``) or plain text."""
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    handler = logging.StreamHandler(sys.stderr)
+    if fmt == "json":
+        handler.setFormatter(JSONFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root.addHandler(handler)
+    root.setLevel(level)
+    access = logging.getLogger(ACCESS_LOGGER)
+    for h in list(access.handlers):
+        access.removeHandler(h)
+    verbatim = logging.StreamHandler(sys.stderr)
+    verbatim.setFormatter(_Verbatim())
+    access.addHandler(verbatim)
+    access.propagate = False
+    access.setLevel(logging.INFO)
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+        lg = logging.getLogger(name)
+        lg.handlers.clear()
+        lg.propagate = True
+
+
+def event(logger: logging.Logger, name: str, message: str, level: int = logging.INFO, **fields: Any) -> None:
+    """Log one named event with structured fields (JSON under ``gateway serve``)."""
+    logger.log(level, message, extra={"event": name, "fields": fields})
+
+
+# --- request ids ---------------------------------------------------------------------------------------------
+
+_ID_CHARS = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-")
+
+
+def valid_request_id(value: bytes) -> bool:
+    """1 to 128 characters of ``[A-Za-z0-9._-]``: safe to log, forward and echo as they are."""
+    return 0 < len(value) <= 128 and _ID_CHARS.issuperset(value)
+
+
+def new_request_id() -> str:
+    """24 hex characters from the OS's random source (cheaper than a uuid4 and as unique in practice)."""
+    return os.urandom(12).hex()
+
+
+class AccessLog:
+    """Formats and writes the one access line per request."""
+
+    def __init__(self) -> None:
+        self._log = logging.getLogger(ACCESS_LOGGER)
+        self._second = -1
+        self._prefix = ""
+
+    def _ts(self, now: float) -> str:
+        second = int(now)
+        if second != self._second:  # strftime once a second, not once a request
+            self._second = second
+            self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        return f"{self._prefix}.{int((now - second) * 1000):03d}Z"
+
+    def write(self, now: float, request_id: str, method: str, route: str | None, path: str, status: int,
+              duration: float, upstream: float | None, key_id: str | None, client: str | None, bytes_in: int,
+              bytes_out: int, deny_reason: str | None) -> None:
+        self._log.info(json.dumps({
+            "ts": self._ts(now), "level": "info", "event": "request", "request_id": request_id, "method": method,
+            "route": route, "path": path, "status": status, "duration_ms": round(duration * 1000, 3),
+            "upstream_ms": round(upstream * 1000, 3) if upstream is not None else None, "key_id": key_id,
+            "client_ip": client, "bytes_in": bytes_in, "bytes_out": bytes_out, "deny_reason": deny_reason,
+        }, ensure_ascii=False, separators=(",", ":")))
+
+
+def logged(app: Any, access: AccessLog, route: str) -> Any:
+    """Wrap a probe (or the metrics endpoint) so that it writes access lines (``ops.access_log_probes``)."""
+
+    async def probe(scope: Any, receive: Any, send: Any) -> None:
+        start = time.perf_counter()
+        seen = {"status": 0, "out": 0}
+
+        async def observe(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                seen["status"] = message["status"]
+            else:
+                seen["out"] += len(message.get("body", b""))
+            await send(message)
+
+        try:
+            await app(scope, receive, observe)
+        finally:
+            client = scope.get("client")
+            access.write(time.time(), new_request_id(), scope["method"], route, scope["path"],
+                         seen["status"] or 499, time.perf_counter() - start, None, None,
+                         client[0] if client else None, 0, seen["out"], None)
+
+    return probe
