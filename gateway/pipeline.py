@@ -18,6 +18,7 @@ Per-request state lives in locals only; everything else was compiled when the ap
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -35,6 +36,7 @@ from gateway.errors import (
     InsufficientPermissions,
     InvalidToken,
     IPRestricted,
+    ServiceUnavailable,
     render,
 )
 from gateway.guard import CLOSE, FailureGuard, FramingError, MethodNotAllowed, PayloadTooLarge, TooManyFailures
@@ -88,6 +90,11 @@ class StoreUnavailable(GatewayError):
     status, code, ally_code = 503, "store_unavailable", "SERVICE_UNAVAILABLE"
     message = "The key store is unavailable"
     ally_message = "Serviço de chaves indisponível"
+
+
+class ShuttingDown(ServiceUnavailable):
+    code = "shutting_down"
+    message = "The gateway is shutting down; retry"
 
 
 class Verifier(Protocol):
@@ -201,6 +208,14 @@ class Gateway:
         start = perf_counter()
         try:
             await self._serve(scope, receive, ex.send, ex)
+        except asyncio.CancelledError:
+            # uvicorn cancels requests still running past ops.shutdown_timeout_seconds. Before a byte was sent,
+            # answer a JSON 503 and end normally (else uvicorn logs a traceback and sends a plain-text 500);
+            # a response already under way can only be cut off.
+            if ex.status:
+                raise
+            ex.deny = ShuttingDown.code
+            await _send_error(ex.send, ShuttingDown(), self._format, [CLOSE])
         except Exception:
             if not ex.status:
                 ex.status = 500  # uvicorn answers 500 when nothing was sent yet
