@@ -101,6 +101,11 @@ def check_tier(tier: str | None, tiers: Collection[str]) -> str | None:
     return tier
 
 
+# A hundred years: anything longer is a typo, and now + it must stay a datetime (year 9999 at most), or every
+# answer that shows the key would fail with an OverflowError (schemathesis found a 500 with a 29-digit period).
+MAX_PERIOD_SECONDS = 36500 * 86400
+
+
 def check_period(period: str | int | None) -> int | None:
     if period is None:
         return None
@@ -113,6 +118,8 @@ def check_period(period: str | int | None) -> int | None:
             raise KeyInputError("rotation_period", str(exc)) from None
     if seconds <= 0:
         raise KeyInputError("rotation_period", "must be longer than zero")
+    if seconds > MAX_PERIOD_SECONDS:
+        raise KeyInputError("rotation_period", "must be at most 36500d")
     return seconds
 
 
@@ -293,6 +300,8 @@ async def rotate_key(
             raise KeyInputError("grace_period", str(exc)) from None
     if grace < 0:
         raise KeyInputError("grace_period", "must not be negative")
+    if grace > MAX_PERIOD_SECONDS:
+        raise KeyInputError("grace_period", "must be at most 36500d")
     old = await store.get(key_id)
     if old is None:
         return None
