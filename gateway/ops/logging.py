@@ -38,18 +38,18 @@ class JSONFormatter(logging.Formatter):
         message = record.getMessage()
         doc: dict[str, Any] = {"ts": _timestamp(record.created), "level": record.levelname.lower(),
                                "logger": record.name}
-        merged = False
-        if message.startswith("{") and message.endswith("}"):
+        if message.startswith("{") and message.endswith("}") and len(message) > 2:
             try:
                 parsed = json.loads(message)
             except ValueError:
                 parsed = None
-            if isinstance(parsed, dict):
-                doc.update(parsed)
-                merged = True
-        if not merged:
-            doc["event"] = getattr(record, "event", None) or "log"
-            doc["message"] = message
+            if isinstance(parsed, dict) and not set(parsed) & set(doc):
+                # Already an event object (the audit trail, the brute-force guard): kept as its writer spelt
+                # it, with the timestamp, level and logger put in front.
+                head = json.dumps(doc, ensure_ascii=False, separators=(",", ":"))
+                return head[:-1] + "," + message[1:]
+        doc["event"] = getattr(record, "event", None) or "log"
+        doc["message"] = message
         fields = getattr(record, "fields", None)
         if isinstance(fields, dict):
             doc.update(fields)
