@@ -45,9 +45,9 @@ class JSONFormatter(logging.Formatter):
                 parsed = None
             if isinstance(parsed, dict) and not set(parsed) & set(doc):
                 # Already an event object (the audit trail, the brute-force guard): kept as its writer spelt
-                # it, with the timestamp, level and logger put in front.
-                head = json.dumps(doc, ensure_ascii=False, separators=(",", ":"))
-                return head[:-1] + "," + message[1:]
+                # it (first, so a search for its opening still matches), timestamp, level and logger after it.
+                tail = json.dumps(doc, ensure_ascii=False, separators=(",", ":"))
+                return message[:-1] + "," + tail[1:]
         doc["event"] = getattr(record, "event", None) or "log"
         doc["message"] = message
         fields = getattr(record, "fields", None)
