@@ -11,11 +11,15 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Iterable, Sequence
+from functools import lru_cache
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
+# Memoised: the socket peer is parsed on every gated request and ipaddress's parser costs ~8 us; the answer is
+# immutable and depends on the text alone. Bounded, so a flood of distinct X-Forwarded-For entries cannot grow it.
+@lru_cache(maxsize=4096)
 def parse_address(text: str) -> IPAddress | None:
     """A strict parse of one address; None for anything else (ports, brackets, zone ids, garbage)."""
     text = text.strip()
