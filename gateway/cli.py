@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import shutil
 import signal
 import socket
@@ -650,3 +651,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.status
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The reader went away (`gateway keys list | head`): not an error worth a traceback.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
