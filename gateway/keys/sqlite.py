@@ -187,7 +187,7 @@ class SQLiteStore:
             clauses.append(clause)
             args.extend(more)
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
-        sql = f"SELECT {_COLUMNS} FROM api_keys {where} ORDER BY created_at, rowid LIMIT ? OFFSET ?"
+        sql = f"SELECT {_COLUMNS} FROM api_keys {where} ORDER BY created_at, id LIMIT ? OFFSET ?"
         rows = self._read(sql, [*args, -1 if limit is None else limit, offset])
         return [_from_db(r) for r in rows]
 
