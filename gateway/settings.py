@@ -271,10 +271,15 @@ def _validate(s: Settings) -> None:
     for name, tier in rl.tiers.items():
         if not valid_tier_name(name):
             raise bad(f"rate_limits.tiers.{name}", "tier names are letters, digits, '_' and '-'")
-        for window in ("per_hour", "per_minute"):
+        for window, seconds in (("per_hour", 3600), ("per_minute", 60)):
             value = getattr(tier, window)
             if value is not None and value < 1:
                 raise bad(f"rate_limits.tiers.{name}.{window}", "must be at least 1 (leave it out for no limit)")
+            # GCRA spaces requests by period/limit in whole microseconds: more than one per microsecond
+            # would make that interval 0.
+            if value is not None and value > seconds * 1_000_000:
+                raise bad(f"rate_limits.tiers.{name}.{window}",
+                          f"must be at most {seconds * 1_000_000} (leave it out for no limit)")
     if rl.on_store_error not in ON_STORE_ERROR:
         raise bad("rate_limits.on_store_error", f"must be one of {', '.join(ON_STORE_ERROR)}")
     if rl.local_share < 1:

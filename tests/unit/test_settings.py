@@ -348,3 +348,17 @@ def test_secret_values_never_appear_in_error_messages(tmp_path: Path) -> None:
     assert "tiny-secret" not in message
     message = refused("secret", text="secret: [do-not-print-me-0123456789]\n", tmp_path=tmp_path)
     assert "do-not-print-me" not in message
+
+
+def test_tier_faster_than_one_request_per_microsecond_is_refused_naming_the_field() -> None:
+    # Such a tier made the GCRA emission interval 0 and the limiter raised ZeroDivisionError per request.
+    from gateway.settings import ConfigError, load_settings
+
+    env = {"GATEWAY_RATE_LIMITS__TIERS__FAST__PER_MINUTE": "60000001"}
+    try:
+        load_settings(None, environ=env)
+    except ConfigError as exc:
+        assert "rate_limits.tiers.fast.per_minute" in str(exc)
+    else:
+        raise AssertionError("a per_minute above 60,000,000 was accepted")
+    assert load_settings(None, environ={"GATEWAY_RATE_LIMITS__TIERS__FAST__PER_MINUTE": "60000000"})
