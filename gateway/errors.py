@@ -36,6 +36,8 @@ class GatewayError(Exception):
     bearer_error: str | None = None
     # The request field at fault, for validation errors.
     field: str | None = None
+    # Headers this answer carries beyond the common ones (Allow, Retry-After, rate-limit headers).
+    extra_headers: Sequence[Header] = ()
 
     def __init__(self, message: str | None = None, *, field: str | None = None) -> None:
         if message is not None:
@@ -74,6 +76,7 @@ class GatewayError(Exception):
         www = self.www_authenticate()
         if www is not None:
             out.append((b"www-authenticate", www))
+        out.extend(self.extra_headers)
         return out
 
 
@@ -168,9 +171,6 @@ class RateLimited(GatewayError):
         super().__init__()
         self.extra_headers = list(extra_headers)
 
-    def headers(self, error_format: str, body: bytes) -> list[Header]:
-        return [*super().headers(error_format, body), *self.extra_headers]
-
 
 class RateLimitUnavailable(GatewayError):
     """The shared rate limiter (Redis) did not answer in time and ``on_store_error`` is ``deny``."""
@@ -178,9 +178,7 @@ class RateLimitUnavailable(GatewayError):
     status, code, ally_code = 503, "rate_limit_unavailable", "SERVICE_UNAVAILABLE"
     message = "The rate limiter is temporarily unavailable; retry shortly"
     ally_message = "O limitador de requisições está indisponível; tente novamente em instantes"
-
-    def headers(self, error_format: str, body: bytes) -> list[Header]:
-        return [*super().headers(error_format, body), (b"retry-after", b"1")]
+    extra_headers = ((b"retry-after", b"1"),)
 
 
 def render(

@@ -45,9 +45,7 @@ class MethodNotAllowed(GatewayError):
     status, code, ally_code = 405, "method_not_allowed", "METHOD_NOT_ALLOWED"
     message = "This method is not supported"
     ally_message = "Método não suportado"
-
-    def headers(self, error_format: str, body: bytes) -> list[Header]:
-        return [*super().headers(error_format, body), (b"allow", b"GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS")]
+    extra_headers = ((b"allow", b"GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"),)
 
 
 class FramingError(BadRequest):
@@ -88,9 +86,7 @@ class Overloaded(GatewayError):
     status, code, ally_code = 503, "service_unavailable", "SERVICE_UNAVAILABLE"
     message = "The gateway is at its connection limit; retry shortly"
     ally_message = "O gateway está no limite de conexões; tente novamente em instantes"
-
-    def headers(self, error_format: str, body: bytes) -> list[Header]:
-        return [*super().headers(error_format, body), (b"retry-after", b"1")]
+    extra_headers = ((b"retry-after", b"1"),)
 
 
 class TooManyFailures(GatewayError):
@@ -103,9 +99,7 @@ class TooManyFailures(GatewayError):
     def __init__(self, retry_after: float) -> None:
         super().__init__()
         self.retry_after = max(1, int(retry_after + 0.999))
-
-    def headers(self, error_format: str, body: bytes) -> list[Header]:
-        return [*super().headers(error_format, body), (b"retry-after", str(self.retry_after).encode())]
+        self.extra_headers = ((b"retry-after", str(self.retry_after).encode()),)
 
 
 # --- the HTTP server protocol ---------------------------------------------------------------------------------
