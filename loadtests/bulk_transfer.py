@@ -51,12 +51,21 @@ sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
 from harness import (  # noqa: E402
-    BENCH_TIER, PYTHON, GatewayProcess, RssSampler, clean_env, free_port, load_average, pinned, wait_port,
+    BENCH_TIER,
+    PYTHON,
+    GatewayProcess,
+    RssSampler,
+    clean_env,
+    free_port,
+    load_average,
+    pinned,
+    wait_port,
 )
 
 MiB = 1 << 20
 UP_BLOCK = 256 * 1024
 DEFAULT_MAX_BODY = 1_073_741_824
+FRAMING: dict[str, str] = {}  # upload URL -> how the upstream saw the body framed (last upload)
 
 
 # --- the upstream (its own process) ---------------------------------------------------------------------------
@@ -127,6 +136,8 @@ async def upload(session: object, url: str, total: int, headers: dict[str, str])
     got = json.loads(body)
     if got["received"] != total:
         raise RuntimeError(f"upload to {url}: the upstream received {got['received']} of {total} bytes")
+    FRAMING[url] = (f"Content-Length {got['content_length']}" if got["content_length"] is not None
+                    else f"Transfer-Encoding {got['chunked']}")
     return took
 
 
@@ -188,6 +199,8 @@ async def client_main(args: argparse.Namespace, gateway: GatewayProcess, up_port
             print(f"run {run}: download direct {mbps(d_down):7.1f} MB/s  gateway {mbps(g_down[0]):7.1f} MB/s  "
                   f"ratio {d_down / g_down[0]:.2f}  gateway RSS {g_down[1]:.1f} -> peak {g_down[2]:.1f} -> "
                   f"{g_down[3]:.1f} MB (+{g_down[2] - g_down[1]:.1f})", flush=True)
+    print(f"upload framing as the upstream saw it: direct {FRAMING[f'{direct}/upload']}, through the gateway "
+          f"{FRAMING[f'{through}/upload']}")
     return results
 
 
