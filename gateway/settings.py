@@ -22,6 +22,8 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from gateway import redisurl
+
 ENV_PREFIX = "GATEWAY_"
 
 
@@ -264,8 +266,11 @@ def _validate(s: Settings) -> None:
     if s.rotation.webhook_url is not None and urlsplit(s.rotation.webhook_url).scheme not in ("http", "https"):
         raise bad("rotation.webhook_url", "must be an http:// or https:// URL")
     rl = s.rate_limits
-    if rl.url is not None and rl.url.split(":", 1)[0] not in ("memory", "redis", "rediss", "unix"):
-        raise bad("rate_limits.url", f"use memory:// or redis://host:port/db (got {rl.url!r})")
+    if rl.url is not None and not rl.url.startswith("memory:"):
+        try:
+            redisurl.check(rl.url)
+        except redisurl.RedisURLError as exc:
+            raise bad("rate_limits.url", f"{exc} (or memory://)") from None
     if rl.default_tier not in rl.tiers:
         raise bad("rate_limits.default_tier", f"{rl.default_tier!r} is not one of the tiers")
     for name, tier in rl.tiers.items():
@@ -318,8 +323,11 @@ def _validate(s: Settings) -> None:
     if s.upstream.pool_size < 1:
         raise bad("upstream.pool_size", "must be at least 1")
     scheme = s.store.url.split(":", 1)[0]
-    if scheme not in ("sqlite", "redis", "rediss", "unix"):
-        raise bad("store.url", f"unsupported scheme {scheme!r}; use sqlite:///path/keys.db or redis://host:port/db")
+    if scheme != "sqlite":
+        try:
+            redisurl.check(s.store.url)
+        except redisurl.RedisURLError as exc:
+            raise bad("store.url", str(exc).replace("; use ", "; use sqlite:///path/keys.db, ", 1)) from None
     if not 1 <= s.store.timeout_ms <= 60_000:
         raise bad("store.timeout_ms", "must be between 1 and 60000")
     if not 1 <= s.listen.workers <= 64:

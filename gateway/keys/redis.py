@@ -17,6 +17,9 @@ at once (see :mod:`gateway.keys.cache`).
 Every call is bounded by ``timeout_ms`` (connect and each read): an absent or hung Redis costs a request at
 most that long, and the caller sees :class:`StoreError`. A timeout is never retried; a broken connection
 (reset or refused, as a pooled connection is after Redis restarts) is retried once at once.
+
+The URL may name one server, the master of a Sentinel service or a Redis Cluster: :mod:`gateway.redisconn`
+builds the client, and every script here touches only ``{gw}`` keys, so on a Cluster each runs on one node.
 """
 
 from __future__ import annotations
@@ -29,22 +32,20 @@ import time
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
-from urllib.parse import urlsplit
 
-import redis.asyncio as aioredis
-from redis.backoff import NoBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
-from redis.asyncio.retry import Retry
 
+from gateway import redisconn
 from gateway.keys.record import AuditEvent, KeyRecord, parse_iso, to_iso, utcnow
 from gateway.keys.store import Conflict, StoreError, UsageUpdate
+from gateway.redisconn import POOL_WAIT  # noqa: F401 - re-exported from its old home
+from gateway.redisurl import RedisURLError, redacted
+
 
 log = logging.getLogger("gateway.store")
 
 NS = "{gw}"
 INVALIDATE_CHANNEL = "gateway:keys:invalidate"
-POOL_WAIT = 1.0
 _IDS = f"{NS}:ids"
 _AUDIT = f"{NS}:audit"
 
@@ -236,29 +237,13 @@ def _event(text: bytes) -> AuditEvent:
                       details=d["details"])
 
 
-def redacted(url: str) -> str:
-    """The URL without its password, for messages."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)[1]
-    user = f"{parts.username}:***@" if parts.username else ":***@"
-    return parts._replace(netloc=user + netloc).geturl()
-
-
-def client(url: str, timeout_ms: float, max_connections: int = 64) -> aioredis.Redis:
-    """A client whose every exchange with Redis is bounded by ``timeout_ms`` (connect and each read; a
-    timeout is never retried, a broken connection once). The wait for a free pooled connection measures this
-    process's own load, not Redis, and is bounded separately (``POOL_WAIT``)."""
-    t = timeout_ms / 1000.0
+def client(url: str, timeout_ms: float, max_connections: int = 64) -> Any:
+    """A client for any Redis URL (one server, Sentinel, Cluster: :func:`gateway.redisconn.connect`) whose
+    every exchange is bounded by ``timeout_ms``; a URL that cannot work is a :class:`StoreError`."""
     try:
-        pool = aioredis.BlockingConnectionPool.from_url(
-            url, max_connections=max_connections, timeout=POOL_WAIT, socket_timeout=t, socket_connect_timeout=t,
-            retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
-        )
-    except ValueError as exc:
-        raise StoreError(f"{redacted(url)}: not a Redis URL ({exc})") from None
-    return aioredis.Redis.from_pool(pool)  # the client owns the pool: aclose() closes its connections
+        return redisconn.connect(url, timeout_ms, max_connections)
+    except RedisURLError as exc:
+        raise StoreError(f"{redacted(url)}: not a usable Redis URL ({exc})") from None
 
 
 class RedisStore:
@@ -427,6 +412,10 @@ class InvalidationListener:
     back for :attr:`DEAD_AFTER` seconds (Redis down, hung or unreachable) the task reconnects, retrying every
     :attr:`RETRY` seconds. Messages sent while it was away are lost, so on every (re)subscription the whole
     cache is cleared. While it is away, ``cache.ttl_seconds`` remains the bound.
+
+    Behind Sentinel the subscription follows the master (a failover drops it; the next one is made on the new
+    master). On a Cluster it is held on one node, and each reconnection reloads the slot map and tries the
+    next node, so a failed node is left behind.
     """
 
     PING_EVERY = 0.5
@@ -456,10 +445,17 @@ class InvalidationListener:
             await asyncio.wait_for(self._redis.aclose(), 1.0)
 
     async def _run(self) -> None:
+        attempt = 0
         while True:
-            pubsub = self._redis.pubsub()
+            conn: Any = None
+            pubsub: Any = None
             try:
-                await self._listen(pubsub)
+                # One server or a Sentinel master (followed through failovers): the client itself. A Cluster:
+                # a connection to one node, from a fresh slot map, the next node on each new attempt; PUBLISH
+                # reaches the subscribers of every node, so any live node will do.
+                conn = await redisconn.subscriber_client(self._redis, attempt)
+                pubsub = conn.pubsub()
+                await self._listen(pubsub, self._describe(conn))
             except (RedisError, OSError, TimeoutError) as exc:
                 if self.connected:
                     log.warning("key invalidations: lost %s (%s); revocations fall back to cache.ttl_seconds "
@@ -467,10 +463,20 @@ class InvalidationListener:
                 self.connected = False
             finally:
                 with contextlib.suppress(RedisError, OSError, TimeoutError):
-                    await asyncio.wait_for(pubsub.aclose(), 1.0)
+                    if pubsub is not None:
+                        await asyncio.wait_for(pubsub.aclose(), 1.0)
+                    if conn is not None and conn is not self._redis:
+                        await asyncio.wait_for(conn.aclose(), 1.0)
+            attempt += 1
             await asyncio.sleep(self.RETRY)
 
-    async def _listen(self, pubsub: Any) -> None:
+    def _describe(self, conn: Any) -> str:
+        if conn is self._redis:
+            return self._where
+        kw = conn.connection_pool.connection_kwargs
+        return f"{self._where} (node {kw.get('host')}:{kw.get('port')})"
+
+    async def _listen(self, pubsub: Any, where: str) -> None:
         await pubsub.subscribe(INVALIDATE_CHANNEL)
         last_seen = last_ping = time.monotonic()
         while True:
@@ -483,7 +489,7 @@ class InvalidationListener:
                     # Anything published while we were away is lost: start from an empty cache.
                     self._cache.invalidate()
                     if not self.connected:
-                        log.info("key invalidations: subscribed on %s", self._where)
+                        log.info("key invalidations: subscribed on %s", where)
                     self.connected = True
                 elif kind == "message":
                     self.received += 1

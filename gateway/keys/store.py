@@ -13,6 +13,7 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from gateway.keys.record import AuditEvent, KeyRecord
+from gateway.redisurl import SCHEMES
 from gateway.settings import ConfigError, Settings, resolve_path
 
 
@@ -52,7 +53,7 @@ class Conflict(StoreError):
     """The change does not apply to the key as it is now (revoked, already rotated)."""
 
 
-REDIS_SCHEMES = ("redis", "rediss", "unix")
+REDIS_SCHEMES = SCHEMES  # one server, a Sentinel service or a Cluster (gateway.redisurl)
 
 
 def is_redis_url(url: str) -> bool:

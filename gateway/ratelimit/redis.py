@@ -12,36 +12,28 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
+from typing import Any
 
-import redis.asyncio as aioredis
-from redis.backoff import NoBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
-from redis.asyncio.retry import Retry
 
 from gateway.ratelimit import Decision, LimiterUnavailable, Quota, Window, _summary, decide
 from gateway.ratelimit.memory import MemoryLimiter
+from gateway.redisconn import POOL_WAIT, connect  # noqa: F401 - POOL_WAIT re-exported from its old home
 
 log = logging.getLogger("gateway.ratelimit")
 LUA = (Path(__file__).parent / "gcra.lua").read_text()
 PAUSE_AFTER_FAILURE = 1.0
 
 
-POOL_WAIT = 1.0
-
-
-def redis_client(url: str, timeout_ms: float, max_connections: int = 64) -> aioredis.Redis:
-    """A client whose talk with Redis is bounded by ``timeout_ms`` (connect and every read; a timeout is
-    never retried, a broken connection, as a pooled one is after Redis restarts, once at once).
+def redis_client(url: str, timeout_ms: float, max_connections: int = 64) -> Any:
+    """A client for any Redis URL (one server, Sentinel, Cluster: :func:`gateway.redisconn.connect`) whose
+    talk with Redis is bounded by ``timeout_ms`` (connect and every read; a timeout is never retried, a broken
+    connection, as a pooled one is after Redis restarts, once at once).
 
     The wait for a free pooled connection is bounded separately (``POOL_WAIT``): it measures this process's
-    own load, not Redis, and a burst of requests should queue for a connection rather than fail."""
-    t = timeout_ms / 1000.0
-    pool = aioredis.BlockingConnectionPool.from_url(
-        url, max_connections=max_connections, timeout=POOL_WAIT, socket_timeout=t, socket_connect_timeout=t,
-        retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
-    )
-    return aioredis.Redis.from_pool(pool)  # the client owns the pool: aclose() closes its connections
+    own load, not Redis, and a burst of requests should queue for a connection rather than fail. Every key is
+    ``{rl:<key id>}`` (one hash slot), so on a Cluster each script runs on one node."""
+    return connect(url, timeout_ms, max_connections)
 
 
 class RedisLimiter:

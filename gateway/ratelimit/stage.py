@@ -20,6 +20,7 @@ from typing import Any
 
 from gateway.errors import RateLimited, RateLimitUnavailable
 from gateway.ratelimit import Decision, Limiter, LimiterUnavailable, Quota
+from gateway.redisurl import SCHEMES
 from gateway.settings import RateLimitSettings, Settings
 
 log = logging.getLogger("gateway.ratelimit")
@@ -35,7 +36,7 @@ def limiter_url(settings: Settings) -> str:
     """``rate_limits.url``, else the store's Redis when the store is Redis, else ``memory://``."""
     if settings.rate_limits.url:
         return settings.rate_limits.url
-    if settings.store.url.split(":", 1)[0] in ("redis", "rediss", "unix"):
+    if settings.store.url.split(":", 1)[0] in SCHEMES:  # one server, Sentinel or Cluster
         return settings.store.url
     return "memory://"
 

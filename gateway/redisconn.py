@@ -1,0 +1,166 @@
+"""Redis clients: the one place that turns a Redis URL and a timeout into a client (key store, limiter).
+
+The URL forms are :mod:`gateway.redisurl`'s: one server, the master of a Sentinel service, or a Cluster.
+Every client bounds every exchange by ``timeout_ms`` (connect and each read; a timeout is never retried, a
+broken connection once), and queues at most :data:`POOL_WAIT` for a free connection when the process is busy.
+
+- One server: redis-py's client on a blocking pool, as the URL says.
+- Sentinel: a new connection first asks the Sentinels (in turn, each bounded) where the master is, so the
+  client follows a failover as soon as Sentinel has promoted a replica; a master demoted under an open
+  connection answers READONLY, which redis-py turns into a reconnection.
+- Cluster: :class:`BoundedCluster`. A broken connection makes redis-py reload the slot map from the nodes it
+  knows and retry once; redis-py's cluster errors outside the RedisError tree are mapped into it, so callers
+  catch one family.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.asyncio.cluster import ClusterNode, ClusterPipeline, RedisCluster
+from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
+from redis.backoff import NoBackoff
+from redis.exceptions import ClusterDownError, RedisClusterException, SlotNotCoveredError
+from redis.exceptions import ConnectionError as RedisConnectionError
+
+from gateway.redisurl import SINGLE_SCHEMES, RedisURLError, Topology, check, parse, scheme_of
+
+POOL_WAIT = 1.0  # seconds a command may queue for a free pooled connection (this process's load, not Redis)
+
+
+def _retry_broken_once() -> Retry:
+    return Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,))
+
+
+class _SentinelBlockingPool(SentinelConnectionPool, aioredis.BlockingConnectionPool):  # type: ignore[misc]
+    """Sentinel's master-following pool with the blocking pool's bounded wait for a free connection."""
+
+
+class SentinelRedis(aioredis.Redis):
+    """The master of a Sentinel service; closing it also closes the connections to the Sentinels."""
+
+    sentinel: Sentinel | None = None
+
+    async def aclose(self, close_connection_pool: bool | None = None) -> None:
+        await super().aclose(close_connection_pool)
+        if self.sentinel is not None:
+            await self.sentinel.aclose()
+
+
+class ClusterUnavailable(RedisConnectionError):
+    """redis-py's cluster errors outside the RedisError tree (no reachable node, slots not covered), mapped in."""
+
+
+class _Pipeline(ClusterPipeline):
+    async def execute(self, raise_on_error: bool = True, allow_redirections: bool = True) -> list[Any]:
+        try:
+            return await super().execute(raise_on_error, allow_redirections)
+        except RedisClusterException as exc:
+            raise ClusterUnavailable(f"Redis Cluster: {exc.__class__.__name__}") from None
+
+
+class BoundedCluster(RedisCluster):
+    """RedisCluster with the single-server client's behaviour: a command queues (at most :data:`POOL_WAIT`)
+    for a free connection instead of failing, a timeout is not retried, and every failure is a RedisError."""
+
+    # A timeout is not retried (it would double the bound); a broken connection is, after a slot-map reload.
+    ERRORS_ALLOW_RETRY = (RedisConnectionError, ClusterDownError, SlotNotCoveredError)
+
+    def __init__(self, *args: Any, max_connections: int = 64, pool_wait: float = POOL_WAIT, **kwargs: Any) -> None:
+        super().__init__(*args, max_connections=max_connections, **kwargs)
+        self.topology: Topology | None = None
+        self._free = asyncio.Semaphore(max_connections)
+        self._pool_wait = pool_wait
+
+    async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        if self._free.locked():
+            try:
+                async with asyncio.timeout(self._pool_wait):
+                    await self._free.acquire()
+            except TimeoutError:
+                raise RedisConnectionError("No connection available.") from None
+        else:
+            await self._free.acquire()
+        try:
+            return await super().execute_command(*args, **kwargs)
+        except RedisClusterException as exc:
+            raise ClusterUnavailable(f"Redis Cluster: {exc.__class__.__name__}") from None
+        finally:
+            self._free.release()
+
+    def pipeline(self, transaction: Any | None = None, shard_hint: Any | None = None) -> ClusterPipeline:
+        if shard_hint:
+            raise RedisClusterException("shard_hint is deprecated in cluster mode")
+        return _Pipeline(self, transaction)
+
+    async def node_client(self, attempt: int) -> aioredis.Redis:
+        """A plain client on one of the cluster's nodes (the ``attempt``-th, round robin), from a fresh slot
+        map: for a pub/sub subscription, which any node serves (PUBLISH reaches every node of a cluster)."""
+        await super().aclose()  # forget the old map: the node that just failed may be gone
+        try:
+            await self.initialize()
+        except RedisClusterException as exc:
+            raise ClusterUnavailable(f"Redis Cluster: {exc.__class__.__name__}") from None
+        nodes = sorted(self.get_nodes(), key=lambda n: n.name)
+        node = nodes[attempt % len(nodes)]
+        kw = self.connection_kwargs
+        return aioredis.Redis(
+            host=node.host, port=int(node.port), username=kw.get("username"), password=kw.get("password"),
+            ssl=self.topology is not None and self.topology.tls, socket_timeout=kw.get("socket_timeout"),
+            socket_connect_timeout=kw.get("socket_connect_timeout"), retry=_retry_broken_once(),
+        )
+
+
+def connect(url: str, timeout_ms: float, max_connections: int = 64) -> Any:
+    """A client for ``url`` (any of :data:`SCHEMES`) whose every exchange with Redis is bounded by
+    ``timeout_ms`` (connect and each read; a timeout is never retried, a broken connection once). The wait for
+    a free pooled connection measures this process's own load, not Redis, and is bounded by :data:`POOL_WAIT`.
+
+    Returns a ``redis.asyncio.Redis`` (one server, or a Sentinel master) or a :class:`BoundedCluster`; both
+    take the same commands, scripts and ``aclose()``. Raises :class:`RedisURLError` for a URL that cannot work.
+    """
+    check(url)
+    t = timeout_ms / 1000.0
+    scheme = scheme_of(url)
+    if scheme in SINGLE_SCHEMES:
+        try:
+            pool = aioredis.BlockingConnectionPool.from_url(
+                url, max_connections=max_connections, timeout=POOL_WAIT, socket_timeout=t,
+                socket_connect_timeout=t, retry=_retry_broken_once(),
+            )
+        except ValueError as exc:
+            raise RedisURLError(f"not a Redis URL ({exc.__class__.__name__})") from None
+        return aioredis.Redis.from_pool(pool)  # the client owns the pool: aclose() closes its connections
+    topo = parse(url)
+    if topo.kind == "sentinel":
+        sentinel_kwargs: dict[str, Any] = {
+            "socket_timeout": t, "socket_connect_timeout": t, "ssl": topo.tls,
+            "username": topo.sentinel_username, "password": topo.sentinel_password,
+        }
+        sentinel = Sentinel(list(topo.hosts), sentinel_kwargs=sentinel_kwargs)
+        master = sentinel.master_for(
+            topo.service, redis_class=SentinelRedis, connection_pool_class=_SentinelBlockingPool,
+            max_connections=max_connections, timeout=POOL_WAIT, socket_timeout=t, socket_connect_timeout=t,
+            retry=_retry_broken_once(), db=topo.db, username=topo.username, password=topo.password, ssl=topo.tls,
+        )
+        master.sentinel = sentinel
+        return master
+    cluster = BoundedCluster(
+        startup_nodes=[ClusterNode(host, port) for host, port in topo.hosts], max_connections=max_connections,
+        socket_timeout=t, socket_connect_timeout=t, retry=Retry(NoBackoff(), 1), username=topo.username,
+        password=topo.password, ssl=topo.tls,
+    )
+    cluster.topology = topo
+    return cluster
+
+
+async def subscriber_client(client: Any, attempt: int) -> Any:
+    """The client to hold a pub/sub subscription on: ``client`` itself (one server, Sentinel master), or on a
+    cluster a plain client on one node, picked afresh (round robin) on each ``attempt``. The caller closes a
+    client that is not ``client``."""
+    if isinstance(client, BoundedCluster):
+        return await client.node_client(attempt)
+    return client
