@@ -101,9 +101,12 @@ BODY = ('{"servers":[{"id":"srv_1","name":"web-1","status":"running","region":"e
         '{"id":"srv_2","name":"db-1","status":"running","region":"eu-west"}]}')
 
 
-def write_config(work: Path, port: int, upstream: str) -> Path:
+def write_config(work: Path, port: int, upstream: str, cache_ttl: float | None = None,
+                 usage_flush: float | None = None) -> Path:
     config = work / "config.yaml"
-    config.write_text(
+    extra = (f"cache: {{ttl_seconds: {cache_ttl}}}\n" if cache_ttl is not None else "") + (
+        f"usage: {{flush_seconds: {usage_flush}}}\n" if usage_flush is not None else "")
+    config.write_text(extra +
         f"listen: {{host: 127.0.0.1, port: {port}}}\n"
         f"upstream: {{url: \"{upstream}\"}}\n"
         f"store: {{url: \"sqlite:///{work}/keys.db\"}}\n"
@@ -195,6 +198,10 @@ def main() -> int:
     ap.add_argument("--interval", type=float, default=5.0, help="RSS sampling interval, seconds (default 5)")
     ap.add_argument("--max-rss-mb", type=float, default=250.0)
     ap.add_argument("--max-growth-mb", type=float, default=10.0)
+    ap.add_argument("--cache-ttl", type=float, metavar="SECONDS",
+                    help="set cache.ttl_seconds (default: the product default, 5)")
+    ap.add_argument("--usage-flush", type=float, metavar="SECONDS",
+                    help="set usage.flush_seconds (default: the product default, 5)")
     ap.add_argument("--keep", action="store_true", help="keep the temp directory")
     args = ap.parse_args()
     for tool in ("wrk", "nginx"):
@@ -204,7 +211,7 @@ def main() -> int:
 
     work = Path(tempfile.mkdtemp(prefix="gw-soak."))
     up_port, gw_port = free_port(), free_port()
-    config = write_config(work, gw_port, f"http://127.0.0.1:{up_port}")
+    config = write_config(work, gw_port, f"http://127.0.0.1:{up_port}", args.cache_ttl, args.usage_flush)
     keys_file = work / "keys.txt"
     (work / "soak.lua").write_text(WRK_LUA)
     (work / "nginx.conf").write_text(NGINX_CONF.format(work=work, port=up_port, body=BODY))
@@ -227,7 +234,9 @@ def main() -> int:
         print(f"{platform.node()}: nproc {os.cpu_count()}, kernel {platform.release()}, python "
               f"{platform.python_version()}, load average {load_average()} (before)")
         print(f"gateway pid {gateway.pid} on CPU 0; wrk -t1 -c{args.connections} and nginx on CPU 1; "
-              f"{args.seconds} s over {args.keys} keys", flush=True)
+              f"{args.seconds} s over {args.keys} keys; cache.ttl_seconds "
+              f"{args.cache_ttl if args.cache_ttl is not None else '5 (default)'}, usage.flush_seconds "
+              f"{args.usage_flush if args.usage_flush is not None else '5 (default)'}", flush=True)
         wrk = subprocess.Popen(
             pinned("1", ["wrk", "-t1", f"-c{args.connections}", f"-d{args.seconds}s", "--timeout", "10s",
                          "--latency", "-s", str(work / "soak.lua"), f"http://127.0.0.1:{gw_port}/v1/servers",
