@@ -617,7 +617,7 @@ def build_parser() -> argparse.ArgumentParser:
     store = sub.add_parser("store", help="key stores")
     ssub = store.add_subparsers(dest="store_cmd", required=True, metavar="ACTION")
     copy = with_config(ssub.add_parser("copy", help="copy every key (hashes only) and the audit trail"))
-    where = "sqlite:///path or redis://host:port/db"
+    where = "sqlite:///path, redis://host:port/db, redis+sentinel://... or redis+cluster://... (docs/redis.md)"
     copy.add_argument("--from", dest="source", required=True, metavar="URL", help=where)
     copy.add_argument("--to", dest="target", required=True, metavar="URL", help=where)
     copy.add_argument("--json", action="store_true")

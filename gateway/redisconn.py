@@ -19,12 +19,15 @@ import asyncio
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis._parsers.commands import AsyncCommandsParser
 from redis.asyncio.cluster import ClusterNode, ClusterPipeline, RedisCluster
+from redis.cluster import PRIMARY
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import NoBackoff
 from redis.exceptions import ClusterDownError, RedisClusterException, SlotNotCoveredError
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gateway.redisurl import SINGLE_SCHEMES, RedisURLError, Topology, check, parse, scheme_of
 
@@ -62,6 +65,33 @@ class _Pipeline(ClusterPipeline):
             raise ClusterUnavailable(f"Redis Cluster: {exc.__class__.__name__}") from None
 
 
+class _CommandsParser(AsyncCommandsParser):
+    """redis-py loads the command table (COMMAND) from the slot map's first master only, and gives up on the
+    whole client when that master is down, though the others serve their slots: ask the others in turn, and
+    make the one that answers the default node."""
+
+    def __init__(self, cluster: RedisCluster) -> None:
+        super().__init__()
+        self._cluster = cluster
+
+    async def initialize(self, node: ClusterNode | None = None) -> None:
+        manager = self._cluster.nodes_manager
+        first = node or manager.default_node
+        others = [n for n in manager.nodes_cache.values() if n is not first and n.server_type == PRIMARY]
+        failure: BaseException | None = None
+        for candidate in [first, *others]:
+            if candidate is None:
+                continue
+            try:
+                await super().initialize(candidate)
+            except (RedisConnectionError, RedisTimeoutError) as exc:
+                failure = exc
+                continue
+            manager.default_node = candidate
+            return
+        raise failure or ClusterUnavailable("Redis Cluster: no node to load the command table from")
+
+
 class BoundedCluster(RedisCluster):
     """RedisCluster with the single-server client's behaviour: a command queues (at most :data:`POOL_WAIT`)
     for a free connection instead of failing, a timeout is not retried, and every failure is a RedisError."""
@@ -72,6 +102,8 @@ class BoundedCluster(RedisCluster):
     def __init__(self, *args: Any, max_connections: int = 64, pool_wait: float = POOL_WAIT, **kwargs: Any) -> None:
         super().__init__(*args, max_connections=max_connections, **kwargs)
         self.topology: Topology | None = None
+        self._pubsub_nodes: list[tuple[str, int]] = []
+        self.commands_parser = _CommandsParser(self)
         self._free = asyncio.Semaphore(max_connections)
         self._pool_wait = pool_wait
 
@@ -85,11 +117,28 @@ class BoundedCluster(RedisCluster):
         else:
             await self._free.acquire()
         try:
+            # Load the slot map first: redis-py 8.1 sends a command that comes before it to a random node
+            # (and retries it to random nodes), where a dead node makes a keyed command fail.
+            await self.initialize()
             return await super().execute_command(*args, **kwargs)
         except RedisClusterException as exc:
             raise ClusterUnavailable(f"Redis Cluster: {exc.__class__.__name__}") from None
         finally:
             self._free.release()
+
+    async def script_load(self, script: Any) -> Any:
+        """SCRIPT LOAD on every master that answers. redis-py's needs all of them, so one master down (its
+        slots lost) would stop every script on the others as well; a master that missed the script gets it
+        from the next call's NOSCRIPT answer."""
+        await self.initialize()
+        results = await asyncio.gather(
+            *(self.execute_command("SCRIPT LOAD", script, target_nodes=node) for node in self.get_primaries()),
+            return_exceptions=True,
+        )
+        for result in results:
+            if not isinstance(result, BaseException):
+                return result
+        raise next((r for r in results if isinstance(r, Exception)), ClusterUnavailable("Redis Cluster: no master"))
 
     def pipeline(self, transaction: Any | None = None, shard_hint: Any | None = None) -> ClusterPipeline:
         if shard_hint:
@@ -97,21 +146,30 @@ class BoundedCluster(RedisCluster):
         return _Pipeline(self, transaction)
 
     async def node_client(self, attempt: int) -> aioredis.Redis:
-        """A plain client on one of the cluster's nodes (the ``attempt``-th, round robin), from a fresh slot
-        map: for a pub/sub subscription, which any node serves (PUBLISH reaches every node of a cluster)."""
-        await super().aclose()  # forget the old map: the node that just failed may be gone
-        try:
-            await self.initialize()
-        except RedisClusterException as exc:
-            raise ClusterUnavailable(f"Redis Cluster: {exc.__class__.__name__}") from None
-        nodes = sorted(self.get_nodes(), key=lambda n: n.name)
-        node = nodes[attempt % len(nodes)]
+        """A plain client on one node, for a pub/sub subscription, which any node serves (a PUBLISH reaches
+        every node of a cluster). The ``attempt``-th of the nodes known (round robin): the URL's, then every
+        node the last one reached listed in CLUSTER SLOTS, in name order, so a dead node is passed over.
+
+        This does not go through redis-py's slot-map reload, which gives up while the first master of the map
+        is down (redis-py 8.1: it sends COMMAND to that node)."""
+        assert self.topology is not None
+        known = self._pubsub_nodes or sorted(set(self.topology.hosts))
+        host, port = known[attempt % len(known)]
         kw = self.connection_kwargs
-        return aioredis.Redis(
-            host=node.host, port=int(node.port), username=kw.get("username"), password=kw.get("password"),
-            ssl=self.topology is not None and self.topology.tls, socket_timeout=kw.get("socket_timeout"),
+        client = aioredis.Redis(
+            host=host, port=port, username=kw.get("username"), password=kw.get("password"),
+            ssl=self.topology.tls, socket_timeout=kw.get("socket_timeout"),
             socket_connect_timeout=kw.get("socket_connect_timeout"), retry=_retry_broken_once(),
         )
+        try:
+            slots = await client.execute_command("CLUSTER", "SLOTS")
+        except BaseException:
+            await client.aclose()
+            raise
+        learned = {(h.decode() if isinstance(h, bytes) else str(h), int(p))
+                   for entry in slots for h, p, *_ in entry[2:] if h and h != b"?"}
+        self._pubsub_nodes = sorted(learned | set(self.topology.hosts), key=lambda a: f"{a[0]}:{a[1]}")
+        return client
 
 
 def connect(url: str, timeout_ms: float, max_connections: int = 64) -> Any:
@@ -136,8 +194,10 @@ def connect(url: str, timeout_ms: float, max_connections: int = 64) -> Any:
         return aioredis.Redis.from_pool(pool)  # the client owns the pool: aclose() closes its connections
     topo = parse(url)
     if topo.kind == "sentinel":
+        # No retry on a Sentinel: discover_master asks the next one instead (redis-py's default would back
+        # off for seconds on each).
         sentinel_kwargs: dict[str, Any] = {
-            "socket_timeout": t, "socket_connect_timeout": t, "ssl": topo.tls,
+            "socket_timeout": t, "socket_connect_timeout": t, "ssl": topo.tls, "retry": Retry(NoBackoff(), 0),
             "username": topo.sentinel_username, "password": topo.sentinel_password,
         }
         sentinel = Sentinel(list(topo.hosts), sentinel_kwargs=sentinel_kwargs)
