@@ -362,3 +362,81 @@ def test_tier_faster_than_one_request_per_microsecond_is_refused_naming_the_fiel
     else:
         raise AssertionError("a per_minute above 60,000,000 was accepted")
     assert load_settings(None, environ={"GATEWAY_RATE_LIMITS__TIERS__FAST__PER_MINUTE": "60000000"})
+
+
+# --- Redis Sentinel and Cluster URLs (gateway/redisurl.py) -----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://127.0.0.1:6379/0",
+        "rediss://:pw@redis.internal:6380/2",
+        "unix:///run/redis.sock?db=1",
+        "redis+sentinel://127.0.0.1:26379/mymaster",
+        "redis+sentinel://:pw@s1:26379,s2,[::1]:26380/mymaster/3",
+        "rediss+sentinel://user:pw@s1/mymaster/0?sentinel_password=spw&sentinel_username=su",
+        "redis+cluster://127.0.0.1:7000,127.0.0.1:7001",
+        "redis+cluster://:pw@node1/",
+        "rediss+cluster://user:pw@node1:7000,node2:7000/0",
+    ],
+)
+def test_redis_urls_of_every_topology_are_accepted(url: str) -> None:
+    s = load_settings(None, environ={"GATEWAY_STORE__URL": url, "GATEWAY_RATE_LIMITS__URL": url})
+    assert s.store.url == url and s.rate_limits.url == url
+
+
+@pytest.mark.parametrize(
+    ("url", "problem"),
+    [
+        ("ftp://host/x", "unsupported scheme 'ftp'"),
+        ("redis+sentinal://h:26379/m", "unsupported scheme 'redis+sentinal'"),
+        ("redis+sentinel:///mymaster", "no hosts"),
+        ("redis+cluster://", "no hosts"),
+        ("redis+sentinel://h1:26379,,h2/m", "an empty entry"),
+        ("redis+sentinel://h1:notaport/m", "bad port 'notaport' for host 'h1'"),
+        ("redis+cluster://h1:7000,h2:70000", "bad port '70000' for host 'h2'"),
+        ("redis+cluster://:7000", "a port without a host"),
+        ("redis+sentinel://h1:26379", "missing the Sentinel service name"),
+        ("redis+sentinel://h1:26379/", "missing the Sentinel service name"),
+        ("redis+sentinel://h1/m/x", "the database must be a number (got 'x')"),
+        ("redis+sentinel://h1/m/0/extra", "too many path segments"),
+        ("redis+cluster://h1:7000/1", "Redis Cluster has only database 0"),
+        ("redis+cluster://h1:7000?ssl_cert_reqs=none", "unknown option 'ssl_cert_reqs'"),
+        ("redis+sentinel://h1/m?db=2", "unknown option 'db'"),
+        ("redis://h1:7000,h2:7001/0", "use redis+sentinel:// or redis+cluster://"),
+        ("redis://h1:99999/0", "bad port"),
+        ("redis://h1:6379/zero", "the database must be a number"),
+        ("unix://", "needs a path"),
+    ],
+)
+def test_bad_redis_urls_are_refused_naming_the_problem(url: str, problem: str) -> None:
+    for field, var in (("store.url", "GATEWAY_STORE__URL"), ("rate_limits.url", "GATEWAY_RATE_LIMITS__URL")):
+        message = refused(field, env={var: url})
+        assert problem in message, message
+
+
+def test_redis_url_errors_never_show_a_password() -> None:
+    for url in ("redis+sentinel://:hunter2-secret@h1:bad/m", "redis+cluster://u:hunter2-secret@h1:7000/5",
+                "redis+sentinel://h1/m?sentinel_password=hunter2-secret&x=1", "hunter2-secret@h1:6379",
+                "redis+sentinel://:hunter2-secret@/m"):
+        message = refused("store.url", env={"GATEWAY_STORE__URL": url})
+        assert "hunter2" not in message, message
+
+
+def test_redacted_hides_every_password() -> None:
+    from gateway.redisurl import parse, redacted
+
+    assert redacted("redis+sentinel://:pw1@h1,h2/m/0?sentinel_password=pw2") == (
+        "redis+sentinel://:***@h1,h2/m/0?sentinel_password=***")
+    assert redacted("redis://user:pw@h:6379/0") == "redis://user:***@h:6379/0"
+    assert redacted("redis+cluster://h1:7000,h2:7001") == "redis+cluster://h1:7000,h2:7001"
+    assert "pw" not in repr(parse("redis+cluster://u:pw@h1"))
+
+
+def test_rate_limits_follow_a_sentinel_or_cluster_store() -> None:
+    from gateway.ratelimit.stage import limiter_url
+
+    for url in ("redis+sentinel://h1/m/0", "redis+cluster://h1:7000"):
+        assert limiter_url(load_settings(None, environ={"GATEWAY_STORE__URL": url})) == url
+    assert limiter_url(load_settings(None, environ={})) == "memory://"
