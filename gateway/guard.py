@@ -25,13 +25,14 @@ hold under any ASGI server.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections import OrderedDict
 from typing import Any
 
 import httptools
-from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol, RequestResponseCycle
 
 from gateway.errors import BadRequest, GatewayError, Header, render
 from gateway.settings import LimitsSettings, Settings
@@ -107,6 +108,94 @@ class TooManyFailures(GatewayError):
 
 class _Refused(Exception):
     """Raised inside an llhttp callback to stop parsing; the error to answer with is on the protocol."""
+
+
+class _HeadCatcher:
+    """Stands in for the transport while uvicorn formats a response head: keeps the bytes it writes."""
+
+    __slots__ = ("head",)
+
+    def __init__(self) -> None:
+        self.head = b""
+
+    def write(self, data: bytes) -> None:
+        self.head += data
+
+
+class _HeadJoiner:
+    """Stands in for the transport while uvicorn writes body bytes: the held head goes out in the same write."""
+
+    __slots__ = ("transport", "head")
+
+    def __init__(self, transport: Any, head: bytes) -> None:
+        self.transport = transport
+        self.head: bytes | None = head
+
+    def write(self, data: bytes) -> None:
+        head = self.head
+        if head is not None:
+            self.head = None
+            if len(data) < 16384:
+                self.transport.write(head + data)
+            else:
+                self.transport.writelines((head, data))
+        else:
+            self.transport.write(data)
+
+    def close(self) -> None:
+        self.flush()
+        self.transport.close()
+
+    def flush(self) -> None:
+        if self.head is not None and not self.transport.is_closing():
+            self.transport.write(self.head)
+        self.head = None
+
+
+class JoinedHeadCycle(RequestResponseCycle):
+    """uvicorn's request/response cycle, with the response head written together with the first body bytes.
+
+    A small answer then costs one write to the socket instead of two (on loopback each write also runs the
+    peer's receive path, so this is a few microseconds a request). uvicorn still builds and checks the head;
+    it writes into a stand-in, and the head is held at most until the end of the current event-loop pass: a
+    body that is not there by then (a slow or streaming upstream) finds the head already sent on its own."""
+
+    _held: bytes | None = None
+    _flush: Any = None
+
+    async def send(self, message: Any) -> None:
+        if self.flow.write_paused and not self.disconnected:
+            await self.flow.drain()  # done here, so that the send below never waits while stood in for
+        transport = self.transport
+        if message["type"] == "http.response.start" and not self.response_started and not self.disconnected:
+            catcher = _HeadCatcher()
+            self.transport = catcher  # type: ignore[assignment]
+            try:
+                await super().send(message)
+            finally:
+                self.transport = transport
+            if catcher.head:
+                self._held = catcher.head
+                self._flush = asyncio.get_running_loop().call_soon(self._send_held)
+            return
+        held = self._held
+        if held is None:
+            await super().send(message)
+            return
+        self._held = None
+        self._flush.cancel()
+        joiner = _HeadJoiner(transport, held)
+        self.transport = joiner  # type: ignore[assignment]
+        try:
+            await super().send(message)
+        finally:
+            self.transport = transport
+            joiner.flush()  # nothing was written (a HEAD answer, an empty body): the head on its own
+
+    def _send_held(self) -> None:
+        held, self._held = self._held, None
+        if held is not None and not self.transport.is_closing():
+            self.transport.write(held)
 
 
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
@@ -220,6 +309,10 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             log.warning("connection limit reached (limits.max_connections=%d): 503", cap)
             self._stop(Overloaded())
         super().on_headers_complete()
+        cycle = self.cycle
+        if cycle is not None and cycle.__class__ is RequestResponseCycle:
+            # Made by uvicorn just now, its task not yet run: the subclass only changes how send() writes.
+            cycle.__class__ = JoinedHeadCycle
 
     # refusals
 

@@ -112,13 +112,15 @@ class Exchange:
     """One request as its observers see it (metrics, access log): filled in by the pipeline, read at the end.
 
     Its :meth:`send` adds ``X-Request-ID`` to the response head and counts the body bytes sent; its
-    :meth:`receive` (used only when the request has a body) counts the bytes read."""
+    :meth:`receive` (used only when the request has a body) counts the bytes read. A forwarded answer, the
+    common case, is sent on ``raw_send`` instead: the forwarder adds the header and keeps the tally itself
+    (``status``, ``t_head``, ``bytes_out``), one coroutine less per message."""
 
-    __slots__ = ("_send", "_receive", "request_id", "status", "bytes_in", "bytes_out", "route", "principal",
+    __slots__ = ("raw_send", "_receive", "request_id", "status", "bytes_in", "bytes_out", "route", "principal",
                  "deny", "gated", "authorized", "rate", "t_forward", "t_head", "client")
 
     def __init__(self, send: Send, receive: Receive) -> None:
-        self._send = send
+        self.raw_send = send
         self._receive = receive
         self.request_id = ""
         self.status = 0
@@ -146,7 +148,7 @@ class Exchange:
                 message["headers"] = [*headers, rid]
         else:
             self.bytes_out += len(message.get("body", b""))
-        await self._send(message)
+        await self.raw_send(message)
 
     async def receive(self) -> Any:
         message = await self._receive()
@@ -423,17 +425,14 @@ class Gateway:
             forward.append(("x-forwarded-host", host.decode("latin-1")))
         if principal is not None:
             forward.extend(principal.upstream_headers)
-        if debug:
-            extra = await self._debug_headers(principal, ip_check, applied)
-            extra.extend(rate_headers)
-        else:
-            extra = rate_headers  # type: ignore[assignment]
+        extra = await self._debug_headers(principal, ip_check, applied) if debug else []
+        extra.extend(rate_headers)
         ex.client = client
         ex.t_forward = perf_counter()
         try:
             await forwarder.forward(
-                method, raw_path, scope["query_string"], forward, has_body, receive, send, extra,
-                body_limit=body_limit,
+                method, raw_path, scope["query_string"], forward, has_body, receive, ex.raw_send,
+                [*extra, (_REQUEST_ID, rid.encode())], body_limit=body_limit, tally=ex,
             )
         except GatewayError as exc:
             ex.deny = exc.code

@@ -61,8 +61,11 @@ class NoopForwarder:
     """Stands in for the upstream leg: answers 200 at once, with the headers a small JSON answer has."""
 
     async def forward(self, method: str, raw_path: bytes, query: bytes, headers: Any, has_body: bool,
-                      receive: Any, send: Any, extra: Any = (), body_limit: int | None = None) -> int:
+                      receive: Any, send: Any, extra: Any = (), body_limit: int | None = None,
+                      tally: Any = None) -> int:
         out = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(BODY)), *extra]
+        if tally is not None:
+            tally.status, tally.t_head, tally.bytes_out = 200, time.perf_counter(), len(BODY)
         await send({"type": "http.response.start", "status": 200, "headers": out})
         await send({"type": "http.response.body", "body": BODY, "more_body": False})
         return 200

@@ -14,6 +14,8 @@ path without its query string (a query may carry a token some client put there).
 
 from __future__ import annotations
 
+import asyncio
+import atexit
 import itertools
 import json
 import logging
@@ -134,7 +136,11 @@ class AccessLog:
     access handler's stream under its lock rather than through ``Logger.info`` (a LogRecord, a formatter call):
     together they cost about a quarter as much, which matters at one line per request. Strings that can hold
     anything (the path) go through :func:`_quoted`; route templates, methods and deny reasons come from small
-    fixed sets and are quoted once and remembered."""
+    fixed sets and are quoted once and remembered.
+
+    Lines are written once per event-loop pass rather than once per request: the requests that end in the
+    same pass share one write to the stream (one system call instead of one each under load; a line is at
+    most one pass late, and lines written outside a running loop go out at once)."""
 
     def __init__(self) -> None:
         self._log = logging.getLogger(ACCESS_LOGGER)
@@ -143,6 +149,9 @@ class AccessLog:
         self._second = -1
         self._prefix = ""
         self._quoted: dict[str | None, str] = {None: "null"}
+        self._pending: list[str] = []
+        if handler is not None:
+            atexit.register(self.flush)  # a pass the loop never finished
 
     def _ts(self, now: float) -> str:
         second = int(now)
@@ -172,12 +181,27 @@ class AccessLog:
             f'"client_ip":{"null" if client is None else _quoted(client)},"bytes_in":{bytes_in},'
             f'"bytes_out":{bytes_out},"deny_reason":{q(deny_reason)}}}\n'
         )
-        handler = self._handler
-        if handler is None:
+        if self._handler is None:
             self._log.info(line[:-1])
             return
+        pending = self._pending
+        pending.append(line)
+        if len(pending) == 1:
+            try:
+                asyncio.get_running_loop().call_soon(self.flush)
+            except RuntimeError:  # no loop running here: write now
+                self.flush()
+
+    def flush(self) -> None:
+        """Write the lines of this loop pass (called by the loop, and at exit)."""
+        pending, handler = self._pending, self._handler
+        if not pending or handler is None:
+            return
+        text = "".join(pending)
+        pending.clear()
         with handler.lock:  # type: ignore[union-attr]  # the same lock logging's own emit takes
-            handler.stream.write(line)
+            handler.stream.write(text)
+            handler.flush()
 
 
 def logged(app: Any, access: AccessLog, route: str) -> Any:

@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Sequence
+from time import perf_counter
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 import aiohttp
+from multidict import CIMultiDict
 from starlette.types import Receive, Send
 from yarl import URL
 
@@ -37,6 +40,27 @@ class ClientGone(Exception):
     """The client went away while its request body was being streamed."""
 
 
+class Tally(Protocol):
+    """Where :meth:`Forwarder.forward` notes what it sent (the pipeline's per-request record)."""
+
+    status: int
+    t_head: float
+    bytes_out: int
+
+
+# Only a body's own Content-Type is never invented (aiohttp would add application/octet-stream).
+_NO_CONTENT_TYPE: CIMultiDict[None] = CIMultiDict({"Content-Type": None})
+
+
+class _ProxyRequest(aiohttp.ClientRequest):
+    """aiohttp's request without its default headers: the upstream sees ``Accept``, ``Accept-Encoding`` and
+    ``User-Agent`` only when the client sent them (an invented Accept-Encoding would let the upstream compress
+    for a client that cannot read it). Replaces ``skip_auto_headers``, which copies the header set per request."""
+
+    def update_auto_headers(self, skip_auto_headers: Any) -> None:
+        self._skip_auto_headers = _NO_CONTENT_TYPE
+
+
 class Forwarder:
     def __init__(self, url: str, *, connect_timeout: float, read_timeout: float, pool_size: int) -> None:
         parts = urlsplit(url)
@@ -51,10 +75,8 @@ class Forwarder:
             connector=aiohttp.TCPConnector(limit=self._pool_size, ttl_dns_cache=60),
             timeout=self._timeout,
             auto_decompress=False,
-            # Never add what the client did not send (Accept-Encoding would let the upstream compress for a
-            # client that cannot read it), and never keep cookies between different clients' requests.
-            skip_auto_headers=("Accept", "Accept-Encoding", "User-Agent", "Content-Type"),
-            cookie_jar=aiohttp.DummyCookieJar(),
+            request_class=_ProxyRequest,  # never adds what the client did not send
+            cookie_jar=aiohttp.DummyCookieJar(),  # never keeps cookies between different clients' requests
         )
 
     async def close(self) -> None:
@@ -73,11 +95,14 @@ class Forwarder:
         send: Send,
         extra_response_headers: Sequence[Header] = (),
         body_limit: int | None = None,
+        tally: Tally | None = None,
     ) -> int:
         """Forward one request and stream the answer to ``send``. Returns the status sent to the client.
 
-        A body longer than ``body_limit`` bytes is cut off (the upstream sees an incomplete request) and
-        answered 413. Raises :class:`GatewayError` (413/502/504) only while nothing has been sent yet."""
+        ``tally`` (when given) gets the status and the time of the response head as it is sent, and the
+        number of body bytes sent. A body longer than ``body_limit`` bytes is cut off (the upstream sees an
+        incomplete request) and answered 413. Raises :class:`GatewayError` (413/502/504) only while nothing
+        has been sent yet."""
         assert self._session is not None, "Forwarder.start() was not awaited"
         target = self._base_path + raw_path.decode("latin-1")
         if query:
@@ -98,21 +123,35 @@ class Forwarder:
                 return 499
             log.warning("upstream request failed: %s", exc.__class__.__name__)
             raise UpstreamUnavailable() from None
+        status = resp.status
+        sent = 0
         try:
             out = _response_headers(resp.raw_headers)
             out.extend(extra_response_headers)
-            await send({"type": "http.response.start", "status": resp.status, "headers": out})
+            if tally is not None:
+                tally.status = status
+                tally.t_head = perf_counter()
+            await send({"type": "http.response.start", "status": status, "headers": out})
+            content = resp.content
             try:
-                async for chunk in resp.content.iter_any():
+                while chunk := await content.readany():
+                    sent += len(chunk)
+                    if content.at_eof():
+                        # The last bytes (for a small answer, usually the only ones): end the body with them
+                        # rather than with one more, empty message.
+                        await send({"type": "http.response.body", "body": chunk, "more_body": False})
+                        return status
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
             except (TimeoutError, aiohttp.ClientError) as exc:
                 # Too late for an error answer: end without completing the body, so the server closes the
                 # connection and the client sees a truncated response instead of a silently short one.
                 log.warning("upstream response broke off: %s", exc.__class__.__name__)
-                return resp.status
+                return status
             await send({"type": "http.response.body", "body": b"", "more_body": False})
-            return resp.status
+            return status
         finally:
+            if tally is not None:
+                tally.bytes_out = sent
             resp.release()
 
 
