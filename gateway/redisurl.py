@@ -52,11 +52,7 @@ class Topology:
 
 
 def scheme_of(url: str) -> str:
-    return url.split(":", 1)[0].lower() if "://" in url else ""
-
-
-def is_redis_url(url: str) -> bool:
-    return scheme_of(url) in SCHEMES
+    return url.split(":", 1)[0] if "://" in url else ""  # exact case, as the rest of the gateway compares it
 
 
 def scheme_error(url: str, accepted: str) -> RedisURLError:
