@@ -4,7 +4,8 @@ Sentinel, and on a real 3-master Redis Cluster (tests/support/redistopo.py), wit
 - Sentinel: keys work, a revocation through one process is refused by another within 1 s, and a failover (the
   master SIGKILLed, the replica promoted) is survived: requests answer 503 (never 500, never a hang) while
   there is no master and 200 again once Sentinel has promoted the replica; keys made and revoked afterwards
-  work on the new master.
+  work on the new master. A hung master (SIGSTOP) costs each request at most the timeout, and
+  ``on_store_error: allow`` lets requests through unlimited until the failover.
 - Cluster: keys and revocation as above, PUBLISH reaching subscribers on every node, exactly 10 of a burst
   admitted for a ``limited`` key across two processes, ``gateway store copy`` into the cluster, and the
   invalidation subscription moving to another node when its node dies.
@@ -13,6 +14,7 @@ Sentinel, and on a real 3-master Redis Cluster (tests/support/redistopo.py), wit
 from __future__ import annotations
 
 import json
+import signal
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -130,6 +132,44 @@ def test_sentinel_failover_is_survived(
           f"({len(outage)} requests); 200 again at {recovered:.2f} s; Sentinel reported {new} by {promoted:.2f} s; "
           f"longest request {max(d for _, _, d in seen) * 1000:.0f} ms; revocation after failover seen in "
           f"{took * 1000:.0f} ms")
+
+
+def test_sentinel_hung_master_costs_bounded_time_and_on_store_error_applies(
+    sentinel: SentinelSetup, make_gateway: Callable[..., Gateway], fresh_upstream: Upstream
+) -> None:
+    """SIGSTOP the master (it keeps its socket, answers nothing): with ``on_store_error: allow`` requests keep
+    answering 200, without limit headers, each within the 500 ms bound; once Sentinel has promoted the replica,
+    limits (their headers) are back."""
+    gw = make_gateway(fresh_upstream.url, settings=settings_for(sentinel.url, rate_limits={"on_store_error": "allow"}))
+    key = gw.create_key("k", "servers:read")
+    assert status(gw, key["value"]) == 200  # cached for 300 s
+    sentinel.sync_replica()
+    master = sentinel.node_on(sentinel.master_port())
+    assert master.proc is not None
+    master.proc.send_signal(signal.SIGSTOP)
+    paused = time.monotonic()
+    seen: list[tuple[float, int, bool, float]] = []  # (since the pause, status, limited, duration)
+    try:
+        with httpx.Client(timeout=5) as c:
+            while True:
+                started = time.monotonic()
+                resp = c.get(f"{gw.url}/v1/servers", headers=bearer(key["value"]))
+                limited = "x-ratelimit-remaining" in resp.headers
+                seen.append((started - paused, resp.status_code, limited, time.monotonic() - started))
+                if limited and any(not lim for _, _, lim, _ in seen):
+                    break
+                assert started - paused < 15, f"limits not back after 15 s: {seen[-5:]}"
+                time.sleep(0.05)
+        promoted = sentinel.master_port()  # limits came back from the promoted replica, not the hung master
+    finally:
+        master.proc.send_signal(signal.SIGCONT)
+    assert promoted != master.port
+    assert {s for _, s, _, _ in seen} == {200}, seen  # allow: never refused, never a 500
+    slowest = max(d for _, _, _, d in seen)
+    assert slowest < 1.5, seen  # 500 ms per Redis exchange, a timeout never retried
+    unlimited = [t for t, _, lim, _ in seen if not lim]
+    print(f"sentinel, master SIGSTOPped: answered 200 without limits from {unlimited[0]:.2f} s to "
+          f"{unlimited[-1]:.2f} s, limits back at {seen[-1][0]:.2f} s; slowest request {slowest * 1000:.0f} ms")
 
 
 # --- Cluster ----------------------------------------------------------------------------------------------------
