@@ -40,12 +40,13 @@ from gateway.errors import (
     render,
 )
 from gateway.guard import CLOSE, FailureGuard, FramingError, MethodNotAllowed, PayloadTooLarge, TooManyFailures
+from gateway.keys.cache import UNKNOWN as _UNKNOWN
 from gateway.keys.cache import AuthKey, KeyCache
-from gateway.keys.format import KeyParser
+from gateway.keys.format import KeyParser, checksum_ok
 from gateway.keys.hashing import Pepper
 from gateway.keys.store import StoreError
 from gateway.keys.usage import UsageRecorder
-from gateway.network import ClientResolver, IPAddress, in_networks, parse_address
+from gateway.network import ClientResolver, IPAddress, address_text, in_networks, parse_address
 from gateway.ops.logging import AccessLog, new_request_id, valid_request_id
 from gateway.ops.metrics import UNMATCHED, Metrics
 from gateway.paths import split_path
@@ -244,7 +245,7 @@ class Gateway:
             if ex.rate is not None:
                 m.rate_limit_decision(ex.rate)
         if self.access_log is not None:
-            client = str(ex.client) if ex.client is not None else _peer(scope)
+            client = address_text(ex.client) if ex.client is not None else _peer(scope)
             raw_path: bytes = scope.get("raw_path") or scope["path"].encode("utf-8")
             self.access_log.write(time.time(), ex.request_id, method, ex.route, raw_path.decode("latin-1"),
                                   status, duration, upstream, key_id, client, ex.bytes_in, ex.bytes_out, ex.deny)
@@ -362,7 +363,7 @@ class Gateway:
                 if self.usage is not None and isinstance(principal, AuthKey):
                     if client is None:
                         client = self._resolver.resolve(_peer(scope), forwarded_for)
-                    self.usage.note(principal.record.id, str(client) if client is not None else None)
+                    self.usage.note(principal.record.id, client)
                 # 6. Rate limit.
                 if self.limits is not None:
                     applied = await self.limits.check(principal, route.template != self._auth_test)
@@ -480,7 +481,7 @@ class Gateway:
             token = value[7:].decode("ascii")
         except UnicodeDecodeError:
             raise InvalidToken() from None
-        if self._parser.environment(token) is None:
+        if self._parser.shape(token) is None:
             # Not an API key. A JWT is told apart by its shape, never by trying one after the other.
             if self._jwt is not None and looks_like_jwt(token):
                 if route is not None and "jwt" not in route.credentials:
@@ -491,7 +492,14 @@ class Gateway:
             raise InvalidToken("This route does not accept an API key")
         key_hash = self._pepper.hash(token)
         try:
-            key = await self.cache.lookup(key_hash)
+            # The checksum is checked only when the cache does not know the hash: a hit (valid, revoked or
+            # unknown) was a real key, or was refused, already. So a mistyped or made-up key still never
+            # reaches the store, and a known one skips the check.
+            key = self.cache.peek(key_hash)
+            if key is _UNKNOWN:
+                if not checksum_ok(token):
+                    raise InvalidToken()
+                key = await self.cache.lookup(key_hash)
         except StoreError as exc:
             log.error("key store lookup failed: %s", exc)
             if self.metrics is not None:

@@ -58,17 +58,23 @@ class KeyParser:
 
     def environment(self, value: str) -> str | None:
         """The key's environment if ``value`` is a well-formed key with a valid checksum, else None."""
+        env = self.shape(value)
+        return env if env is not None and checksum_ok(value) else None
+
+    def shape(self, value: str) -> str | None:
+        """The key's environment if ``value`` has a key's prefix, length and alphabet (checksum not checked)."""
         for prefix, env in self._prefixes:
             if value.startswith(prefix):
                 body = value[len(prefix):]
-                if (
-                    len(body) == BODY_LENGTH
-                    and _ALPHABET_SET.issuperset(body)
-                    and checksum(value[:-CHECKSUM_LENGTH]) == body[RANDOM_LENGTH:]
-                ):
+                if len(body) == BODY_LENGTH and _ALPHABET_SET.issuperset(body):
                     return env
                 return None
         return None
+
+
+def checksum_ok(value: str) -> bool:
+    """Whether the last 6 characters of a key-shaped ``value`` are the checksum of the rest."""
+    return checksum(value[:-CHECKSUM_LENGTH]) == value[-CHECKSUM_LENGTH:]
 
 
 def is_key_id(value: str) -> bool:

@@ -24,7 +24,8 @@ class UsageRecorder:
         self._pending: dict[str, list[object]] = {}
         self._task: asyncio.Task[None] | None = None
 
-    def note(self, key_id: str, client_ip: str | None) -> None:
+    def note(self, key_id: str, client_ip: object | None) -> None:
+        """One use of ``key_id`` from ``client_ip`` (an address, or its text: made text at the flush)."""
         entry = self._pending.get(key_id)
         if entry is None:
             self._pending[key_id] = [1, time.time(), client_ip]
@@ -40,7 +41,7 @@ class UsageRecorder:
         updates = [
             UsageUpdate(key_id=k, count=int(v[0]),  # type: ignore[call-overload]
                         last_used_at=datetime.fromtimestamp(float(v[1]), UTC).replace(microsecond=0),  # type: ignore[arg-type]
-                        last_used_ip=v[2])  # type: ignore[arg-type]
+                        last_used_ip=str(v[2]) if v[2] is not None else None)
             for k, v in batch.items()
         ]
         try:

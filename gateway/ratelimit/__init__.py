@@ -50,7 +50,7 @@ class Quota:
         return cls(tuple(windows), policy.encode())
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: a frozen dataclass sets each field through object.__setattr__, per request
 class Decision:
     """The outcome for the tightest window (the one with the fewest requests left)."""
 
