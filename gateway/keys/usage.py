@@ -3,6 +3,10 @@
 The hot path only bumps a counter in a dict; a background task writes everything gathered every
 ``usage.flush_seconds`` in one store transaction, and once more at shutdown. If a write fails the counts are
 kept and retried with the next batch.
+
+One write at a time: a flush waits for the one in flight. A write once begun runs to its end (committed, or its
+counts put back) in a task of its own even if the flushing task is cancelled, as :meth:`UsageRecorder.stop`
+does; stop then waits for it before the last flush, so no count taken out of ``_pending`` is lost.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ class UsageRecorder:
         self._interval = flush_seconds
         self._pending: dict[str, list[object]] = {}
         self._task: asyncio.Task[None] | None = None
+        self._writing: asyncio.Task[None] | None = None
 
     def note(self, key_id: str, client_ip: object | None) -> None:
         """One use of ``key_id`` from ``client_ip`` (an address, or its text: made text at the flush)."""
@@ -35,16 +40,22 @@ class UsageRecorder:
             entry[2] = client_ip
 
     async def flush(self) -> None:
+        while self._writing is not None:
+            await asyncio.shield(self._writing)
         if not self._pending:
             return
         batch, self._pending = self._pending, {}
-        updates = [
-            UsageUpdate(key_id=k, count=int(v[0]),  # type: ignore[call-overload]
-                        last_used_at=datetime.fromtimestamp(float(v[1]), UTC).replace(microsecond=0),  # type: ignore[arg-type]
-                        last_used_ip=str(v[2]) if v[2] is not None else None)
-            for k, v in batch.items()
-        ]
+        task = self._writing = asyncio.get_running_loop().create_task(self._write(batch))
+        await asyncio.shield(task)
+
+    async def _write(self, batch: dict[str, list[object]]) -> None:
         try:
+            updates = [
+                UsageUpdate(key_id=k, count=int(v[0]),  # type: ignore[call-overload]
+                            last_used_at=datetime.fromtimestamp(float(v[1]), UTC).replace(microsecond=0),  # type: ignore[arg-type]
+                            last_used_ip=str(v[2]) if v[2] is not None else None)
+                for k, v in batch.items()
+            ]
             await self._store.record_usage(updates)
         except StoreError as exc:
             log.warning("usage write failed, will retry: %s", exc)
@@ -54,6 +65,8 @@ class UsageRecorder:
                     self._pending[k] = v
                 else:
                     entry[0] += v[0]  # type: ignore[operator]
+        finally:
+            self._writing = None
 
     async def _run(self) -> None:
         while True:
