@@ -32,6 +32,7 @@ from collections import OrderedDict
 from typing import Any
 
 import httptools
+from uvicorn.protocols.http.flow_control import HIGH_WATER_LIMIT
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol, RequestResponseCycle
 
 from gateway.errors import BadRequest, GatewayError, Header, render
@@ -162,6 +163,7 @@ class JoinedHeadCycle(RequestResponseCycle):
 
     _held: bytes | None = None
     _flush: Any = None
+    loop: Any = None  # the protocol's loop, set when the cycle is made (get_running_loop costs a getpid())
 
     async def send(self, message: Any) -> None:
         if self.flow.write_paused and not self.disconnected:
@@ -176,7 +178,7 @@ class JoinedHeadCycle(RequestResponseCycle):
                 self.transport = transport
             if catcher.head:
                 self._held = catcher.head
-                self._flush = asyncio.get_running_loop().call_soon(self._send_held)
+                self._flush = (self.loop or asyncio.get_running_loop()).call_soon(self._send_held)
             return
         held = self._held
         if held is None:
@@ -191,6 +193,28 @@ class JoinedHeadCycle(RequestResponseCycle):
         finally:
             self.transport = transport
             joiner.flush()  # nothing was written (a HEAD answer, an empty body): the head on its own
+
+    # Request body: uvicorn appends each piece to a bytearray and copies that into bytes for receive() (two
+    # copies of every uploaded byte). Here the pieces the parser hands over are kept as they are and given out
+    # whole (a single piece, the usual case per read, is not copied at all). Set up by the protocol.
+    chunks: list[bytes]
+    pending = 0
+
+    async def receive(self) -> Any:
+        if self.waiting_for_100_continue and not self.transport.is_closing():
+            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            self.waiting_for_100_continue = False
+        if not self.disconnected and not self.response_complete:
+            self.flow.resume_reading()
+            await self.message_event.wait()
+            self.message_event.clear()
+        if self.disconnected or self.response_complete:
+            return {"type": "http.disconnect"}
+        chunks = self.chunks
+        body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        self.chunks = []
+        self.pending = 0
+        return {"type": "http.request", "body": body, "more_body": self.more_body}
 
     def _send_held(self) -> None:
         held, self._held = self._held, None
@@ -313,6 +337,21 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if cycle is not None and cycle.__class__ is RequestResponseCycle:
             # Made by uvicorn just now, its task not yet run: the subclass only changes how send() writes.
             cycle.__class__ = JoinedHeadCycle
+            cycle.loop = self.loop  # type: ignore[attr-defined]
+            cycle.chunks = []  # type: ignore[attr-defined]
+
+    def on_body(self, body: bytes) -> None:
+        cycle = self.cycle
+        if cycle.__class__ is not JoinedHeadCycle:
+            super().on_body(body)
+            return
+        if (self.parser.should_upgrade() and self._should_upgrade()) or cycle.response_complete:
+            return
+        cycle.chunks.append(body)  # type: ignore[attr-defined]
+        cycle.pending += len(body)  # type: ignore[attr-defined]
+        if cycle.pending > HIGH_WATER_LIMIT:  # type: ignore[attr-defined]
+            self.flow.pause_reading()
+        cycle.message_event.set()
 
     # refusals
 

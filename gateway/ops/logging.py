@@ -150,6 +150,7 @@ class AccessLog:
         self._prefix = ""
         self._quoted: dict[str | None, str] = {None: "null"}
         self._pending: list[str] = []
+        self._loop: asyncio.AbstractEventLoop | None = None  # asyncio.get_running_loop() costs a getpid()
         if handler is not None:
             atexit.register(self.flush)  # a pass the loop never finished
 
@@ -187,10 +188,14 @@ class AccessLog:
         pending = self._pending
         pending.append(line)
         if len(pending) == 1:
-            try:
-                asyncio.get_running_loop().call_soon(self.flush)
-            except RuntimeError:  # no loop running here: write now
-                self.flush()
+            loop = self._loop
+            if loop is None or not loop.is_running():
+                try:
+                    loop = self._loop = asyncio.get_running_loop()
+                except RuntimeError:  # no loop running here: write now
+                    self.flush()
+                    return
+            loop.call_soon(self.flush)
 
     def flush(self) -> None:
         """Write the lines of this loop pass (called by the loop, and at exit)."""
