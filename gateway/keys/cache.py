@@ -56,24 +56,61 @@ class AuthKey:
 
     @classmethod
     def compile(cls, record: KeyRecord) -> AuthKey:
-        perms = ",".join(record.permissions)
+        """The key's compiled form. What keys share (a permission set, an allowlist, an environment) is
+        compiled once and shared by them all: a cached key costs ~1.0 KB instead of ~1.9 KB (see
+        :func:`_compiled`)."""
+        perms, nets, env = _compiled(tuple(record.permissions), tuple(record.allowed_ips), record.environment)
         due = record.rotation_due_at
         return cls(
             record=record,
-            permissions=frozenset(record.permissions),
-            networks=parse_networks(record.allowed_ips),
+            permissions=perms[0],
+            networks=nets,
             expires_ts=record.expires_at.timestamp() if record.expires_at else None,
             revoked=record.revoked_at is not None,
             id_header=record.id.encode("ascii"),
-            permissions_header=perms.encode("ascii"),
-            environment_header=record.environment.encode("ascii"),
-            upstream_headers=(
-                ("x-auth-key-id", record.id),
-                ("x-auth-permissions", perms),
-                ("x-auth-environment", record.environment),
-            ),
+            permissions_header=perms[1],
+            environment_header=env[0],
+            upstream_headers=(("x-auth-key-id", record.id), perms[2], env[1]),
             rotation_due_ts=due.timestamp() if due is not None and record.rotated_to is None else None,
         )
+
+
+# Compiled parts shared between keys, by what they are compiled from. Cleared when full: keys that all differ
+# cost a lookup here and the memory they cost before, never more.
+_PERMISSIONS: dict[tuple[str, ...], tuple[frozenset[str], bytes, tuple[str, str]]] = {}
+_NETWORKS: dict[tuple[str, ...], tuple[IPNetwork, ...]] = {}
+_ENVIRONMENTS: dict[str, tuple[bytes, tuple[str, str]]] = {}
+_SHARED_MAX = 4096
+
+
+def _compiled(
+    permissions: tuple[str, ...], allowed_ips: tuple[str, ...], environment: str
+) -> tuple[tuple[frozenset[str], bytes, tuple[str, str]], tuple[IPNetwork, ...], tuple[bytes, tuple[str, str]]]:
+    """(permission set, its header value, its upstream header), the allowlist's networks and (environment
+    header value, its upstream header), each made once for all the keys that have it.
+
+    Measured with tracemalloc over 20,000 keys read from SQLite through :meth:`KeyCache.lookup` (permissions
+    ``servers:read``, allowlist ``127.0.0.0/8``): 1,929 bytes per cached key before, of which the frozenset
+    (216), the network objects (104), the header values and tuples (~330) were the same for every key.
+    """
+    perms = _PERMISSIONS.get(permissions)
+    if perms is None:
+        if len(_PERMISSIONS) >= _SHARED_MAX:
+            _PERMISSIONS.clear()
+        text = ",".join(permissions)
+        perms = _PERMISSIONS[permissions] = (frozenset(permissions), text.encode("ascii"),
+                                             ("x-auth-permissions", text))
+    nets = _NETWORKS.get(allowed_ips)
+    if nets is None:
+        if len(_NETWORKS) >= _SHARED_MAX:
+            _NETWORKS.clear()
+        nets = _NETWORKS[allowed_ips] = parse_networks(allowed_ips)
+    env = _ENVIRONMENTS.get(environment)
+    if env is None:
+        if len(_ENVIRONMENTS) >= _SHARED_MAX:
+            _ENVIRONMENTS.clear()
+        env = _ENVIRONMENTS[environment] = (environment.encode("ascii"), ("x-auth-environment", environment))
+    return perms, nets, env
 
 
 UNKNOWN: object = object()  # what peek() returns for a hash the cache holds nothing (current) about
@@ -139,7 +176,10 @@ class KeyCache:
         record = await self.store.get_by_hash(key_hash)
         compiled = AuthKey.compile(record) if record is not None else None
         if self._entries is not None and generation == self._generation:
-            self._put(key_hash, compiled)
+            # Keyed by the record's own copy of the hash (equal to key_hash): one 113-byte string per entry
+            # instead of two.
+            self._put(record.key_hash if record is not None and record.key_hash == key_hash else key_hash,
+                      compiled)
         return compiled
 
     def invalidate(self, key_hash: str | None = None) -> None:
