@@ -20,6 +20,10 @@
 4. Every ``--interval`` seconds (5) samples the gateway's VmRSS (/proc/PID/status) and its own request counter
    (``gateway_requests_total`` on /metrics), and prints the curve: time, RSS, requests so far, rps over the
    interval.
+5. Meanwhile a probe thread asks ``GET /healthz`` every 20 ms on one keep-alive connection and keeps the
+   slowest answers: /healthz is answered on the event loop with no I/O, so its slowest answer bounds the
+   longest time the loop was held (a flush, a full garbage collection), plus its wait behind the requests
+   already queued (~10 ms at full load). Printed with wrk's p50, p99 and max latency.
 
 Verdict (exit status 1 if any fails, 0 if all pass):
 
@@ -52,9 +56,11 @@ import random
 import re
 import shutil
 import statistics
+import http.client
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -177,11 +183,49 @@ def wrk_figures(text: str) -> dict[str, float]:
         out["non2xx"] = int(m.group(1))
     if m := re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text):
         out["socket_errors"] = sum(int(g) for g in m.groups())
+    scale = {"us": 0.001, "ms": 1.0, "s": 1000.0}
     for pct in ("50", "99"):
         if m := re.search(rf"^\s+{pct}%\s+([\d.]+)(us|ms|s)\s*$", text, re.M):
-            scale = {"us": 0.001, "ms": 1.0, "s": 1000.0}[m.group(2)]
-            out[f"p{pct}_ms"] = float(m.group(1)) * scale
+            out[f"p{pct}_ms"] = float(m.group(1)) * scale[m.group(2)]
+    # "Latency   10.56ms   20.00ms  340.05ms   90.00%": average, stdev, max.
+    if m := re.search(r"^\s+Latency\s+\S+\s+\S+\s+([\d.]+)(us|ms|s)\s", text, re.M):
+        out["max_ms"] = float(m.group(1)) * scale[m.group(2)]
     return out
+
+
+class StallProbe(threading.Thread):
+    """``GET /healthz`` every ``every`` seconds on one keep-alive connection; keeps the answer times (ms)."""
+
+    def __init__(self, port: int, every: float = 0.02) -> None:
+        super().__init__(daemon=True)
+        self.port, self.every = port, every
+        self.times: list[float] = []
+        self.errors = 0
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+        while not self.done.wait(self.every):
+            t0 = time.perf_counter()
+            try:
+                conn.request("GET", "/healthz")
+                conn.getresponse().read()
+            except (OSError, http.client.HTTPException):
+                self.errors += 1
+                conn.close()
+                conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+                continue
+            self.times.append((time.perf_counter() - t0) * 1000)
+        conn.close()
+
+    def summary(self) -> str:
+        if not self.times:
+            return f"/healthz probe: no answers ({self.errors} errors)"
+        ts = sorted(self.times)
+        over = sum(t > 100 for t in ts)
+        return (f"/healthz probe (every {self.every * 1000:.0f} ms, bounds the longest loop stall): "
+                f"{len(ts)} answers, p50 {ts[len(ts) // 2]:.1f} ms, p99 {ts[int(len(ts) * 0.99)]:.1f} ms, "
+                f"max {ts[-1]:.1f} ms, {over} over 100 ms, {self.errors} errors")
 
 
 def median_at(samples: list[tuple[float, float, int]], t: float) -> float:
@@ -242,6 +286,8 @@ def main() -> int:
                          "--latency", "-s", str(work / "soak.lua"), f"http://127.0.0.1:{gw_port}/v1/servers",
                          "--", str(keys_file), str(random.randrange(args.keys))]),
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        probe = StallProbe(gw_port)
+        probe.start()
         t0 = time.monotonic()
         samples: list[tuple[float, float, int]] = []  # (t, rss MB, requests so far)
         print(f"\n{'t (s)':>6} {'RSS (MB)':>9} {'requests':>9} {'rps':>7}")
@@ -261,6 +307,8 @@ def main() -> int:
             time.sleep(max(0.0, next_t - (time.monotonic() - t0)))
         wrk_out = wrk.stdout.read() if wrk.stdout else ""
         wrk = None
+        probe.done.set()
+        probe.join(15)
         time.sleep(2)
         idle_rss = tree_rss_mb(gateway.pid)
         counters = scrape(gw_port)
@@ -292,8 +340,9 @@ def main() -> int:
     non2xx = int(figs.get("non2xx", 0))
     errors = int(figs.get("socket_errors", 0))
     print(f"\nwrk: {int(figs.get('requests', 0))} requests, {figs.get('rps', 0):.0f} rps, "
-          f"p50 {figs.get('p50_ms', 0):.2f} ms, p99 {figs.get('p99_ms', 0):.2f} ms, non-2xx {non2xx}, "
-          f"socket errors {errors}")
+          f"p50 {figs.get('p50_ms', 0):.2f} ms, p99 {figs.get('p99_ms', 0):.2f} ms, "
+          f"max {figs.get('max_ms', 0):.2f} ms, non-2xx {non2xx}, socket errors {errors}")
+    print(probe.summary())
     print(f"gateway counted by status: {json.dumps(dict(sorted(statuses.items())))}; key cache hits "
           f"{counters.get('cache_hits', 0)}, misses {counters.get('cache_misses', 0)}")
     print(f"RSS: start {start_rss:.1f} MB, peak {peak:.1f} MB, at half-time {half:.1f} MB, at the end "
