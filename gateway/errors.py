@@ -11,6 +11,7 @@
      +-- UpstreamTimeout          504 upstream_timeout        / GATEWAY_TIMEOUT
      +-- RateLimited              429 rate_limit_exceeded     / RATE_LIMITED (with Retry-After)
      +-- RateLimitUnavailable     503 rate_limit_unavailable  / SERVICE_UNAVAILABLE (with Retry-After)
+     +-- StoreUnavailable         503 store_unavailable       / SERVICE_UNAVAILABLE
 
 deployERP:  {"error": {"code": ..., "message": ..., "status": ...}}
 DeployAlly: {"success": false, "error": {"code": ..., "message": ...}}
@@ -179,6 +180,15 @@ class RateLimitUnavailable(GatewayError):
     message = "The rate limiter is temporarily unavailable; retry shortly"
     ally_message = "O limitador de requisições está indisponível; tente novamente em instantes"
     extra_headers = ((b"retry-after", b"1"),)
+
+
+class StoreUnavailable(GatewayError):
+    """The key store (SQLite file or Redis) could not be read or written: a key lookup at the gate, or any
+    call of the management API. The log line says what failed; the answer never does."""
+
+    status, code, ally_code = 503, "store_unavailable", "SERVICE_UNAVAILABLE"
+    message = "The key store is unavailable"
+    ally_message = "Serviço de chaves indisponível"
 
 
 def render(

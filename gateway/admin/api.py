@@ -3,7 +3,8 @@
 They are declared as *internal* policy routes (see :func:`internal_routes`), so every call has already passed
 the same gate as any other request (credential, allowlist, scopes) before it reaches a handler here. Handlers
 only validate input, enforce "no key may grant more than it holds", and talk to the store through
-:mod:`gateway.keys.service`.
+:mod:`gateway.keys.service`. A store that fails (:class:`gateway.keys.store.StoreError`) is turned into a 503
+``store_unavailable`` in one place, :meth:`ManagementAPI.handle`, for every endpoint.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from gateway.errors import (
     ConflictError,
     InsufficientPermissions,
     NotFound,
+    StoreUnavailable,
     ValidationFailed,
 )
 from gateway.keys.cache import KeyCache
@@ -38,7 +40,7 @@ from gateway.keys.service import (
     rotate_key,
     update_key,
 )
-from gateway.keys.store import Conflict, KeyStore
+from gateway.keys.store import Conflict, KeyStore, StoreError
 from gateway.policies import Policy, Route
 from gateway.settings import Settings
 
@@ -124,6 +126,11 @@ class ManagementAPI:
             raise InsufficientPermissions(str(exc)) from None
         except Conflict as exc:
             raise ConflictError(str(exc)) from None
+        except StoreError as exc:
+            # Every endpoint's store calls end here, so none can answer 500. A StoreError's message names the
+            # store (redacted URL or file) and what failed, never a key; the client gets only the fixed text.
+            log.error("key store unavailable for %s %s: %s", call.method, call.route.template, exc)
+            raise StoreUnavailable() from None
         if self._format == "deployally" and handler != self.auth_test:
             doc = {"success": True, "data": doc}
         body = json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode()
