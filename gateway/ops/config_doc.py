@@ -42,8 +42,11 @@ DESCRIPTIONS: dict[str, str] = {
     "upstream.connect_timeout": "Seconds to connect to the upstream; then 502 `upstream_unavailable`.",
     "upstream.read_timeout": "Seconds without a byte from the upstream; then 504 `upstream_timeout`.",
     "upstream.pool_size": "Pooled upstream connections per process.",
-    "store.url": "The key store: `sqlite:///relative.db`, `sqlite:////absolute.db` or `redis://host:port/db`. "
-                 "Only keyed hashes of keys are stored.",
+    "store.url": "The key store: `sqlite:///relative.db` or `sqlite:////absolute.db`; or Redis, shared by every "
+                 "gateway process: one server `redis://host:port/db` (`rediss://` for TLS, `unix:///path.sock?db=0`), "
+                 "the master of a Sentinel service `redis+sentinel://host:26379[,host:port...]/<service>[/db]` or a "
+                 "Cluster `redis+cluster://host:port[,host:port...]` (`rediss+sentinel://`, `rediss+cluster://` for "
+                 "TLS; docs/redis.md). Only keyed hashes of keys are stored.",
     "cache.ttl_seconds": "Seconds a key lookup is cached: a key revoked elsewhere is refused within this.",
     "cache.max_size": "Cached key lookups (known and unknown keys) per process.",
     "policies": "The policy file (docs/policies.md); relative to the configuration file.",
