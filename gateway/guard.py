@@ -33,7 +33,18 @@ from typing import Any
 
 import httptools
 from uvicorn.protocols.http.flow_control import HIGH_WATER_LIMIT
-from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol, RequestResponseCycle
+from uvicorn.protocols.utils import get_client_addr, get_path_with_query_string
+from uvicorn.protocols.http.httptools_impl import (
+    HEADER_RE as _BAD_NAME,
+)
+from uvicorn.protocols.http.httptools_impl import (
+    HEADER_VALUE_RE as _BAD_VALUE,
+)
+from uvicorn.protocols.http.httptools_impl import (
+    STATUS_LINE,
+    HttpToolsProtocol,
+    RequestResponseCycle,
+)
 
 from gateway.errors import BadRequest, GatewayError, Header, render
 from gateway.settings import LimitsSettings, Settings
@@ -111,55 +122,20 @@ class _Refused(Exception):
     """Raised inside an llhttp callback to stop parsing; the error to answer with is on the protocol."""
 
 
-class _HeadCatcher:
-    """Stands in for the transport while uvicorn formats a response head: keeps the bytes it writes."""
-
-    __slots__ = ("head",)
-
-    def __init__(self) -> None:
-        self.head = b""
-
-    def write(self, data: bytes) -> None:
-        self.head += data
-
-
-class _HeadJoiner:
-    """Stands in for the transport while uvicorn writes body bytes: the held head goes out in the same write."""
-
-    __slots__ = ("transport", "head")
-
-    def __init__(self, transport: Any, head: bytes) -> None:
-        self.transport = transport
-        self.head: bytes | None = head
-
-    def write(self, data: bytes) -> None:
-        head = self.head
-        if head is not None:
-            self.head = None
-            if len(data) < 16384:
-                self.transport.write(head + data)
-            else:
-                self.transport.writelines((head, data))
-        else:
-            self.transport.write(data)
-
-    def close(self) -> None:
-        self.flush()
-        self.transport.close()
-
-    def flush(self) -> None:
-        if self.head is not None and not self.transport.is_closing():
-            self.transport.write(self.head)
-        self.head = None
-
-
 class JoinedHeadCycle(RequestResponseCycle):
-    """uvicorn's request/response cycle, with the response head written together with the first body bytes.
+    """uvicorn's request/response cycle with a leaner ``send`` (the server's side of every response).
 
-    A small answer then costs one write to the socket instead of two (on loopback each write also runs the
-    peer's receive path, so this is a few microseconds a request). uvicorn still builds and checks the head;
-    it writes into a stand-in, and the head is held at most until the end of the current event-loop pass: a
-    body that is not there by then (a slow or streaming upstream) finds the head already sent on its own."""
+    Same ASGI semantics and the same framing decisions as uvicorn's own ``send`` (Content-Length or chunked,
+    ``Connection: close``, HEAD/204/304 without a body, the same errors for bad headers and wrong body sizes),
+    with two differences in how it writes:
+
+    * the response head is written together with the first body bytes: a small answer costs one write to the
+      socket instead of two (on loopback each write also runs the peer's receive path). The head is held at
+      most until the end of the current event-loop pass: a body that is not there by then (a slow or streaming
+      upstream) finds the head already sent on its own;
+    * header names and values are checked with one regular-expression search each over the whole head rather
+      than two per header.
+    """
 
     _held: bytes | None = None
     _flush: Any = None
@@ -167,32 +143,89 @@ class JoinedHeadCycle(RequestResponseCycle):
 
     async def send(self, message: Any) -> None:
         if self.flow.write_paused and not self.disconnected:
-            await self.flow.drain()  # done here, so that the send below never waits while stood in for
-        transport = self.transport
-        if message["type"] == "http.response.start" and not self.response_started and not self.disconnected:
-            catcher = _HeadCatcher()
-            self.transport = catcher  # type: ignore[assignment]
-            try:
-                await super().send(message)
-            finally:
-                self.transport = transport
-            if catcher.head:
-                self._held = catcher.head
-                self._flush = (self.loop or asyncio.get_running_loop()).call_soon(self._send_held)
+            await self.flow.drain()
+        if self.disconnected:
             return
+        if not self.response_started:
+            if message["type"] != "http.response.start":
+                raise RuntimeError(f"Expected ASGI message 'http.response.start', but got '{message['type']}'.")
+            self._start(message)
+        elif not self.response_complete:
+            if message["type"] != "http.response.body":
+                raise RuntimeError(f"Expected ASGI message 'http.response.body', but got '{message['type']}'.")
+            self._body(message.get("body", b""), message.get("more_body", False))
+        else:
+            raise RuntimeError(f"Unexpected ASGI message '{message['type']}' sent, after response already completed.")
+
+    def _start(self, message: Any) -> None:
+        self.response_started = True
+        self.waiting_for_100_continue = False
+        status = message["status"]
+        if self.access_log:  # uvicorn's own access line (off under `gateway serve`, which writes its own)
+            self.access_logger.info('%s - "%s %s HTTP/%s" %d', get_client_addr(self.scope), self.scope["method"],
+                                    get_path_with_query_string(self.scope), self.scope["http_version"], status)
+        headers = message.get("headers", ())
+        if self.default_headers or type(headers) is not list:  # any iterable will do, and is read three times
+            headers = [*self.default_headers, *headers]
+        if _BAD_NAME.search(b"-".join([n for n, _ in headers])):  # "-" is a name character: joins change nothing
+            raise RuntimeError("Invalid HTTP header name.")
+        if _BAD_VALUE.search(b"\t".join([v for _, v in headers])):  # so is tab, in a value
+            raise RuntimeError("Invalid HTTP header value.")
+        out = [STATUS_LINE[status]]
+        close = False
+        for name, value in headers:
+            name = name.lower()
+            if name == b"content-length" and self.chunked_encoding is None:
+                self.expected_content_length = int(value.decode())
+                self.chunked_encoding = False
+            elif name == b"transfer-encoding" and value.lower() == b"chunked":
+                self.expected_content_length = 0
+                self.chunked_encoding = True
+            elif name == b"connection" and b"close" in [t.strip() for t in value.lower().split(b",")]:
+                self.keep_alive = False
+                close = True
+            out += (name, b": ", value, b"\r\n")
+        if not self.keep_alive and not close:
+            out.append(b"connection: close\r\n")
+        if self.chunked_encoding is None and self.scope["method"] != "HEAD" and status not in (204, 304):
+            self.chunked_encoding = True
+            out.append(b"transfer-encoding: chunked\r\n")
+        out.append(b"\r\n")
+        self._held = b"".join(out)
+        self._flush = (self.loop or asyncio.get_running_loop()).call_soon(self._send_held)
+
+    def _body(self, body: bytes, more_body: bool) -> None:
+        if self.scope["method"] == "HEAD":
+            self.expected_content_length = 0
+            data = b""
+        elif self.chunked_encoding:
+            data = b"%x\r\n%b\r\n" % (len(body), body) if body else b""
+            if not more_body:
+                data += b"0\r\n\r\n"
+        else:
+            if len(body) > self.expected_content_length:
+                self._send_held()  # as uvicorn: the head went out, the body does not
+                raise RuntimeError("Response content longer than Content-Length")
+            self.expected_content_length -= len(body)
+            data = body
         held = self._held
-        if held is None:
-            await super().send(message)
-            return
-        self._held = None
-        self._flush.cancel()
-        joiner = _HeadJoiner(transport, held)
-        self.transport = joiner  # type: ignore[assignment]
-        try:
-            await super().send(message)
-        finally:
-            self.transport = transport
-            joiner.flush()  # nothing was written (a HEAD answer, an empty body): the head on its own
+        if held is not None:
+            self._held = None
+            self._flush.cancel()
+            if len(data) < 16384:
+                self.transport.write(held + data)
+            else:
+                self.transport.writelines((held, data))
+        elif data:
+            self.transport.write(data)
+        if not more_body:
+            if self.expected_content_length != 0:
+                raise RuntimeError("Response content shorter than Content-Length")
+            self.response_complete = True
+            self.message_event.set()
+            if not self.keep_alive:
+                self.transport.close()
+            self.on_response()
 
     # Request body: uvicorn appends each piece to a bytearray and copies that into bytes for receive() (two
     # copies of every uploaded byte). Here the pieces the parser hands over are kept as they are and given out
@@ -218,8 +251,10 @@ class JoinedHeadCycle(RequestResponseCycle):
 
     def _send_held(self) -> None:
         held, self._held = self._held, None
-        if held is not None and not self.transport.is_closing():
-            self.transport.write(held)
+        if held is not None:
+            self._flush.cancel()
+            if not self.transport.is_closing():
+                self.transport.write(held)
 
 
 class GuardedHttpToolsProtocol(HttpToolsProtocol):

@@ -1,0 +1,177 @@
+"""The gateway's response writer (gateway.guard.JoinedHeadCycle) against uvicorn's own, byte for byte.
+
+Two real uvicorn servers on loopback run the same ASGI app: one with uvicorn's httptools protocol, one with the
+gateway's. Every case is sent as raw bytes on a socket to both, and what comes back must be identical: the
+gateway's writer changes how many writes a response takes, never what the client receives. A last test checks
+the one timing promise: a head whose body is late is not held back with it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import uvicorn
+
+from gateway.guard import http_protocol
+from gateway.settings import Settings
+
+
+async def app(scope: Any, receive: Any, send: Any) -> None:
+    if scope["type"] == "lifespan":
+        while (await receive())["type"] != "lifespan.shutdown":
+            await send({"type": "lifespan.startup.complete"})
+        await send({"type": "lifespan.shutdown.complete"})
+        return
+    path = scope["path"]
+
+    async def start(status: int = 200, headers: list[tuple[bytes, bytes]] | None = None) -> None:
+        await send({"type": "http.response.start", "status": status, "headers": headers or []})
+
+    async def body(data: bytes, more: bool = False) -> None:
+        await send({"type": "http.response.body", "body": data, "more_body": more})
+
+    cl = b"content-length"
+    if path == "/cl":
+        await start(200, [(cl, b"5"), (b"Content-Type", b"text/plain")])
+        await body(b"hello")
+    elif path == "/cl-two":
+        await start(200, [(cl, b"10")])
+        await body(b"hello", True)
+        await body(b"world")
+    elif path == "/cl-empty-end":
+        await start(200, [(cl, b"3")])
+        await body(b"abc", True)
+        await body(b"")
+    elif path == "/chunked":
+        await start(200, [(b"x-a", b"1")])
+        await body(b"ab", True)
+        await body(b"cd", True)
+        await body(b"")
+    elif path == "/big":
+        await start(200, [(cl, b"100000")])
+        await body(b"x" * 100000)
+    elif path == "/204":
+        await start(204)
+        await body(b"")
+    elif path == "/304":
+        await start(304, [(b"etag", b'"x"')])
+        await body(b"")
+    elif path == "/close":
+        await start(200, [(cl, b"2"), (b"Connection", b"keep-alive, Close")])
+        await body(b"ok")
+    elif path == "/bad-value":
+        await start(200, [(b"x-bad", b"a\nb")])
+        await body(b"")
+    elif path == "/bad-name":
+        await start(200, [(b"x bad", b"1")])
+        await body(b"")
+    elif path == "/longer":
+        await start(200, [(cl, b"3")])
+        await body(b"hello")
+    elif path == "/shorter":
+        await start(200, [(cl, b"9")])
+        await body(b"hello")
+    elif path == "/late":
+        await start(200, [(cl, b"4")])
+        await asyncio.sleep(0.5)
+        await body(b"late")
+    else:
+        await start(404, [(cl, b"0")])
+        await body(b"")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _serve(http: Any) -> Iterator[int]:
+    port = _free_port()
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, http=http, lifespan="on", access_log=False,
+                            server_header=False, date_header=False, log_level="critical")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        assert time.monotonic() < deadline, "server did not start"
+        time.sleep(0.02)
+    yield port
+    server.should_exit = True
+    thread.join(10)
+
+
+@pytest.fixture(scope="module")
+def plain() -> Iterator[int]:
+    yield from _serve("httptools")
+
+
+@pytest.fixture(scope="module")
+def ours() -> Iterator[int]:
+    yield from _serve(http_protocol(Settings()))
+
+
+def _exchange(port: int, data: bytes, wait: float = 0.3) -> bytes:
+    """Send ``data``, then read until the server closes or is quiet for ``wait`` seconds."""
+    with socket.create_connection(("127.0.0.1", port), timeout=wait) as s:
+        s.sendall(data)
+        out = b""
+        while True:
+            try:
+                chunk = s.recv(65536)
+            except TimeoutError:
+                return out
+            if not chunk:
+                return out
+            out += chunk
+
+
+# Request line -> what uvicorn is expected to send (so that each case is known to test something).
+CASES = {
+    "GET /cl HTTP/1.1": b"hello", "GET /cl-two HTTP/1.1": b"helloworld", "GET /cl-empty-end HTTP/1.1": b"abc",
+    "GET /chunked HTTP/1.1": b"2\r\nab\r\n", "GET /big HTTP/1.1": b"x" * 1000, "GET /204 HTTP/1.1": b" 204 ",
+    "GET /304 HTTP/1.1": b" 304 ", "HEAD /cl HTTP/1.1": b"content-length: 5", "HEAD /chunked HTTP/1.1": b"x-a: 1",
+    "GET /close HTTP/1.1": b"Close", "GET /cl HTTP/1.0": b"connection: close", "GET /chunked HTTP/1.0": b"0\r\n",
+    "GET /longer HTTP/1.1": b"content-length: 3", "GET /shorter HTTP/1.1": b"hello",
+    # A bad header: uvicorn sends nothing and closes the connection.
+    "GET /bad-value HTTP/1.1": b"", "GET /bad-name HTTP/1.1": b"",
+}
+
+
+@pytest.mark.parametrize("line", list(CASES))
+def test_same_bytes_as_uvicorn(plain: int, ours: int, line: str) -> None:
+    request = f"{line}\r\nHost: x\r\n\r\n".encode()
+    expected = _exchange(plain, request)
+    assert CASES[line] in expected and (expected or not CASES[line])
+    assert _exchange(ours, request) == expected
+
+
+def test_same_bytes_for_pipelined_keep_alive_requests(plain: int, ours: int) -> None:
+    request = b"".join(f"GET {p} HTTP/1.1\r\nHost: x\r\n\r\n".encode() for p in ("/cl", "/chunked", "/204", "/cl-two"))
+    expected = _exchange(plain, request)
+    assert expected.count(b"HTTP/1.1 ") == 4
+    assert _exchange(ours, request) == expected
+
+
+def test_a_late_body_does_not_hold_its_head_back(ours: int) -> None:
+    with socket.create_connection(("127.0.0.1", ours), timeout=5) as s:
+        s.sendall(b"GET /late HTTP/1.1\r\nHost: x\r\n\r\n")
+        t0 = time.monotonic()
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += s.recv(65536)
+        head_at = time.monotonic() - t0
+        rest = head.split(b"\r\n\r\n", 1)[1]
+        while len(rest) < 4:
+            rest += s.recv(65536)
+        body_at = time.monotonic() - t0
+    assert head.startswith(b"HTTP/1.1 200 OK")
+    assert head_at < 0.3, f"the head waited for the body ({head_at:.2f} s)"
+    assert rest == b"late" and body_at >= 0.45
