@@ -310,8 +310,11 @@ class SQLiteStore:
                 self._usage_db = _connect(self.path)
             db = self._usage_db
             rows = []
+            stamps: dict[datetime, str | None] = {}  # a batch holds a handful of distinct seconds
             for u in updates:
-                stamp = to_iso(u.last_used_at)
+                stamp = stamps.get(u.last_used_at)
+                if stamp is None:
+                    stamp = stamps[u.last_used_at] = to_iso(u.last_used_at)
                 rows.append((u.count, stamp, stamp, stamp, u.last_used_ip, u.key_id))
             db.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
