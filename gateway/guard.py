@@ -192,7 +192,8 @@ class JoinedHeadCycle(RequestResponseCycle):
             out.append(b"transfer-encoding: chunked\r\n")
         out.append(b"\r\n")
         self._held = b"".join(out)
-        self._flush = (self.loop or asyncio.get_running_loop()).call_soon(self._send_held)
+        if not message.get("gateway.body_ready"):
+            self._flush = (self.loop or asyncio.get_running_loop()).call_soon(self._send_held)
 
     def _body(self, body: bytes, more_body: bool) -> None:
         if self.scope["method"] == "HEAD":
@@ -211,7 +212,8 @@ class JoinedHeadCycle(RequestResponseCycle):
         held = self._held
         if held is not None:
             self._held = None
-            self._flush.cancel()
+            if self._flush is not None:
+                self._flush.cancel()
             if len(data) < 16384:
                 self.transport.write(held + data)
             else:
@@ -252,7 +254,8 @@ class JoinedHeadCycle(RequestResponseCycle):
     def _send_held(self) -> None:
         held, self._held = self._held, None
         if held is not None:
-            self._flush.cancel()
+            if self._flush is not None:
+                self._flush.cancel()
             if not self.transport.is_closing():
                 self.transport.write(held)
 

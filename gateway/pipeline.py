@@ -98,6 +98,15 @@ class ShuttingDown(ServiceUnavailable):
     message = "The gateway is shutting down; retry"
 
 
+class _Load:
+    """What authentication returns when the key cache does not know a (well-formed) key: read the store."""
+
+    __slots__ = ("key_hash",)
+
+    def __init__(self, key_hash: str) -> None:
+        self.key_hash = key_hash
+
+
 class Verifier(Protocol):
     """What the pipeline needs of the JWT verifier (gateway.jwtauth.JWTVerifier)."""
 
@@ -338,7 +347,9 @@ class Gateway:
                     wait = self.auth_failures.retry_after(self._client_key(scope, forwarded_for), self.clock())
                     if wait is not None:
                         raise TooManyFailures(wait)
-                principal = await self._authenticate(authorization, route)
+                principal = self._authenticate_now(authorization, route)
+                if principal.__class__ is _Load:
+                    principal = await self._load_key(principal.key_hash)
                 ex.principal = principal
                 # 4. Client network.
                 if principal.networks:
@@ -366,7 +377,10 @@ class Gateway:
                     self.usage.note(principal.record.id, client)
                 # 6. Rate limit.
                 if self.limits is not None:
-                    applied = await self.limits.check(principal, route.template != self._auth_test)
+                    if self.limits.local and route.template != self._auth_test:
+                        applied = self.limits.spend_now(principal)
+                    else:
+                        applied = await self.limits.check(principal, route.template != self._auth_test)
                     if applied is not None:
                         rate_headers = applied.headers
                     if self.limits.enabled:
@@ -467,6 +481,14 @@ class Gateway:
         return str(client) if client is not None else _peer(scope) or "unknown"
 
     async def _authenticate(self, authorization: list[bytes], route: Route | None) -> Any:
+        principal = self._authenticate_now(authorization, route)
+        if principal.__class__ is _Load:
+            principal = await self._load_key(principal.key_hash)
+        return principal
+
+    def _authenticate_now(self, authorization: list[bytes], route: Route | None) -> Any:
+        """The principal, or a :class:`_Load` when only the store can tell (a cache miss). Raises GatewayError.
+        Synchronous, so a cache hit costs no coroutine."""
         if not authorization:
             raise AuthenticationRequired()
         if len(authorization) > 1:
@@ -491,20 +513,27 @@ class Gateway:
         if route is not None and "api_key" not in route.credentials:
             raise InvalidToken("This route does not accept an API key")
         key_hash = self._pepper.hash(token)
+        # The checksum is checked only when the cache does not know the hash: a hit (valid, revoked or unknown)
+        # was a real key, or was refused, already. So a mistyped or made-up key still never reaches the store,
+        # and a known one skips the check.
+        key = self.cache.peek(key_hash)
+        if key is _UNKNOWN:
+            if not checksum_ok(token):
+                raise InvalidToken()
+            return _Load(key_hash)
+        return self._usable(key, key_hash)  # type: ignore[arg-type]
+
+    async def _load_key(self, key_hash: str) -> AuthKey:
         try:
-            # The checksum is checked only when the cache does not know the hash: a hit (valid, revoked or
-            # unknown) was a real key, or was refused, already. So a mistyped or made-up key still never
-            # reaches the store, and a known one skips the check.
-            key = self.cache.peek(key_hash)
-            if key is _UNKNOWN:
-                if not checksum_ok(token):
-                    raise InvalidToken()
-                key = await self.cache.lookup(key_hash)
+            key = await self.cache.lookup(key_hash)
         except StoreError as exc:
             log.error("key store lookup failed: %s", exc)
             if self.metrics is not None:
                 self.metrics.store_errors += 1
             raise StoreUnavailable() from None
+        return self._usable(key, key_hash)
+
+    def _usable(self, key: AuthKey | None, key_hash: str) -> AuthKey:
         if key is None or key.revoked or not Pepper.same(key.record.key_hash, key_hash):
             raise InvalidToken()
         if key.expires_ts is not None and key.expires_ts <= self.clock():

@@ -131,8 +131,11 @@ class Forwarder:
             if tally is not None:
                 tally.status = status
                 tally.t_head = perf_counter()
-            await send({"type": "http.response.start", "status": status, "headers": out})
             content = resp.content
+            # "gateway.body_ready": the whole body is already here, so it is sent in this loop pass and the server
+            # need not arrange to flush the head on its own (gateway.guard.JoinedHeadCycle; others ignore it).
+            await send({"type": "http.response.start", "status": status, "headers": out,
+                        "gateway.body_ready": content.is_eof()})
             try:
                 while chunk := await content.readany():
                     sent += len(chunk)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -81,6 +82,8 @@ class RateLimits:
     def __init__(self, settings: RateLimitSettings, limiter: Limiter | None) -> None:
         self.enabled = settings.enabled and limiter is not None
         self.limiter = limiter
+        # An in-memory limiter answers at once: the pipeline then calls spend_now() instead of awaiting check().
+        self.local = hasattr(limiter, "hit_now")
         self._quotas: dict[str, Quota | None] = {
             name: Quota.of(t.per_hour, t.per_minute) for name, t in settings.tiers.items()
         }
@@ -92,6 +95,13 @@ class RateLimits:
         tier = record.rate_limit_tier if record is not None else None
         return tier if tier is not None and tier in self._quotas else self.default_tier
 
+    def _quota(self, principal: Any) -> tuple[Quota | None, str]:
+        record = getattr(principal, "record", None)
+        if record is not None:
+            tier = record.rate_limit_tier
+            return (self._quotas.get(tier, self._default) if tier is not None else self._default), record.id
+        return self._default, "jwt:" + str(getattr(principal, "subject", ""))
+
     async def check(self, principal: Any, spend: bool = True) -> Applied | None:
         """Spend (or, with ``spend=False``, only look at) one request of ``principal``'s quota.
 
@@ -100,23 +110,26 @@ class RateLimits:
         :class:`RateLimitUnavailable` (503) when the limiter cannot answer and the configuration says deny."""
         if not self.enabled:
             return None
-        record = getattr(principal, "record", None)
-        if record is not None:
-            tier = record.rate_limit_tier
-            quota = self._quotas.get(tier, self._default) if tier is not None else self._default
-            if quota is None:
-                return None
-            bucket = record.id
-        else:
-            quota = self._default
-            if quota is None:
-                return None
-            bucket = "jwt:" + str(getattr(principal, "subject", ""))
+        quota, bucket = self._quota(principal)
+        if quota is None:
+            return None
         assert self.limiter is not None
         try:
             decision = await (self.limiter.hit(bucket, quota) if spend else self.limiter.peek(bucket, quota))
         except LimiterUnavailable:
             raise RateLimitUnavailable() from None
+        return self._applied(quota, decision, spend)
+
+    def spend_now(self, principal: Any) -> Applied | None:
+        """:meth:`check` for an in-memory limiter (``local`` is true): the same answer without a coroutine."""
+        if not self.enabled:
+            return None
+        quota, bucket = self._quota(principal)
+        if quota is None:
+            return None
+        return self._applied(quota, self.limiter.hit_now(bucket, quota, time.time_ns() // 1000), True)  # type: ignore[union-attr]
+
+    def _applied(self, quota: Quota, decision: Decision | None, spend: bool) -> Applied | None:
         if decision is None:
             return None
         headers = self.headers(quota, decision)
