@@ -49,7 +49,6 @@ from gateway.keys.usage import UsageRecorder
 from gateway.network import ClientResolver, IPAddress, address_text, in_networks, parse_address
 from gateway.ops.logging import AccessLog, new_request_id, valid_request_id
 from gateway.ops.metrics import UNMATCHED, Metrics
-from gateway.paths import split_path
 from gateway.policies import KNOWN_METHODS, Policy, Route, grants
 from gateway.proxy.forwarder import Forwarder
 from gateway.ratelimit.stage import UNLIMITED_DEBUG, Applied, RateLimits
@@ -335,9 +334,8 @@ class Gateway:
             if method not in KNOWN_METHODS:
                 # llhttp refuses unknown tokens; this catches the ones it knows (TRACE, PROPFIND, ...).
                 raise MethodNotAllowed()
-            segments = split_path(raw_path)
             # 2. The route decides whether a credential is needed, and which kinds.
-            route = self.policy.match(method, segments)
+            segments, route = self.policy.match_path(method, raw_path)
             if route is not None:
                 ex.route = route.template
             if route is None or not route.public:

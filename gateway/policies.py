@@ -32,6 +32,8 @@ from typing import Any
 
 import yaml
 
+from gateway.paths import split_path
+
 KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 SCOPE_RE = re.compile(r"^(\*|[a-z0-9][a-z0-9_.-]*(:[a-z0-9][a-z0-9_.-]*)*(:\*)?)$")
 _PARAM_RE = re.compile(r"^\{[A-Za-z_][A-Za-z0-9_]*\}$")
@@ -80,8 +82,11 @@ def valid_scope(scope: str) -> bool:
     return bool(SCOPE_RE.match(scope))
 
 
+_MEMO_SIZE = 4096
+
+
 class Policy:
-    """A compiled policy. :meth:`match` is the only thing called per request."""
+    """A compiled policy. :meth:`match_path` (or :meth:`match`) is the only thing called per request."""
 
     def __init__(self, routes: Sequence[Route], extra_scopes: Iterable[str] = (), source: str = "<policy>"):
         self.routes = tuple(routes)
@@ -91,6 +96,9 @@ class Policy:
         for i, route in enumerate(self.routes):
             self._insert(route, i)
         self.known_scopes = frozenset(s for r in self.routes for s in r.scopes) | frozenset(self._extra_scopes)
+        # (method, raw path) -> (segments, route): the same few paths make up most traffic. Bounded; cleared
+        # when full. A reload builds a new Policy, so the memo never outlives the routes it was made from.
+        self._memo: dict[tuple[str, bytes], tuple[list[str], Route | None]] = {}
 
     def with_routes(self, routes: Sequence[Route]) -> Policy:
         """This policy plus ``routes`` (the gateway's own endpoints); a clash with a file rule is an error."""
@@ -118,6 +126,19 @@ class Policy:
                     )
                 raise PolicyError(f"{self.source}: routes[{index}]: {method} {route.template} is defined twice")
             table[method] = route
+
+    def match_path(self, method: str, raw_path: bytes) -> tuple[list[str], Route | None]:
+        """:func:`gateway.paths.split_path` then :meth:`match`, remembered per method and raw path. Raises
+        PathError (400) for an ambiguous path, as split_path does (such paths are never remembered)."""
+        key = (method, raw_path)
+        found = self._memo.get(key)
+        if found is None:
+            segments = split_path(raw_path)
+            found = (segments, self.match(method, segments))
+            if len(self._memo) >= _MEMO_SIZE:
+                self._memo.clear()
+            self._memo[key] = found
+        return found
 
     def match(self, method: str, segments: Sequence[str]) -> Route | None:
         """The route for ``method`` and the (already percent-decoded) path ``segments``, or None."""

@@ -639,3 +639,20 @@ def test_property_match_is_the_most_specific_rule(
         assume(False)
         return
     assert p.match(method, path) is reference_match(p.routes, method, path)
+
+
+def test_match_path_gives_match_s_answer_remembers_it_and_stays_bounded() -> None:
+    import gateway.policies as policies
+
+    p = load_policy(Path(__file__).resolve().parents[2] / "policies" / "deployerp.yaml")
+    for method, raw in (("GET", b"/v1/servers"), ("GET", b"/v1/servers/srv_1/"), ("DELETE", b"/v1/servers/x"),
+                        ("GET", b"/nowhere"), ("GET", b"/v1/servers/srv%5F1")):
+        segments, route = p.match_path(method, raw)
+        assert segments == split_path(raw) and route == p.match(method, segments)
+        assert p.match_path(method, raw) is p._memo[(method, raw)]  # the second answer is the remembered one
+    with pytest.raises(PathError):
+        p.match_path("GET", b"/v1/../servers")
+    assert ("GET", b"/v1/../servers") not in p._memo
+    for i in range(policies._MEMO_SIZE + 10):
+        p.match_path("GET", b"/v1/servers/s%d" % i)
+    assert len(p._memo) <= policies._MEMO_SIZE
