@@ -178,8 +178,9 @@ class KeyCache:
         if self._entries is not None and generation == self._generation:
             # Keyed by the record's own copy of the hash (equal to key_hash): one 113-byte string per entry
             # instead of two.
-            self._put(record.key_hash if record is not None and record.key_hash == key_hash else key_hash,
-                      compiled)
+            # (The store found the record by this hash, so the two are equal; the pipeline still compares them
+            # in constant time before it trusts the entry.)
+            self._put(record.key_hash if record is not None else key_hash, compiled)
         return compiled
 
     def invalidate(self, key_hash: str | None = None) -> None:
