@@ -1,4 +1,4 @@
-"""Limits shared by every gateway process through Redis: one Lua script, one round trip per request.
+"""Limits shared by every gateway process through Redis: one Lua script per request, pipelined per loop pass.
 
 Redis trouble never hangs a request: every call is bounded by ``redis_timeout_ms`` (socket timeouts; only a
 broken connection is retried, once), and after a failure Redis is left alone for a second (then tried again,

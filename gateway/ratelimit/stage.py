@@ -2,7 +2,7 @@
 
 Everything that can be is compiled at start-up: one :class:`Quota` per tier, the header names, the
 ``RateLimit-Policy`` value of each quota. Per request the stage does one limiter call (a dict update in
-memory, or one Lua round trip to Redis) and formats four small numbers.
+memory, or one Lua script on Redis) and formats four small numbers.
 
 A key's tier is ``rate_limit_tier`` on its record, else ``rate_limits.default_tier``. A key that needs its own
 numbers gets a tier of its own in ``rate_limits.tiers`` (tiers are configuration, so every process agrees on
