@@ -37,6 +37,7 @@ from gateway.errors import (
     InvalidToken,
     IPRestricted,
     ServiceUnavailable,
+    StoreUnavailable,
     render,
 )
 from gateway.guard import CLOSE, FailureGuard, FramingError, MethodNotAllowed, PayloadTooLarge, TooManyFailures
@@ -84,12 +85,6 @@ def looks_like_jwt(token: str) -> bool:
     except ImportError:  # pragma: no cover - JWT support not installed
         return False
     return shape(token)
-
-
-class StoreUnavailable(GatewayError):
-    status, code, ally_code = 503, "store_unavailable", "SERVICE_UNAVAILABLE"
-    message = "The key store is unavailable"
-    ally_message = "Serviço de chaves indisponível"
 
 
 class ShuttingDown(ServiceUnavailable):
