@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# CPU time per request of a proxy under wrk load: steadier than requests/s on a shared machine, since it does
+# not count time the proxy spent waiting for a CPU. Used to judge each hot-path change (loadtests/RESULTS.md).
+#
+# Usage: loadtests/cpu_per_request.sh gateway|lean [SECONDS]      (GW_LIMITER=redis works as in serve_for_bench.sh)
+# The proxy runs pinned to CPU 0 (the gateway through serve_for_bench.sh, the lean peer from ../shared/bench with
+# compare.sh's venv, made by running compare.sh once), an nginx upstream answering compare.sh's JSON and wrk
+# (-c32) on CPU 1. After a 1 s warm-up it reads the proxy's utime+stime from /proc around a SECONDS-long run
+# (default 5) and prints: requests/s, CPU microseconds per request, non-2xx count.
+# Interleave the two (lean, gateway, lean, gateway, ...) and compare medians.
+set -u
+what=${1:?gateway or lean} D=${2:-5}
+here=$(cd "$(dirname "$0")/.." && pwd)
+bench=$here/../shared/bench
+work=$(mktemp -d /tmp/gw-cpu.XXXXXX)
+gw=""
+cleanup() {
+  [ -n "$gw" ] && { kill -TERM -- "-$gw" 2>/dev/null; wait "$gw" 2>/dev/null; }
+  [ -f "$work/nginx.pid" ] && kill "$(cat "$work/nginx.pid")" 2>/dev/null
+  rm -rf "$work"
+}
+trap cleanup EXIT
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+up=$(free_port) port=$(free_port)
+cat > "$work/nginx.conf" <<NGINX
+worker_processes 1; daemon on; pid $work/nginx.pid; error_log $work/nginx-error.log warn;
+events { worker_connections 4096; }
+http { access_log off; keepalive_requests 1000000;
+  server { listen 127.0.0.1:$up; location / { default_type application/json;
+    return 200 '{"servers":[{"id":"srv_1","name":"web-1","status":"running","region":"eu-west"},{"id":"srv_2","name":"db-1","status":"running","region":"eu-west"}]}'; } } }
+NGINX
+taskset -c 1 nginx -c "$work/nginx.conf"
+if [ "$what" = lean ]; then
+  (cd "$bench" && PEER_UPSTREAM=http://127.0.0.1:$up exec setsid taskset -c 0 "${BENCH_VENV:-/tmp/gw-bench-venv}/bin/uvicorn" \
+    lean_peer:app --host 127.0.0.1 --log-level warning --no-access-log --port "$port") > "$work/log" 2>&1 & gw=$!
+  key=dep_live_benchbenchbenchbenchbenchbench01
+else
+  GW_PORT=$port GW_UPSTREAM=http://127.0.0.1:$up GW_KEY_FILE="$work/key" setsid taskset -c 0 \
+    "$here/loadtests/serve_for_bench.sh" > "$work/log" 2>&1 & gw=$!
+fi
+for _ in $(seq 200); do (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.1; done
+if [ "$what" = lean ]; then pid=$gw; else key=$(tr -d '[:space:]' < "$work/key"); pid=$(pgrep -n -f -- "gateway serve --config /tmp/gw-bench"); fi
+url="http://127.0.0.1:$port/v1/servers"
+taskset -c 1 wrk -t1 -c32 -d1s -H "Authorization: Bearer $key" "$url" > /dev/null
+t0=$(awk '{print $14+$15}' "/proc/$pid/stat")
+out=$(taskset -c 1 wrk -t1 -c32 -d"${D}s" -H "Authorization: Bearer $key" "$url")
+t1=$(awk '{print $14+$15}' "/proc/$pid/stat")
+n=$(echo "$out" | awk '/requests in/{print $1}')
+rps=$(echo "$out" | awk '/Requests\/sec/{print $2}')
+non=$(echo "$out" | awk '/Non-2xx/{print $NF}')
+python3 -c "print(f'$what rps=$rps cpu_us_per_req={($t1 - $t0) / $(getconf CLK_TCK) / $n * 1e6:.1f} non2xx=${non:-0}')"
