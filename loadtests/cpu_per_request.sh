@@ -13,23 +13,10 @@ what=${1:?gateway or lean} D=${2:-5}
 here=$(cd "$(dirname "$0")/.." && pwd)
 bench=$here/../shared/bench
 work=$(mktemp -d /tmp/gw-cpu.XXXXXX)
-gw=""
-cleanup() {
-  [ -n "$gw" ] && { kill -TERM -- "-$gw" 2>/dev/null; wait "$gw" 2>/dev/null; }
-  [ -f "$work/nginx.pid" ] && kill "$(cat "$work/nginx.pid")" 2>/dev/null
-  rm -rf "$work"
-}
+. "$here/loadtests/bench_lib.sh"
 trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 up=$(free_port) port=$(free_port)
-cat > "$work/nginx.conf" <<NGINX
-worker_processes 1; daemon on; pid $work/nginx.pid; error_log $work/nginx-error.log warn;
-events { worker_connections 4096; }
-http { access_log off; keepalive_requests 1000000;
-  server { listen 127.0.0.1:$up; location / { default_type application/json;
-    return 200 '{"servers":[{"id":"srv_1","name":"web-1","status":"running","region":"eu-west"},{"id":"srv_2","name":"db-1","status":"running","region":"eu-west"}]}'; } } }
-NGINX
-taskset -c 1 nginx -c "$work/nginx.conf"
+start_nginx_upstream "$up"
 if [ "$what" = lean ]; then
   (cd "$bench" && PEER_UPSTREAM=http://127.0.0.1:$up exec setsid taskset -c 0 "${BENCH_VENV:-/tmp/gw-bench-venv}/bin/uvicorn" \
     lean_peer:app --host 127.0.0.1 --log-level warning --no-access-log --port "$port") > "$work/log" 2>&1 & gw=$!

@@ -14,23 +14,10 @@ while getopts "d:c:o:" o; do case $o in d) D=$OPTARG;; c) C=$OPTARG;; o) OUT=$OP
 PYSPY=${PYSPY:-/tmp/pyspy/bin/py-spy}
 mkdir -p "$OUT"
 work=$(mktemp -d /tmp/gw-prof.XXXXXX)
-gw=""
-cleanup() {
-  [ -n "$gw" ] && { kill -TERM -- "-$gw" 2>/dev/null || true; wait "$gw" 2>/dev/null || true; }
-  [ -f "$work/nginx.pid" ] && kill "$(cat "$work/nginx.pid")" 2>/dev/null || true
-  rm -rf "$work"
-}
+. "$here/loadtests/bench_lib.sh"
 trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 up=$(free_port) port=$(free_port)
-cat > "$work/nginx.conf" <<NGINX
-worker_processes 1; daemon on; pid $work/nginx.pid; error_log $work/nginx-error.log warn;
-events { worker_connections 4096; }
-http { access_log off; keepalive_requests 1000000;
-  server { listen 127.0.0.1:$up; location / { default_type application/json;
-    return 200 '{"servers":[{"id":"srv_1","name":"web-1","status":"running","region":"eu-west"},{"id":"srv_2","name":"db-1","status":"running","region":"eu-west"}]}'; } } }
-NGINX
-taskset -c 1 nginx -c "$work/nginx.conf"
+start_nginx_upstream "$up"
 GW_PORT=$port GW_UPSTREAM=http://127.0.0.1:$up GW_KEY_FILE="$work/key" setsid taskset -c 0 \
   "$here/loadtests/serve_for_bench.sh" > "$work/gw.log" 2>&1 & gw=$!
 for _ in $(seq 200); do (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.1; done
