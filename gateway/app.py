@@ -85,7 +85,7 @@ class GatewayApp:
 
         def forwarder(url: str) -> Forwarder:
             return Forwarder(url, connect_timeout=up.connect_timeout, read_timeout=up.read_timeout,
-                             pool_size=up.pool_size)
+                             pool_size=up.pool_size, body_timeout=settings.limits.body_timeout_seconds)
 
         self.forwarders: dict[str, Forwarder | None] = {
             "live": forwarder(up.url),

@@ -77,6 +77,11 @@ class RequestTimeout(GatewayError):
     ally_message = "Os cabeçalhos da requisição não chegaram a tempo"
 
 
+class BodyTimeout(RequestTimeout):
+    message = "The request body did not arrive in time"
+    ally_message = "O corpo da requisição não chegou a tempo"
+
+
 class PayloadTooLarge(GatewayError):
     status, code, ally_code = 413, "payload_too_large", "PAYLOAD_TOO_LARGE"
     message = "The request body is larger than this route accepts"

@@ -178,6 +178,7 @@ class LimitsSettings:
     # Per-route body limits, keyed by the policy rule's path template ("/v1/backups/**": 104857600).
     body_bytes_per_route: dict[str, int] = field(default_factory=dict)
     header_timeout_seconds: float = 10.0  # a request head unfinished past this (at most 2x) is cut off (slowloris; 408)
+    body_timeout_seconds: float = 60.0  # longest wait for the next piece of a request body (slow uploads; 408)
     keep_alive_seconds: float = 5.0  # an idle keep-alive connection is closed after this
     max_connections: int = 1_024  # concurrent connections + requests per process; beyond it 503
     # Failed authentications per client address per minute before it gets 429 for the cool-down; 0: off.
@@ -368,7 +369,8 @@ def _validate_limits(lim: LimitsSettings) -> None:
     for name, least in minimum.items():
         if getattr(lim, name) < least:
             raise ConfigError(f"limits.{name}: must be at least {least}")
-    for name in ("header_timeout_seconds", "keep_alive_seconds", "auth_failures_cooldown_seconds"):
+    for name in ("header_timeout_seconds", "body_timeout_seconds", "keep_alive_seconds",
+                 "auth_failures_cooldown_seconds"):
         if getattr(lim, name) <= 0:
             raise ConfigError(f"limits.{name}: must be a positive number of seconds")
     for template, size in lim.body_bytes_per_route.items():

@@ -8,6 +8,7 @@ encoded, so the raw path and query reach the upstream byte for byte.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Sequence
 from time import perf_counter
@@ -20,7 +21,7 @@ from starlette.types import Receive, Send
 from yarl import URL
 
 from gateway.errors import GatewayError, UpstreamTimeout, UpstreamUnavailable
-from gateway.guard import PayloadTooLarge
+from gateway.guard import BodyTimeout, PayloadTooLarge
 
 log = logging.getLogger("gateway.proxy")
 
@@ -62,8 +63,10 @@ class _ProxyRequest(aiohttp.ClientRequest):
 
 
 class Forwarder:
-    def __init__(self, url: str, *, connect_timeout: float, read_timeout: float, pool_size: int) -> None:
+    def __init__(self, url: str, *, connect_timeout: float, read_timeout: float, pool_size: int,
+                 body_timeout: float | None = None) -> None:
         parts = urlsplit(url)
+        self._body_timeout = body_timeout
         self._origin = f"{parts.scheme}://{parts.netloc}"
         self._base_path = parts.path.rstrip("/")
         self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout, sock_read=read_timeout)
@@ -108,7 +111,7 @@ class Forwarder:
         if query:
             target += "?" + query.decode("latin-1")
         url = URL(self._origin + target, encoded=True)
-        data = _body(receive, body_limit) if has_body else None
+        data = _body(receive, body_limit, self._body_timeout) if has_body else None
         try:
             resp = await self._session.request(method, url, headers=headers, data=data, allow_redirects=False)
         except ClientGone:
@@ -158,10 +161,21 @@ class Forwarder:
             resp.release()
 
 
-async def _body(receive: Receive, limit: int | None = None) -> AsyncIterator[bytes]:
+async def _body(receive: Receive, limit: int | None = None, timeout: float | None = None) -> AsyncIterator[bytes]:
+    """The request body, piece by piece. Cut off with 413 past ``limit`` bytes, and with 408 when the next piece
+    takes longer than ``timeout`` seconds (a client trickling its body would otherwise hold a connection here
+    and one to the upstream for as long as it likes)."""
     left = limit
     while True:
-        message = await receive()
+        if timeout is None:
+            message = await receive()
+        else:
+            try:
+                async with asyncio.timeout(timeout):
+                    message = await receive()
+            except TimeoutError:
+                log.info("request body: nothing for %.0f s, cut off (limits.body_timeout_seconds)", timeout)
+                raise BodyTimeout() from None
         if message["type"] == "http.disconnect":
             raise ClientGone()
         chunk = message.get("body", b"")

@@ -139,7 +139,7 @@ def tight(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tight]:
     work = tmp_path_factory.mktemp("tight")
     up = Upstream(work)
     gw = Gateway(work / "gw", up.url, settings={"limits": {
-        "header_timeout_seconds": 1.5, "keep_alive_seconds": 1.0, "max_connections": 3,
+        "header_timeout_seconds": 1.5, "keep_alive_seconds": 1.0, "max_connections": 3, "body_timeout_seconds": 1.0,
     }})
     try:
         yield Tight(up, gw, gw.create_key("reader", "servers:read")["value"])
@@ -169,6 +169,35 @@ def test_slowloris_head_is_cut_off(tight: Tight) -> None:
     assert ex.closed or closed_after is not None
     assert 1.0 < took < 6.0, took
     assert [r for r in tight.upstream.records() if r["path"] == "/v1/servers"] == []
+
+
+def test_trickled_body_is_cut_off(tight: Tight) -> None:
+    """A body that stops arriving: after limits.body_timeout_seconds without a byte the gateway answers 408 and
+    closes; the upstream never gets a complete request. A body that keeps coming, slowly, is not cut off."""
+    writer = tight.gateway.create_key("writer", "servers:write")["value"]
+    auth = b"Authorization: Bearer " + writer.encode()
+    head = request("POST", "/v1/servers/stalled", auth, b"Content-Length: 100", b"Content-Type: text/plain")
+    with connect(tight.gateway.port, timeout=10) as s:
+        start = time.monotonic()
+        s.sendall(head + b"x" * 10)
+        ex = read_all(s, start, 6.0)
+        took = time.monotonic() - start
+    assert ex.status == 408, ex.raw[:300]
+    assert ex.first.json()["error"]["code"] == "request_timeout"
+    assert "body" in ex.first.json()["error"]["message"]
+    assert ex.closed and 0.8 < took < 4.0, took
+    # The recording upstream records a request once its whole body has arrived: a broken-off one never is.
+    assert [r for r in tight.upstream.records() if r["path"] == "/v1/servers/stalled"] == []
+
+    head = request("POST", "/v1/servers/slow", auth, b"Content-Length: 12", b"Content-Type: text/plain")
+    with connect(tight.gateway.port, timeout=10) as s:
+        s.sendall(head)
+        for part in (b"abcd", b"efgh", b"ijkl"):  # 0.6 s apart: each under the 1 s limit, 1.8 s in all
+            time.sleep(0.6)
+            s.sendall(part)
+        ex = read_all(s, time.monotonic(), 5.0)
+    assert ex.status == 200, ex.raw[:300]
+    assert [r["body_bytes"] for r in tight.upstream.records() if r["path"] == "/v1/servers/slow"] == [12]
 
 
 def test_idle_connection_is_closed_silently(tight: Tight) -> None:
