@@ -63,6 +63,29 @@ UPDATABLE = frozenset({"name", "permissions", "allowed_ips", "rate_limit_tier", 
 # --- scripts --------------------------------------------------------------------------------------------------
 # Shared prologue: ARGV[1] is the invalidation channel.
 
+
+def _typed(types: str, body: str) -> str:
+    """``body`` behind a check that every key it names holds its type (or nothing yet), made before any write.
+    Redis does not undo what a script wrote before a command failed, so a key of the wrong type (an operator's
+    mistake, another program sharing the database) found halfway would leave a change half made: a key revoked
+    with no audit line and no invalidation. ``types`` lists one type per KEYS entry; ``*hash`` means every key."""
+    if types.startswith("*"):
+        want = f"local function want(i) return '{types[1:]}' end"
+    else:
+        names = ", ".join(f"'{t}'" for t in types.split())
+        want = f"local types = {{{names}}}\nlocal function want(i) return types[i] end"
+    return f"""{want}
+for i = 1, #KEYS do
+  local have = redis.call('TYPE', KEYS[i])['ok']
+  if have ~= 'none' and have ~= want(i) then
+    local name = KEYS[i]
+    if string.find(name, ':hash:', 1, true) then name = '{{gw}}:hash:<keyed hash>' end
+    return redis.error_reply('WRONGTYPE gateway store key ' .. name .. ' holds a ' .. have .. ', not a ' .. want(i))
+  end
+end
+{body}"""
+
+
 _GET_BY_HASH = """
 local id = redis.call('GET', KEYS[1])
 if not id then return false end
@@ -71,7 +94,7 @@ return redis.call('HGETALL', ARGV[1] .. id)
 
 # KEYS: key, hash index, ids, audit, key audit. ARGV: channel, hash, id, score, audit json ('' for none),
 # then field/value pairs.
-_ADD = """
+_ADD = _typed("hash string zset list list", """
 if redis.call('EXISTS', KEYS[1]) == 1 or redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
 local fields = {}
 for i = 6, #ARGV do fields[#fields + 1] = ARGV[i] end
@@ -84,10 +107,10 @@ if ARGV[5] ~= '' then
 end
 redis.call('PUBLISH', ARGV[1], ARGV[2])
 return 1
-"""
+""")
 
 # KEYS: key, audit, key audit. ARGV: channel, audit json, number of pairs to set, pairs..., fields to delete...
-_UPDATE = """
+_UPDATE = _typed("hash list list", """
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 local n = tonumber(ARGV[3])
 if n > 0 then
@@ -100,10 +123,10 @@ redis.call('RPUSH', KEYS[2], ARGV[2])
 redis.call('RPUSH', KEYS[3], ARGV[2])
 redis.call('PUBLISH', ARGV[1], redis.call('HGET', KEYS[1], 'key_hash'))
 return 1
-"""
+""")
 
 # KEYS: key, audit, key audit. ARGV: channel, now (ISO), audit json.
-_REVOKE = """
+_REVOKE = _typed("hash list list", """
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 if redis.call('HEXISTS', KEYS[1], 'revoked_at') == 1 then return 2 end
 redis.call('HSET', KEYS[1], 'revoked_at', ARGV[2])
@@ -111,11 +134,11 @@ redis.call('RPUSH', KEYS[2], ARGV[3])
 redis.call('RPUSH', KEYS[3], ARGV[3])
 redis.call('PUBLISH', ARGV[1], redis.call('HGET', KEYS[1], 'key_hash'))
 return 1
-"""
+""")
 
 # KEYS: old key, new key, new hash index, ids, audit, old key audit.
 # ARGV: channel, now (ISO), old expires_at (ISO), new id, new hash, new score, audit json, new field/value pairs.
-_ROTATE = """
+_ROTATE = _typed("hash hash string zset list list", """
 if redis.call('EXISTS', KEYS[1]) == 0 then return {'missing'} end
 local old = redis.call('HMGET', KEYS[1], 'revoked_at', 'rotated_to', 'expires_at', 'key_hash')
 if old[1] then return {'revoked'} end
@@ -137,10 +160,10 @@ redis.call('RPUSH', KEYS[6], ARGV[7])
 redis.call('PUBLISH', ARGV[1], old[4])
 redis.call('PUBLISH', ARGV[1], ARGV[5])
 return {'ok'}
-"""
+""")
 
 # KEYS: one key per update. ARGV: triples of count, last_used_at (ISO), last_used_ip ('' for none).
-_USAGE = """
+_USAGE = _typed("*hash", """
 for i = 1, #KEYS do
   if redis.call('EXISTS', KEYS[i]) == 1 then
     local count, at, ip = ARGV[3 * i - 2], ARGV[3 * i - 1], ARGV[3 * i]
@@ -157,16 +180,16 @@ for i = 1, #KEYS do
   end
 end
 return 1
-"""
+""")
 
 # KEYS: audit, then one per-key audit list per event. ARGV: the events (JSON).
-_APPEND_AUDIT = """
+_APPEND_AUDIT = _typed("*list", """
 for i = 1, #ARGV do
   redis.call('RPUSH', KEYS[1], ARGV[i])
   redis.call('RPUSH', KEYS[i + 1], ARGV[i])
 end
 return 1
-"""
+""")
 
 
 def _key(key_id: str) -> str:
@@ -266,6 +289,9 @@ class RedisStore:
         return f"RedisStore({self._where!r})"
 
     def _fail(self, exc: BaseException, what: str) -> StoreError:
+        text = str(exc)
+        if text.startswith("WRONGTYPE gateway store key"):  # our scripts' own refusal: names a key, no value
+            return StoreError(f"{self._where}: {what} refused, nothing written: {text[10:]}")
         return StoreError(f"{self._where}: {what} failed: {exc.__class__.__name__}")
 
     async def _call(self, what: str, coro: Any) -> Any:

@@ -244,3 +244,30 @@ def test_store_copy_bad_arguments(tmp_path: Path) -> None:
     assert down.returncode == 1 and "store error" in down.stderr and "Traceback" not in down.stderr
 
 
+
+
+def test_a_key_of_the_wrong_type_stops_a_change_before_any_write(redis_server: RedisServer | str) -> None:
+    """Redis does not undo a script's writes when a later command fails, so each script checks the types of
+    the keys it touches first: with the audit list replaced by a string, a revoke and a rotate are refused
+    (StoreError naming the key, never a value or hash) and the key is exactly as it was."""
+    import redis as redis_sync
+
+    url = fresh_db(redis_server)
+
+    async def main(store: KeyStore) -> None:
+        value, record = await create_key(store, PEPPER, FMT, name="typed", permissions=["servers:read"])
+        raw = redis_sync.Redis.from_url(url)
+        raw.delete("{gw}:audit")
+        raw.set("{gw}:audit", "not a list")
+        before = raw.hgetall(f"{{gw}}:key:{record.id}")
+        for change in (lambda: revoke_key(store, record.id), lambda: rotate_key(store, PEPPER, FMT, record.id, grace_period="1d")):
+            with pytest.raises(StoreError) as info:
+                await change()
+            text = str(info.value)
+            assert "{gw}:audit holds a string, not a list" in text and "nothing written" in text
+            assert value not in text and record.key_hash not in text
+            assert raw.hgetall(f"{{gw}}:key:{record.id}") == before
+        assert raw.get("{gw}:audit") == b"not a list"
+        assert len(raw.zrange("{gw}:ids", 0, -1)) == 1  # the rotation added no second key
+
+    run(main, url)
