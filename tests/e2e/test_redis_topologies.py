@@ -70,19 +70,27 @@ def revoke_via_api(gw: Gateway, admin: dict[str, Any], key_id: str) -> None:
     assert resp.status_code == 200, (resp.text, gw.log()[-3000:])
 
 
+def two_gateways(url: str, make_gateway: Callable[..., Gateway], upstream: Upstream
+                 ) -> tuple[Gateway, Gateway, dict[str, Any], dict[str, Any]]:
+    """Two gateways on the store at ``url``, both subscribed; an admin key made through one, a reader key through
+    the other, which both accept (and then hold in their caches for 300 s)."""
+    a = make_gateway(upstream.url, settings=settings_for(url), name="a")
+    b = make_gateway(upstream.url, settings=settings_for(url), name="b")
+    wait_subscribed(a)
+    wait_subscribed(b)
+    admin = a.create_key("admin", "*")
+    key = b.create_key("k", "servers:read")
+    assert status(a, key["value"]) == 200 and status(b, key["value"]) == 200
+    return a, b, admin, key
+
+
 # --- Sentinel ---------------------------------------------------------------------------------------------------
 
 
 def test_sentinel_keys_and_revocation_across_processes(
     sentinel: SentinelSetup, make_gateway: Callable[..., Gateway], fresh_upstream: Upstream
 ) -> None:
-    a = make_gateway(fresh_upstream.url, settings=settings_for(sentinel.url), name="a")
-    b = make_gateway(fresh_upstream.url, settings=settings_for(sentinel.url), name="b")
-    wait_subscribed(a)
-    wait_subscribed(b)
-    admin = a.create_key("admin", "*")
-    key = b.create_key("k", "servers:read")
-    assert status(a, key["value"]) == 200 and status(b, key["value"]) == 200  # cached in both for 300 s
+    a, b, admin, key = two_gateways(sentinel.url, make_gateway, fresh_upstream)
     with sentinel.node_on(sentinel.master_port()).client() as m:
         assert m.exists(f"{{gw}}:key:{key['id']}") and m.exists(f"{{rl:{key['id']}}}")  # on the master
     revoke_via_api(a, admin, key["id"])
@@ -178,13 +186,7 @@ def test_sentinel_hung_master_costs_bounded_time_and_on_store_error_applies(
 def test_cluster_keys_and_revocation_across_processes(
     make_gateway: Callable[..., Gateway], fresh_upstream: Upstream, cluster: ClusterSetup
 ) -> None:
-    a = make_gateway(fresh_upstream.url, settings=settings_for(cluster.url), name="a")
-    b = make_gateway(fresh_upstream.url, settings=settings_for(cluster.url), name="b")
-    wait_subscribed(a)
-    wait_subscribed(b)
-    admin = a.create_key("admin", "*")
-    key = b.create_key("k", "servers:read")
-    assert status(a, key["value"]) == 200 and status(b, key["value"]) == 200
+    a, b, admin, key = two_gateways(cluster.url, make_gateway, fresh_upstream)
 
     # Every store key on the {gw} slot's node; the limiter's key on its own slot's node.
     home = cluster.node_for("{gw}")
