@@ -4,6 +4,15 @@ Nothing is buffered: the request body is handed to aiohttp as an async generator
 (uvicorn stops reading the socket while its buffer is full), and the response body is sent chunk by chunk as
 it arrives (each ``send`` waits while the client's socket is full). The target is passed to aiohttp already
 encoded, so the raw path and query reach the upstream byte for byte.
+
+A request goes through aiohttp's own pieces (its connection pool, ``ClientRequest``, ``ClientResponse``) but
+not through ``ClientSession.request``: that method is general (redirects, cookies, proxies from the
+environment, tracing, client middlewares, a timer per request), none of which a proxy with fixed settings
+uses, and it cost about 68,000 CPU instructions a request, a quarter of the upstream leg (callgrind,
+loadtests/RESULTS.md). :meth:`Forwarder._exchange` is the part of it that applies here, including its one
+retry of an idempotent request on a pooled connection the upstream had already closed. Those pieces are
+aiohttp's internal interface, so ``pyproject.toml`` pins aiohttp to the minor versions the forwarding tests
+(tests/e2e/test_core_forwarding.py) were run against: 3.11 to 3.14.
 """
 
 from __future__ import annotations
@@ -16,6 +25,7 @@ from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 import aiohttp
+from aiohttp.helpers import TimerNoop
 from multidict import CIMultiDict
 from starlette.types import Receive, Send
 from yarl import URL
@@ -62,6 +72,15 @@ class _ProxyRequest(aiohttp.ClientRequest):
         self._skip_auto_headers = _NO_CONTENT_TYPE
 
 
+# Methods aiohttp's session retries once when a pooled connection turns out to be closed (RFC 9110 9.2.2).
+_IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
+_NO_TIMER = TimerNoop()  # no whole-request deadline: the connect and read timeouts bound each wait
+# What a closed pooled connection raises (a connection refused is a ClientConnectorError, and not retried).
+_STALE = (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError)
+_READ_BUFSIZE = 2**18  # how far aiohttp reads a response body ahead: its session's default in 3.14 (64 KiB before)
+_MAX_URLS = 1024  # request URLs remembered per forwarder (most traffic is a few targets)
+
+
 class Forwarder:
     def __init__(self, url: str, *, connect_timeout: float, read_timeout: float, pool_size: int,
                  body_timeout: float | None = None) -> None:
@@ -70,12 +89,20 @@ class Forwarder:
         self._origin = f"{parts.scheme}://{parts.netloc}"
         self._base_path = parts.path.rstrip("/")
         self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout, sock_read=read_timeout)
+        self._read_timeout = read_timeout
         self._pool_size = pool_size
         self._session: aiohttp.ClientSession | None = None
+        self._connector: aiohttp.TCPConnector | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._urls: dict[tuple[bytes, bytes], URL] = {}  # (raw path, query) -> the upstream URL
 
     async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._connector = aiohttp.TCPConnector(limit=self._pool_size, ttl_dns_cache=60)
+        # The session owns the connector (closing it closes the pool) and is what aiohttp's request and response
+        # objects expect to belong to; requests do not go through its request() (see the module docstring).
         self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=self._pool_size, ttl_dns_cache=60),
+            connector=self._connector,
             timeout=self._timeout,
             auto_decompress=False,
             request_class=_ProxyRequest,  # never adds what the client did not send
@@ -86,6 +113,55 @@ class Forwarder:
         if self._session is not None:
             await self._session.close()
             self._session = None
+            self._connector = None
+
+    def _url(self, raw_path: bytes, query: bytes) -> URL:
+        """The upstream URL of a request target, built once per target (yarl parses the whole string)."""
+        url = self._urls.get((raw_path, query))
+        if url is None:
+            target = self._base_path + raw_path.decode("latin-1")
+            if query:
+                target += "?" + query.decode("latin-1")
+            url = URL(self._origin + target, encoded=True)
+            if len(self._urls) >= _MAX_URLS:
+                self._urls.clear()
+            self._urls[(raw_path, query)] = url
+        return url
+
+    async def _exchange(self, method: str, url: URL, headers: Sequence[tuple[str, str]],
+                        data: Any) -> aiohttp.ClientResponse:
+        """Send one request and read the response head: what ``ClientSession._request`` does for it.
+
+        A request without a body whose method is idempotent is sent once more, on a new or other pooled
+        connection, when the first one turns out to be closed by the upstream (its keep-alive ran out as the
+        request went out); aiohttp's session does the same. Raises what aiohttp raises."""
+        connector, session = self._connector, self._session
+        assert connector is not None and session is not None, "Forwarder.start() was not awaited"
+        retry = data is None and method in _IDEMPOTENT
+        while True:
+            req = _ProxyRequest(method, url, headers=headers, data=data, loop=self._loop, session=session,
+                                timer=_NO_TIMER, traces=[])
+            conn = await connector.connect(req, [], self._timeout)
+            protocol = conn.protocol
+            assert protocol is not None
+            protocol.set_response_params(
+                timer=_NO_TIMER, skip_payload=method == "HEAD", read_until_eof=True, auto_decompress=False,
+                read_timeout=self._read_timeout, read_bufsize=_READ_BUFSIZE,
+            )  # line, field and header-count limits: aiohttp's defaults, as its session passes them
+            try:
+                resp = await req.send(conn)
+                try:
+                    await resp.start(conn)
+                except BaseException:
+                    resp.close()
+                    raise
+            except BaseException as exc:
+                conn.close()
+                if retry and isinstance(exc, _STALE) and not isinstance(exc, aiohttp.ClientConnectorError):
+                    retry = False
+                    continue
+                raise
+            return resp
 
     async def forward(
         self,
@@ -106,14 +182,10 @@ class Forwarder:
         number of body bytes sent. A body longer than ``body_limit`` bytes is cut off (the upstream sees an
         incomplete request) and answered 413. Raises :class:`GatewayError` (413/502/504) only while nothing
         has been sent yet."""
-        assert self._session is not None, "Forwarder.start() was not awaited"
-        target = self._base_path + raw_path.decode("latin-1")
-        if query:
-            target += "?" + query.decode("latin-1")
-        url = URL(self._origin + target, encoded=True)
+        url = self._url(raw_path, query)
         data = _body(receive, body_limit, self._body_timeout) if has_body else None
         try:
-            resp = await self._session.request(method, url, headers=headers, data=data, allow_redirects=False)
+            resp = await self._exchange(method, url, headers, data)
         except ClientGone:
             return 499
         except (TimeoutError, aiohttp.ServerTimeoutError):

@@ -415,3 +415,74 @@ def test_response_hop_by_hop_headers_removed(tmp_path: Path) -> None:
         g.stop()
         raw.close()
     assert_no_secret(g.log(), VALUES)
+
+
+class OneAnswerUpstream:
+    """An upstream whose keep-alive runs out just as the next request arrives: on every connection it answers the
+    first request (keep-alive, nothing says the connection will close), then reads the next request and closes
+    without answering. The gateway's pooled connection is then dead exactly when it is used, which aiohttp's
+    session answered by sending an idempotent request once more on a new connection; the forwarder does too."""
+
+    ANSWER = b'HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 11\r\n\r\n{"ok":true}'
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen()
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.connections = 0
+        self.unanswered = 0  # requests that reached a connection after its one answer
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.connections += 1
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        with conn:
+            conn.settimeout(10)
+            try:
+                data = b""
+                while b"\r\n\r\n" not in data:
+                    chunk = conn.recv(65536)
+                    if not chunk:
+                        return
+                    data += chunk
+                conn.sendall(self.ANSWER)
+                if conn.recv(65536):  # the next request: close instead of answering
+                    self.unanswered += 1
+            except OSError:
+                return
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def test_pooled_connection_closed_by_upstream_is_retried_once_for_idempotent_methods(tmp_path: Path) -> None:
+    up = OneAnswerUpstream()
+    g = Gateway(tmp_path / "stale", up.url, {"upstream": {"pool_size": 1}})
+    try:
+        made = store_key(g, "k", "servers:*")
+        VALUES.append(made["value"])
+        with g.client(verify=False) as c:
+            for _ in range(3):
+                resp = c.get("/v1/servers", headers=bearer(made["value"]))
+                assert resp.status_code == 200, resp.text
+                assert resp.json() == {"ok": True}
+            # Each GET after the first met the closed pooled connection and went out again on a new one.
+            assert up.unanswered == 2 and up.connections == 3
+            # A POST is not idempotent: it is never sent twice, and the client is told the upstream failed.
+            resp = c.post("/v1/servers", headers=bearer(made["value"]))
+            assert resp.status_code == 502
+            assert resp.json()["error"]["code"] == "upstream_unavailable"
+            assert up.unanswered == 3 and up.connections == 3
+    finally:
+        g.stop()
+        up.close()
+    assert "Traceback" not in g.log()
+    assert_no_secret(g.log(), VALUES)
