@@ -262,9 +262,16 @@ async def _body(receive: Receive, limit: int | None = None, timeout: float | Non
 
 
 def _response_headers(raw: Sequence[tuple[bytes, bytes]]) -> list[Header]:
-    named: set[bytes] = set()
-    for name, value in raw:
-        if name.lower() == b"connection":
-            named.update(t.strip().lower() for t in value.split(b","))
-    return [(n, v) for n, v in raw if (low := n.lower()) not in _NOT_PASSED and low not in named]
-
+    """The upstream's headers less the hop-by-hop ones, and less those its ``Connection`` header names."""
+    out: list[Header] = []
+    named: set[bytes] | None = None
+    for header in raw:
+        low = header[0].lower()
+        if low in _NOT_PASSED:
+            if low == b"connection":
+                named = (named or set()).union(t.strip().lower() for t in header[1].split(b","))
+            continue
+        out.append(header)
+    if named:
+        out = [h for h in out if h[0].lower() not in named]
+    return out

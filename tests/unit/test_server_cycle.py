@@ -71,6 +71,12 @@ async def app(scope: Any, receive: Any, send: Any) -> None:
     elif path == "/bad-name":
         await start(200, [(b"x bad", b"1")])
         await body(b"")
+    elif path.startswith("/value/"):  # /value/<hex of the value>: one header with that value
+        await start(200, [(cl, b"2"), (b"x-v", bytes.fromhex(path[7:]))])
+        await body(b"ok")
+    elif path.startswith("/name/"):  # /name/<hex of the name>
+        await start(200, [(cl, b"2"), (bytes.fromhex(path[6:]), b"1")])
+        await body(b"ok")
     elif path == "/longer":
         await start(200, [(cl, b"3")])
         await body(b"hello")
@@ -142,6 +148,14 @@ CASES = {
     "GET /longer HTTP/1.1": b"content-length: 3", "GET /shorter HTTP/1.1": b"hello",
     # A bad header: uvicorn sends nothing and closes the connection.
     "GET /bad-value HTTP/1.1": b"", "GET /bad-name HTTP/1.1": b"",
+    # Each value byte class: a lone CR or LF, NUL, other controls and DEL are refused; tab, space, obs-text pass.
+    **{f"GET /value/{v.hex()} HTTP/1.1": b"x-v: " + v if ok else b""
+       for v, ok in [(b"a\rb", False), (b"a\nb", False), (b"a\r\nx-i: 1", False), (b"a\x00b", False),
+                     (b"\x01", False), (b"a\x1fb", False), (b"a\x7fb", False), (b"a\tb", True), (b"a b", True),
+                     (b"caf\xe9", True), (b"~!#$%&'()*+,-./:;<=>?@[]^_`{|}", True)]},
+    # Names: separators, space, tab and controls are refused.
+    **{f"GET /name/{n.hex()} HTTP/1.1": b"x-ok: 1" if n == b"X-Ok" else b""
+       for n in [b"X-Ok", b"x:y", b"x y", b"x\ty", b"x\x00", b"x(y", b'x"y', b"x\ry"]},
 }
 
 
