@@ -369,14 +369,15 @@ class Gateway:
                         client = self._resolver.resolve(_peer(scope), forwarded_for)
                     self.usage.note(principal.record.id, client)
                 # 6. Rate limit.
-                if self.limits is not None:
-                    if self.limits.local and route.template != self._auth_test:
-                        applied = self.limits.spend_now(principal)
+                limits = self.limits
+                if limits is not None:
+                    if limits.local and route.template != self._auth_test:
+                        applied = limits.spend_now(principal)
                     else:
-                        applied = await self.limits.check(principal, route.template != self._auth_test)
+                        applied = await limits.check(principal, route.template != self._auth_test)
                     if applied is not None:
                         rate_headers = applied.headers
-                    if self.limits.enabled:
+                    if limits.enabled:
                         ex.rate = "allowed" if applied is not None else "unlimited"
                 if route.internal and self.management is not None:
                     extra = await self._debug_headers(principal, ip_check, applied) if debug else []
@@ -417,33 +418,34 @@ class Gateway:
         if connection:
             named = {t.strip().lower().decode("latin-1") for t in b",".join(connection).split(b",")}
             forward = [h for h in forward if h[0] not in named]
-        peer = _peer(scope) or ""
-        proto: bytes = scope["scheme"].encode()
+        peer = scope.get("client")
+        peer = peer[0] if peer else ""
+        proto: str = scope["scheme"]
         if forwarded_for and self._resolver.is_trusted(parse_address(peer)):
             # Behind a trusted proxy: extend its chain and keep what it says of the original request.
             chain = b", ".join(forwarded_for).decode("latin-1") + ", " + peer
-            proto = forwarded_proto or proto
+            if forwarded_proto:
+                proto = forwarded_proto.decode("latin-1")
             host = forwarded_host or host
         else:
             chain = peer
-        forward.append(("x-forwarded-for", chain))
-        forward.append(("x-forwarded-proto", proto.decode("latin-1")))
-        forward.append(("x-request-id", rid))
+        forward += (("x-forwarded-for", chain), ("x-forwarded-proto", proto), ("x-request-id", rid))
         if host is not None:
             forward.append(("x-forwarded-host", host.decode("latin-1")))
         if principal is not None:
-            forward.extend(principal.upstream_headers)
-        extra = await self._debug_headers(principal, ip_check, applied) if debug else []
-        extra.extend(rate_headers)
+            forward += principal.upstream_headers
+        extra = [*await self._debug_headers(principal, ip_check, applied), *rate_headers] if debug else [*rate_headers]
+        extra.append((_REQUEST_ID, rid.encode()))
         ex.client = client
         ex.t_forward = perf_counter()
         try:
             await forwarder.forward(
-                method, raw_path, scope["query_string"], forward, has_body, receive, ex.raw_send,
-                [*extra, (_REQUEST_ID, rid.encode())], body_limit=body_limit, tally=ex,
+                method, raw_path, scope["query_string"], forward, has_body, receive, ex.raw_send, extra,
+                body_limit=body_limit, tally=ex,
             )
         except GatewayError as exc:
             ex.deny = exc.code
+            extra.pop()  # the request id: ex.send adds it to an error answer
             await _send_error(send, exc, self._format, [*extra, CLOSE] if has_body else extra)
 
     async def authorize(self, scope: Scope, needed: str) -> Any:

@@ -172,15 +172,14 @@ class AccessLog:
     def write(self, now: float, request_id: str, method: str, route: str | None, path: str, status: int,
               duration: float, upstream: float | None, key_id: str | None, client: str | None, bytes_in: int,
               bytes_out: int, deny_reason: str | None) -> None:
-        q = self._q
+        q, known = self._q, self._quoted.get  # known(v) or q(v): a Python call only for a value not yet quoted
         line = (
             f'{{"ts":"{self._ts(now)}","level":"info","event":"request","request_id":"{request_id}",'
-            f'"method":{q(method)},"route":{q(route)},"path":{_quoted(path)},"status":{status},'
-            f'"duration_ms":{duration * 1000:.3f},"upstream_ms":'
+            f'"method":{known(method) or q(method)},"route":{known(route) or q(route)},"path":{_quoted(path)},'
+            f'"status":{status},"duration_ms":{duration * 1000:.3f},"upstream_ms":'
             f'{"null" if upstream is None else format(upstream * 1000, ".3f")},'
-            f'"key_id":{"null" if key_id is None else _quoted(key_id)},'
-            f'"client_ip":{"null" if client is None else _quoted(client)},"bytes_in":{bytes_in},'
-            f'"bytes_out":{bytes_out},"deny_reason":{q(deny_reason)}}}\n'
+            f'"key_id":{known(key_id) or q(key_id)},"client_ip":{known(client) or q(client)},'
+            f'"bytes_in":{bytes_in},"bytes_out":{bytes_out},"deny_reason":{known(deny_reason) or q(deny_reason)}}}\n'
         )
         if self._handler is None:
             self._log.info(line[:-1])

@@ -92,15 +92,18 @@ class Metrics:
         label = (route, method, str(status), key_id or "") if self.key_labels else (route, method, str(status))
         requests = self.requests
         requests[label] = requests.get(label, 0) + 1
+        # Histogram.observe, inline: two calls fewer per request.
         hist = self.total.get(route)
         if hist is None:
             hist = self.total[route] = Histogram()
-        hist.observe(duration)
+        hist.counts[bisect_left(BUCKETS, duration)] += 1
+        hist.sum += duration
         if upstream is not None:
             hist = self.upstream.get(route)
             if hist is None:
                 hist = self.upstream[route] = Histogram()
-            hist.observe(upstream)
+            hist.counts[bisect_left(BUCKETS, upstream)] += 1
+            hist.sum += upstream
 
     def auth_decision(self, result: str, reason: str) -> None:
         key = (result, reason)

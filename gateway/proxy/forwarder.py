@@ -45,6 +45,8 @@ RESPONSE_HOP_BY_HOP = frozenset(
 
 # Not passed on either: the gateway sends its own X-Request-ID (the one it sent upstream) to the client.
 _NOT_PASSED = RESPONSE_HOP_BY_HOP | {b"x-request-id"}
+# Connection options that are not header names, or name headers that are dropped anyway.
+_CONNECTION_OPTIONS = _NOT_PASSED | {b"close", b""}
 
 
 class ClientGone(Exception):
@@ -70,6 +72,14 @@ class _ProxyRequest(aiohttp.ClientRequest):
 
     def update_auto_headers(self, skip_auto_headers: Any) -> None:
         self._skip_auto_headers = _NO_CONTENT_TYPE
+
+    def update_headers(self, headers: Any) -> None:
+        # aiohttp's adds the forwarded headers one at a time, each tested against the spellings of Host; the
+        # pipeline never forwards a Host header (the client's is consumed), so the set is built in one C call,
+        # Host first, as aiohttp's own sends it.
+        self.headers = CIMultiDict((("Host", self.url.host_port_subcomponent),))
+        if headers:
+            self.headers.extend(headers)
 
 
 # Methods aiohttp's session retries once when a pooled connection turns out to be closed (RFC 9110 9.2.2).
@@ -207,10 +217,21 @@ class Forwarder:
                 tally.status = status
                 tally.t_head = perf_counter()
             content = resp.content
-            # "gateway.body_ready": the whole body is already here, so it is sent in this loop pass and the server
-            # need not arrange to flush the head on its own (gateway.guard.JoinedHeadCycle; others ignore it).
-            await send({"type": "http.response.start", "status": status, "headers": out,
-                        "gateway.body_ready": content.is_eof()})
+            if content.is_eof():
+                # The whole body is already here (a small answer, the usual case): sent in this loop pass as one
+                # message, so the server need not arrange to flush the head on its own ("gateway.body_ready",
+                # read by gateway.guard.JoinedHeadCycle; other servers ignore it).
+                try:
+                    chunk = content.read_nowait()
+                except (TimeoutError, aiohttp.ClientError) as exc:  # it ended with an error: nothing sent yet
+                    log.warning("upstream response broke off: %s", exc.__class__.__name__)
+                    raise UpstreamUnavailable() from None
+                sent = len(chunk)
+                await send({"type": "http.response.start", "status": status, "headers": out,
+                            "gateway.body_ready": True})
+                await send({"type": "http.response.body", "body": chunk, "more_body": False})
+                return status
+            await send({"type": "http.response.start", "status": status, "headers": out})
             try:
                 while chunk := await content.readany():
                     sent += len(chunk)
@@ -269,7 +290,10 @@ def _response_headers(raw: Sequence[tuple[bytes, bytes]]) -> list[Header]:
         low = header[0].lower()
         if low in _NOT_PASSED:
             if low == b"connection":
-                named = (named or set()).union(t.strip().lower() for t in header[1].split(b","))
+                # "Connection: keep-alive" (or close), the usual value, names nothing more to drop.
+                tokens = {t.strip().lower() for t in header[1].split(b",")} - _CONNECTION_OPTIONS
+                if tokens:
+                    named = tokens if named is None else named | tokens
             continue
         out.append(header)
     if named:

@@ -13,7 +13,7 @@ Times are integer microseconds, so the arithmetic is exact in Python and in Lua'
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 US = 1_000_000
@@ -24,12 +24,12 @@ class Window:
     name: str  # "hour", "minute"
     limit: int
     period_us: int
+    # Rounded down: never admits fewer than `limit` per period. Periods here (60 s, 3600 s) divide exactly for
+    # any limit up to a million, which is all the tiers use. Computed once: read on every request.
+    emission_us: int = field(init=False)
 
-    @property
-    def emission_us(self) -> int:
-        # Rounded down: never admits fewer than `limit` per period. Periods here (60 s, 3600 s) divide
-        # exactly for any limit up to a million, which is all the tiers use.
-        return self.period_us // self.limit
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "emission_us", self.period_us // self.limit)
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,24 +83,26 @@ def decide(quota: Quota, tats: list[int], now: int, consume: bool) -> tuple[Deci
     retry = 0
     new: list[int] = []
     for w, tat in zip(quota.windows, tats, strict=True):
-        base = tat if tat > now else now
-        after = base + w.emission_us
+        after = (tat if tat > now else now) + w.emission_us
         if after - now > w.period_us:
             allowed = False
             retry = max(retry, after - w.period_us - now)
         new.append(after)
-    spent = new if allowed and consume else [t if t > now else now for t in tats]
-    return _summary(quota, spent, now, allowed, retry), (new if allowed and consume else None)
+    if allowed and consume:
+        return _summary(quota, new, now, True, 0), new
+    return _summary(quota, [t if t > now else now for t in tats], now, allowed, retry), None
 
 
 def _summary(quota: Quota, tats: list[int], now: int, allowed: bool, retry: int) -> Decision:
-    best: tuple[int, Window, int] | None = None
+    """The decision for the tightest window: the one with the fewest requests left (the first of equals)."""
+    best: Window | None = None
+    least = booked = 0
     for w, tat in zip(quota.windows, tats, strict=True):
         used = tat - now  # how far ahead of now the window is booked
-        remaining = max(0, (w.period_us - used) // w.emission_us)
-        if best is None or remaining < best[0]:
-            best = (remaining, w, used)
+        remaining = (w.period_us - used) // w.emission_us
+        if remaining < 0:
+            remaining = 0
+        if best is None or remaining < least:
+            best, least, booked = w, remaining, used
     assert best is not None
-    remaining, w, used = best
-    return Decision(allowed=allowed, window=w.name, limit=w.limit, remaining=remaining,
-                    reset_after=max(0, used) / US, retry_after=retry / US, now=now / US)
+    return Decision(allowed, best.name, best.limit, least, (booked if booked > 0 else 0) / US, retry / US, now / US)

@@ -55,7 +55,7 @@ def open_limiter(settings: Settings) -> Limiter:
     return RedisLimiter(url, rl.redis_timeout_ms, rl.on_store_error, rl.local_share, rl.max_tracked_keys)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: a frozen dataclass sets each field through object.__setattr__, per request
 class Applied:
     """What the stage found for one request: the decision for the tightest window and its headers."""
 
@@ -144,12 +144,11 @@ class RateLimits:
         """The X-RateLimit-* trio (Reset is a Unix time, as GitHub's) and the IETF draft's
         ``RateLimit-Policy`` (every window) and ``RateLimit`` (the tightest window, ``t`` in seconds)."""
         reset_in = math.ceil(d.reset_after)
-        limit = str(d.limit).encode()
-        remaining = str(d.remaining).encode()
+        remaining = b"%d" % d.remaining
         return [
-            (_LIMIT, limit),
+            (_LIMIT, b"%d" % d.limit),
             (_REMAINING, remaining),
-            (_RESET, str(math.ceil(d.now) + reset_in).encode()),
+            (_RESET, b"%d" % (math.ceil(d.now) + reset_in)),
             (_POLICY, quota.policy_header),
             (_STATE, b'"%s";r=%s;t=%d' % (d.window.encode(), remaining, reset_in)),
         ]
