@@ -71,6 +71,18 @@ async def app(scope: Any, receive: Any, send: Any) -> None:
     elif path == "/bad-name":
         await start(200, [(b"x bad", b"1")])
         await body(b"")
+    elif path == "/cl-twice":  # the first Content-Length decides
+        await start(200, [(cl, b"5"), (b"Content-Length", b"7")])
+        await body(b"hello")
+    elif path == "/te-then-cl":  # chunked wins over a Content-Length, in either order
+        await start(200, [(b"Transfer-Encoding", b"chunked"), (cl, b"5")])
+        await body(b"hello")
+    elif path == "/cl-then-te":
+        await start(200, [(cl, b"5"), (b"transfer-encoding", b"Chunked")])
+        await body(b"hello")
+    elif path == "/te-other":  # a coding other than chunked leaves the Content-Length in charge
+        await start(200, [(b"transfer-encoding", b"gzip"), (cl, b"5")])
+        await body(b"hello")
     elif path.startswith("/value/"):  # /value/<hex of the value>: one header with that value
         await start(200, [(cl, b"2"), (b"x-v", bytes.fromhex(path[7:]))])
         await body(b"ok")
@@ -146,6 +158,8 @@ CASES = {
     "GET /304 HTTP/1.1": b" 304 ", "HEAD /cl HTTP/1.1": b"content-length: 5", "HEAD /chunked HTTP/1.1": b"x-a: 1",
     "GET /close HTTP/1.1": b"Close", "GET /cl HTTP/1.0": b"connection: close", "GET /chunked HTTP/1.0": b"0\r\n",
     "GET /longer HTTP/1.1": b"content-length: 3", "GET /shorter HTTP/1.1": b"hello",
+    "GET /cl-twice HTTP/1.1": b"content-length: 7", "GET /te-then-cl HTTP/1.1": b"5\r\nhello\r\n",
+    "GET /cl-then-te HTTP/1.1": b"5\r\nhello\r\n", "GET /te-other HTTP/1.1": b"gzip",
     # A bad header: uvicorn sends nothing and closes the connection.
     "GET /bad-value HTTP/1.1": b"", "GET /bad-name HTTP/1.1": b"",
     # Each value byte class: a lone CR or LF, NUL, other controls and DEL are refused; tab, space, obs-text pass.
