@@ -21,10 +21,12 @@ SECRET_FILE_NAME = "gateway.secret"
 class Pepper:
     """The server secret. Its repr and str never show it."""
 
-    __slots__ = ("_key", "source")
+    __slots__ = ("_keyed", "source")
 
     def __init__(self, key: bytes, source: str) -> None:
-        self._key = key
+        # HMAC with the key already absorbed: each hash copies it rather than hashing the key's two pads again
+        # (two of the four SHA-256 blocks a key costs; about a third less time per request).
+        self._keyed = hmac.new(key, digestmod=hashlib.sha256)
         self.source = source
 
     def __repr__(self) -> str:
@@ -33,7 +35,9 @@ class Pepper:
     __str__ = __repr__
 
     def hash(self, value: str) -> str:
-        return hmac.new(self._key, value.encode("utf-8"), hashlib.sha256).hexdigest()
+        h = self._keyed.copy()
+        h.update(value.encode("utf-8"))
+        return h.hexdigest()
 
     @staticmethod
     def same(a: str, b: str) -> bool:
