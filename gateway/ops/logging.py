@@ -129,6 +129,10 @@ def _quoted(value: str) -> str:
     return json.dumps(value)
 
 
+# The milliseconds of a timestamp and the "Z" after them, formatted once: ".000Z" to ".999Z".
+_MILLIS = tuple(f".{ms:03d}Z" for ms in range(1000))
+
+
 class AccessLog:
     """Formats and writes the one access line per request.
 
@@ -154,12 +158,6 @@ class AccessLog:
         if handler is not None:
             atexit.register(self.flush)  # a pass the loop never finished
 
-    def _ts(self, now: float) -> str:
-        second = int(now)
-        if second != self._second:  # strftime once a second, not once a request
-            self._second = second
-            self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-        return f"{self._prefix}.{int((now - second) * 1000):03d}Z"
 
     def _q(self, value: str | None) -> str:
         quoted = self._quoted.get(value)
@@ -172,9 +170,14 @@ class AccessLog:
     def write(self, now: float, request_id: str, method: str, route: str | None, path: str, status: int,
               duration: float, upstream: float | None, key_id: str | None, client: str | None, bytes_in: int,
               bytes_out: int, deny_reason: str | None) -> None:
+        second = int(now)
+        if second != self._second:  # strftime once a second, not once a request
+            self._second = second
+            self._prefix = time.strftime('{"ts":"%Y-%m-%dT%H:%M:%S', time.gmtime(second))
         q, known = self._q, self._quoted.get  # known(v) or q(v): a Python call only for a value not yet quoted
         line = (
-            f'{{"ts":"{self._ts(now)}","level":"info","event":"request","request_id":"{request_id}",'
+            f'{self._prefix}{_MILLIS[int((now - second) * 1000)]}","level":"info","event":"request",'
+            f'"request_id":"{request_id}",'
             f'"method":{known(method) or q(method)},"route":{known(route) or q(route)},"path":{_quoted(path)},'
             f'"status":{status},"duration_ms":{duration * 1000:.3f},"upstream_ms":'
             f'{"null" if upstream is None else format(upstream * 1000, ".3f")},'
