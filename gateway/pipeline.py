@@ -108,6 +108,7 @@ class Verifier(Protocol):
 
 
 _REQUEST_ID = b"x-request-id"
+_ALLOWED = ("allowed", "ok")  # the authentication decision (result, reason) of a request let through
 # Deny reasons that are the rate limiter's, not the gate's: the credential and the policy had passed.
 _RATE_REASONS = {"rate_limit_exceeded": "limited", "rate_limit_unavailable": "unavailable"}
 
@@ -239,14 +240,8 @@ class Gateway:
         method = scope["method"]
         m = self.metrics
         if m is not None:
-            m.request(route, method, status, duration, upstream, key_id)
-            if ex.gated:
-                if ex.authorized:
-                    m.auth_decision("allowed", "ok")
-                else:
-                    m.auth_decision("denied", ex.deny or "error")
-            if ex.rate is not None:
-                m.rate_limit_decision(ex.rate)
+            auth = (_ALLOWED if ex.authorized else ("denied", ex.deny or "error")) if ex.gated else None
+            m.request(route, method, status, duration, upstream, key_id, auth, ex.rate)
         if self.access_log is not None:
             client = address_text(ex.client) if ex.client is not None else _peer(scope)
             raw_path: bytes = scope.get("raw_path") or scope["path"].encode("utf-8")

@@ -72,7 +72,7 @@ class Metrics:
 
     def __init__(self, key_labels: bool = False) -> None:
         self.key_labels = key_labels
-        self.requests: dict[tuple[str, ...], int] = {}
+        self.requests: dict[tuple[str | int, ...], int] = {}
         self.auth: dict[tuple[str, str], int] = {}
         self.rate_limit: dict[str, int] = {}
         self.reloads: dict[str, int] = {"success": 0, "failure": 0}
@@ -87,9 +87,11 @@ class Metrics:
     # --- the hot path ------------------------------------------------------------------------------------------
 
     def request(self, route: str, method: str, status: int, duration: float, upstream: float | None,
-                key_id: str | None) -> None:
-        """Count one finished request (called once, at its end)."""
-        label = (route, method, str(status), key_id or "") if self.key_labels else (route, method, str(status))
+                key_id: str | None, auth: tuple[str, str] | None = None, rate: str | None = None) -> None:
+        """Count one finished request (called once, at its end): its route, method and status, its durations,
+        and the authentication decision ``auth`` (result, reason) and rate-limit result ``rate`` when it had
+        them. One call per request; the status is made text when scraped."""
+        label = (route, method, status, key_id or "") if self.key_labels else (route, method, status)
         requests = self.requests
         requests[label] = requests.get(label, 0) + 1
         # Histogram.observe, inline: two calls fewer per request.
@@ -104,13 +106,10 @@ class Metrics:
                 hist = self.upstream[route] = Histogram()
             hist.counts[bisect_left(BUCKETS, upstream)] += 1
             hist.sum += upstream
-
-    def auth_decision(self, result: str, reason: str) -> None:
-        key = (result, reason)
-        self.auth[key] = self.auth.get(key, 0) + 1
-
-    def rate_limit_decision(self, result: str) -> None:
-        self.rate_limit[result] = self.rate_limit.get(result, 0) + 1
+        if auth is not None:
+            self.auth[auth] = self.auth.get(auth, 0) + 1
+        if rate is not None:
+            self.rate_limit[rate] = self.rate_limit.get(rate, 0) + 1
 
     def reload(self, ok: bool) -> None:
         self.reloads["success" if ok else "failure"] += 1
@@ -122,7 +121,7 @@ class Metrics:
         fam = CounterMetricFamily("gateway_requests", "HTTP requests by policy route, method and status",
                                   labels=labels)
         for lab, n in list(self.requests.items()):
-            fam.add_metric(list(lab), n)
+            fam.add_metric([str(v) for v in lab], n)
         yield fam
         for name, doc, hists in (
             ("gateway_request_duration_seconds", "Time from the request head to the last byte sent", self.total),
