@@ -289,8 +289,8 @@ def _response_headers(raw: Sequence[tuple[bytes, bytes]]) -> list[Header]:
     for header in raw:
         low = header[0].lower()
         if low in _NOT_PASSED:
-            if low == b"connection":
-                # "Connection: keep-alive" (or close), the usual value, names nothing more to drop.
+            if low == b"connection" and header[1].lower() not in _CONNECTION_OPTIONS:
+                # Anything but "Connection: keep-alive" (or close), the usual values, may name more to drop.
                 tokens = {t.strip().lower() for t in header[1].split(b",")} - _CONNECTION_OPTIONS
                 if tokens:
                     named = tokens if named is None else named | tokens
