@@ -9,13 +9,14 @@ it times, each as the median over ``--rounds`` rounds of the per-call mean of ``
 
 ``auth decision (cache hit)``
     What the gate decides for ``GET /v1/servers`` with a valid key, by calling the pipeline's own pieces in
-    the pipeline's order: ``split_path`` and ``Policy.match`` (route), ``Gateway._authenticate`` (Bearer
-    parse, prefix and checksum, keyed HMAC hash, ``KeyCache.lookup`` hit, revoked/expiry checks),
+    the pipeline's order: ``Policy.match_path`` (the route, remembered per path), ``Gateway._authenticate_now``
+    (Bearer parse, key shape, keyed HMAC hash, ``KeyCache.peek`` hit, revoked/expiry checks),
     ``ClientResolver.resolve`` + ``in_networks`` (the CIDR allowlist), ``grants`` for each scope of the route,
-    and ``RateLimits.check`` (the in-memory GCRA update and the X-RateLimit-* header values).
+    and ``RateLimits.spend_now`` (the in-memory GCRA update and the X-RateLimit-* header values).
 ``auth decision, cache miss (SQLite)``
-    The same, with the key cache emptied before each call (``KeyCache.invalidate()``), so every call reads
-    the key from the SQLite file and compiles it (``SQLiteStore.get_by_hash`` + ``AuthKey.compile``).
+    The same, with the key cache emptied before each call (``KeyCache.invalidate()``), so every call checks
+    the key's checksum and reads it from the SQLite file (``Gateway._load_key``: ``SQLiteStore.get_by_hash``
+    + ``AuthKey.compile``).
 ``full pipeline, no-op upstream``
     ``Gateway.__call__`` (what uvicorn calls) for the same request, with a forwarder that answers 200 with a
     fixed body at once instead of calling the upstream. This is all the gateway adds to a request apart from
@@ -49,8 +50,7 @@ sys.path.insert(0, str(HERE.parent))
 from gateway.app import create_app  # noqa: E402
 from gateway.keys.service import create_key  # noqa: E402
 from gateway.network import in_networks  # noqa: E402
-from gateway.paths import split_path  # noqa: E402
-from gateway.pipeline import _peer  # noqa: E402
+from gateway.pipeline import _Load, _peer  # noqa: E402
 from gateway.policies import grants  # noqa: E402
 from gateway.settings import load_settings  # noqa: E402
 
@@ -144,9 +144,13 @@ async def main() -> None:
     raw_path = scope["raw_path"]
 
     async def decision() -> None:
-        # The pipeline's own steps for a gated route, in its order (gateway/pipeline.py, Gateway._serve).
-        route = gw.policy.match("GET", split_path(raw_path))
-        principal = await gw._authenticate(authorization, route)
+        # The pipeline's own steps for a gated route, in its order and with its calls (gateway/pipeline.py,
+        # Gateway._serve): the route (remembered per path), the key (the store is awaited on a cache miss only),
+        # the allowlist, the scopes, the in-memory limit.
+        _segments, route = gw.policy.match_path("GET", raw_path)
+        principal = gw._authenticate_now(authorization, route)
+        if principal.__class__ is _Load:
+            principal = await gw._load_key(principal.key_hash)
         if principal.networks:
             client = gw._resolver.resolve(_peer(scope), [])
             if not in_networks(client, principal.networks):
@@ -154,7 +158,7 @@ async def main() -> None:
         for needed in route.scopes:
             if not grants(principal.permissions, needed):
                 raise AssertionError("scope should be granted")
-        if await gw.limits.check(principal, True) is None:
+        if gw.limits.spend_now(principal) is None:
             raise AssertionError("the bench tier should be checked")
 
     async def miss() -> None:
