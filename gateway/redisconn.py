@@ -21,10 +21,10 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis._parsers.commands import AsyncCommandsParser
 from redis.asyncio.cluster import ClusterNode, ClusterPipeline, RedisCluster
-from redis.cluster import PRIMARY
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import NoBackoff
+from redis.cluster import PRIMARY
 from redis.exceptions import ClusterDownError, RedisClusterException, SlotNotCoveredError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -215,6 +215,16 @@ def connect(url: str, timeout_ms: float, max_connections: int = 64) -> Any:
     )
     cluster.topology = topo
     return cluster
+
+
+async def follow_master(client: Any) -> None:
+    """Behind Sentinel: ask the Sentinels where the master is now and, if it moved, close ``client``'s idle
+    connections, so its next command reaches the new master rather than waiting out a timeout on an old one
+    that hangs (a connection only asks the Sentinels when it is made). Nothing to do for one server or a
+    Cluster."""
+    pool = getattr(client, "connection_pool", None)
+    if isinstance(pool, SentinelConnectionPool) and pool.is_master:
+        await pool.get_master_address()  # redis-py: a new address closes the idle connections
 
 
 async def subscriber_client(client: Any, attempt: int) -> Any:

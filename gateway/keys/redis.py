@@ -41,7 +41,6 @@ from gateway.keys.store import Conflict, StoreError, UsageUpdate
 from gateway.redisconn import POOL_WAIT  # noqa: F401 - re-exported from its old home
 from gateway.redisurl import RedisURLError, redacted
 
-
 log = logging.getLogger("gateway.store")
 
 NS = "{gw}"
@@ -425,6 +424,10 @@ class RedisStore:
     async def ping(self) -> None:
         await self._call("ping", self.redis.ping())
 
+    async def follow_master(self) -> None:
+        """Behind Sentinel, leave a master that Sentinel has replaced (:func:`gateway.redisconn.follow_master`)."""
+        await self._call("master lookup", redisconn.follow_master(self.redis))
+
     async def close(self) -> None:
         await self.redis.aclose()
 
@@ -440,8 +443,11 @@ class InvalidationListener:
     cache is cleared. While it is away, ``cache.ttl_seconds`` remains the bound.
 
     Behind Sentinel the subscription follows the master (a failover drops it; the next one is made on the new
-    master). On a Cluster it is held on one node, and each reconnection reloads the slot map and tries the
-    next node, so a failed node is left behind.
+    master), and before it clears the cache the store's own client follows it too: a pooled connection asks
+    Sentinel only when it is made, so after a failover it could still point at the old master, and a hung old
+    master would turn each lookup that refills the cache into a timeout (a key that was cached into a 503). On a
+    Cluster it is held on one node, and each reconnection reloads the slot map and tries the next node, so a
+    failed node is left behind.
     """
 
     PING_EVERY = 0.5
@@ -496,6 +502,14 @@ class InvalidationListener:
             attempt += 1
             await asyncio.sleep(self.RETRY)
 
+    async def _follow_master(self) -> None:
+        store = getattr(self._cache, "store", None)
+        if isinstance(store, RedisStore):
+            try:
+                await store.follow_master()
+            except StoreError as exc:
+                log.warning("key invalidations: %s; key lookups may wait out a timeout on the old master", exc)
+
     def _describe(self, conn: Any) -> str:
         if conn is self._redis:
             return self._where
@@ -512,7 +526,10 @@ class InvalidationListener:
                 last_seen = now
                 kind = message.get("type")
                 if kind == "subscribe":
-                    # Anything published while we were away is lost: start from an empty cache.
+                    # Anything published while we were away is lost: start from an empty cache, once the
+                    # store's client has left a master Sentinel replaced (the lookups that refill the cache
+                    # would otherwise wait out a timeout there, and answer 503).
+                    await self._follow_master()
                     self._cache.invalidate()
                     if not self.connected:
                         log.info("key invalidations: subscribed on %s", where)
