@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from gateway.admin.api import ManagementAPI, internal_routes
+from gateway.admin.api import ManagementAPI
 from gateway.keys.cache import KeyCache
 from gateway.keys.hashing import Pepper, load_pepper
 from gateway.keys.store import KeyStore, is_redis_url, open_store
@@ -21,7 +21,7 @@ from gateway.ops.logging import AccessLog, logged
 from gateway.ops.metrics import Metrics, MetricsEndpoint, gateway_sources
 from gateway.ops.reload import build_policy
 from gateway.pipeline import Gateway, Verifier
-from gateway.policies import Policy, load_policy
+from gateway.policies import Policy
 from gateway.proxy.forwarder import Forwarder
 from gateway.ratelimit.stage import RateLimits, open_limiter
 from gateway.settings import Settings, resolve_path

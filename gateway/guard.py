@@ -33,7 +33,6 @@ from typing import Any
 
 import httptools
 from uvicorn.protocols.http.flow_control import HIGH_WATER_LIMIT
-from uvicorn.protocols.utils import get_client_addr, get_path_with_query_string
 from uvicorn.protocols.http.httptools_impl import (
     HEADER_RE as _BAD_NAME,
 )
@@ -45,6 +44,7 @@ from uvicorn.protocols.http.httptools_impl import (
     HttpToolsProtocol,
     RequestResponseCycle,
 )
+from uvicorn.protocols.utils import get_client_addr, get_path_with_query_string
 
 from gateway.errors import BadRequest, GatewayError, Header, render
 from gateway.settings import LimitsSettings, Settings

@@ -16,13 +16,14 @@ import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from tests.support.procs import free_port, wait_port  # noqa: E402,F401 - the suite's own; re-exported here
+
 PYTHON = str(ROOT / ".venv" / "bin" / "python") if (ROOT / ".venv" / "bin" / "python").exists() else sys.executable
 # The bench tier of serve_for_bench.sh: checked on every request, never reached (one per 36 us / 6 us).
 BENCH_TIER = {"per_hour": 100_000_000, "per_minute": 10_000_000}

@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import http.client
 import json
 import os
 import platform
@@ -58,7 +59,6 @@ import random
 import re
 import shutil
 import statistics
-import http.client
 import subprocess
 import sys
 import tempfile

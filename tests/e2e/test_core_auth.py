@@ -21,7 +21,6 @@ import pytest
 import yaml
 
 from tests.support.core import (
-    store_key,
     Gateway6,
     assert_deployally_error,
     assert_deployerp_error,
@@ -30,6 +29,7 @@ from tests.support.core import (
     bearer_error,
     header,
     ipv6_loopback,
+    store_key,
 )
 from tests.support.procs import ROOT, Gateway, Upstream, raw_request, status_of
 

@@ -17,7 +17,6 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-
 from tests.support.core import assert_deployerp_error, assert_no_secret, bearer
 from tests.support.procs import SECRET, Gateway, Upstream, run_cli
 

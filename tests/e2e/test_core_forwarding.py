@@ -18,7 +18,6 @@ from pathlib import Path
 import pytest
 
 from tests.support.core import (
-    store_key,
     RSSSampler,
     assert_deployally_error,
     assert_deployerp_error,
@@ -26,6 +25,7 @@ from tests.support.core import (
     bearer,
     header,
     rss_kb,
+    store_key,
 )
 from tests.support.procs import Gateway, Upstream, body_json, free_port, raw_request, status_of
 

@@ -260,7 +260,8 @@ def test_a_key_of_the_wrong_type_stops_a_change_before_any_write(redis_server: R
         raw.delete("{gw}:audit")
         raw.set("{gw}:audit", "not a list")
         before = raw.hgetall(f"{{gw}}:key:{record.id}")
-        for change in (lambda: revoke_key(store, record.id), lambda: rotate_key(store, PEPPER, FMT, record.id, grace_period="1d")):
+        for change in (lambda: revoke_key(store, record.id),
+                       lambda: rotate_key(store, PEPPER, FMT, record.id, grace_period="1d")):
             with pytest.raises(StoreError) as info:
                 await change()
             text = str(info.value)

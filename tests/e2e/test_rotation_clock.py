@@ -16,7 +16,6 @@ import pytest
 from tests.support.lifecycle import FakeClock, KeysAPI, ThreadedGateway, bearer, parse_time
 from tests.support.procs import SECRET, Gateway, Upstream
 
-
 Setup = tuple[ThreadedGateway, KeysAPI, FakeClock, Upstream]
 
 
