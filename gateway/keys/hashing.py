@@ -16,17 +16,26 @@ from pathlib import Path
 from gateway.settings import ConfigError, Settings, resolve_path, sqlite_path
 
 SECRET_FILE_NAME = "gateway.secret"
+_BLOCK = 64  # SHA-256's block size: the length HMAC pads its key to
+_IPAD = bytes(b ^ 0x36 for b in range(256))  # translate tables: each key byte XOR the pad byte
+_OPAD = bytes(b ^ 0x5C for b in range(256))
 
 
 class Pepper:
     """The server secret. Its repr and str never show it."""
 
-    __slots__ = ("_keyed", "source")
+    __slots__ = ("_inner", "_outer", "source")
 
     def __init__(self, key: bytes, source: str) -> None:
-        # HMAC with the key already absorbed: each hash copies it rather than hashing the key's two pads again
-        # (two of the four SHA-256 blocks a key costs; about a third less time per request).
-        self._keyed = hmac.new(key, digestmod=hashlib.sha256)
+        # HMAC as RFC 2104 builds it, SHA-256(K ^ opad || SHA-256(K ^ ipad || value)), with both padded keys
+        # hashed once, here: each hash copies the two states rather than hashing the pads again (two SHA-256
+        # blocks fewer than hmac.new), and calls hashlib's C methods directly rather than through the Python
+        # of hmac.HMAC. Same digests as hmac.new (tests/unit/test_hashing.py); half the instructions.
+        if len(key) > _BLOCK:
+            key = hashlib.sha256(key).digest()
+        key = key.ljust(_BLOCK, b"\0")
+        self._inner = hashlib.sha256(key.translate(_IPAD))
+        self._outer = hashlib.sha256(key.translate(_OPAD))
         self.source = source
 
     def __repr__(self) -> str:
@@ -35,9 +44,11 @@ class Pepper:
     __str__ = __repr__
 
     def hash(self, value: str) -> str:
-        h = self._keyed.copy()
-        h.update(value.encode("utf-8"))
-        return h.hexdigest()
+        inner = self._inner.copy()
+        inner.update(value.encode("utf-8"))
+        outer = self._outer.copy()
+        outer.update(inner.digest())
+        return outer.hexdigest()
 
     @staticmethod
     def same(a: str, b: str) -> bool:

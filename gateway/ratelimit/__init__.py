@@ -27,15 +27,24 @@ class Window:
     # Rounded down: never admits fewer than `limit` per period. Periods here (60 s, 3600 s) divide exactly for
     # any limit up to a million, which is all the tiers use. Computed once: read on every request.
     emission_us: int = field(init=False)
+    # Header text that depends on the window alone, made once (gateway.ratelimit.stage.RateLimits.headers).
+    limit_text: bytes = field(init=False, compare=False)  # X-RateLimit-Limit
+    state_text: bytes = field(init=False, compare=False)  # the start of the RateLimit header: '"minute";r='
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "emission_us", self.period_us // self.limit)
+        object.__setattr__(self, "limit_text", b"%d" % self.limit)
+        object.__setattr__(self, "state_text", b'"%s";r=' % self.name.encode())
 
 
 @dataclass(frozen=True, slots=True)
 class Quota:
     windows: tuple[Window, ...]
     policy_header: bytes  # IETF RateLimit-Policy value
+    by_name: dict[str, Window] = field(init=False, compare=False, hash=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "by_name", {w.name: w for w in self.windows})
 
     @classmethod
     def of(cls, per_hour: int | None, per_minute: int | None) -> Quota | None:
@@ -78,27 +87,39 @@ class LimiterUnavailable(Exception):
 
 def decide(quota: Quota, tats: list[int], now: int, consume: bool) -> tuple[Decision, list[int] | None]:
     """GCRA over every window of ``quota``. ``tats`` are the stored times (0 for none). Returns the decision
-    and, when a request was admitted and ``consume`` is set, the new times to store."""
+    and, when a request was admitted and ``consume`` is set, the new times to store.
+
+    Written for the interpreter: one pass, indexes rather than ``zip`` (an iterator and a tuple per window)
+    and no comprehension (a call in Python 3.11); a third fewer instructions per request. The definition it
+    implements is restated plainly in tests/unit/test_gcra.py and compared with this one there."""
     allowed = True
     retry = 0
-    new: list[int] = []
-    for w, tat in zip(quota.windows, tats, strict=True):
-        after = (tat if tat > now else now) + w.emission_us
-        if after - now > w.period_us:
+    held: list[int] = []  # the times as they stand (nothing spent)
+    new: list[int] = []  # the times if this request is spent
+    for w in quota.windows:
+        tat = tats[len(new)]
+        base = tat if tat > now else now
+        after = base + w.emission_us
+        over = after - now - w.period_us
+        if over > 0:
             allowed = False
-            retry = max(retry, after - w.period_us - now)
+            if over > retry:
+                retry = over
+        held.append(base)
         new.append(after)
     if allowed and consume:
         return _summary(quota, new, now, True, 0), new
-    return _summary(quota, [t if t > now else now for t in tats], now, allowed, retry), None
+    return _summary(quota, held, now, allowed, retry), None
 
 
 def _summary(quota: Quota, tats: list[int], now: int, allowed: bool, retry: int) -> Decision:
     """The decision for the tightest window: the one with the fewest requests left (the first of equals)."""
     best: Window | None = None
     least = booked = 0
-    for w, tat in zip(quota.windows, tats, strict=True):
-        used = tat - now  # how far ahead of now the window is booked
+    i = 0
+    for w in quota.windows:
+        used = tats[i] - now  # how far ahead of now the window is booked
+        i += 1
         remaining = (w.period_us - used) // w.emission_us
         if remaining < 0:
             remaining = 0

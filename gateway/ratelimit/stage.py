@@ -31,6 +31,7 @@ Header = tuple[bytes, bytes]
 _LIMIT, _REMAINING, _RESET = b"x-ratelimit-limit", b"x-ratelimit-remaining", b"x-ratelimit-reset"
 _POLICY, _STATE = b"ratelimit-policy", b"ratelimit"
 _RETRY_AFTER = b"retry-after"
+_SECONDS = tuple(b";t=%d" % t for t in range(3601))  # the end of the RateLimit header, for up to an hour
 
 
 def limiter_url(settings: Settings) -> str:
@@ -143,14 +144,16 @@ class RateLimits:
     def headers(quota: Quota, d: Decision) -> list[Header]:
         """The X-RateLimit-* trio (Reset is a Unix time, as GitHub's) and the IETF draft's
         ``RateLimit-Policy`` (every window) and ``RateLimit`` (the tightest window, ``t`` in seconds)."""
+        w = quota.by_name[d.window]
         reset_in = math.ceil(d.reset_after)
         remaining = b"%d" % d.remaining
+        t = _SECONDS[reset_in] if reset_in < len(_SECONDS) else b";t=%d" % reset_in
         return [
-            (_LIMIT, b"%d" % d.limit),
+            (_LIMIT, w.limit_text),
             (_REMAINING, remaining),
             (_RESET, b"%d" % (math.ceil(d.now) + reset_in)),
             (_POLICY, quota.policy_header),
-            (_STATE, b'"%s";r=%s;t=%d' % (d.window.encode(), remaining, reset_in)),
+            (_STATE, w.state_text + remaining + t),
         ]
 
     async def start(self) -> None:

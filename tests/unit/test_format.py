@@ -197,3 +197,12 @@ def test_key_ids() -> None:
     for bad in ["", "key_", "key_abc123", "key_" + "a" * 11, "key_" + "a" * 13, "KEY_" + "a" * 12,
                 "key-" + "a" * 12, "key_" + "a" * 11 + "_", "key_" + "a" * 11 + "\u00e9", "kay_" + "a" * 12]:
         assert not is_key_id(bad), bad
+
+
+def test_shape_accepts_exactly_the_base62_alphabet_in_the_body() -> None:
+    # shape checks the alphabet with str.isascii and str.isalnum: letters and digits of other scripts
+    # (isalnum is true for "٣", "é", "ａ") and every ASCII non-alphanumeric must still be refused.
+    parser = KeyParser(ERP)
+    for code in range(0x10000):
+        c = chr(code)
+        assert (parser.shape("dep_live_" + "a" * 31 + c) is not None) == (c in ALPHABET), repr(c)

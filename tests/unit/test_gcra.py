@@ -14,7 +14,7 @@ import asyncio
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.ratelimit import US, Quota, Window, decide
+from gateway.ratelimit import US, Decision, Quota, Window, decide
 from gateway.ratelimit.memory import MemoryLimiter
 
 T0 = 1_700_000_000 * US  # an arbitrary start, far from zero like a real clock
@@ -173,3 +173,31 @@ def test_emission_rounding_never_admits_less_than_the_limit() -> None:
     q = minute(7)  # 60 s / 7 is not a whole number of microseconds
     lim = MemoryLimiter()
     assert sum(lim.hit_now("k", q, T0).allowed for _ in range(20)) == 7
+
+
+def _reference(quota: Quota, tats: list[int], now: int, consume: bool) -> tuple[Decision, list[int] | None]:
+    """GCRA as the module docstring defines it, written plainly: what ``decide`` (written for speed) must equal."""
+    allowed, retry, new = True, 0, []
+    for w, tat in zip(quota.windows, tats, strict=True):
+        after = max(tat, now) + w.emission_us
+        if after - now > w.period_us:
+            allowed = False
+            retry = max(retry, after - w.period_us - now)
+        new.append(after)
+    spent = new if allowed and consume else [max(t, now) for t in tats]
+    left = [max(0, (w.period_us - (t - now)) // w.emission_us) for w, t in zip(quota.windows, spent, strict=True)]
+    i = left.index(min(left))  # the tightest window, the first of equals
+    w, used = quota.windows[i], spent[i] - now
+    return (Decision(allowed, w.name, w.limit, left[i], max(0, used) / US, retry / US, now / US),
+            new if allowed and consume else None)
+
+
+@settings(max_examples=400, deadline=None)
+@given(per_hour=st.integers(1, 10_000), per_minute=st.one_of(st.none(), st.integers(1, 1_000)),
+       offsets=st.lists(st.integers(-7200 * US, 7200 * US), min_size=2, max_size=2), consume=st.booleans())
+def test_decide_is_the_plain_definition(per_hour: int, per_minute: int | None, offsets: list[int],
+                                        consume: bool) -> None:
+    quota = Quota.of(per_hour=per_hour, per_minute=per_minute)
+    assert quota is not None
+    tats = [max(0, T0 + o) for o in offsets[: len(quota.windows)]]
+    assert decide(quota, tats, T0, consume) == _reference(quota, tats, T0, consume)

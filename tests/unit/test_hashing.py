@@ -48,6 +48,17 @@ def test_hash_is_hmac_sha256_of_the_value_keyed_with_the_pepper() -> None:
     assert not Pepper.same(expected, "0" * 64)
 
 
+@pytest.mark.parametrize("length", [0, 1, 32, 63, 64, 65, 200])
+def test_hash_equals_hmac_new_for_every_key_length(length: int) -> None:
+    # The pepper builds HMAC from its definition (both pads hashed once): keys shorter than, equal to and
+    # longer than SHA-256's 64-byte block (hashed first) must give exactly what the hmac module gives.
+    key = os.urandom(length)
+    pepper = Pepper(key, "test")
+    for value in ("", generate_key("dep_live_"), "é" * 100):
+        assert pepper.hash(value) == hmac.new(key, value.encode(), hashlib.sha256).hexdigest()
+    assert pepper.hash("same") == pepper.hash("same")  # the precomputed states are copied, never spent
+
+
 def test_repr_and_str_never_show_the_pepper() -> None:
     pepper = Pepper(SECRET.encode(), "secret setting")
     for text in (repr(pepper), str(pepper), f"{pepper}", f"{pepper!r}", repr([pepper]), repr({"p": pepper})):
