@@ -149,7 +149,8 @@ class RateLimits:
         remaining = b"%d" % d.remaining
         t = _SECONDS[reset_in] if reset_in < len(_SECONDS) else b";t=%d" % reset_in
         return [
-            (_LIMIT, w.limit_text),
+            # The limit decided against: the window's own, unless a fallback limited at a share of it.
+            (_LIMIT, w.limit_text if w.limit == d.limit else b"%d" % d.limit),
             (_REMAINING, remaining),
             (_RESET, b"%d" % (math.ceil(d.now) + reset_in)),
             (_POLICY, quota.policy_header),
