@@ -351,6 +351,17 @@ def test_upstream_timeout_is_504_json(tmp_path: Path, upstream: Upstream) -> Non
     assert_no_secret(g.log(), VALUES)
 
 
+def read_head(conn: socket.socket) -> bytes:
+    """What arrives on ``conn`` up to the end of a request head (less, if the peer closes first)."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = conn.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
 class RawUpstream:
     """A tiny HTTP/1.1 server in a thread of this process (real socket) that answers every request with fixed
     bytes: the recording upstream cannot send arbitrary hop-by-hop response headers, this one can."""
@@ -372,12 +383,7 @@ class RawUpstream:
                 return
             with conn:
                 conn.settimeout(5)
-                data = b""
-                while b"\r\n\r\n" not in data:
-                    chunk = conn.recv(65536)
-                    if not chunk:
-                        break
-                    data += chunk
+                read_head(conn)
                 conn.sendall(self.response)
 
     def close(self) -> None:
@@ -447,12 +453,8 @@ class OneAnswerUpstream:
         with conn:
             conn.settimeout(10)
             try:
-                data = b""
-                while b"\r\n\r\n" not in data:
-                    chunk = conn.recv(65536)
-                    if not chunk:
-                        return
-                    data += chunk
+                if not read_head(conn):
+                    return
                 conn.sendall(self.ANSWER)
                 if conn.recv(65536):  # the next request: close instead of answering
                     self.unanswered += 1
