@@ -144,7 +144,9 @@ class Forwarder:
 
         A request without a body whose method is idempotent is sent once more, on a new or other pooled
         connection, when the first one turns out to be closed by the upstream (its keep-alive ran out as the
-        request went out); aiohttp's session does the same. Raises what aiohttp raises."""
+        request went out), as aiohttp's session does. A request with a body is not: its body streams from the
+        client and cannot be sent twice (the session retries a body only while none of it was read). Raises
+        what aiohttp raises."""
         connector, session = self._connector, self._session
         assert connector is not None and session is not None, "Forwarder.start() was not awaited"
         retry = data is None and method in _IDEMPOTENT
