@@ -15,7 +15,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from gateway.ratelimit import Decision, LimiterUnavailable, Quota, Window, _summary, decide
 from gateway.ratelimit.memory import MemoryLimiter
@@ -56,7 +57,10 @@ class RedisLimiter:
         self._share = local_share
         self._local = MemoryLimiter(max_keys) if on_error == "local" else None
         self._scaled: dict[Quota, Quota] = {}
-        self._args: dict[tuple[Quota, bool], list[bytes]] = {}  # the script's arguments, encoded, per quota
+        # The script's arguments per quota: encoded (for redis-py's call on a Cluster) and framed (RESP, for the
+        # batches written straight on a connection).
+        self._args: dict[tuple[Quota, bool], tuple[list[bytes], bytes]] = {}
+        self._head = b"*6\r\n$7\r\nEVALSHA\r\n$40\r\n%s\r\n$1\r\n1\r\n" % self._script.sha.encode()
         self._paused_until = 0.0
         self.errors = 0
 
@@ -65,15 +69,18 @@ class RedisLimiter:
             raise LimiterUnavailable()
         args = self._args.get((quota, consume))
         if args is None:
-            # Encoded once per quota: redis-py passes bytes through as they are, but turns every int and str
-            # into bytes again on each call (its Encoder.encode was the costliest function of a request).
-            windows = " ".join(f"{w.name} {w.period_us} {w.emission_us}" for w in quota.windows)
-            args = self._args[(quota, consume)] = [b"1" if consume else b"0", windows.encode()]
+            # Encoded once per quota, not on every call (redis-py's Encoder.encode and pack_command were the
+            # costliest functions of a request).
+            windows = " ".join(f"{w.name} {w.period_us} {w.emission_us}" for w in quota.windows).encode()
+            flag = b"1" if consume else b"0"
+            args = self._args[(quota, consume)] = ([flag, windows], b"$1\r\n%s\r\n$%d\r\n%s\r\n" % (
+                flag, len(windows), windows))
+        key = b"{rl:%s}" % bucket.encode()
         try:
             if self._batching:
-                out = await self._queued(b"{rl:%s}" % bucket.encode(), args)
+                out = await self._queued(b"%s$%d\r\n%s\r\n%s" % (self._head, len(key), key, args[1]))
             else:
-                out = await self._script(keys=[b"{rl:%s}" % bucket.encode()], args=args)
+                out = await self._script(keys=[key], args=args[0])
         except (RedisError, OSError, TimeoutError) as exc:
             self.errors += 1
             if time.monotonic() >= self._paused_until:
@@ -86,12 +93,12 @@ class RedisLimiter:
             return _summary(quota, tats, now, True, 0)  # tats are already the spent times
         return decide(quota, tats, now, consume=False)[0]
 
-    async def _queued(self, key: bytes, args: list[bytes]) -> Any:
+    async def _queued(self, command: bytes) -> Any:
         loop = self._loop
         if loop is None or not loop.is_running():
             loop = self._loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
-        self._queue.append((key, args, future))
+        self._queue.append((command, future))
         if len(self._queue) == 1:
             loop.call_soon(self._send_queued)
         return await future
@@ -102,35 +109,32 @@ class RedisLimiter:
         self._in_flight.add(task)
         task.add_done_callback(self._in_flight.discard)
 
-    async def _exchange(self, batch: list[tuple[bytes, list[bytes], asyncio.Future[Any]]]) -> None:
+    async def _exchange(self, batch: list[tuple[bytes, asyncio.Future[Any]]]) -> None:
         try:
-            results = await self._pipeline([(key, args) for key, args, _ in batch])
+            results = await self._pipeline([command for command, _ in batch])
         except BaseException as exc:  # noqa: BLE001 - handed to every waiter; cancellation included
             failure = exc if isinstance(exc, Exception) else LimiterUnavailable()
-            for _, _, future in batch:
+            for _, future in batch:
                 if not future.done():
                     future.set_exception(failure)
             if not isinstance(exc, Exception):
                 raise
             return
-        for (_, _, future), result in zip(batch, results, strict=True):
+        for (_, future), result in zip(batch, results, strict=True):
             if not future.done():
                 if isinstance(result, Exception):
                     future.set_exception(result)
                 else:
                     future.set_result(result)
 
-    async def _pipeline(self, calls: list[tuple[bytes, list[bytes]]]) -> list[Any]:
-        """EVALSHA each call in one pipeline; a server that lost the script (restart, SCRIPT FLUSH) gets it
-        loaded and the calls that missed it sent again, once."""
-        results: list[Any] = [None] * len(calls)
-        todo = list(range(len(calls)))
+    async def _pipeline(self, commands: list[bytes]) -> list[Any]:
+        """Send the EVALSHA commands in one write on one pooled connection and read their answers in order;
+        a server that lost the script (restart, SCRIPT FLUSH) gets it loaded and the commands that missed it
+        sent again, once."""
+        results: list[Any] = [None] * len(commands)
+        todo = list(range(len(commands)))
         for attempt in range(2):
-            pipe = self._redis.pipeline(transaction=False)
-            for i in todo:
-                key, args = calls[i]
-                pipe.evalsha(self._script.sha, 1, key, *args)
-            answers = await pipe.execute(raise_on_error=False)
+            answers = await self._send(b"".join([commands[i] for i in todo]), len(todo))
             missed = []
             for i, answer in zip(todo, answers, strict=True):
                 if isinstance(answer, NoScriptError) and attempt == 0:
@@ -142,6 +146,35 @@ class RedisLimiter:
             await self._redis.script_load(LUA)
             todo = missed
         return results
+
+    async def _send(self, wire: bytes, count: int) -> list[Any]:
+        """``count`` commands, already in RESP, written at once on a pooled connection; their answers in order
+        (an error answer as its exception). This is what redis-py's pipeline does, without its per-command
+        encoding, per-batch objects and bookkeeping: the connection, its pool and its errors are still redis-py's
+        (AUTH, TLS, the database, Sentinel's master and a demoted master's READONLY all work as for any call).
+        A broken connection (a pooled one after Redis restarted) is retried once on another, as redis-py's
+        retry does; a timeout is not: the connection is dropped and the batch fails."""
+        pool = self._redis.connection_pool
+        for attempt in range(2):
+            connection = await pool.get_connection()
+            try:
+                await connection.send_packed_command(wire)
+                answers: list[Any] = []
+                for _ in range(count):
+                    try:
+                        answers.append(await connection.read_response())
+                    except ResponseError as exc:  # an error answer: the stream is still in step
+                        answers.append(exc)
+                return answers
+            except BaseException as exc:
+                # Answers may be left unread (redis-py drops the connection on a socket error, not on LOADING
+                # or a demoted master): never hand such a connection to the next batch.
+                await connection.disconnect(nowait=True)
+                if attempt or not isinstance(exc, RedisConnectionError):
+                    raise
+            finally:
+                await pool.release(connection)
+        raise AssertionError("unreachable")  # the second attempt returns or raises
 
     async def _fallback(self, bucket: str, quota: Quota, consume: bool) -> Decision | None:
         if self._on_error == "deny":
