@@ -153,7 +153,7 @@ def _serve_workers(args: argparse.Namespace, settings: Settings, components: Com
 
 # --- demo -----------------------------------------------------------------------------------------------------
 
-DEMO_KEYS = (
+DEMO_KEYS: tuple[tuple[str, list[str], list[str], str], ...] = (
     ("monitoring-key", ["servers:read", "instances:read", "backups:read"], [], "read-only"),
     ("deployment-key", ["servers:read", "instances:*", "backups:*"], ["127.0.0.0/8", "::1"], "deployment"),
     ("admin-key", ["*"], [], "admin"),
@@ -351,10 +351,10 @@ async def _keys(args: argparse.Namespace) -> int:
             empty = "No keys yet: create one with 'gateway keys create --name NAME --permissions SCOPES'."
             _out(args, [r.public() for r in records], _table(records) if records else empty)
         elif cmd == "show":
-            record = await store.get(args.id)
-            if record is None:
+            found = await store.get(args.id)
+            if found is None:
                 raise CLIError(f"no key with id {args.id!r}")
-            _out(args, record.public(), _show(record))
+            _out(args, found.public(), _show(found))
         elif cmd == "update":
             changes: dict[str, Any] = {}
             if args.name is not None:
@@ -383,15 +383,15 @@ async def _keys(args: argparse.Namespace) -> int:
                 raise CLIError(f"no key with id {args.id!r}")
             _out(args, updated.public(), f"Updated {updated.id}.\n{_show(updated)}")
         elif cmd == "revoke":
-            record = await revoke_key(store, args.id)
-            if record is None:
+            revoked = await revoke_key(store, args.id)
+            if revoked is None:
                 raise CLIError(f"no key with id {args.id!r}")
             from gateway.keys.store import is_redis_url
 
             bound = ("1 s (Redis store: every gateway is told at once)" if is_redis_url(settings.store.url)
                      else f"{settings.cache.ttl_seconds:g} s (cache.ttl_seconds)")
-            _out(args, record.public(),
-                 f"Revoked {record.id} ({record.name}). Running gateways refuse it within {bound}.")
+            _out(args, revoked.public(),
+                 f"Revoked {revoked.id} ({revoked.name}). Running gateways refuse it within {bound}.")
         elif cmd == "rotate":
             grace = args.grace_period or settings.rotation.grace_period
             result = await rotate_key(store, components.pepper, settings.key_format, args.id, grace_period=grace)

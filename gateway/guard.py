@@ -304,11 +304,12 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     # The most bytes a head may take on the wire (target + headers + slack for the request line and line
     # ends). Counted per read while a head is incomplete, so a never-ending header line cannot grow in memory.
     raw_head_limit: int = 0
-    # The limits again as plain class attributes: read on every request, one lookup each.
-    max_target: int = LimitsSettings.max_target_bytes
-    max_headers: int = LimitsSettings.max_headers
-    max_header_bytes: int = LimitsSettings.max_header_bytes
-    max_connections: int = LimitsSettings.max_connections
+    # The limits again as plain class attributes: read on every request, one lookup each (the defaults' values:
+    # LimitsSettings is slotted, so its class attributes are descriptors, not defaults).
+    max_target: int = limits.max_target_bytes
+    max_headers: int = limits.max_headers
+    max_header_bytes: int = limits.max_header_bytes
+    max_connections: int = limits.max_connections
 
     # Per request the work is a few attribute writes and, when the head is complete, a handful of length
     # checks: the exact header-size sum runs only when the reads that carried the head were large, and the
@@ -329,7 +330,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     # connection life
 
-    def connection_made(self, transport: Any) -> None:  # type: ignore[override]
+    def connection_made(self, transport: Any) -> None:
         super().connection_made(transport)
         self._checked = 0  # a connection that sends nothing is cut off at the first check
         self._head_timer = self.loop.call_later(self.limits.header_timeout_seconds, self._head_check)
@@ -419,9 +420,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             return
         if (self.parser.should_upgrade() and self._should_upgrade()) or cycle.response_complete:
             return
-        cycle.chunks.append(body)  # type: ignore[attr-defined]
-        cycle.pending += len(body)  # type: ignore[attr-defined]
-        if cycle.pending > HIGH_WATER_LIMIT:  # type: ignore[attr-defined]
+        cycle.chunks.append(body)
+        cycle.pending += len(body)
+        if cycle.pending > HIGH_WATER_LIMIT:
             self.flow.pause_reading()
         cycle.message_event.set()
 

@@ -220,8 +220,8 @@ class JWTVerifier:
         except (jwt.PyJWTError, ValueError, TypeError):
             # Every way a token can be bad is the same answer; the reason is never echoed.
             raise InvalidToken() from None
-        exp = claims.get("exp")
-        nbf = claims.get("nbf")
+        exp: Any = claims.get("exp")  # a number, checked below
+        nbf: Any = claims.get("nbf")
         if not _number(exp) or (nbf is not None and not _number(nbf)):
             raise InvalidToken()
         subject = claims.get(self._subject_claim)

@@ -38,19 +38,20 @@ def _retry_broken_once() -> Retry:
     return Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,))
 
 
-class _SentinelBlockingPool(SentinelConnectionPool, aioredis.BlockingConnectionPool):  # type: ignore[misc]
+class _SentinelBlockingPool(SentinelConnectionPool, aioredis.BlockingConnectionPool):
     """Sentinel's master-following pool with the blocking pool's bounded wait for a free connection."""
 
 
 class SentinelRedis(aioredis.Redis):
     """The master of a Sentinel service; closing it also closes the connections to the Sentinels."""
 
-    sentinel: Sentinel | None = None
+    # Not "sentinel": that name is redis-py's SENTINEL command method, which this attribute would hide.
+    sentinels: Sentinel | None = None
 
     async def aclose(self, close_connection_pool: bool | None = None) -> None:
         await super().aclose(close_connection_pool)
-        if self.sentinel is not None:
-            await self.sentinel.aclose()
+        if self.sentinels is not None:
+            await self.sentinels.aclose()
 
 
 class ClusterUnavailable(RedisConnectionError):
@@ -97,10 +98,10 @@ class BoundedCluster(RedisCluster):
     for a free connection instead of failing, a timeout is not retried, and every failure is a RedisError."""
 
     # A timeout is not retried (it would double the bound); a broken connection is, after a slot-map reload.
-    ERRORS_ALLOW_RETRY = (RedisConnectionError, ClusterDownError, SlotNotCoveredError)
+    ERRORS_ALLOW_RETRY = (RedisConnectionError, ClusterDownError, SlotNotCoveredError)  # type: ignore[assignment]
 
     def __init__(self, *args: Any, max_connections: int = 64, pool_wait: float = POOL_WAIT, **kwargs: Any) -> None:
-        super().__init__(*args, max_connections=max_connections, **kwargs)
+        super().__init__(*args, max_connections=max_connections, **kwargs)  # type: ignore[misc]
         self.topology: Topology | None = None
         self._pubsub_nodes: list[tuple[str, int]] = []
         self.commands_parser = _CommandsParser(self)
@@ -143,7 +144,7 @@ class BoundedCluster(RedisCluster):
     def pipeline(self, transaction: Any | None = None, shard_hint: Any | None = None) -> ClusterPipeline:
         if shard_hint:
             raise RedisClusterException("shard_hint is deprecated in cluster mode")
-        return _Pipeline(self, transaction)
+        return _Pipeline(self, transaction)  # type: ignore[abstract]  # redis-py sets _event_dispatcher itself
 
     async def node_client(self, attempt: int) -> aioredis.Redis:
         """A plain client on one node, for a pub/sub subscription, which any node serves (a PUBLISH reaches
@@ -162,7 +163,7 @@ class BoundedCluster(RedisCluster):
             socket_connect_timeout=kw.get("socket_connect_timeout"), retry=_retry_broken_once(),
         )
         try:
-            slots = await client.execute_command("CLUSTER", "SLOTS")
+            slots = await client.execute_command("CLUSTER", "SLOTS")  # type: ignore[no-untyped-call]
         except BaseException:
             await client.aclose()
             raise
@@ -200,13 +201,13 @@ def connect(url: str, timeout_ms: float, max_connections: int = 64) -> Any:
             "socket_timeout": t, "socket_connect_timeout": t, "ssl": topo.tls, "retry": Retry(NoBackoff(), 0),
             "username": topo.sentinel_username, "password": topo.sentinel_password,
         }
-        sentinel = Sentinel(list(topo.hosts), sentinel_kwargs=sentinel_kwargs)
+        sentinel = Sentinel(list(topo.hosts), sentinel_kwargs=sentinel_kwargs)  # type: ignore[no-untyped-call]
         master = sentinel.master_for(
             topo.service, redis_class=SentinelRedis, connection_pool_class=_SentinelBlockingPool,
             max_connections=max_connections, timeout=POOL_WAIT, socket_timeout=t, socket_connect_timeout=t,
             retry=_retry_broken_once(), db=topo.db, username=topo.username, password=topo.password, ssl=topo.tls,
         )
-        master.sentinel = sentinel
+        master.sentinels = sentinel
         return master
     cluster = BoundedCluster(
         startup_nodes=[ClusterNode(host, port) for host, port in topo.hosts], max_connections=max_connections,
@@ -224,7 +225,7 @@ async def follow_master(client: Any) -> None:
     Cluster."""
     pool = getattr(client, "connection_pool", None)
     if isinstance(pool, SentinelConnectionPool) and pool.is_master:
-        await pool.get_master_address()  # redis-py: a new address closes the idle connections
+        await pool.get_master_address()  # type: ignore[no-untyped-call]  # a new address closes idle connections
 
 
 async def subscriber_client(client: Any, attempt: int) -> Any:

@@ -193,9 +193,9 @@ class ManagementAPI:
             raise ValidationFailed(f"{unknown[0]}: unknown field", field=unknown[0])
         if "ip_whitelist" in doc and "allowed_ips" in doc:
             raise ValidationFailed("give ip_whitelist or allowed_ips, not both", field="ip_whitelist")
-        out = {}
+        out: dict[str, Any] = {}
         for k, v in doc.items():
-            out[_ALIASES.get(k, k)] = v
+            out[_ALIASES.get(k) or k] = v  # JSON keys are str
         _check_types(out)
         return out
 

@@ -25,6 +25,7 @@ builds the client, and every script here touches only ``{gw}`` keys, so on a Clu
 from __future__ import annotations
 
 import asyncio
+import builtins  # the stores have a list() method: annotations after it name the type this way
 import contextlib
 import json
 import logging
@@ -338,7 +339,7 @@ class RedisStore:
                     return out
         return out
 
-    async def audit_log(self, key_id: str | None = None, limit: int = 1000) -> list[AuditEvent]:
+    async def audit_log(self, key_id: str | None = None, limit: int = 1000) -> builtins.list[AuditEvent]:
         name = _AUDIT if key_id is None else _key_audit(key_id)
         rows = await self._call("audit read", self.redis.lrange(name, 0, limit - 1))
         return [_event(r) for r in rows]

@@ -13,6 +13,7 @@ thread keeps flushes one at a time and in order, and :meth:`SQLiteStore.close` w
 from __future__ import annotations
 
 import asyncio
+import builtins  # the stores have a list() method: annotations after it name the type this way
 import json
 import sqlite3
 from collections.abc import Iterator, Mapping, Sequence
@@ -279,7 +280,7 @@ class SQLiteStore:
             self._audit(db, audit)
         return await self.get(old_id)
 
-    async def audit_log(self, key_id: str | None = None, limit: int = 1000) -> list[AuditEvent]:
+    async def audit_log(self, key_id: str | None = None, limit: int = 1000) -> builtins.list[AuditEvent]:
         if key_id is None:
             rows = self._read("SELECT at, actor, action, key_id, details FROM audit_log ORDER BY seq LIMIT ?",
                               (limit,))
@@ -303,7 +304,7 @@ class SQLiteStore:
             self._usage_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-usage")
         await asyncio.get_running_loop().run_in_executor(self._usage_thread, self._write_usage, list(updates))
 
-    def _write_usage(self, updates: list[UsageUpdate]) -> None:
+    def _write_usage(self, updates: builtins.list[UsageUpdate]) -> None:
         """In the usage thread: one IMMEDIATE transaction on the usage connection."""
         try:
             if self._usage_db is None:

@@ -82,7 +82,7 @@ class Metrics:
         # Families read from counters kept elsewhere: callables yielding metric families at scrape time.
         self.sources: list[Callable[[], Iterator[Metric]]] = []
         self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(self)  # type: ignore[arg-type]  # a collector is anything with collect()
+        self.registry.register(self)  # a Collector: anything with collect()
 
     # --- the hot path ------------------------------------------------------------------------------------------
 

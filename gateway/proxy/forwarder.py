@@ -76,8 +76,8 @@ class _ProxyRequest(aiohttp.ClientRequest):
     def update_headers(self, headers: Any) -> None:
         # aiohttp's adds the forwarded headers one at a time, each tested against the spellings of Host; the
         # pipeline never forwards a Host header (the client's is consumed), so the set is built in one C call,
-        # Host first, as aiohttp's own sends it.
-        self.headers = CIMultiDict((("Host", self.url.host_port_subcomponent),))
+        # Host first, as aiohttp's own sends it (never None: the upstream URL is absolute).
+        self.headers = CIMultiDict((("Host", self.url.host_port_subcomponent),))  # type: ignore[arg-type]
         if headers:
             self.headers.extend(headers)
 

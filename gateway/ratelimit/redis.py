@@ -50,7 +50,7 @@ class RedisLimiter:
         self._redis = redis_client(url, timeout_ms)
         self._script = self._redis.register_script(LUA)
         self._batching = not isinstance(self._redis, BoundedCluster)
-        self._queue: list[tuple[bytes, list[bytes], asyncio.Future[Any]]] = []
+        self._queue: list[tuple[bytes, asyncio.Future[Any]]] = []  # (EVALSHA command in RESP, its waiter)
         self._in_flight: set[asyncio.Task[None]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._on_error = on_error
