@@ -362,32 +362,47 @@ def read_head(conn: socket.socket) -> bytes:
     return data
 
 
-class RawUpstream:
-    """A tiny HTTP/1.1 server in a thread of this process (real socket) that answers every request with fixed
-    bytes: the recording upstream cannot send arbitrary hop-by-hop response headers, this one can."""
+class _LoopbackServer:
+    """A tiny HTTP/1.1 server of this process on a real loopback socket: an accept loop in a thread, each
+    connection handed to :meth:`_handle` (the subclass's answer)."""
 
-    def __init__(self, response: bytes) -> None:
-        self.response = response
+    def __init__(self) -> None:
         self.sock = socket.socket()
         self.sock.bind(("127.0.0.1", 0))
         self.sock.listen()
         self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self._thread.start()
+        self.connections = 0
+        threading.Thread(target=self._accept, daemon=True).start()
 
-    def _serve(self) -> None:
+    def _accept(self) -> None:
         while True:
             try:
                 conn, _ = self.sock.accept()
             except OSError:
                 return
-            with conn:
-                conn.settimeout(5)
-                read_head(conn)
-                conn.sendall(self.response)
+            self.connections += 1
+            self._handle(conn)
+
+    def _handle(self, conn: socket.socket) -> None:
+        raise NotImplementedError
 
     def close(self) -> None:
         self.sock.close()
+
+
+class RawUpstream(_LoopbackServer):
+    """Answers every request with fixed bytes: the recording upstream cannot send arbitrary hop-by-hop response
+    headers, this one can."""
+
+    def __init__(self, response: bytes) -> None:
+        self.response = response
+        super().__init__()
+
+    def _handle(self, conn: socket.socket) -> None:
+        with conn:
+            conn.settimeout(5)
+            read_head(conn)
+            conn.sendall(self.response)
 
 
 def test_response_hop_by_hop_headers_removed(tmp_path: Path) -> None:
@@ -423,7 +438,7 @@ def test_response_hop_by_hop_headers_removed(tmp_path: Path) -> None:
     assert_no_secret(g.log(), VALUES)
 
 
-class OneAnswerUpstream:
+class OneAnswerUpstream(_LoopbackServer):
     """An upstream whose keep-alive runs out just as the next request arrives: on every connection it answers the
     first request (keep-alive, nothing says the connection will close), then reads the next request and closes
     without answering. The gateway's pooled connection is then dead exactly when it is used, which aiohttp's
@@ -432,22 +447,11 @@ class OneAnswerUpstream:
     ANSWER = b'HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 11\r\n\r\n{"ok":true}'
 
     def __init__(self) -> None:
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen()
-        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-        self.connections = 0
         self.unanswered = 0  # requests that reached a connection after its one answer
-        threading.Thread(target=self._accept, daemon=True).start()
+        super().__init__()
 
-    def _accept(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            self.connections += 1
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+    def _handle(self, conn: socket.socket) -> None:
+        threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
 
     def _serve(self, conn: socket.socket) -> None:
         with conn:
@@ -460,9 +464,6 @@ class OneAnswerUpstream:
                     self.unanswered += 1
             except OSError:
                 return
-
-    def close(self) -> None:
-        self.sock.close()
 
 
 def test_pooled_connection_closed_by_upstream_is_retried_once_for_idempotent_methods(tmp_path: Path) -> None:
