@@ -46,17 +46,13 @@ UNMATCHED = "<unmatched>"  # the route label of a request no policy rule matched
 
 
 class Histogram:
-    """Bucket counts of one label set; cumulated only when scraped."""
+    """Bucket counts of one label set (counted by :meth:`Metrics.request`); cumulated only when scraped."""
 
     __slots__ = ("counts", "sum")
 
     def __init__(self) -> None:
         self.counts = [0] * (len(BUCKETS) + 1)
         self.sum = 0.0
-
-    def observe(self, value: float) -> None:
-        self.counts[bisect_left(BUCKETS, value)] += 1
-        self.sum += value
 
     def buckets(self) -> list[tuple[str, float]]:
         out: list[tuple[str, float]] = []

@@ -154,27 +154,30 @@ class RedisLimiter:
         (AUTH, TLS, the database, Sentinel's master and a demoted master's READONLY all work as for any call).
         A broken connection (a pooled one after Redis restarted) is retried once on another, as redis-py's
         retry does; a timeout is not: the connection is dropped and the batch fails."""
+        try:
+            return await self._send_once(wire, count)
+        except RedisConnectionError:
+            return await self._send_once(wire, count)
+
+    async def _send_once(self, wire: bytes, count: int) -> list[Any]:
         pool = self._redis.connection_pool
-        for attempt in range(2):
-            connection = await pool.get_connection()
-            try:
-                await connection.send_packed_command(wire)
-                answers: list[Any] = []
-                for _ in range(count):
-                    try:
-                        answers.append(await connection.read_response())
-                    except ResponseError as exc:  # an error answer: the stream is still in step
-                        answers.append(exc)
-                return answers
-            except BaseException as exc:
-                # Answers may be left unread (redis-py drops the connection on a socket error, not on LOADING
-                # or a demoted master): never hand such a connection to the next batch.
-                await connection.disconnect(nowait=True)
-                if attempt or not isinstance(exc, RedisConnectionError):
-                    raise
-            finally:
-                await pool.release(connection)
-        raise AssertionError("unreachable")  # the second attempt returns or raises
+        connection = await pool.get_connection()
+        try:
+            await connection.send_packed_command(wire)
+            answers: list[Any] = []
+            for _ in range(count):
+                try:
+                    answers.append(await connection.read_response())
+                except ResponseError as exc:  # an error answer: the stream is still in step
+                    answers.append(exc)
+            return answers
+        except BaseException:
+            # Answers may be left unread (redis-py drops the connection on a socket error, not on LOADING or a
+            # demoted master): never hand such a connection to the next batch.
+            await connection.disconnect(nowait=True)
+            raise
+        finally:
+            await pool.release(connection)
 
     async def _fallback(self, bucket: str, quota: Quota, consume: bool) -> Decision | None:
         if self._on_error == "deny":
