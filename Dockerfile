@@ -30,10 +30,10 @@ ENV PIP_NO_CACHE_DIR=1 \
 WORKDIR /src
 RUN python -m venv /opt/gateway
 # Dependencies first, so a code change does not reinstall them: install the package's dependencies from
-# pyproject.toml with a stub package, then the real package on top.
-COPY pyproject.toml README.md ./
+# pyproject.toml with a stub package, then the real package on top; versions from constraints.txt, the tested set.
+COPY pyproject.toml README.md constraints.txt ./
 RUN mkdir gateway && touch gateway/__init__.py \
-    && /opt/gateway/bin/pip install --no-cache-dir . \
+    && /opt/gateway/bin/pip install --no-cache-dir -c constraints.txt . \
     && rm -rf gateway
 COPY gateway ./gateway
 RUN /opt/gateway/bin/pip install --no-cache-dir --no-deps --force-reinstall . \

@@ -201,7 +201,10 @@ def connect(url: str, timeout_ms: float, max_connections: int = 64) -> Any:
             "socket_timeout": t, "socket_connect_timeout": t, "ssl": topo.tls, "retry": Retry(NoBackoff(), 0),
             "username": topo.sentinel_username, "password": topo.sentinel_password,
         }
-        sentinel = Sentinel(list(topo.hosts), sentinel_kwargs=sentinel_kwargs)  # type: ignore[no-untyped-call]
+        # Called through Any: redis-py 8.1 leaves Sentinel.__init__ unannotated and 8.2 annotates it, so a
+        # "type: ignore" would be an error on one of the versions pyproject.toml admits.
+        make_sentinel: Any = Sentinel
+        sentinel: Sentinel = make_sentinel(list(topo.hosts), sentinel_kwargs=sentinel_kwargs)
         master = sentinel.master_for(
             topo.service, redis_class=SentinelRedis, connection_pool_class=_SentinelBlockingPool,
             max_connections=max_connections, timeout=POOL_WAIT, socket_timeout=t, socket_connect_timeout=t,
