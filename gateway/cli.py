@@ -84,14 +84,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.workers:
         overrides.setdefault("listen", {})["workers"] = args.workers
     settings = _settings(args, overrides)  # a bad configuration stops here, before the heavy imports
-    components = _components(settings)
-
-    import uvicorn
-
-    from gateway.app import create_app
     from gateway.ops.logging import configure_logging, event
 
-    configure_logging(settings.ops.log_format)  # JSON lines by default, uvicorn's own lines included
+    # JSON lines by default, uvicorn's own lines included; set before the store opens, so what it warns of
+    # (a store file others can read, docs/security.md) is a line like every other.
+    configure_logging(settings.ops.log_format)
+    components = _components(settings)
+
+    from gateway.app import create_app
+
     event(
         logging.getLogger("gateway"), "start",
         f"gateway {__version__} listening on {settings.listen.host}:{settings.listen.port}, forwarding to"
@@ -108,20 +109,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return _serve_workers(args, settings, components, overrides)
     # A reload re-reads the same file with the same flags and environment (gateway/ops/reload.py).
     app = create_app(settings, components, reload_settings=lambda: _settings(args, overrides))
-    from gateway.guard import http_protocol
+    from gateway.ops.server import server_config
     from gateway.ops.shutdown import GracefulServer
 
-    # httptools (llhttp) is the stricter parser; the gateway's subclass adds limits, a head deadline and
-    # JSON refusals (docs/security.md). The concurrency cap lives in that protocol, so limit_concurrency
-    # stays unset here.
-    config = uvicorn.Config(
-        app, host=settings.listen.host, port=settings.listen.port, lifespan="on", access_log=False,
-        server_header=False, date_header=False, log_level="info", proxy_headers=False,
-        http=http_protocol(settings),
-        timeout_keep_alive=settings.limits.keep_alive_seconds,  # type: ignore[arg-type]  # call_later: float
-        log_config=None,  # keep the JSON handler configured above
-        timeout_graceful_shutdown=settings.ops.shutdown_timeout_seconds,  # type: ignore[arg-type]  # wait_for
-    )
+    # The guarded protocol and its limits, the client address from the socket (gateway/ops/server.py).
+    config = server_config(settings, app)
     # SIGTERM: readiness 503, ops.drain_seconds of serving, listener closed, in-flight requests finish,
     # usage flushed, sessions closed, exit 0 (gateway/ops/shutdown.py).
     GracefulServer(config, app.health.start_draining, settings.ops.drain_seconds).run()
@@ -135,19 +127,15 @@ def _serve_workers(args: argparse.Namespace, settings: Settings, components: Com
 
     import uvicorn
 
+    from gateway.ops.server import server_options
     from gateway.workers import worker_environment
 
     asyncio.run(components.store.close())  # each worker opens its own
     os.environ.update(worker_environment(args.config or DEFAULT_CONFIG, overrides))
-    uvicorn.run(
-        "gateway.workers:app_factory", factory=True, workers=settings.listen.workers,
-        host=settings.listen.host, port=settings.listen.port, lifespan="on", access_log=False,
-        server_header=False, date_header=False, log_level="info", proxy_headers=False,
-        http="gateway.workers:HttpProtocol",
-        timeout_keep_alive=settings.limits.keep_alive_seconds,  # type: ignore[arg-type]  # call_later: float
-        log_config=None,
-        timeout_graceful_shutdown=settings.ops.shutdown_timeout_seconds,  # type: ignore[arg-type]
-    )
+    # Each worker rebuilds the app and the guarded protocol from the same settings: uvicorn hands a worker
+    # only import strings.
+    uvicorn.run("gateway.workers:app_factory", **server_options(
+        settings, factory=True, workers=settings.listen.workers, http="gateway.workers:HttpProtocol"))
     return 0
 
 
@@ -178,6 +166,7 @@ async def _demo(port: int, data_dir: Path) -> None:
 
     from gateway.app import build_components, create_app
     from gateway.demo import upstream
+    from gateway.ops.server import server_config
 
     sock = _listen("127.0.0.1", port)
     port = int(sock.getsockname()[1])  # --port 0 picks a free one
@@ -232,10 +221,9 @@ async def _demo(port: int, data_dir: Path) -> None:
         ]
         print("\n".join(lines), flush=True)
         app = create_app(settings, components)
-        config = uvicorn.Config(
-            app, host="127.0.0.1", port=port, lifespan="on", access_log=False, server_header=False,
-            date_header=False, log_level="warning",
-        )
+        # The server `gateway serve` runs (client address from the socket, guarded protocol, limits), only
+        # quieter, on the socket bound above.
+        config = server_config(settings, app, log_level="warning")
         await uvicorn.Server(config).serve(sockets=[sock])
     finally:
         sock.close()

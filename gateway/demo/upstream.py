@@ -1,8 +1,8 @@
 """A small sample upstream shaped like the deployERP API.
 
 ``/v1/servers``, ``/v1/instances``, ``/v1/backups``, ``/v1/teams`` and ``/v1/invoices`` (and ``/{id}`` below
-each) answer JSON with sample data and an ``echo`` of the method, path, query and the ``X-Auth-*`` headers
-they received, so a user can see what the gateway passes on. Run it alone with
+each) answer JSON with sample data and an ``echo`` of the method, path, query, ``X-Forwarded-For`` and the
+``X-Auth-*`` headers they received, so a user can see what the gateway passes on. Run it alone with
 ``python -m gateway.demo.upstream --port 9000``.
 """
 
@@ -31,6 +31,7 @@ def _echo(request: web.Request) -> dict[str, Any]:
         "method": request.method,
         "path": request.raw_path.split("?", 1)[0],
         "query": request.query_string,
+        "forwarded_for": request.headers.get("X-Forwarded-For"),  # the client address the gateway vouches for
         "auth_headers": {k: v for k, v in request.headers.items() if k.lower().startswith("x-auth-")},
     }
 

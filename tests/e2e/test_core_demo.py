@@ -1,5 +1,7 @@
-"""Issue 2, end to end: `gateway demo` as a user runs it: it starts, prints three keys and curl lines that work
-as printed, and Ctrl-C (SIGINT) stops it cleanly and removes its temporary store.
+"""`gateway demo` as a user runs it: it starts, prints three keys and curl lines that work as printed, and Ctrl-C
+(SIGINT) stops it cleanly and removes its temporary store. It is the same server as `gateway serve`: the
+client address is the socket peer whatever X-Forwarded-For says, the guarded HTTP protocol answers malformed
+framing, and its temporary store is private to its user.
 
 Clients pass ``verify=False``: everything is plain HTTP on loopback, and it spares loading the CA bundle for
 every client (about 0.1 s each on a busy machine).
@@ -13,6 +15,7 @@ import re
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import time
 from collections.abc import Iterator
@@ -21,16 +24,16 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support.core import bearer
-from tests.support.procs import PYTHON, free_port, wait_port
+from tests.support.core import assert_deployerp_error, bearer
+from tests.support.procs import PYTHON, body_json, free_port, raw_request, status_of, wait_port
 
 
 class Demo:
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, umask: int = -1) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
         self.port = port
         self.proc = subprocess.Popen([PYTHON, "-m", "gateway", "demo", "--port", str(port)], stdout=subprocess.PIPE,
-                                     stderr=subprocess.STDOUT, text=True, env=env)
+                                     stderr=subprocess.STDOUT, text=True, env=env, umask=umask)
         assert self.proc.stdout is not None
         self.out = ""
         deadline = time.monotonic() + 30
@@ -54,10 +57,7 @@ class Demo:
         return self.proc.returncode, rest
 
 
-@pytest.fixture
-def demo() -> Iterator[Demo]:
-    d = Demo(free_port())
-    yield d
+def _end(d: Demo) -> None:
     if d.proc.poll() is None:
         # A test failed before stopping it: SIGTERM, so the demo still removes its temporary store.
         d.proc.terminate()
@@ -66,6 +66,17 @@ def demo() -> Iterator[Demo]:
         except subprocess.TimeoutExpired:
             d.proc.kill()
             d.proc.communicate()
+
+
+@pytest.fixture
+def demo() -> Iterator[Demo]:
+    d = Demo(free_port())
+    yield d
+    _end(d)
+
+
+def _store(out: str) -> Path:
+    return Path(re.search(r"^store: (\S+)", out, re.M).group(1))  # type: ignore[union-attr]
 
 
 def _keys(out: str) -> dict[str, tuple[str, str]]:
@@ -77,7 +88,7 @@ def _keys(out: str) -> dict[str, tuple[str, str]]:
 def test_demo_keys_work_and_ctrl_c_stops_cleanly(demo: Demo) -> None:
     keys = _keys(demo.out)
     assert set(keys) == {"read-only", "deployment", "admin"}, demo.out
-    store = Path(re.search(r"^store: (\S+)", demo.out, re.M).group(1))  # type: ignore[union-attr]
+    store = _store(demo.out)
     assert store.exists()
     base = f"http://127.0.0.1:{demo.port}"
     ro_id, ro = keys["read-only"]
@@ -124,7 +135,7 @@ def test_printed_curl_lines_work_as_printed(demo: Demo) -> None:
 
 def test_demo_sigterm_cleans_up_too(demo: Demo) -> None:
     """`kill`, a closed terminal or `docker stop`: the temporary store and its server secret must still go."""
-    store = Path(re.search(r"^store: (\S+)", demo.out, re.M).group(1))  # type: ignore[union-attr]
+    store = _store(demo.out)
     assert (store.parent / "gateway.secret").exists()
     status, rest = demo.stop(signal.SIGTERM)
     assert status == 0, demo.out
@@ -144,3 +155,83 @@ def test_demo_port_taken_fails_plainly() -> None:
     assert str(port) in res.stderr and "--port" in res.stderr
     assert "Traceback" not in res.stderr
     assert "dep_live_" not in res.stdout  # no keys printed for a demo that cannot run
+
+
+SPOOFED = "203.0.113.9"  # TEST-NET-3 (RFC 5737): an address no loopback client has
+
+
+def test_demo_client_address_is_the_socket_peer_not_x_forwarded_for(demo: Demo) -> None:
+    """The demo trusts no proxy (as `gateway serve` with its default ``trusted_proxies: []``), so a client's
+    X-Forwarded-For says nothing about where it is: RFC 7239 section 8.1, a forwarding header is only as
+    trustworthy as the proxy that added it. The deployment key is allowed from 127.0.0.0/8 and ::1 only: from
+    loopback it works whatever address the header claims, and the upstream is told the real peer."""
+    keys = _keys(demo.out)
+    base = f"http://127.0.0.1:{demo.port}"
+    claim = {"X-Forwarded-For": SPOOFED, "X-Debug-Auth": "true"}
+    with httpx.Client(base_url=base, timeout=10, verify=False) as c:
+        deploy = c.get("/v1/servers", headers={**bearer(keys["deployment"][1]), **claim})
+        assert deploy.status_code == 200, deploy.text
+        assert deploy.headers["x-auth-ip-check"] == "passed"
+        assert deploy.json()["echo"]["forwarded_for"] == "127.0.0.1"
+        # A key without an allowlist: the upstream still hears of the peer, not of the claim.
+        plain = c.get("/v1/servers", headers={**bearer(keys["read-only"][1]), **claim})
+        assert plain.status_code == 200, plain.text
+        assert plain.headers["x-auth-ip-check"] == "not_configured"
+        assert plain.json()["echo"]["forwarded_for"] == "127.0.0.1"
+    assert demo.stop()[0] == 0
+
+
+def test_demo_failed_auth_lockout_counts_the_peer_whatever_x_forwarded_for_claims(demo: Demo) -> None:
+    """limits.auth_failures_per_minute (30) bad keys from loopback, each claiming another X-Forwarded-For
+    address: they are all failures of 127.0.0.1, so the 31st request is refused with 429 and Retry-After
+    (RFC 6585 section 4), and so is a good key from the same address until the cool-down ends."""
+    keys = _keys(demo.out)
+    base = f"http://127.0.0.1:{demo.port}"
+    with httpx.Client(base_url=base, timeout=10, verify=False) as c:
+        for i in range(30):
+            bad = c.get("/v1/servers", headers={"Authorization": f"Bearer dep_live_{i:032d}",
+                                                "X-Forwarded-For": f"198.51.100.{i + 1}"})
+            assert_deployerp_error(bad, "invalid_token")
+        locked = c.get("/v1/servers", headers={"Authorization": f"Bearer dep_live_{99:032d}",
+                                               "X-Forwarded-For": "198.51.100.99"})
+        assert locked.status_code == 429, locked.text
+        assert locked.json()["error"]["code"] == "too_many_failed_attempts"
+        assert int(locked.headers["retry-after"]) >= 1
+        good = c.get("/v1/servers", headers={**bearer(keys["read-only"][1]), "X-Forwarded-For": SPOOFED})
+        assert good.status_code == 429, good.text
+    assert demo.stop()[0] == 0
+
+
+def test_demo_refuses_malformed_framing_like_serve(demo: Demo) -> None:
+    """The demo runs the gateway's guarded HTTP protocol: an absolute-form target (RFC 9112 section 3.2.2,
+    which only a proxy must accept) gets the gateway's JSON 400 and a closed connection, as from `gateway
+    serve` (tests/security/test_server_parsers.py), not the upstream's answer for the path inside it; so does
+    a request head past limits.max_headers."""
+    raw = raw_request(demo.port, b"GET http://x/v1/servers HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert status_of(raw) == 400, raw[:300]
+    assert body_json(raw)["error"]["code"] == "invalid_request", raw[:300]
+    assert b"\r\nconnection: close\r\n" in raw.lower(), raw[:300]
+    many = b"".join(b"X-H%d: v\r\n" % i for i in range(101))
+    raw = raw_request(demo.port, b"GET /v1/servers HTTP/1.1\r\nHost: x\r\n" + many + b"\r\n")
+    assert status_of(raw) == 431, raw[:300]
+    assert body_json(raw)["error"]["code"] == "headers_too_large", raw[:300]
+    assert demo.stop()[0] == 0
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o000])
+def test_demo_store_is_private_whatever_the_umask(umask: int) -> None:
+    """The demo's temporary store is the same SQLite store and server secret as `gateway serve`'s: its directory
+    0700, the database, its -wal and -shm files and the secret 0600, even under a permissive umask."""
+    d = Demo(free_port(), umask=umask)
+    try:
+        store = _store(d.out)
+        with httpx.Client(base_url=f"http://127.0.0.1:{d.port}", timeout=10, verify=False) as c:
+            assert c.get("/v1/servers", headers=bearer(_keys(d.out)["read-only"][1])).status_code == 200
+        modes = {p.name: f"{stat.S_IMODE(p.stat().st_mode):o}"
+                 for p in (store.parent, store, Path(f"{store}-wal"), Path(f"{store}-shm"),
+                           store.parent / "gateway.secret")}
+        assert modes == {store.parent.name: "700", "keys.db": "600", "keys.db-wal": "600", "keys.db-shm": "600",
+                         "gateway.secret": "600"}
+        assert d.stop()[0] == 0
+    finally:
+        _end(d)

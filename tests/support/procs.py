@@ -83,6 +83,8 @@ class Gateway:
 
     ``settings`` is merged over a minimal config (listen port, upstream, store in ``work``); ``env`` adds
     environment variables. The server secret is given as GATEWAY_SECRET unless ``env`` says otherwise.
+    ``umask`` is the file-creation mask of the server and of the CLI commands run through it (default: this
+    process's).
     """
 
     def __init__(
@@ -92,8 +94,10 @@ class Gateway:
         settings: Mapping[str, Any] | None = None,
         env: Mapping[str, str] | None = None,
         start: bool = True,
+        umask: int = -1,
     ) -> None:
         self.work = work
+        self.umask = umask
         work.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -122,7 +126,7 @@ class Gateway:
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
             [PYTHON, "-m", "gateway", "serve", "--config", str(self.config)],
-            stdout=self._log, stderr=subprocess.STDOUT, env=self.env, cwd=self.work,
+            stdout=self._log, stderr=subprocess.STDOUT, env=self.env, cwd=self.work, umask=self.umask,
         )
         try:
             wait_port(self.port, self.proc)
@@ -132,7 +136,8 @@ class Gateway:
 
     def cli(self, *args: str, check: bool = True, input: str | None = None) -> subprocess.CompletedProcess[str]:
         """Run ``gateway <args> --config <this config>`` against this gateway's store."""
-        return run_cli(*args, "--config", str(self.config), env=self.env, check=check, cwd=self.work, input=input)
+        return run_cli(*args, "--config", str(self.config), env=self.env, check=check, cwd=self.work, input=input,
+                       umask=self.umask)
 
     def create_key(self, name: str = "k", permissions: str = "servers:read", *extra: str) -> dict[str, Any]:
         out = self.cli("keys", "create", "--name", name, "--permissions", permissions, "--json", *extra)
@@ -161,13 +166,14 @@ def run_cli(
     cwd: Path | None = None,
     input: str | None = None,
     timeout: float = 60,
+    umask: int = -1,
 ) -> subprocess.CompletedProcess[str]:
     if env is None:
         env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
         env["GATEWAY_SECRET"] = SECRET
     proc = subprocess.run(
         [PYTHON, "-m", "gateway", *args], capture_output=True, text=True, env=dict(env), cwd=cwd,
-        input=input, timeout=timeout,
+        input=input, timeout=timeout, umask=umask,
     )
     if check and proc.returncode != 0:
         raise AssertionError(f"gateway {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
