@@ -235,7 +235,7 @@ def _interrupt(signum: int, frame: object) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    data_dir = Path(tempfile.mkdtemp(prefix="gateway-demo-"))
+    data_dir = Path(tempfile.mkdtemp(prefix="gateway-demo-"))  # mode 700 whatever the umask (mkdtemp's own)
     # SIGTERM (a closed terminal, `kill`, `docker stop`) must clean up like Ctrl-C: uvicorn re-raises the signal
     # after its graceful shutdown, and the default action would kill the process before the temporary store
     # (and its server secret) is removed.

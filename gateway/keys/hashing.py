@@ -2,7 +2,9 @@
 
 ``HMAC-SHA256(pepper, value)``: without the pepper (the server secret) a stolen store cannot be used to test
 guesses offline. The pepper comes from the ``secret`` setting (``GATEWAY_SECRET``), or the file named by
-``secret_file``; with neither, a random one is written on first run to a file of mode 600.
+``secret_file``; with neither, a random one is written on first run to a file of mode 600 (its directory, if
+made for it, 700), whatever the umask. A secret file that others can read is refused, as ssh refuses such a
+private key: it may have been read already, so the operator must decide (docs/security.md).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import os
 import secrets
 from pathlib import Path
 
+from gateway.keys.files import create_private_file, make_private_dirs
 from gateway.settings import ConfigError, Settings, resolve_path, sqlite_path
 
 SECRET_FILE_NAME = "gateway.secret"
@@ -86,15 +89,12 @@ def load_pepper(settings: Settings, *, create: bool = True) -> tuple[Pepper, boo
         raise ConfigError(f"secret_file: {path} does not exist")
     value = secrets.token_urlsafe(48).encode("ascii")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        make_private_dirs(path.parent)
+        fd = create_private_file(path)
     except OSError as exc:
         raise ConfigError(f"secret_file: cannot create {path}: {exc.strerror}") from None
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:  # another process won the race: use its secret
+    if fd is None:  # another process won the race: use its secret
         return load_pepper(settings, create=False)
-    except OSError as exc:
-        raise ConfigError(f"secret_file: cannot create {path}: {exc.strerror}") from None
     with os.fdopen(fd, "wb") as fh:
         fh.write(value + b"\n")
         fh.flush()

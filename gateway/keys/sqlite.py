@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import builtins  # the stores have a list() method: annotations after it name the type this way
 import json
+import os
 import sqlite3
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -23,6 +24,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from gateway.keys.files import create_private_file, make_private_dirs, tighten
 from gateway.keys.record import AuditEvent, KeyRecord, parse_iso, to_iso, utcnow
 from gateway.keys.store import Conflict, StoreError, UsageUpdate
 
@@ -133,7 +135,31 @@ def _status_clause(status: str | None, now: datetime) -> tuple[str, list[Any]]:
     return "", []
 
 
+def _private(path: Path) -> None:
+    """Make the store file exist, mode 600, before SQLite opens it; tighten it and its -wal and -shm if
+    others could read them (docs/security.md).
+
+    SQLite creates the -wal and -shm files itself, with the database file's permissions (os_unix.c,
+    findCreateFileMode and robust_open, which fchmods a new file past the umask). So a database created here
+    mode 600 makes them 600 too, whichever process or thread (the usage connection, the CLI, the sqlite3 tool)
+    creates them later. Setting the umask around the open instead would not do: it is process-wide, so it
+    would race with the usage thread's open and anything else creating files, and would not cover
+    connections of other programs."""
+    make_private_dirs(path.parent)
+    fd = create_private_file(path)
+    if fd is not None:
+        os.close(fd)  # an empty file is an empty database to SQLite
+    for file in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+        tighten(file)
+
+
+def _os_problem(exc: OSError) -> str:
+    return f"{exc.filename}: {exc.strerror}" if exc.filename else str(exc.strerror or exc)
+
+
 def _connect(path: Path) -> sqlite3.Connection:
+    """A connection to the store at ``path`` (made private first). Raises sqlite3.Error or OSError."""
+    _private(path)
     db = sqlite3.connect(str(path), timeout=5.0, isolation_level=None, check_same_thread=False)
     db.execute("PRAGMA journal_mode=WAL")
     db.execute("PRAGMA synchronous=FULL")
@@ -149,7 +175,6 @@ class SQLiteStore:
         self._usage_db: sqlite3.Connection | None = None
         self._closed = False
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
             self._db = _connect(path)
             version = self._db.execute("PRAGMA user_version").fetchone()[0]
             if version > SCHEMA_VERSION:
@@ -158,6 +183,8 @@ class SQLiteStore:
             self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         except sqlite3.Error as exc:
             raise StoreError(f"{path}: cannot open the SQLite store: {exc}") from None
+        except OSError as exc:
+            raise StoreError(f"{path}: cannot open the SQLite store: {_os_problem(exc)}") from None
 
     def __repr__(self) -> str:
         return f"SQLiteStore({str(self.path)!r})"
@@ -320,6 +347,8 @@ class SQLiteStore:
             db.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
             raise StoreError(f"{self.path}: usage write failed: {exc}") from None
+        except OSError as exc:
+            raise StoreError(f"{self.path}: usage write failed: {_os_problem(exc)}") from None
         try:
             db.executemany(_USAGE_SQL, rows)
             db.execute("COMMIT")
