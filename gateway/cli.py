@@ -223,7 +223,7 @@ async def _demo(port: int, data_dir: Path) -> None:
         app = create_app(settings, components)
         # The server `gateway serve` runs (client address from the socket, guarded protocol, limits), only
         # quieter, on the socket bound above.
-        config = server_config(settings, app, log_level="warning")
+        config = server_config(settings, app, log_level="warning", log_config=uvicorn.config.LOGGING_CONFIG)
         await uvicorn.Server(config).serve(sockets=[sock])
     finally:
         sock.close()

@@ -28,7 +28,7 @@ def server_options(settings: Settings, **changes: Any) -> dict[str, Any]:
     """uvicorn's keyword arguments (``uvicorn.Config`` and ``uvicorn.run`` take the same) for ``settings``.
 
     ``changes`` replaces single options where a caller differs in how it runs, never in what it allows: the
-    demo's quieter ``log_level``, the workers' import strings for the app and the protocol."""
+    demo's quieter logging, the workers' import strings for the app and the protocol."""
     options: dict[str, Any] = {
         "host": settings.listen.host,
         "port": settings.listen.port,
