@@ -289,7 +289,8 @@ def test_the_readme_links_to_the_error_table_where_it_describes_error_answers() 
 
 # --- tracker references -----------------------------------------------------------------------------------------
 
-PRODUCT_TEXT = ["README.md", "docs", "tests", "gateway", "loadtests", "deploy"]
+PRODUCT_TEXT = ["README.md", "docs", "tests", "gateway", "loadtests", "deploy", "policies", "config.yaml", "Dockerfile",
+                "pyproject.toml", ".ci"]
 
 
 def test_the_product_names_behaviours_not_tracker_issues() -> None:

@@ -1,4 +1,4 @@
-"""Issue 2, end to end: `gateway demo` as a user runs it: it starts, prints three keys and curl lines that work
+"""Core behaviour, end to end: `gateway demo` as a user runs it: it starts, prints three keys and curl lines that work
 as printed, and Ctrl-C (SIGINT) stops it cleanly and removes its temporary store.
 
 Clients pass ``verify=False``: everything is plain HTTP on loopback, and it spares loading the CA bundle for

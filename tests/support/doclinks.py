@@ -134,7 +134,8 @@ def tracker_references(paths: Iterable[Path], root: Path) -> Iterator[str]:
     for top in paths:
         files = [top] if top.is_file() else sorted(p for p in top.rglob("*") if p.is_file())
         for path in files:
-            if any(part.startswith(".") or part == "__pycache__" for part in path.relative_to(root).parts):
+            below = path.relative_to(top).parts if top.is_dir() else ()
+            if any(part.startswith(".") or part == "__pycache__" for part in below):
                 continue
             try:
                 text = path.read_text(encoding="utf-8")
