@@ -26,7 +26,7 @@ it times, each as the median over ``--rounds`` rounds of the per-call mean of ``
 ``full pipeline, invalid key``
     The same with a key whose checksum is wrong (401 before any hashing or store access).
 
-Targets (issue 6): auth decision median < 20 us; cache miss on SQLite < 300 us. Prints medians in
+Targets the gateway is held to: auth decision median < 20 us; cache miss on SQLite < 300 us. Prints medians in
 microseconds and exits 0; nothing is asserted (figures depend on the machine; see loadtests/RESULTS.md).
 """
 

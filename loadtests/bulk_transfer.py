@@ -1,4 +1,4 @@
-"""1 GB through the gateway (issue 6, item 4): upload and download speed against direct, and the gateway's RSS.
+"""1 GB through the gateway, for the memory targets: upload and download speed next to direct, and the gateway's RSS.
 
     .venv/bin/python loadtests/bulk_transfer.py [--runs 3] [--mib 1024] [--no-pin]
 

@@ -1,4 +1,4 @@
-"""Memory soak (issue 6, item 4): 100,000 keys, requests spread over all of them, gateway RSS sampled.
+"""Memory soak, against the memory targets: 100,000 keys, requests spread over all of them, gateway RSS sampled.
 
     .venv/bin/python loadtests/soak_memory.py [--seconds 300] [--keys 100000] [--connections 32]
 

@@ -3,7 +3,8 @@
 The generated tables (every setting, every error) must match a fresh generation; every setting is listed
 with a variable that really maps to it; the policy examples parse and match as the doc says; every
 `gateway ...` command in the docs parses with the real CLI; the debug headers and readiness reasons the code
-can emit are all explained.
+can emit are all explained; every relative link in the Markdown resolves, anchors included; and the product's
+text names behaviours, never numbers from the tracker.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from gateway.ops import config_doc
 from gateway.paths import split_path
 from gateway.policies import PolicyError, parse_policy
 from gateway.settings import Settings, _env_overrides
+from tests.support.doclinks import broken_links, links, slug, tracker_references
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
@@ -207,3 +209,106 @@ def test_no_doc_carries_a_real_looking_key() -> None:
     for path in sorted(DOCS.glob("*.md")):
         text = path.read_text(encoding="utf-8")
         assert not re.search(r"\b(dep_(live|test)_|da_(test_)?)[A-Za-z0-9]{26,}", text), path.name
+
+
+# --- links ----------------------------------------------------------------------------------------------------
+
+LINKED_DOCS = [ROOT / "README.md", *sorted(DOCS.glob("*.md")), *sorted((ROOT / "loadtests").glob("*.md")),
+               *sorted((ROOT / "deploy").rglob("*.md"))]
+
+
+def test_every_relative_link_in_the_docs_resolves() -> None:
+    """Each relative link names a file of the repository and, with a #fragment into a Markdown file, one of its
+    headings as GitHub anchors it; http(s) and mailto links are not fetched."""
+    broken = broken_links(LINKED_DOCS, ROOT)
+    assert broken == [], "broken links:\n" + "\n".join(broken)
+
+
+def test_the_link_check_names_file_line_and_link(tmp_path: Path) -> None:
+    """Only real links are checked (not code spans, fenced or indented code); each broken one is reported."""
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "guide.md").write_text("# Guide\n\n## Every error, answered (`gateway`)\n\n## Guide\n")
+    lines = [
+        "# Title",
+        "",
+        "[ok](docs/guide.md#every-error-answered-gateway) [dup](docs/guide.md#guide-1) [web](https://x.example/a.md)",
+        "[gone](docs/missing.md), `[code](docs/nope.md)`, docs/nope.md, [mail](mailto:ops@x.example)",
+        "[bad anchor](docs/guide.md#every-error) and [a ref][label], then",
+        "[self](#title) [self-bad](#nothing) [out](../outside.md) ![img](docs/diagram.png)",
+        "",
+        "```",
+        "[fenced](docs/nope.md)",
+        "```",
+        "",
+        "    [indented](docs/nope.md)",
+        "",
+        "[label]: docs/gone-too.md",
+    ]
+    (tmp_path / "README.md").write_text("\n".join(lines) + "\n")
+    assert broken_links([tmp_path / "README.md"], tmp_path) == [
+        "README.md:4: (docs/missing.md) docs/missing.md does not exist",
+        "README.md:5: (docs/guide.md#every-error) docs/guide.md has no heading whose anchor is #every-error",
+        "README.md:6: (#nothing) README.md has no heading whose anchor is #nothing",
+        "README.md:6: (../outside.md) points outside the repository",
+        "README.md:6: (docs/diagram.png) docs/diagram.png does not exist",
+        "README.md:14: (docs/gone-too.md) docs/gone-too.md does not exist",
+    ]
+
+
+def test_a_renamed_heading_breaks_the_readme_link_to_it(tmp_path: Path) -> None:
+    """The real README and docs, copied, with the error table's heading renamed: the README's link to it, and
+    only that, is reported."""
+    for path in LINKED_DOCS:
+        (tmp_path / path.relative_to(ROOT)).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / path.relative_to(ROOT)).write_text(path.read_text(encoding="utf-8"), encoding="utf-8")
+    doc = tmp_path / "docs" / "troubleshooting.md"
+    doc.write_text(doc.read_text().replace("## Every error the gateway answers", "## Errors"))
+    broken = broken_links([tmp_path / "README.md"], tmp_path)
+    assert len(broken) == 1 and re.fullmatch(
+        r"README\.md:\d+: \(docs/troubleshooting\.md#every-error-the-gateway-answers\) docs/troubleshooting\.md "
+        r"has no heading whose anchor is #every-error-the-gateway-answers", broken[0]), broken
+
+
+def test_the_readme_links_to_the_error_table_where_it_describes_error_answers() -> None:
+    """The table of every error the gateway answers itself is generated into one doc (config_doc.GENERATORS): the
+    README paragraph that shows the error body links to the heading just above that table."""
+    rel, _ = config_doc.GENERATORS["errors"]
+    before_table = (ROOT / rel).read_text(encoding="utf-8").split("<!-- BEGIN GENERATED errors", 1)[0]
+    heading = re.findall(r"^#+ (.+)$", before_table, re.M)[-1]
+    target = f"{rel}#{slug(heading)}"
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    lines = readme.splitlines()
+    (body_line,) = [n for n, line in enumerate(lines, 1) if '`{"error": {"code"' in line]
+    start = max(n for n in range(1, body_line + 1) if not lines[n - 1].strip())
+    end = min([n for n in range(body_line, len(lines) + 1) if not lines[n - 1].strip()] or [len(lines) + 1])
+    where = [link.line for link in links(readme) if link.target == target]
+    assert any(start < line < end for line in where), (
+        f"README.md lines {start + 1}-{end - 1} (the error body) have no link to the error table ({target}); "
+        f"links to it on lines {where}")
+
+
+# --- tracker references -----------------------------------------------------------------------------------------
+
+PRODUCT_TEXT = ["README.md", "docs", "tests", "gateway", "loadtests", "deploy", "policies", "config.yaml", "Dockerfile",
+                "pyproject.toml", ".ci"]
+
+
+def test_the_product_names_behaviours_not_tracker_issues() -> None:
+    """A reader without the tracker learns nothing from an issue number: text names the behaviour instead."""
+    found = list(tracker_references([ROOT / top for top in PRODUCT_TEXT], ROOT))
+    assert found == [], "name the behaviour instead of pointing at the tracker:\n" + "\n".join(found)
+
+
+def test_the_tracker_check_finds_each_phrasing(tmp_path: Path) -> None:
+    issue = "issue"  # spelt apart here, so that this file does not trip the check it tests
+    hits = [f"`Bearer` ({issue} 5 asks that `bearer` be refused)", f"{issue.title()} #" "4, end to end",
+            f"{issue}s 3 and 4", f"{issue} 3's wording", "as fixed in (#" "4)", "see #" "12 for why",
+            f"after the earlier security {issue}", f"The {issue}'s example tier", f"what the {issue} requires"]
+    fine = ["set a new one and issue new keys to everyone", "`jwt.issuer`", "h3{border-top:1px solid #ddd;color:#035}",
+            "X-Request-ID: ticket-4711", "# 1. a numbered comment", "### 4. Framing"]
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "x.md").write_text("\n".join(hits + fine) + "\n")
+    (tmp_path / "docs" / "__pycache__").mkdir()
+    (tmp_path / "docs" / "__pycache__" / "x.pyc").write_bytes(b"\x00\xff" + hits[0].encode())
+    found = list(tracker_references([tmp_path / "docs"], tmp_path))
+    assert found == [f"docs/x.md:{n}: {text}" for n, text in enumerate(hits, 1)]

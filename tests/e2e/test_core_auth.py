@@ -1,4 +1,4 @@
-"""Issue 2, end to end: authentication, client network and policy, through a real `gateway serve` process.
+"""Core behaviour, end to end: authentication, client network and policy, through a real `gateway serve` process.
 
 Every request goes over a socket to the gateway, which forwards to the real recording upstream process; keys
 are written to the gateway's real SQLite store with its real server secret (``store_key``: the code the CLI

@@ -1,4 +1,4 @@
-"""Issue 2, end to end: `gateway keys create/list/revoke` on a real SQLite file, the server secret file, the key
+"""Core behaviour, end to end: `gateway keys create/list/revoke` on a real SQLite file, the server secret file, the key
 cache seen from a running `gateway serve`, and a kill -9 of the gateway losing nothing.
 
 Clients pass ``verify=False``: everything is plain HTTP on loopback, and it spares loading the CA bundle for

@@ -1,4 +1,4 @@
-"""Issue 2, end to end: `gateway serve --config` refuses bad configuration with exit 2 and a message naming the
+"""Core behaviour, end to end: `gateway serve --config` refuses bad configuration with exit 2 and a message naming the
 field, honours GATEWAY_<SECTION>__<FIELD> overrides, and runs from the shipped config.yaml.
 
 Clients pass ``verify=False``: everything is plain HTTP on loopback, and it spares loading the CA bundle for

@@ -1,4 +1,4 @@
-"""Issue 2, end to end: what reaches the upstream, streaming both ways with flat memory, 502 and 504.
+"""Core behaviour, end to end: what reaches the upstream, streaming both ways with flat memory, 502 and 504.
 
 A real `gateway serve` process in front of the real recording upstream process (tests/support/upstream.py),
 which answers every request with what it received on the wire: method, raw target, raw headers, body size.

@@ -1,4 +1,5 @@
-"""Issue 5 item 6: malformed credentials always get 401 with the JSON error body, never 500, never the key echoed.
+"""Defence 6 of docs/security.md: malformed credentials always get 401 with the JSON error body, never 500, never
+the key echoed.
 
 ``K`` is the shared gateway's real ``servers:read`` key: every malformed form below is built from it, so a
 parser that "helpfully" repaired one (trimmed a space, lower-cased a scheme, split a comma) would let it

@@ -1,4 +1,5 @@
-"""Issue 5 item 4: message framing that two parsers could read differently is refused and the connection closed.
+"""Defence 4 of docs/security.md: message framing that two parsers could read differently is refused and the
+connection closed.
 
 Each request carries a valid key for ``POST /v1/servers`` so only its framing can be the reason for a refusal.
 Expected: 400 with the JSON error body, the connection closed by the gateway, and nothing at the upstream

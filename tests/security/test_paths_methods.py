@@ -1,4 +1,4 @@
-"""Issue 5 item 1: one path, checked and forwarded; methods are case-sensitive and unknown ones denied.
+"""Defence 1 of docs/security.md: one path, checked and forwarded; methods are case-sensitive and unknown ones denied.
 
 Every attack is sent with a key that *would* be allowed on the path the attacker pretends to ask for
 (``servers:read``), aiming at a path it must not reach (``/v1/invoices``, ``billing:read``) or at the
