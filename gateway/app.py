@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.admin.api import ManagementAPI
+from gateway.gate import Gate, Verifier
 from gateway.keys.cache import KeyCache
 from gateway.keys.hashing import Pepper, load_pepper
 from gateway.keys.store import KeyStore, is_redis_url, open_store
@@ -20,7 +21,7 @@ from gateway.ops.health import Health, readiness_checks
 from gateway.ops.logging import AccessLog, logged
 from gateway.ops.metrics import Metrics, MetricsEndpoint, gateway_sources
 from gateway.ops.reload import build_policy
-from gateway.pipeline import Gateway, Verifier
+from gateway.pipeline import Gateway
 from gateway.policies import Policy
 from gateway.proxy.forwarder import Forwarder
 from gateway.ratelimit.stage import RateLimits, open_limiter
@@ -66,14 +67,14 @@ def build_components(settings: Settings) -> Components:
     return Components(store=store, pepper=pepper, pepper_created=created, policy=policy, jwt=jwt)
 
 
-class GatewayApp:
-    """The ASGI application: the lifespan around the :class:`Gateway` pipeline."""
+class GateService:
+    """The gate and what it runs on: the key cache in front of the store (with pub/sub invalidation on Redis),
+    the usage recorder and the rate limits. Every front door serves one: the proxy (:class:`GatewayApp`) and the
+    ASGI middleware (:class:`gateway.middleware.AuthMiddleware`) start it with their lifespan."""
 
-    def __init__(self, settings: Settings, components: Components,
-                 reload_settings: Callable[[], Settings] | None = None) -> None:
-        self.settings = settings
-        self.components = components
+    def __init__(self, settings: Settings, components: Components, metrics: Metrics | None = None) -> None:
         store = components.store
+        self.store = store
         self.cache = KeyCache(store, settings.cache.ttl_seconds, settings.cache.max_size)
         self.invalidations: InvalidationListener | None = None
         if is_redis_url(settings.store.url):
@@ -81,6 +82,44 @@ class GatewayApp:
 
             # Changes made by any process reach this one's cache within a second (pub/sub).
             self.invalidations = InvalidationListener(settings.store.url, self.cache, settings.store.timeout_ms)
+        self.usage = UsageRecorder(store, settings.usage.flush_seconds)
+        rl = settings.rate_limits
+        self.limits = RateLimits(rl, open_limiter(settings) if rl.enabled else None)
+        self.gate = Gate(settings, components.policy, self.cache, components.pepper, usage=self.usage,
+                         jwt=components.jwt, limits=self.limits, metrics=metrics)
+
+    async def start(self) -> None:
+        self.usage.start()
+        await self.limits.start()
+        if self.invalidations is not None:
+            self.invalidations.start()
+
+    async def stop(self) -> None:
+        """Flush usage, close the limiter, the invalidation listener and the store."""
+        await self.usage.stop()
+        await self.limits.close()
+        if self.invalidations is not None:
+            await self.invalidations.stop()
+        await self.store.close()
+
+
+class GatewayApp:
+    """The ASGI application of ``gateway serve``: the lifespan around the reverse proxy (:class:`Gateway`),
+    with probes, metrics and the API description answered before it."""
+
+    def __init__(self, settings: Settings, components: Components,
+                 reload_settings: Callable[[], Settings] | None = None) -> None:
+        self.settings = settings
+        self.components = components
+        store = components.store
+        ops = settings.ops
+        # One registry per app: several apps (tests, workers) never share a time series.
+        self.metrics = Metrics(ops.metrics_key_labels) if ops.metrics_enabled else None
+        self.service = GateService(settings, components, self.metrics)
+        self.gate = self.service.gate
+        self.cache = self.service.cache
+        self.usage = self.service.usage
+        self.limits = self.service.limits
         up = settings.upstream
 
         def forwarder(url: str) -> Forwarder:
@@ -91,29 +130,20 @@ class GatewayApp:
             "live": forwarder(up.url),
             "test": forwarder(up.environments.test) if up.environments.test else None,
         }
-        self.usage = UsageRecorder(store, settings.usage.flush_seconds)
         management = (
             ManagementAPI(settings, store, self.cache, components.pepper, components.policy,
                           tiers=tuple(settings.rate_limits.tiers))
             if settings.management.enabled else None
         )
-        rl = settings.rate_limits
-        self.limits = RateLimits(rl, open_limiter(settings) if rl.enabled else None)
-        ops = settings.ops
-        # One registry per app: several apps (tests, workers) never share a time series.
-        self.metrics = Metrics(ops.metrics_key_labels) if ops.metrics_enabled else None
-        self.gateway = Gateway(
-            settings, components.policy, self.cache, components.pepper, self.forwarders,
-            management=management, usage=self.usage, jwt=components.jwt, limits=self.limits,
-            metrics=self.metrics, access_log=AccessLog() if ops.access_log else None,
-        )
+        self.gateway = Gateway(settings, self.gate, self.forwarders, management=management, metrics=self.metrics,
+                               access_log=AccessLog() if ops.access_log else None)
         self.health = Health(ops.healthz_path, ops.readyz_path, readiness_checks(
-            store, lambda: self.gateway.policy, self.limits.limiter), ops.readyz_timeout_seconds)
+            store, lambda: self.gate.policy, self.limits.limiter), ops.readyz_timeout_seconds)
         # Probes, metrics and the API description are answered before the auth gate: one dict lookup on the
         # path per request.
         self._probes: dict[str, ASGIApp] = dict(self.health.routes)
         if self.metrics is not None:
-            gateway_sources(self.metrics, self.cache, self.gateway.auth_failures, self.limits.limiter,
+            gateway_sources(self.metrics, self.cache, self.gate.auth_failures, self.limits.limiter,
                             is_redis_url(settings.store.url))
             self._probes[ops.metrics_path] = MetricsEndpoint(
                 self.metrics, ops.metrics_scope, self.gateway.authorize, settings.error_format)
@@ -146,10 +176,7 @@ class GatewayApp:
                     for f in self.forwarders.values():
                         if f is not None:
                             await f.start()
-                    self.usage.start()
-                    await self.limits.start()
-                    if self.invalidations is not None:
-                        self.invalidations.start()
+                    await self.service.start()
                     self.reloader.start()
                 except Exception as exc:  # noqa: BLE001 - reported to the server, which exits
                     await send({"type": "lifespan.startup.failed", "message": str(exc)})
@@ -159,14 +186,10 @@ class GatewayApp:
             elif message["type"] == "lifespan.shutdown":
                 self.health.start_draining()
                 await self.reloader.stop()
-                await self.usage.stop()
-                await self.limits.close()
-                if self.invalidations is not None:
-                    await self.invalidations.stop()
                 for f in self.forwarders.values():
                     if f is not None:
                         await f.close()
-                await self.components.store.close()
+                await self.service.stop()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 

@@ -8,14 +8,14 @@ creates a key with the project's own ``create_key`` (servers:read, allowlist 127
 it times, each as the median over ``--rounds`` rounds of the per-call mean of ``--n`` calls:
 
 ``auth decision (cache hit)``
-    What the gate decides for ``GET /v1/servers`` with a valid key, by calling the pipeline's own pieces in
-    the pipeline's order: ``Policy.match_path`` (the route, remembered per path), ``Gateway._authenticate_now``
+    What the gate decides for ``GET /v1/servers`` with a valid key: ``Gate.decide``, which every front door
+    calls: ``Policy.match_path`` (the route, remembered per path), ``Gate.authenticate_now``
     (Bearer parse, key shape, keyed HMAC hash, ``KeyCache.peek`` hit, revoked/expiry checks),
     ``ClientResolver.resolve`` + ``in_networks`` (the CIDR allowlist), ``grants`` for each scope of the route,
     and ``RateLimits.spend_now`` (the in-memory GCRA update and the X-RateLimit-* header values).
 ``auth decision, cache miss (SQLite)``
     The same, with the key cache emptied before each call (``KeyCache.invalidate()``), so every call checks
-    the key's checksum and reads it from the SQLite file (``Gateway._load_key``: ``SQLiteStore.get_by_hash``
+    the key's checksum and reads it from the SQLite file (``Gate.load_key``: ``SQLiteStore.get_by_hash``
     + ``AuthKey.compile``).
 ``full pipeline, no-op upstream``
     ``Gateway.__call__`` (what uvicorn calls) for the same request, with a forwarder that answers 200 with a
@@ -49,9 +49,6 @@ sys.path.insert(0, str(HERE.parent))
 
 from gateway.app import create_app  # noqa: E402
 from gateway.keys.service import create_key  # noqa: E402
-from gateway.network import in_networks  # noqa: E402
-from gateway.pipeline import _Load, _peer  # noqa: E402
-from gateway.policies import grants  # noqa: E402
 from gateway.settings import load_settings  # noqa: E402
 
 BODY = b'{"servers":[{"id":"srv_1","name":"web-1","status":"running","region":"eu-west"}]}'
@@ -143,26 +140,18 @@ async def main() -> None:
     authorization = [v for n, v in scope["headers"] if n == b"authorization"]
     raw_path = scope["raw_path"]
 
+    gate = app.gate
+
     async def decision() -> None:
-        # The pipeline's own steps for a gated route, in its order and with its calls (gateway/pipeline.py,
-        # Gateway._serve): the route (remembered per path), the key (the store is awaited on a cache miss only),
-        # the allowlist, the scopes, the in-memory limit.
-        _segments, route = gw.policy.match_path("GET", raw_path)
-        principal = gw._authenticate_now(authorization, route)
-        if principal.__class__ is _Load:
-            principal = await gw._load_key(principal.key_hash)
-        if principal.networks:
-            client = gw._resolver.resolve(_peer(scope), [])
-            if not in_networks(client, principal.networks):
-                raise AssertionError("allowlist should match")
-        for needed in route.scopes:
-            if not grants(principal.permissions, needed):
-                raise AssertionError("scope should be granted")
-        if gw.limits.spend_now(principal) is None:
-            raise AssertionError("the bench tier should be checked")
+        # The gate's decision, as every front door asks for it (gateway/gate): the route (remembered per
+        # path), the key (the store is awaited on a cache miss only), the allowlist, the scopes, the in-memory
+        # limit.
+        decided = await gate.decide("GET", raw_path, authorization, "127.0.0.1", [])
+        if not decided.allowed or decided.applied is None:
+            raise AssertionError(f"the bench key should pass the gate and its tier be checked: {decided}")
 
     async def miss() -> None:
-        gw.cache.invalidate()
+        gate.cache.invalidate()
         await decision()
 
     async def full() -> None:
@@ -178,7 +167,7 @@ async def main() -> None:
     assert sent[0]["status"] == 200, sent[0]
     await full_bad()
     assert sent[0]["status"] == 401, sent[0]
-    gw.auth_failures.failure = lambda *a, **k: None  # type: ignore[method-assign]  # no cool-down mid-benchmark
+    gate.auth_failures.failure = lambda *a, **k: None  # type: ignore[method-assign]  # no cool-down mid-benchmark
 
     for _ in range(3):  # warm-up
         await time_calls(decision, args.n, 1)

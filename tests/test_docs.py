@@ -189,7 +189,7 @@ def test_rotation_webhook_notice_is_the_one_the_cli_sends() -> None:
 
 def test_every_debug_header_is_explained() -> None:
     doc = _read("troubleshooting.md").lower()
-    source = (ROOT / "gateway" / "pipeline.py").read_text()
+    source = (ROOT / "gateway" / "gate" / "__init__.py").read_text()
     headers = set(re.findall(r'b"(x-auth-[a-z-]+)"', source))
     assert {"x-auth-key-id", "x-auth-permissions", "x-auth-ip-check", "x-auth-rate-limit"} <= headers
     for header in headers:

@@ -101,11 +101,11 @@ class Reloader:
         """Swap: plain assignments, so no request ever sees half of a change."""
         app = self.app
         gateway = app.gateway
-        gateway.policy = policy
+        app.gate.policy = policy
         app.components.policy = policy
         if gateway.management is not None:
-            gateway.management._policy = policy  # noqa: SLF001 - the one holder outside the pipeline
-        gateway._debug_allowed = settings.debug_headers  # noqa: SLF001
+            gateway.management._policy = policy  # noqa: SLF001 - the one holder outside the gate
+        app.gate.debug_allowed = settings.debug_headers
         if settings.ops.access_log != (gateway.access_log is not None):
             gateway.access_log = AccessLog() if settings.ops.access_log else None
         self.settings = settings

@@ -205,7 +205,7 @@ class ThreadedGateway:
 
         self.settings = load_settings(config, environ=env, required=True)
         self.app = create_app(self.settings)
-        self.app.gateway.clock = clock
+        self.app.gate.clock = clock
         if self.app.gateway.management is not None:
             self.app.gateway.management.clock = clock
         self.port = self.settings.listen.port
