@@ -29,6 +29,7 @@ from starlette.types import Receive, Scope, Send
 
 from gateway.admin.api import Call, ManagementAPI
 from gateway.errors import (
+    APIKeyNotAccepted,
     AuthenticationRequired,
     EnvironmentUnavailable,
     ExpiredToken,
@@ -36,6 +37,7 @@ from gateway.errors import (
     InsufficientPermissions,
     InvalidToken,
     IPRestricted,
+    JWTNotAccepted,
     ServiceUnavailable,
     StoreUnavailable,
     render,
@@ -497,11 +499,11 @@ class Gateway:
             # Not an API key. A JWT is told apart by its shape, never by trying one after the other.
             if self._jwt is not None and looks_like_jwt(token):
                 if route is not None and "jwt" not in route.credentials:
-                    raise InvalidToken("This route does not accept a JWT")
+                    raise JWTNotAccepted()
                 return self._jwt.verify(token, self.clock())
             raise InvalidToken()
         if route is not None and "api_key" not in route.credentials:
-            raise InvalidToken("This route does not accept an API key")
+            raise APIKeyNotAccepted()
         key_hash = self._pepper.hash(token)
         # The checksum is checked only when the cache does not know the hash: a hit (valid, revoked or unknown)
         # was a real key, or was refused, already. So a mistyped or made-up key still never reaches the store,
