@@ -546,17 +546,21 @@ class Gateway:
             out.append((b"x-auth-permissions", principal.permissions_header))
         out.append((b"x-auth-ip-check", ip_check.encode()))
         if principal is not None:
-            out.append((b"x-auth-rate-limit", await self._rate_debug(principal, applied)))
+            reported, burst = await self._rate_debug(principal, applied)
+            out.append((b"x-auth-rate-limit", reported))
+            if burst is not None:
+                out.append((b"x-auth-rate-limit-burst", burst))
         return out
 
-    async def _rate_debug(self, principal: Any, applied: Applied | None) -> bytes:
-        """``remaining/limit`` for X-Auth-Rate-Limit; a denial before the rate-limit stage only looks."""
+    async def _rate_debug(self, principal: Any, applied: Applied | None) -> tuple[bytes, bytes | None]:
+        """``remaining/limit`` of the tier's window for X-Auth-Rate-Limit, and of its per-minute burst for
+        X-Auth-Rate-Limit-Burst (see :class:`Applied`); a denial before the rate-limit stage only looks."""
         if applied is None and self.limits is not None:
             try:
                 applied = await self.limits.check(principal, spend=False)
             except GatewayError:
-                return b"unavailable"
-        return applied.debug_value if applied is not None else UNLIMITED_DEBUG
+                return b"unavailable", None
+        return applied.debug_values() if applied is not None else (UNLIMITED_DEBUG, None)
 
 
 def _peer(scope: Scope) -> str | None:
