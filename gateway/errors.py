@@ -94,6 +94,21 @@ class InvalidToken(GatewayError):
     bearer_error = "invalid_token"
 
 
+class JWTNotAccepted(InvalidToken):
+    """A JWT on a route whose ``credentials`` do not list ``jwt``: the policy's API-key routes, and the
+    key-management API unless ``management.allow_jwt``."""
+
+    message = "This endpoint takes an API key, not a JWT"
+    ally_message = "Este endpoint aceita apenas API Key, não JWT"
+
+
+class APIKeyNotAccepted(InvalidToken):
+    """An API key on a route whose ``credentials`` list only ``jwt``."""
+
+    message = "This endpoint takes a JWT, not an API key"
+    ally_message = "Este endpoint aceita apenas JWT, não API Key"
+
+
 class ExpiredToken(GatewayError):
     status, code, ally_code = 401, "expired_token", "UNAUTHORIZED"
     message = "The authentication token has expired"

@@ -81,6 +81,10 @@ class CacheSettings:
 class ManagementSettings:
     enabled: bool = True
     prefix: str = "/v1"  # the key API is served at {prefix}/api-keys and {prefix}/auth/test
+    # Let dashboard JWTs (jwt.enabled) call {prefix}/api-keys; off: API keys only, a JWT gets 401 invalid_token.
+    # A JWT caller is still held to its own scopes. {prefix}/auth/test takes a JWT either way: it changes
+    # nothing and only tells a caller about its own credential, the check every credential needs. Read at start.
+    allow_jwt: bool = False
 
 
 @dataclass(frozen=True, slots=True)

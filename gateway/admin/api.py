@@ -50,16 +50,20 @@ MAX_BODY = 64 * 1024
 READ, WRITE = "api-keys:read", "api-keys:write"
 
 
-def internal_routes(prefix: str) -> list[Route]:
+def internal_routes(prefix: str, allow_jwt: bool = False) -> list[Route]:
+    """The gateway's own endpoints as policy routes. The key-management API takes API keys, and dashboard
+    JWTs too only with ``allow_jwt`` (``management.allow_jwt``); ``auth/test`` takes either credential."""
     p = "" if prefix == "/" else prefix
     keys, one = f"{p}/api-keys", f"{p}/api-keys/{{id}}"
+    anything = frozenset({"api_key", "jwt"})
+    managing = anything if allow_jwt else frozenset({"api_key"})
 
     def r(template: str, methods: set[str], *scopes: str) -> Route:
         return Route(template=template, methods=frozenset(methods), scopes=scopes, internal=True,
-                     credentials=frozenset({"api_key", "jwt"}))
+                     credentials=managing)
 
     return [
-        r(f"{p}/auth/test", {"GET"}),
+        Route(template=f"{p}/auth/test", methods=frozenset({"GET"}), internal=True, credentials=anything),
         r(keys, {"GET"}, READ),
         r(keys, {"POST"}, WRITE),
         r(one, {"GET"}, READ),

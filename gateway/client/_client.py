@@ -112,6 +112,10 @@ class AuthResource(Generic[_R]):
     def test(self) -> _R:
         """``GET {prefix}/auth/test``: ``authenticated``, ``key_id``, ``permissions``, ``rate_limit`` of this key.
 
+        ``rate_limit`` reports the key's hourly window (``limit``, ``remaining``, ``reset``, ``window``, ``tier``;
+        the per-minute one for a tier without an hourly limit) and its per-minute burst in ``burst`` (None for a
+        tier of one window). The call spends no request.
+
         Raises :class:`AuthenticationError` when the key is missing, unknown, revoked or expired.
         """
         return self._execute(_Call("GET", "/auth/test"))

@@ -32,12 +32,14 @@ from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
 from gateway.errors import (
+    APIKeyNotAccepted,
     AuthenticationRequired,
     ExpiredToken,
     GatewayError,
     InsufficientPermissions,
     InvalidToken,
     IPRestricted,
+    JWTNotAccepted,
     StoreUnavailable,
     render,
 )
@@ -331,11 +333,11 @@ class Gate:
             # Not an API key. A JWT is told apart by its shape, never by trying one after the other.
             if self._jwt is not None and looks_like_jwt(token):
                 if route is not None and "jwt" not in route.credentials:
-                    raise InvalidToken("This route does not accept a JWT")
+                    raise JWTNotAccepted()
                 return self._jwt.verify(token, self.clock())
             raise InvalidToken()
         if route is not None and "api_key" not in route.credentials:
-            raise InvalidToken("This route does not accept an API key")
+            raise APIKeyNotAccepted()
         key_hash = self._pepper.hash(token)
         # The checksum is checked only when the cache does not know the hash: a hit (valid, revoked or unknown)
         # was a real key, or was refused, already. So a mistyped or made-up key still never reaches the store,
@@ -379,14 +381,18 @@ class Gate:
             out.append((b"x-auth-permissions", principal.permissions_header))
         out.append((b"x-auth-ip-check", ip_check.encode()))
         if principal is not None:
-            out.append((b"x-auth-rate-limit", await self._rate_debug(principal, applied)))
+            reported, burst = await self._rate_debug(principal, applied)
+            out.append((b"x-auth-rate-limit", reported))
+            if burst is not None:
+                out.append((b"x-auth-rate-limit-burst", burst))
         return out
 
-    async def _rate_debug(self, principal: Any, applied: Applied | None) -> bytes:
-        """``remaining/limit`` for X-Auth-Rate-Limit; a denial before the rate-limit stage only looks."""
+    async def _rate_debug(self, principal: Any, applied: Applied | None) -> tuple[bytes, bytes | None]:
+        """``remaining/limit`` of the tier's window for X-Auth-Rate-Limit, and of its per-minute burst for
+        X-Auth-Rate-Limit-Burst (see :class:`Applied`); a denial before the rate-limit stage only looks."""
         if applied is None and self.limits is not None:
             try:
                 applied = await self.limits.check(principal, spend=False)
             except GatewayError:
-                return b"unavailable"
-        return applied.debug_value if applied is not None else UNLIMITED_DEBUG
+                return b"unavailable", None
+        return applied.debug_values() if applied is not None else (UNLIMITED_DEBUG, None)

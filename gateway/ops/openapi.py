@@ -27,6 +27,27 @@ _DATE = {"type": "string", "format": "date-time", "example": "2027-01-31T00:00:0
 _NDATE = {**_DATE, "nullable": True}
 _NSTR = {"type": "string", "nullable": True}
 _STRINGS = {"type": "array", "items": {"type": "string"}}
+# One window of a key's rate limit, as /auth/test reports it (gateway.ratelimit.stage.Applied.public).
+_WINDOW_PROPS: dict[str, Any] = {
+    "limit": {"type": "integer", "nullable": True, "description": "requests the window allows (null: unlimited)",
+              "example": 1000},
+    "remaining": {"type": "integer", "nullable": True, "description": "requests left in it now", "example": 999},
+    "reset": {**_NDATE, "description": "when the window is full again"},
+    "window": {"type": "string", "enum": ["hour", "minute"]},
+}
+_RATE_LIMIT = {
+    "type": "object", "nullable": True, "required": ["limit", "remaining", "reset", "tier"],
+    "description": "The key's rate limit (null when rate limits are off). `limit`, `remaining` and `reset` are "
+                   "the tier's hourly window (its only window, for a tier that has one); `burst` is the "
+                   "per-minute window beside it (null without one). Every field but `tier` is null for an "
+                   "unlimited tier. Both windows are enforced; the answer's `X-RateLimit-*` headers describe "
+                   "whichever has fewer requests left.",
+    "properties": {
+        **_WINDOW_PROPS, "tier": {"type": "string", "example": "standard"},
+        "burst": {"type": "object", "nullable": True, "required": ["limit", "remaining", "reset", "window"],
+                  "properties": _WINDOW_PROPS},
+    },
+}
 _SCOPE = SCOPE_RE.pattern  # what a key may hold (gateway.policies.valid_scope)
 _DURATION = r"^(0|[0-9]{1,10}[smhdw])$"  # gateway.settings.parse_duration
 _ERROR_STATUSES = {
@@ -149,6 +170,11 @@ def build_openapi(settings: Settings) -> dict[str, Any]:
     paths: dict[str, Any] = {
         f"{p}/auth/test": {"get": {
             "operationId": "authTest", "summary": "Who am I: the calling key (or JWT), its scopes and rate limit",
+            "description": "Checks the credential without spending a request: a key's id, scopes, environment, "
+                           "expiry and rotation state (or a JWT's subject), and its rate limit: the hourly window "
+                           "(`rate_limit.limit`, `remaining`, `reset`; `999/1000` after one request of a standard "
+                           "key) with the per-minute burst in `rate_limit.burst`. Takes an API key or, when "
+                           "`jwt.enabled`, a dashboard JWT.",
             "security": [{"bearerAuth": []}], "tags": ["auth"],
             "responses": responses("200", "The credential is valid", {"$ref": "#/components/schemas/AuthTest"},
                                    wrap=False),
@@ -224,14 +250,19 @@ def build_openapi(settings: Settings) -> dict[str, Any]:
             "credential": {"type": "string"},
             "rotation": {"type": "object", "properties": {"status": {"type": "string"},
                                                           "rotation_due_at": _NDATE, "replaced_by": _NSTR}},
-            "rate_limit": {"type": "object", "nullable": True},
+            "rate_limit": _RATE_LIMIT,
         }},
     }
     return {
         "openapi": "3.0.3",
         "info": {"title": "API-key gateway: management API", "version": __version__,
                  "description": "Keys are sent as `Authorization: Bearer <key>`. Every call passes the same gate "
-                                "as proxied traffic: credential, IP allowlist, scopes, rate limit."},
+                                "as proxied traffic: credential, IP allowlist, scopes, rate limit. " + (
+                                    "The api-keys endpoints take API keys and dashboard JWTs "
+                                    "(`management.allow_jwt`), a JWT no further than its own scopes."
+                                    if settings.management.allow_jwt else
+                                    "The api-keys endpoints take API keys only (`management.allow_jwt` is off): "
+                                    "a JWT there is 401 `invalid_token`.")},
         "paths": paths,
         "components": {"schemas": schemas, "securitySchemes": {"bearerAuth": {
             "type": "http", "scheme": "bearer", "bearerFormat": "API key (dep_live_...) or JWT"}}},
@@ -257,7 +288,10 @@ def docs_html(doc: dict[str, Any], spec_path: str) -> str:
                 continue
             scopes = [s for req in op.get("security", []) for s in req.get("bearerAuth", [])]
             parts += ["<h3><span class=m>", method.upper(), "</span> <code>", e(path), "</code></h3><p>",
-                      e(op["summary"]), "</p><p>Scope: ", e(", ".join(scopes) or "any valid credential"), "</p>"]
+                      e(op["summary"]), "</p>"]
+            if "description" in op:
+                parts += ["<p>", e(op["description"]), "</p>"]
+            parts += ["<p>Scope: ", e(", ".join(scopes) or "any valid credential"), "</p>"]
             params = [*item.get("parameters", []), *op.get("parameters", [])]
             if params:
                 parts.append("<p>Parameters:</p><ul>")

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 
 from gateway.ops.logging import AccessLog, event
 from gateway.policies import Policy, PolicyError, load_policy
-from gateway.settings import ConfigError, Settings
+from gateway.settings import ConfigError, ManagementSettings, Settings
 
 if TYPE_CHECKING:
     from gateway.app import GatewayApp
@@ -38,14 +38,18 @@ log = logging.getLogger("gateway.reload")
 RELOADABLE = ("policies", "debug_headers", "ops.access_log")
 
 
-def build_policy(settings: Settings) -> Policy:
-    """The policy as the gateway serves it: the file's routes plus, when enabled, the management API's."""
+def build_policy(settings: Settings, management: ManagementSettings | None = None) -> Policy:
+    """The policy as the gateway serves it: the file's routes plus, when enabled, the management API's.
+
+    ``management`` is the section the running process started with (default: ``settings``'): it waits for a
+    restart, so a reload must add the same management routes the pipeline and its handlers were built for."""
     from gateway.admin.api import internal_routes
     from gateway.app import policy_path
 
+    m = settings.management if management is None else management
     policy = load_policy(policy_path(settings))
-    if settings.management.enabled:
-        policy = policy.with_routes(internal_routes(settings.management.prefix))
+    if m.enabled:
+        policy = policy.with_routes(internal_routes(m.prefix, m.allow_jwt))
     return policy
 
 
@@ -69,6 +73,8 @@ class Reloader:
     def __init__(self, app: GatewayApp, load_settings: Callable[[], Settings] | None = None) -> None:
         self.app = app
         self.settings = app.settings
+        # What the management handlers and the pipeline were built for: it changes only at a restart.
+        self._management = app.settings.management
         self._load_settings = load_settings
         self._task: asyncio.Task[None] | None = None
         self._stop: asyncio.Event | None = None
@@ -80,7 +86,7 @@ class Reloader:
         metrics = self.app.metrics
         try:
             settings = self._load_settings() if self._load_settings is not None else self.settings
-            policy = build_policy(settings)
+            policy = build_policy(settings, self._management)
         except (PolicyError, ConfigError, OSError, ValueError) as exc:
             event(log, "reload_failed", f"reload refused, the running policy stays: {exc}", logging.ERROR,
                   trigger=trigger, reason=str(exc))

@@ -30,11 +30,13 @@ class Window:
     # Header text that depends on the window alone, made once (gateway.ratelimit.stage.RateLimits.headers).
     limit_text: bytes = field(init=False, compare=False)  # X-RateLimit-Limit
     state_text: bytes = field(init=False, compare=False)  # the start of the RateLimit header: '"minute";r='
+    of_text: bytes = field(init=False, compare=False)  # the end of X-Auth-Rate-Limit: "/1000" (after "999")
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "emission_us", self.period_us // self.limit)
         object.__setattr__(self, "limit_text", b"%d" % self.limit)
         object.__setattr__(self, "state_text", b'"%s";r=' % self.name.encode())
+        object.__setattr__(self, "of_text", b"/%d" % self.limit)
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,9 +44,17 @@ class Quota:
     windows: tuple[Window, ...]
     policy_header: bytes  # IETF RateLimit-Policy value
     by_name: dict[str, Window] = field(init=False, compare=False, hash=False, repr=False)
+    # The windows a caller is told about (auth/test, X-Auth-Rate-Limit), as indexes into ``windows``: the
+    # quota's own, the longest (the hour, when the tier has one), and the burst beside it (the shortest of
+    # the others: the minute), or None for a tier of one window.
+    reported: int = field(init=False, compare=False, hash=False, repr=False)
+    burst: int | None = field(init=False, compare=False, hash=False, repr=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "by_name", {w.name: w for w in self.windows})
+        order = sorted(range(len(self.windows)), key=lambda i: -self.windows[i].period_us)
+        object.__setattr__(self, "reported", order[0] if order else 0)
+        object.__setattr__(self, "burst", order[-1] if len(order) > 1 else None)
 
     @classmethod
     def of(cls, per_hour: int | None, per_minute: int | None) -> Quota | None:
@@ -61,7 +71,8 @@ class Quota:
 
 @dataclass(slots=True)  # not frozen: a frozen dataclass sets each field through object.__setattr__, per request
 class Decision:
-    """The outcome for the tightest window (the one with the fewest requests left)."""
+    """The outcome for the tightest window (the one with the fewest requests left), and what it was decided
+    from, so that any other window's state can be told when asked (:meth:`window_state`), never per request."""
 
     allowed: bool
     window: str
@@ -70,6 +81,19 @@ class Decision:
     reset_after: float  # seconds until the tightest window is full again
     retry_after: float  # seconds until a request could be admitted (0 when allowed)
     now: float  # the limiter's clock, seconds since the epoch
+    quota: Quota  # the quota decided against (a share of the tier's on a local fallback)
+    tats: list[int]  # each window's time after the decision, in ``quota.windows`` order (never changed later)
+    now_us: int  # ``now`` in microseconds, exactly
+
+    def window_state(self, i: int) -> tuple[Window, int, int]:
+        """Window ``i`` of the quota: the window, the requests it has left, and the microseconds until it is
+        full again (the same arithmetic as the tightest window's, in :func:`_summary`)."""
+        w = self.quota.windows[i]
+        booked = self.tats[i] - self.now_us
+        if booked < 0:
+            booked = 0
+        remaining = (w.period_us - booked) // w.emission_us
+        return w, remaining if remaining > 0 else 0, booked
 
 
 class Limiter(Protocol):
@@ -126,4 +150,5 @@ def _summary(quota: Quota, tats: list[int], now: int, allowed: bool, retry: int)
         if best is None or remaining < least:
             best, least, booked = w, remaining, used
     assert best is not None
-    return Decision(allowed, best.name, best.limit, least, (booked if booked > 0 else 0) / US, retry / US, now / US)
+    return Decision(allowed, best.name, best.limit, least, (booked if booked > 0 else 0) / US, retry / US, now / US,
+                    quota, tats, now)

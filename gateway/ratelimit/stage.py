@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from gateway.errors import RateLimited, RateLimitUnavailable
-from gateway.ratelimit import Decision, Limiter, LimiterUnavailable, Quota
+from gateway.ratelimit import US, Decision, Limiter, LimiterUnavailable, Quota
 from gateway.redisurl import SCHEMES
 from gateway.settings import RateLimitSettings, Settings
 
@@ -58,20 +58,41 @@ def open_limiter(settings: Settings) -> Limiter:
 
 @dataclass(slots=True)  # not frozen: a frozen dataclass sets each field through object.__setattr__, per request
 class Applied:
-    """What the stage found for one request: the decision for the tightest window and its headers."""
+    """What the stage found for one request: the decision for the tightest window and its headers (the
+    X-RateLimit-* and RateLimit headers describe the window that decides).
+
+    What a caller is *told* of its quota, in ``/v1/auth/test`` and ``X-Auth-Rate-Limit``, is the tier's own
+    window, the hour when it has one (``999/1000`` for a standard key after one request, as the deployERP guide
+    shows it), with the per-minute burst beside it. Both are worked out from the decision only when asked."""
 
     decision: Decision
     headers: list[Header]
 
-    @property
-    def debug_value(self) -> bytes:
-        return f"{self.decision.remaining}/{self.decision.limit}".encode()
+    def debug_values(self) -> tuple[bytes, bytes | None]:
+        """``remaining/limit`` of the reported window (X-Auth-Rate-Limit) and of the burst beside it
+        (X-Auth-Rate-Limit-Burst; None for a tier of one window)."""
+        d = self.decision
+        w, left, _ = d.window_state(d.quota.reported)
+        reported = b"%d" % left + w.of_text
+        if d.quota.burst is None:
+            return reported, None
+        w, left, _ = d.window_state(d.quota.burst)
+        return reported, b"%d" % left + w.of_text
 
     def public(self, tier: str) -> dict[str, Any]:
-        """The ``rate_limit`` object of ``/v1/auth/test``."""
+        """The ``rate_limit`` object of ``/v1/auth/test``: ``limit``, ``remaining``, ``reset`` and ``window`` of
+        the reported window, the ``tier``, and ``burst`` (the same four of the burst window, or None)."""
         d = self.decision
-        reset = datetime.fromtimestamp(math.ceil(d.now + d.reset_after), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-        return {"limit": d.limit, "remaining": d.remaining, "reset": reset, "window": d.window, "tier": tier}
+        burst = d.quota.burst
+        return {**self._window(d.quota.reported), "tier": tier,
+                "burst": self._window(burst) if burst is not None else None}
+
+    def _window(self, i: int) -> dict[str, Any]:
+        d = self.decision
+        w, left, booked = d.window_state(i)
+        full_at = -(-(d.now_us + booked) // US)  # whole seconds, rounded up
+        reset = datetime.fromtimestamp(full_at, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        return {"limit": w.limit, "remaining": left, "reset": reset, "window": w.name}
 
 
 UNLIMITED_DEBUG = b"unlimited"

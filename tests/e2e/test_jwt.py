@@ -8,6 +8,7 @@ import base64
 import hashlib
 import hmac
 import json
+import signal
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -16,12 +17,13 @@ from typing import Any
 
 import jwt
 import pytest
+import yaml
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from gateway.jwtauth import JWTVerifier
 from gateway.settings import ConfigError, load_settings
-from tests.support.lifecycle import KeysAPI, bearer
+from tests.support.lifecycle import KeysAPI, bearer, wait_for
 from tests.support.procs import Gateway, Upstream, run_cli
 
 HS_SECRET = "jwt-shared-secret-" + "0123456789abcdef" * 3  # 66 bytes: more than HS256 needs
@@ -239,7 +241,9 @@ def test_keys_and_jwts_are_told_apart_by_shape(env: Env) -> None:
         assert_refused(get(env.multi, token))
 
 
-def test_auth_test_debug_headers_and_management_with_a_jwt(env: Env) -> None:
+def test_auth_test_and_debug_headers_with_a_jwt(env: Env) -> None:
+    """``{prefix}/auth/test`` is how a caller checks its credential: it takes a JWT whatever
+    ``management.allow_jwt`` says (it changes nothing and tells the caller only about itself)."""
     token = env.keys.hs(permissions=["api-keys:*", "servers:read"])
     with env.multi.client() as c:
         me = c.get("/v1/auth/test", headers=bearer(token))
@@ -251,18 +255,135 @@ def test_auth_test_debug_headers_and_management_with_a_jwt(env: Env) -> None:
     debug = get(env.multi, token, **{"X-Debug-Auth": "true"})
     assert debug.headers["x-auth-subject"] == "user-42"
     assert debug.headers["x-auth-permissions"] == "api-keys:*,servers:read"
-    # A dashboard user manages keys like a key does, and no further than its own scopes.
+
+
+def management_calls(api: KeysAPI, key_id: str) -> list[Any]:
+    """One call to each endpoint of the key-management API."""
+    return [api.list(), api.create({"name": "from-dashboard", "permissions": ["servers:read"]}), api.get(key_id),
+            api.patch(key_id, {"name": "renamed"}), api.delete(key_id), api.rotate(key_id)]
+
+
+def test_management_api_refuses_jwts_by_default(env: Env) -> None:
+    """``management.allow_jwt`` is off by default: a dashboard JWT, however wide its scopes, gets 401
+    ``invalid_token`` on every key-management endpoint, saying the endpoint takes an API key; the WWW-Authenticate
+    header carries the RFC 6750 (section 3.1) ``invalid_token`` error. Nothing is changed by a refused call, and
+    API keys manage keys as before."""
+    token = env.keys.hs(permissions=["*"])
+    admin = env.multi.create_key("admin", "api-keys:read,api-keys:write,servers:read")
+    target = env.multi.create_key("target", "servers:read")
     api = KeysAPI(env.multi, token)
+    try:
+        answers = management_calls(api, target["id"])
+    finally:
+        api.close()
+    for resp in answers:
+        assert_refused(resp)
+        message = resp.json()["error"]["message"]
+        assert "API key" in message and "JWT" in message, message
+        assert 'error="invalid_token"' in resp.headers["www-authenticate"]
+        assert token not in resp.text
+    # The refused DELETE, PATCH and rotate changed nothing; an API key still manages keys.
+    keys = KeysAPI(env.multi, admin["value"])
+    try:
+        shown = keys.get(target["id"])
+        assert shown.status_code == 200, shown.text
+        assert shown.json()["status"] == "active" and shown.json()["name"] == "target"
+        assert shown.json()["replaced_by"] is None
+        assert keys.create({"name": "by-key", "permissions": ["servers:read"]}).status_code == 201
+    finally:
+        keys.close()
+    # The same JWT still works where the policy takes JWTs.
+    assert get(env.multi, token, "/v1/servers").status_code == 200
+
+
+def test_management_api_takes_jwts_when_allowed(env: Env) -> None:
+    """With ``management.allow_jwt: true`` a dashboard user manages keys like a key does, and no further than
+    its own scopes."""
+    gw = Gateway(env.work / "allow-jwt", env.up.url, {
+        "policies": str(env.work / "policy.yaml"), "management": {"allow_jwt": True},
+        "jwt": {"enabled": True, "algorithms": ["HS256"], "issuer": ISSUER, "audience": AUDIENCE},
+    }, env={"GATEWAY_JWT__SECRET": HS_SECRET})
+    token = env.keys.hs(permissions=["api-keys:*", "servers:read"])
+    api = KeysAPI(gw, token)
     try:
         made = api.create({"name": "from-dashboard", "permissions": ["servers:read"]})
         assert made.status_code == 201, made.text
         assert made.json()["created_by"] == "jwt:user-42"
         wider = api.create({"name": "wider", "permissions": ["profile:read"]})
         assert wider.status_code == 403 and wider.json()["error"]["code"] == "insufficient_permissions"
+        assert api.get(made.json()["id"]).status_code == 200
+        assert api.list().status_code == 200
+        # Scopes still decide: a JWT without api-keys:write may read but not write.
+        reader = api.as_key(env.keys.hs(permissions=["api-keys:read"]))
+        try:
+            assert reader.list().status_code == 200
+            refused = reader.delete(made.json()["id"])
+            assert refused.status_code == 403 and refused.json()["error"]["code"] == "insufficient_permissions"
+        finally:
+            reader.close()
+        audit = json.loads(gw.cli("audit", "--key", made.json()["id"], "--json").stdout)
+        assert audit[0]["actor"] == "jwt:user-42"
     finally:
         api.close()
-    audit = json.loads(env.multi.cli("audit", "--key", made.json()["id"], "--json").stdout)
-    assert audit[0]["actor"] == "jwt:user-42"
+        gw.stop()
+
+
+def test_deployally_refuses_a_jwt_on_the_management_api_in_portuguese(env: Env) -> None:
+    """The DeployAlly shape and language for the same refusal: ``{"success": false, "error": {"code":
+    "UNAUTHORIZED", "message": ...}}`` at the DeployAlly guide's paths, while the DeployAlly policy's own routes
+    (which all list ``jwt``) and ``auth/test`` still take the dashboard's JWT."""
+    gw = Gateway(env.work / "ally", env.up.url, {
+        "error_format": "deployally", "key_format": "deployally", "management": {"prefix": "/api/v1"},
+        "policies": str(Path(__file__).resolve().parents[2] / "policies" / "deployally.yaml"),
+        "jwt": {"enabled": True, "algorithms": ["HS256"]},
+    }, env={"GATEWAY_JWT__SECRET": HS_SECRET})
+    token = env.keys.hs(permissions=["*"])
+    api = KeysAPI(gw, token, prefix="/api/v1")
+    try:
+        refused = api.create({"name": "x", "permissions": ["templates:read"]})
+        assert refused.status_code == 401, refused.text
+        message = "Este endpoint aceita apenas API Key, não JWT"
+        assert refused.json() == {"success": False, "error": {"code": "UNAUTHORIZED", "message": message}}
+        assert refused.headers["www-authenticate"].startswith('Bearer realm="api", error="invalid_token"')
+        listed = api.list()
+        assert listed.status_code == 401 and listed.json() == refused.json()
+        me = api.call("GET", "/auth/test")
+        assert me.status_code == 200 and me.json()["subject"] == "user-42"
+        assert get(gw, token, "/api/v1/templates/t-1").status_code == 200
+    finally:
+        api.close()
+        gw.stop()
+
+
+def test_allow_jwt_changes_at_a_restart_not_a_reload(env: Env) -> None:
+    """``management`` settings wait for a restart (the reload event says so): a SIGHUP that re-reads a
+    configuration now allowing JWTs must not open the management API to them half-way."""
+    gw = Gateway(env.work / "reload", env.up.url, {
+        "policies": str(env.work / "policy.yaml"), "ops": {"watch_policy": False},
+        "jwt": {"enabled": True, "algorithms": ["HS256"]},
+    }, env={"GATEWAY_JWT__SECRET": HS_SECRET})
+    token = env.keys.hs(permissions=["api-keys:*"])
+    api = KeysAPI(gw, token)
+    try:
+        assert_refused(api.list())
+        config = yaml.safe_load(gw.config.read_text())
+        gw.config.write_text(yaml.safe_dump({**config, "management": {"allow_jwt": True}}))
+
+        def reloads() -> list[dict[str, Any]]:
+            return [d for d in map(json.loads, filter(None, gw.log().splitlines())) if d.get("event") == "reload"]
+
+        for n in (1, 2):  # a second reload must not take the first one's settings for the running ones
+            assert gw.proc is not None
+            gw.proc.send_signal(signal.SIGHUP)
+            wait_for(lambda n=n: len(reloads()) == n)  # type: ignore[misc]
+            assert_refused(api.list())
+        assert reloads()[0]["restart_needed_for"] == ["management"], reloads()
+        gw.stop()
+        gw.start()
+        assert api.list().status_code == 200
+    finally:
+        api.close()
+        gw.stop()
 
 
 def test_no_token_reaches_a_log_or_an_error(env: Env) -> None:

@@ -58,6 +58,19 @@ def test_document_describes_the_management_api(make_gateway: Callable[..., Gatew
     assert "<script" not in page.text
     assert get(gw, "/openapi.json", "POST").status_code == 405
     assert fresh_upstream.records() == []
+    # auth/test's rate_limit is described field by field, burst included, as a standard key gets it
+    rate = doc["components"]["schemas"]["AuthTest"]["properties"]["rate_limit"]
+    key = gw.create_key("std", "servers:read")["value"]
+    with gw.client() as c:
+        me = c.get("/api/v2/auth/test", headers={"Authorization": f"Bearer {key}"}).json()["rate_limit"]
+    assert set(me) == set(rate["properties"]) and set(rate["required"]) <= set(me)
+    assert set(me["burst"]) == set(rate["properties"]["burst"]["properties"]) == set(rate["properties"]["burst"]
+                                                                                      ["required"])
+    assert (me["limit"], me["burst"]["limit"]) == (1000, 100)
+    assert "rate_limit.burst" in doc["paths"]["/api/v2/auth/test"]["get"]["description"]
+    assert "rate_limit.burst" in page.text
+    # and which credentials the key-management endpoints take
+    assert "API keys only (`management.allow_jwt` is off)" in doc["info"]["description"]
 
 
 def test_deployally_shapes_and_configurable_paths(make_gateway: Callable[..., Gateway],

@@ -1,7 +1,9 @@
 """Rate limits end to end: a real `gateway serve` process with the in-memory limiter, a real upstream.
 
 The ``limited`` tier is 100/hour with a burst of 10/minute: from rest exactly 10 requests pass, then one more
-every 6 s (the minute window's emission interval).
+every 6 s (the minute window's emission interval). ``/v1/auth/test`` and ``X-Auth-Rate-Limit`` report the hour
+(the tier's quota, as the deployERP guide shows it) with the minute's burst beside it; the X-RateLimit-* and
+RateLimit headers describe the window that decides.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 
@@ -30,9 +33,10 @@ def test_limited_tier_admits_exactly_ten_of_thirty(gw: Gateway, fresh_upstream: 
         # /v1/auth/test only looks: asking twice spends nothing.
         for _ in range(2):
             doc = c.get("/v1/auth/test", headers=bearer(key["value"])).json()
-            assert doc["rate_limit"]["limit"] == 10
-            assert doc["rate_limit"]["remaining"] == 10
+            assert doc["rate_limit"]["limit"] == 100
+            assert doc["rate_limit"]["remaining"] == 100
             assert doc["rate_limit"]["tier"] == "limited"
+            assert doc["rate_limit"]["burst"]["limit"] == doc["rate_limit"]["burst"]["remaining"] == 10
         started = time.time()
         answers = [c.get("/v1/servers", headers=bearer(key["value"])) for _ in range(30)]
         took = time.time() - started
@@ -65,10 +69,15 @@ def test_limited_tier_admits_exactly_ten_of_thirty(gw: Gateway, fresh_upstream: 
     with gw.client() as c:
         test = c.get("/v1/auth/test", headers={**bearer(key["value"]), "X-Debug-Auth": "true"})
     assert test.status_code == 200
-    assert test.json()["rate_limit"]["remaining"] == 0
-    reset = datetime.strptime(test.json()["rate_limit"]["reset"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+    admitted = statuses.count(200)
+    # The hour has 100 - admitted left (one more back per 36 s); the burst is spent.
+    left = test.json()["rate_limit"]["remaining"]
+    assert 100 - admitted <= left <= 100 - admitted + int((time.time() - started) // 36)
+    assert test.json()["rate_limit"]["burst"]["remaining"] == 0
+    reset = datetime.strptime(test.json()["rate_limit"]["burst"]["reset"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
     assert 50 <= reset.timestamp() - time.time() <= 62
-    assert test.headers["x-auth-rate-limit"] == "0/10"
+    assert test.headers["x-auth-rate-limit"] == f"{left}/100"
+    assert test.headers["x-auth-rate-limit-burst"] == "0/10"
 
 
 def test_window_slides_one_more_after_the_emission_interval(gw: Gateway) -> None:
@@ -97,14 +106,74 @@ def test_headers_and_debug_value_for_standard_and_unlimited(gw: Gateway) -> None
         denied = c.get("/v1/invoices", headers={**bearer(standard["value"]), **dbg})
     assert a.status_code == 200
     assert a.headers["x-ratelimit-limit"] == "100" and a.headers["x-ratelimit-remaining"] == "99"
-    assert a.headers["x-auth-rate-limit"] == "99/100"
+    assert a.headers["x-auth-rate-limit"] == "999/1000" and a.headers["x-auth-rate-limit-burst"] == "99/100"
     assert b.status_code == 200
     assert "x-ratelimit-limit" not in b.headers and "ratelimit" not in b.headers
-    assert b.headers["x-auth-rate-limit"] == "unlimited"
+    assert b.headers["x-auth-rate-limit"] == "unlimited" and "x-auth-rate-limit-burst" not in b.headers
     assert t.json()["rate_limit"] == {"limit": None, "remaining": None, "reset": None, "tier": "unlimited"}
     # A denial before the rate-limit stage spends nothing, and its debug header only looks.
     assert denied.status_code == 403
-    assert denied.headers["x-auth-rate-limit"] == "99/100"
+    assert denied.headers["x-auth-rate-limit"] == "999/1000"
+    assert denied.headers["x-auth-rate-limit-burst"] == "99/100"
+
+
+def auth_test(c: Any, key: str, **headers: str) -> dict[str, Any]:
+    resp = c.get("/v1/auth/test", headers={**bearer(key), **headers})
+    assert resp.status_code == 200, resp.text
+    doc: dict[str, Any] = resp.json()
+    # auth/test answers in the deployERP guide's shape in both formats; were it wrapped in DeployAlly's
+    # {"success": true, "data": ...} (an envelope is not this test's concern), the report is inside.
+    if doc.get("success") is True and "data" in doc:
+        doc = doc["data"]
+    return doc
+
+
+@pytest.mark.parametrize("error_format", ["deployerp", "deployally"])
+def test_a_standard_key_reports_the_hour_and_the_burst_as_the_guide_shows(
+        make_gateway: Callable[..., Gateway], fresh_upstream: Upstream, error_format: str) -> None:
+    """The deployERP guide's "Testing Authentication": after one request a standard key (1,000/hour, 100/minute
+    burst) reads ``"rate_limit": {"limit": 1000, "remaining": 999, "reset": ...}`` and
+    ``X-Auth-Rate-Limit: 999/1000``; the burst is reported beside it. More requests move both windows, and
+    auth/test itself spends nothing."""
+    gw = make_gateway(fresh_upstream.url, settings={"error_format": error_format})
+    key = gw.create_key("std", "servers:read")["value"]
+    dbg = {"X-Debug-Auth": "true"}
+    with gw.client() as c:
+        started = time.time()
+        first = c.get("/v1/servers", headers={**bearer(key), **dbg})
+        doc = auth_test(c, key)
+        again = auth_test(c, key, **dbg)
+        slack = time.time() - started  # a slow machine gets back one request per 0.6 s of the minute
+        assert first.status_code == 200
+        assert first.headers["x-auth-rate-limit"] == "999/1000"
+        assert first.headers["x-auth-rate-limit-burst"] == "99/100"
+        # The headers of the answer still describe the window that decides: the minute.
+        assert first.headers["x-ratelimit-limit"] == "100" and first.headers["x-ratelimit-remaining"] == "99"
+        assert first.headers["ratelimit-policy"] == '"hour";q=1000;w=3600, "minute";q=100;w=60'
+        assert first.headers["ratelimit"].startswith('"minute";r=99;t=')
+        rl = doc["rate_limit"]
+        assert (rl["limit"], rl["remaining"], rl["window"], rl["tier"]) == (1000, 999, "hour", "standard")
+        burst = rl["burst"]
+        assert (burst["limit"], burst["window"]) == (100, "minute")
+        assert 99 <= burst["remaining"] <= 99 + int(slack / 0.6)
+        now = time.time()
+        hour_reset = datetime.strptime(rl["reset"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC).timestamp()
+        minute_reset = datetime.strptime(burst["reset"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC).timestamp()
+        assert now - 2 <= hour_reset <= now + 5 and now - 2 <= minute_reset <= now + 2  # 3.6 s and 0.6 s booked
+        assert again["rate_limit"]["remaining"] == 999  # looking spent nothing
+        assert again["rate_limit"]["burst"]["remaining"] == burst["remaining"]
+
+        for _ in range(8):
+            assert c.get("/v1/servers", headers=bearer(key)).status_code == 200
+        tenth = c.get("/v1/servers", headers={**bearer(key), **dbg})
+        after = auth_test(c, key, **dbg)
+        slack = time.time() - started
+    assert tenth.headers["x-auth-rate-limit"] in {f"{n}/1000" for n in range(990, 991 + int(slack / 3.6))}
+    assert int(tenth.headers["x-auth-rate-limit-burst"].split("/")[0]) in range(90, 91 + int(slack / 0.6))
+    assert tenth.headers["x-auth-rate-limit-burst"].endswith("/100")
+    rl = after["rate_limit"]
+    assert 990 <= rl["remaining"] <= 990 + int(slack / 3.6) and rl["limit"] == 1000
+    assert 90 <= rl["burst"]["remaining"] <= 90 + int(slack / 0.6) and rl["burst"]["limit"] == 100
 
 
 def test_deployally_format_and_custom_tier(make_gateway: Callable[..., Gateway], fresh_upstream: Upstream) -> None:
@@ -120,3 +189,12 @@ def test_deployally_format_and_custom_tier(make_gateway: Callable[..., Gateway],
                                  "error": {"code": "RATE_LIMITED", "message": answers[2].json()["error"]["message"]}}
     assert answers[0].headers["ratelimit-policy"] == '"minute";q=2;w=60'
     assert int(answers[2].headers["retry-after"]) in range(1, 31)
+    # A tier with only a per-minute window reports that window, with no burst beside it.
+    with gw.client() as c:
+        doc = auth_test(c, key["value"], **{"X-Debug-Auth": "true"})
+        debug = c.get("/v1/servers", headers={**bearer(key["value"]), "X-Debug-Auth": "true"})
+    assert doc["rate_limit"]["limit"] == 2 and doc["rate_limit"]["window"] == "minute"
+    assert doc["rate_limit"]["remaining"] == 0 and doc["rate_limit"]["burst"] is None
+    assert doc["rate_limit"]["tier"] == "tiny"
+    assert debug.status_code == 429 and debug.headers["x-auth-rate-limit"] == "0/2"
+    assert "x-auth-rate-limit-burst" not in debug.headers

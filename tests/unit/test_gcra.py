@@ -188,7 +188,7 @@ def _reference(quota: Quota, tats: list[int], now: int, consume: bool) -> tuple[
     left = [max(0, (w.period_us - (t - now)) // w.emission_us) for w, t in zip(quota.windows, spent, strict=True)]
     i = left.index(min(left))  # the tightest window, the first of equals
     w, used = quota.windows[i], spent[i] - now
-    return (Decision(allowed, w.name, w.limit, left[i], max(0, used) / US, retry / US, now / US),
+    return (Decision(allowed, w.name, w.limit, left[i], max(0, used) / US, retry / US, now / US, quota, spent, now),
             new if allowed and consume else None)
 
 

@@ -13,6 +13,7 @@ import pytest
 from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
+from gateway.admin.api import internal_routes
 from gateway.errors import BadRequest
 from gateway.paths import PathError, split_path
 from gateway.policies import KNOWN_METHODS, Policy, PolicyError, Route, grants, load_policy, parse_policy
@@ -254,6 +255,18 @@ def test_with_routes_refuses_a_clash_with_the_gateways_own_endpoints() -> None:
     own = Route(template="/v1/api-keys", methods=frozenset({"GET"}), scopes=("api-keys:read",), internal=True)
     with pytest.raises(PolicyError, match=r"test\.yaml: GET /v1/api-keys clashes with the gateway's own"):
         p.with_routes([own])
+
+
+@pytest.mark.parametrize("allow_jwt", [False, True])
+def test_management_routes_take_jwts_only_when_allowed_and_auth_test_always(allow_jwt: bool) -> None:
+    """``management.allow_jwt`` decides the key-management API's credentials; ``auth/test`` takes both."""
+    routes = internal_routes("/v1", allow_jwt=allow_jwt)
+    for route in routes:
+        expected = {"api_key", "jwt"} if allow_jwt or route.template == "/v1/auth/test" else {"api_key"}
+        assert route.credentials == expected, route
+    assert {r.template for r in routes} == {"/v1/auth/test", "/v1/api-keys", "/v1/api-keys/{id}",
+                                            "/v1/api-keys/{id}/rotate"}
+    assert internal_routes("/v1") == internal_routes("/v1", allow_jwt=False)  # the default: API keys only
 
 
 def test_describe_lists_every_route() -> None:

@@ -42,7 +42,7 @@ def test_every_reset_time_formats_the_same(reset_after: float) -> None:
     # Reset times up to an hour come from a table; longer ones (not made by the shipped windows) are formatted.
     quota = Quota.of(per_hour=100, per_minute=10)
     assert quota is not None
-    d = Decision(True, "hour", 100, 42, reset_after, 0.0, T0 / US)
+    d = Decision(True, "hour", 100, 42, reset_after, 0.0, T0 / US, quota, [T0, T0], T0)
     assert RateLimits.headers(quota, d) == expected(d)
 
 
@@ -50,6 +50,6 @@ def test_the_limit_is_the_one_decided_against() -> None:
     # on_store_error: local decides against a share of the tier's limit: the headers say that limit.
     quota = Quota.of(per_hour=100, per_minute=10)
     assert quota is not None
-    d = Decision(True, "minute", 5, 4, 12.0, 0.0, T0 / US)
+    d = Decision(True, "minute", 5, 4, 12.0, 0.0, T0 / US, quota, [T0, T0], T0)
     assert dict(RateLimits.headers(quota, d))[b"x-ratelimit-limit"] == b"5"
     assert RateLimits.headers(quota, d)[1:] == expected(d)[1:]

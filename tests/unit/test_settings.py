@@ -53,6 +53,7 @@ def test_defaults() -> None:
     assert s.trusted_proxies == ()
     assert s.forward_authorization is False
     assert s.secret is None and s.secret_file is None
+    assert s.management.allow_jwt is False  # the key-management API takes API keys only
     assert s.base_dir == "."
 
 
@@ -113,6 +114,7 @@ def test_environment_overrides_sections_and_top_level_fields() -> None:
         "GATEWAY_DEBUG_HEADERS": "false",
         "GATEWAY_FORWARD_AUTHORIZATION": "YES",
         "GATEWAY_POLICIES": "policies/deployally.yaml",
+        "GATEWAY_MANAGEMENT__ALLOW_JWT": "true",
         "GATEWAY_URL": "https://not-ours.example",  # another tool's variable: ignored
         "OTHER_LISTEN__PORT": "1",
     }
@@ -125,6 +127,7 @@ def test_environment_overrides_sections_and_top_level_fields() -> None:
     assert s.trusted_proxies == ("10.0.0.0/8", "192.168.0.0/16")
     assert s.debug_headers is False and s.forward_authorization is True
     assert s.policies == "policies/deployally.yaml"
+    assert s.management.allow_jwt is True
 
 
 def test_precedence_defaults_file_environment_overrides(tmp_path: Path) -> None:
