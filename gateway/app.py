@@ -6,44 +6,30 @@ import gc
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from gateway.admin.api import ManagementAPI
+from gateway.admin.api import ManagementAPI, build_policy
 from gateway.gate import Gate, Verifier
+from gateway.keys.backends import is_redis_url, open_store
 from gateway.keys.cache import KeyCache
 from gateway.keys.hashing import Pepper, load_pepper
-from gateway.keys.store import KeyStore, is_redis_url, open_store
+from gateway.keys.store import KeyStore
 from gateway.keys.usage import UsageRecorder
 from gateway.ops.health import Health, readiness_checks
 from gateway.ops.logging import AccessLog, logged
 from gateway.ops.metrics import Metrics, MetricsEndpoint, gateway_sources
-from gateway.ops.reload import build_policy
 from gateway.pipeline import Gateway
 from gateway.policies import Policy
 from gateway.proxy.forwarder import Forwarder
 from gateway.ratelimit.stage import RateLimits, open_limiter
-from gateway.settings import Settings, resolve_path
+from gateway.settings import Settings
 
 if TYPE_CHECKING:
     from gateway.keys.redis import InvalidationListener
 
 log = logging.getLogger("gateway")
-
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-
-
-def policy_path(settings: Settings) -> Path:
-    """The policy file: relative to the config file, else to the project (the shipped ``policies/``)."""
-    path = resolve_path(settings, settings.policies)
-    if not path.exists() and not Path(settings.policies).is_absolute():
-        shipped = PROJECT_ROOT / settings.policies
-        if shipped.exists():
-            return shipped
-    return path
-
 
 @dataclass
 class Components:
@@ -56,7 +42,7 @@ class Components:
 
 def build_components(settings: Settings) -> Components:
     """Everything that can fail on bad configuration, built before any socket is opened."""
-    policy = build_policy(settings)  # the same function a reload uses (gateway/ops/reload.py)
+    policy = build_policy(settings)  # the same function a reload uses (gateway/admin/api.py)
     pepper, created = load_pepper(settings)
     jwt: Verifier | None = None
     if settings.jwt.enabled:
@@ -157,6 +143,18 @@ class GatewayApp:
         from gateway.ops.reload import Reloader
 
         self.reloader = Reloader(self, reload_settings)
+
+    def swap_policy(self, policy: Policy, settings: Settings) -> None:
+        """Serve ``policy`` and the reloadable settings (gateway.ops.reload.RELOADABLE) from now on: plain
+        assignments, so no request ever sees half of a change."""
+        self.gate.policy = policy
+        self.components.policy = policy
+        gateway = self.gateway
+        if gateway.management is not None:
+            gateway.management._policy = policy  # noqa: SLF001 - the one holder outside the gate
+        self.gate.debug_allowed = settings.debug_headers
+        if settings.ops.access_log != (gateway.access_log is not None):
+            gateway.access_log = AccessLog() if settings.ops.access_log else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":

@@ -374,7 +374,7 @@ async def _keys(args: argparse.Namespace) -> int:
             revoked = await revoke_key(store, args.id)
             if revoked is None:
                 raise CLIError(f"no key with id {args.id!r}")
-            from gateway.keys.store import is_redis_url
+            from gateway.keys.backends import is_redis_url
 
             bound = ("1 s (Redis store: every gateway is told at once)" if is_redis_url(settings.store.url)
                      else f"{settings.cache.ttl_seconds:g} s (cache.ttl_seconds)")
@@ -482,7 +482,7 @@ async def _audit(args: argparse.Namespace) -> int:
 
 async def _store_copy(args: argparse.Namespace) -> int:
     """Copy every key (hashes only: a store never holds a value) and its audit trail to another store."""
-    from gateway.keys.store import open_url
+    from gateway.keys.backends import open_url
 
     if args.source == args.target:
         raise CLIError("--from and --to name the same store", status=2)

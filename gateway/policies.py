@@ -33,6 +33,7 @@ from typing import Any
 import yaml
 
 from gateway.paths import split_path
+from gateway.settings import Settings, resolve_path
 
 KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 SCOPE_RE = re.compile(r"^(\*|[a-z0-9][a-z0-9_.-]*(:[a-z0-9][a-z0-9_.-]*)*(:\*)?)$")
@@ -274,3 +275,16 @@ def load_policy(path: str | Path) -> Policy:
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
         raise PolicyError(f"{p}: not valid YAML{where}") from None
     return parse_policy(doc, str(p))
+
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def policy_path(settings: Settings) -> Path:
+    """The policy file: relative to the config file, else to the project (the shipped ``policies/``)."""
+    path = resolve_path(settings, settings.policies)
+    if not path.exists() and not Path(settings.policies).is_absolute():
+        shipped = PROJECT_ROOT / settings.policies
+        if shipped.exists():
+            return shipped
+    return path

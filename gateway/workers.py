@@ -22,7 +22,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from gateway.keys.store import is_redis_url
+from gateway.keys.backends import is_redis_url
 from gateway.ratelimit.stage import limiter_url
 from gateway.settings import Settings, load_settings
 

@@ -128,9 +128,9 @@ def write_config(work: Path, port: int, upstream: str, cache_ttl: float | None =
 
 async def make_keys(config: Path, count: int, out: Path) -> float:
     """``count`` keys through gateway.keys.service.create_key (the CLI's path); values to ``out``. Seconds."""
+    from gateway.keys.backends import open_store
     from gateway.keys.hashing import load_pepper
     from gateway.keys.service import create_key
-    from gateway.keys.store import open_store
     from gateway.settings import load_settings
 
     settings = load_settings(config, environ={})

@@ -41,8 +41,8 @@ from gateway.keys.service import (
     update_key,
 )
 from gateway.keys.store import Conflict, KeyStore, StoreError
-from gateway.policies import Policy, Route
-from gateway.settings import Settings
+from gateway.policies import Policy, Route, load_policy, policy_path
+from gateway.settings import ManagementSettings, Settings
 
 log = logging.getLogger("gateway.admin")
 
@@ -352,3 +352,14 @@ def _check_types(body: Mapping[str, Any]) -> None:
         elif field == "auto_rotate":
             need(field, isinstance(value, bool), "true or false")
 
+
+def build_policy(settings: Settings, management: ManagementSettings | None = None) -> Policy:
+    """The policy as the gateway serves it: the file's routes plus, when enabled, the management API's.
+
+    ``management`` is the section the running process started with (default: ``settings``'): it waits for a
+    restart, so a reload must add the same management routes the pipeline and its handlers were built for."""
+    m = settings.management if management is None else management
+    policy = load_policy(policy_path(settings))
+    if m.enabled:
+        policy = policy.with_routes(internal_routes(m.prefix, m.allow_jwt))
+    return policy

@@ -1,4 +1,5 @@
-"""Key stores, chosen by the scheme of ``store.url``.
+"""The key store protocol and its errors (the stores are in gateway.keys.sqlite and gateway.keys.redis, opened by
+gateway.keys.backends from the scheme of ``store.url``).
 
 The protocol is narrow: look a key up by its keyed hash; add, read, list, update, revoke and rotate keys,
 each change written together with its audit event (all or nothing); read the audit trail; add usage counts in
@@ -14,8 +15,6 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from gateway.keys.record import AuditEvent, KeyRecord
-from gateway.redisurl import SCHEMES
-from gateway.settings import ConfigError, Settings, resolve_path
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,31 +51,3 @@ class StoreError(Exception):
 
 class Conflict(StoreError):
     """The change does not apply to the key as it is now (revoked, already rotated)."""
-
-
-REDIS_SCHEMES = SCHEMES  # one server, a Sentinel service or a Cluster (gateway.redisurl)
-
-
-def is_redis_url(url: str) -> bool:
-    return url.split(":", 1)[0] in REDIS_SCHEMES
-
-
-def open_store(settings: Settings) -> KeyStore:
-    """The store named by ``store.url``: ``sqlite:///path`` or ``redis://``, ``rediss://``, ``unix://``."""
-    return open_url(settings.store.url, settings)
-
-
-def open_url(url: str, settings: Settings) -> KeyStore:
-    """A store by URL (``gateway store copy`` opens two); relative SQLite paths resolve like ``store.url``."""
-    scheme = url.split(":", 1)[0]
-    if scheme == "sqlite":
-        from gateway.keys.sqlite import SQLiteStore
-
-        if not url.startswith("sqlite:///"):
-            raise ConfigError(f"{url!r}: a SQLite URL looks like sqlite:///relative/path.db or sqlite:////abs.db")
-        return SQLiteStore(resolve_path(settings, url[len("sqlite:///"):]))
-    if scheme in REDIS_SCHEMES:
-        from gateway.keys.redis import RedisStore
-
-        return RedisStore(url, settings.store.timeout_ms)
-    raise ConfigError(f"store.url: unsupported scheme {scheme!r}; use sqlite:///path/keys.db or redis://host:port/db")

@@ -23,34 +23,18 @@ import logging
 import signal
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-from gateway.ops.logging import AccessLog, event
-from gateway.policies import Policy, PolicyError, load_policy
-from gateway.settings import ConfigError, ManagementSettings, Settings
-
-if TYPE_CHECKING:
-    from gateway.app import GatewayApp
+from gateway.admin.api import build_policy
+from gateway.ops.logging import event
+from gateway.ops.metrics import Metrics
+from gateway.policies import Policy, PolicyError, policy_path
+from gateway.settings import ConfigError, Settings
 
 log = logging.getLogger("gateway.reload")
 
 # The settings a reload applies; any other change is reported and waits for a restart.
 RELOADABLE = ("policies", "debug_headers", "ops.access_log")
-
-
-def build_policy(settings: Settings, management: ManagementSettings | None = None) -> Policy:
-    """The policy as the gateway serves it: the file's routes plus, when enabled, the management API's.
-
-    ``management`` is the section the running process started with (default: ``settings``'): it waits for a
-    restart, so a reload must add the same management routes the pipeline and its handlers were built for."""
-    from gateway.admin.api import internal_routes
-    from gateway.app import policy_path
-
-    m = settings.management if management is None else management
-    policy = load_policy(policy_path(settings))
-    if m.enabled:
-        policy = policy.with_routes(internal_routes(m.prefix, m.allow_jwt))
-    return policy
 
 
 def _restart_only(old: Settings, new: Settings) -> list[str]:
@@ -67,10 +51,20 @@ def _restart_only(old: Settings, new: Settings) -> list[str]:
     return changed
 
 
+class Reloadable(Protocol):
+    """What a reload needs of the app it reloads (gateway.app.GatewayApp)."""
+
+    settings: Settings
+    metrics: Metrics | None
+
+    def swap_policy(self, policy: Policy, settings: Settings) -> None:
+        """Serve ``policy`` and the reloadable ``settings`` from now on."""
+
+
 class Reloader:
     """Reloads the policy (and the reloadable settings) of one :class:`~gateway.app.GatewayApp`."""
 
-    def __init__(self, app: GatewayApp, load_settings: Callable[[], Settings] | None = None) -> None:
+    def __init__(self, app: Reloadable, load_settings: Callable[[], Settings] | None = None) -> None:
         self.app = app
         self.settings = app.settings
         # What the management handlers and the pipeline were built for: it changes only at a restart.
@@ -94,7 +88,8 @@ class Reloader:
                 metrics.reload(False)
             return False
         restart = _restart_only(self.settings, settings)
-        self.apply(policy, settings)
+        self.app.swap_policy(policy, settings)
+        self.settings = settings
         self.reloads += 1
         if metrics is not None:
             metrics.reload(True)
@@ -102,19 +97,6 @@ class Reloader:
               trigger=trigger, source=str(policy.source), routes=len(policy.routes),
               restart_needed_for=restart or None)
         return True
-
-    def apply(self, policy: Policy, settings: Settings) -> None:
-        """Swap: plain assignments, so no request ever sees half of a change."""
-        app = self.app
-        gateway = app.gateway
-        app.gate.policy = policy
-        app.components.policy = policy
-        if gateway.management is not None:
-            gateway.management._policy = policy  # noqa: SLF001 - the one holder outside the gate
-        app.gate.debug_allowed = settings.debug_headers
-        if settings.ops.access_log != (gateway.access_log is not None):
-            gateway.access_log = AccessLog() if settings.ops.access_log else None
-        self.settings = settings
 
     # --- triggers ------------------------------------------------------------------------------------------------
 
@@ -133,8 +115,6 @@ class Reloader:
 
     async def _watch(self) -> None:
         from watchfiles import Change, awatch
-
-        from gateway.app import policy_path
 
         assert self._stop is not None
         while not self._stop.is_set():

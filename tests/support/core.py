@@ -191,9 +191,9 @@ def store_key(g: Gateway, name: str = "k", permissions: str = "servers:read", *e
     """
     import asyncio
 
+    from gateway.keys.backends import open_store
     from gateway.keys.hashing import load_pepper
     from gateway.keys.service import create_key
-    from gateway.keys.store import open_store
     from gateway.policies import load_policy
     from gateway.settings import load_settings, resolve_path
 

@@ -1,0 +1,34 @@
+"""Key stores by URL scheme: ``sqlite:///path`` or a Redis URL (one server, Sentinel, Cluster)."""
+
+from __future__ import annotations
+
+from gateway.keys.store import KeyStore
+from gateway.redisurl import SCHEMES
+from gateway.settings import ConfigError, Settings, resolve_path
+
+REDIS_SCHEMES = SCHEMES  # one server, a Sentinel service or a Cluster (gateway.redisurl)
+
+
+def is_redis_url(url: str) -> bool:
+    return url.split(":", 1)[0] in REDIS_SCHEMES
+
+
+def open_store(settings: Settings) -> KeyStore:
+    """The store named by ``store.url``: ``sqlite:///path`` or ``redis://``, ``rediss://``, ``unix://``."""
+    return open_url(settings.store.url, settings)
+
+
+def open_url(url: str, settings: Settings) -> KeyStore:
+    """A store by URL (``gateway store copy`` opens two); relative SQLite paths resolve like ``store.url``."""
+    scheme = url.split(":", 1)[0]
+    if scheme == "sqlite":
+        from gateway.keys.sqlite import SQLiteStore
+
+        if not url.startswith("sqlite:///"):
+            raise ConfigError(f"{url!r}: a SQLite URL looks like sqlite:///relative/path.db or sqlite:////abs.db")
+        return SQLiteStore(resolve_path(settings, url[len("sqlite:///"):]))
+    if scheme in REDIS_SCHEMES:
+        from gateway.keys.redis import RedisStore
+
+        return RedisStore(url, settings.store.timeout_ms)
+    raise ConfigError(f"store.url: unsupported scheme {scheme!r}; use sqlite:///path/keys.db or redis://host:port/db")
