@@ -5,9 +5,10 @@ For every HTTP request, in this order:
 1. read the headers once (credential, forwarding headers, debug flag, framing) and refuse ambiguous framing
    (400, connection closed), methods outside the policy's set (405) and ambiguous paths (400);
 2. find the policy route; a public route is forwarded without a credential;
-3. authenticate: ``Authorization: Bearer <key>``, format and checksum first, then the keyed hash through the
-   cache (401 ``authentication_required`` / ``invalid_token`` / ``expired_token``); an address with too many
-   failed attempts cools down first (429 ``too_many_failed_attempts``, see gateway.guard);
+3. authenticate: ``Authorization: Bearer <key>`` (read as RFC 9110 11 has it, see gateway.bearer), format and
+   checksum first, then the keyed hash through the cache (401 ``authentication_required`` / ``invalid_token`` /
+   ``expired_token``); an address with too many failed attempts cools down first (429
+   ``too_many_failed_attempts``, see gateway.guard);
 4. check the client network against the key's allowlist (403 ``ip_restricted``);
 5. check the policy: the route must exist and the key must hold its scopes (403 ``insufficient_permissions``);
    then spend one request of the key's rate limit (429 ``rate_limit_exceeded``; ``/auth/test`` only looks);
@@ -28,7 +29,9 @@ from typing import Any, Protocol
 from starlette.types import Receive, Scope, Send
 
 from gateway.admin.api import Call, ManagementAPI
+from gateway.bearer import MAX_CREDENTIAL, OWS, PREFIX, bearer_token, token_error
 from gateway.errors import (
+    APIKeyRefused,
     AuthenticationRequired,
     EnvironmentUnavailable,
     ExpiredToken,
@@ -36,8 +39,10 @@ from gateway.errors import (
     InsufficientPermissions,
     InvalidToken,
     IPRestricted,
+    JWTRefused,
     ServiceUnavailable,
     StoreUnavailable,
+    TwoAuthorizations,
     render,
 )
 from gateway.guard import CLOSE, FailureGuard, FramingError, MethodNotAllowed, PayloadTooLarge, TooManyFailures
@@ -73,10 +78,6 @@ _CONSUMED = frozenset(
 )
 # Every spelling of the identity-header prefix a server might hand over (names arrive lower-cased).
 _IDENTITY_PREFIXES = frozenset({b"x-auth-", b"x_auth_", b"x-auth_", b"x_auth-"})
-# The scheme is matched exactly as the platforms document it; "bearer", "BEARER" get 401 (docs/security.md).
-_BEARER = b"Bearer "
-_MAX_CREDENTIAL = 8192
-_OWS = b" \t"  # optional whitespace (RFC 9110 5.6.3)
 
 
 def looks_like_jwt(token: str) -> bool:
@@ -289,7 +290,7 @@ class Gateway:
                     # Only one, final "chunked" (RFC 9112 6.1); llhttp passes "gzip, chunked" on. Whitespace
                     # around a value is not part of it (RFC 9110 5.5): llhttp keeps trailing OWS, uvicorn strips
                     # it from 0.55 on; both are read alike here.
-                    bad_frame |= chunked or length >= 0 or value.strip(_OWS).lower() != b"chunked"
+                    bad_frame |= chunked or length >= 0 or value.strip(OWS).lower() != b"chunked"
                     chunked = True
                 continue
             if name[:7] in _IDENTITY_PREFIXES or b"_" in name:
@@ -301,7 +302,7 @@ class Gateway:
                 # 5.5) and llhttp frames "5 " as 5 bytes, so the upstream is sent the digits alone: the same
                 # framing (RFC 9112 6.3) whether the server stripped them (uvicorn 0.55, h11) or not (0.54).
                 if not value.isdigit():
-                    value = value.strip(_OWS)
+                    value = value.strip(OWS)
                 if length >= 0 or chunked or not value.isdigit() or len(value) > 18:
                     bad_frame = True
                 else:
@@ -489,26 +490,32 @@ class Gateway:
         if not authorization:
             raise AuthenticationRequired()
         if len(authorization) > 1:
-            raise InvalidToken("More than one Authorization header was sent")
+            raise TwoAuthorizations()
         # Whitespace around a field value is not part of it (RFC 9110 5.5); llhttp leaves trailing OWS on.
-        value = authorization[0].rstrip(b" \t")
-        if value[:7] != _BEARER or len(value) > _MAX_CREDENTIAL:
-            if not value.strip() or value.strip().lower() == b"bearer":
-                raise AuthenticationRequired()
-            raise InvalidToken()
+        value = authorization[0].rstrip(OWS)
+        # The usual spelling by one compare; another (the scheme in another case: RFC 9110 11.1) or a malformed
+        # value through the general parse, which says what is wrong (gateway.bearer).
+        if value[:7] == PREFIX and len(value) <= MAX_CREDENTIAL:
+            raw = value[7:]
+        else:
+            raw = bearer_token(value)
         try:
-            token = value[7:].decode("ascii")
+            token = raw.decode("ascii")
         except UnicodeDecodeError:
-            raise InvalidToken() from None
+            raise token_error(raw) from None
         if self._parser.shape(token) is None:
+            if token[:1] == " ":
+                # "Bearer" and more spaces (1*SP, RFC 9110 11.4): rare, so looked for only once the key has failed
+                # its shape check. Read again without them (once: what follows the spaces is not a space).
+                return self._authenticate_now([PREFIX + raw.lstrip(b" ")], route)
             # Not an API key. A JWT is told apart by its shape, never by trying one after the other.
             if self._jwt is not None and looks_like_jwt(token):
                 if route is not None and "jwt" not in route.credentials:
-                    raise InvalidToken("This route does not accept a JWT")
+                    raise JWTRefused()
                 return self._jwt.verify(token, self.clock())
-            raise InvalidToken()
+            raise token_error(raw)
         if route is not None and "api_key" not in route.credentials:
-            raise InvalidToken("This route does not accept an API key")
+            raise APIKeyRefused()
         key_hash = self._pepper.hash(token)
         # The checksum is checked only when the cache does not know the hash: a hit (valid, revoked or unknown)
         # was a real key, or was refused, already. So a mistyped or made-up key still never reaches the store,

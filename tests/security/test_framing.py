@@ -122,36 +122,36 @@ def _through_the_gate(env: Env, headers: list[tuple[bytes, bytes]], body: bytes)
     the shared gateway's own app (its config, key store and upstream) built in this process: the server in front
     is left out, so the pipeline alone decides."""
     settings = load_settings(env.gateway.config, environ={"GATEWAY_SECRET": SECRET})
+    auth = b"Bearer " + env.writer["value"].encode()
+
+    async def one(app: Any, header: tuple[bytes, bytes]) -> int:
+        messages = [{"type": "http.request", "body": body, "more_body": False}]
+        sent: list[dict[str, Any]] = []
+
+        async def receive() -> dict[str, Any]:
+            return messages.pop(0) if messages else {"type": "http.disconnect"}
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message)
+
+        scope = {
+            "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+            "scheme": "http", "path": "/v1/servers", "raw_path": b"/v1/servers", "query_string": b"",
+            "root_path": "", "client": ("127.0.0.1", 40000), "server": ("127.0.0.1", env.port),
+            "headers": [(b"host", b"gateway.test"), (b"authorization", auth), header],
+        }
+        await app(scope, receive, send)
+        return int(sent[0]["status"])
 
     async def run() -> list[int]:
         app = create_app(settings)
         forwarder = app.forwarders["live"]
         assert forwarder is not None
         await forwarder.start()
-        statuses: list[int] = []
         try:
-            for name, value in headers:
-                messages = [{"type": "http.request", "body": body, "more_body": False}]
-                sent: list[dict[str, Any]] = []
-
-                async def receive() -> dict[str, Any]:
-                    return messages.pop(0) if messages else {"type": "http.disconnect"}
-
-                async def send(message: dict[str, Any]) -> None:
-                    sent.append(message)
-
-                auth = b"Bearer " + env.writer["value"].encode()
-                scope = {
-                    "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
-                    "scheme": "http", "path": "/v1/servers", "raw_path": b"/v1/servers", "query_string": b"",
-                    "root_path": "", "client": ("127.0.0.1", 40000), "server": ("127.0.0.1", env.port),
-                    "headers": [(b"host", b"gateway.test"), (b"authorization", auth), (name, value)],
-                }
-                await app(scope, receive, send)
-                statuses.append(sent[0]["status"])
+            return [await one(app, header) for header in headers]
         finally:
             await forwarder.close()
-        return statuses
 
     return asyncio.run(run())
 
