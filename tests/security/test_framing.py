@@ -4,6 +4,8 @@ Each request carries a valid key for ``POST /v1/servers`` so only its framing ca
 Expected: 400 with the JSON error body, the connection closed by the gateway, and nothing at the upstream
 (not the request, not a request smuggled inside its body). docs/security.md records which of these uvicorn's
 two HTTP parsers (h11, httptools) accept on their own; the gateway runs httptools with the checks it lacks.
+Whitespace around a framing value is not ambiguity (RFC 9110 5.5): those messages are forwarded, normalised,
+with the same answer whichever uvicorn version is installed (OWS_FRAMING below).
 """
 
 from __future__ import annotations

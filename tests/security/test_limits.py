@@ -1,4 +1,4 @@
-"""Issue 5 item 5: what one request or one client may cost: header size and count (431), target length (414),
+"""What one request or one client may cost: header size and count (431), target length (414),
 body size per route (413, before reading and while streaming), the head deadline (slowloris), the keep-alive
 idle limit, the per-process concurrency cap, and unauthenticated bodies never read.
 

@@ -1,4 +1,4 @@
-"""Issue 5 item 8: secrets. Key values, their keyed hashes and the pepper never appear in a log line, an error
+"""Secrets. Key values, their keyed hashes and the pepper never appear in a log line, an error
 body, a response header or the SQLite files; the pepper file the gateway creates is mode 600; the checksum is
 checked before any store lookup; hashes are only ever compared with ``hmac.compare_digest``.
 
