@@ -154,6 +154,7 @@ def _through_the_gate(env: Env, headers: list[tuple[bytes, bytes]], body: bytes)
             return [await one(app, header) for header in headers]
         finally:
             await forwarder.close()
+            await app.components.store.close()
 
     return asyncio.run(run())
 
