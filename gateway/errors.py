@@ -3,6 +3,7 @@
     GatewayError
      +-- AuthenticationRequired   401 authentication_required / UNAUTHORIZED
      +-- InvalidToken             401 invalid_token           / UNAUTHORIZED
+     |    +-- MalformedAuthorization  (not ``Bearer <token>``: the message says what is wrong, see gateway.bearer)
      +-- ExpiredToken             401 expired_token           / UNAUTHORIZED
      +-- InsufficientPermissions  403 insufficient_permissions/ FORBIDDEN
      +-- IPRestricted             403 ip_restricted           / FORBIDDEN
@@ -107,6 +108,52 @@ class APIKeyNotAccepted(InvalidToken):
 
     message = "This endpoint takes a JWT, not an API key"
     ally_message = "Este endpoint aceita apenas JWT, não API Key"
+
+
+_EXPECTED = "expected: Authorization: Bearer <key>"
+_ESPERADO = "formato esperado: Authorization: Bearer <key>"
+
+
+class MalformedAuthorization(InvalidToken):
+    """An ``Authorization`` header that is not ``Bearer <token68>`` (RFC 9110 11.4, RFC 6750 2.1). The code stays
+    ``invalid_token``; the message, one fixed string per problem, says what is wrong and the form expected."""
+
+    message = f"The Authorization header is malformed; {_EXPECTED}"
+    ally_message = f"O header Authorization está malformado; {_ESPERADO}"
+
+
+class NotBearer(MalformedAuthorization):
+    message = f"The Authorization scheme is not Bearer; {_EXPECTED}"
+    ally_message = f"O esquema do header Authorization não é Bearer; {_ESPERADO}"
+
+
+class BearerWithoutSpace(MalformedAuthorization):
+    message = f"Bearer must be followed by a space and the key; {_EXPECTED}"
+    ally_message = f"Bearer deve ser seguido de um espaço e da key; {_ESPERADO}"
+
+
+class NotOneToken(MalformedAuthorization):
+    message = f"The Authorization header must carry exactly one key after Bearer, without spaces, tabs or commas; " \
+        f"{_EXPECTED}"
+    ally_message = f"O header Authorization deve trazer uma única key após Bearer, sem espaços, tabs nem " \
+        f"vírgulas; {_ESPERADO}"
+
+
+class CredentialCharacters(MalformedAuthorization):
+    message = ("The credential has characters no key or token has (ASCII letters, digits and -._~+/= only); "
+               + _EXPECTED)
+    ally_message = ("A credencial tem caracteres que nenhuma key ou token tem (apenas letras e dígitos ASCII e "
+                    "-._~+/=); " + _ESPERADO)
+
+
+class CredentialTooLong(MalformedAuthorization):
+    message = f"The Authorization header is longer than 8192 bytes; {_EXPECTED}"
+    ally_message = f"O header Authorization passa de 8192 bytes; {_ESPERADO}"
+
+
+class TwoAuthorizations(InvalidToken):
+    message = "More than one Authorization header was sent"
+    ally_message = "Mais de um header Authorization foi enviado"
 
 
 class ExpiredToken(GatewayError):

@@ -26,6 +26,7 @@ from typing import Any
 from starlette.types import Receive, Scope, Send
 
 from gateway.admin.api import Call, ManagementAPI
+from gateway.bearer import OWS
 from gateway.errors import EnvironmentUnavailable, GatewayError, ServiceUnavailable, render
 from gateway.gate import Allow, Deny, Gate
 from gateway.guard import CLOSE, FramingError, MethodNotAllowed
@@ -212,8 +213,10 @@ class Gateway:
                     if valid_request_id(value):
                         request_id = value
                 elif name == b"transfer-encoding":
-                    # Only one, final "chunked" (RFC 9112 6.1); llhttp passes "gzip, chunked" on.
-                    bad_frame |= chunked or length >= 0 or value.lower() != b"chunked"
+                    # Only one, final "chunked" (RFC 9112 6.1); llhttp passes "gzip, chunked" on. Whitespace
+                    # around a value is not part of it (RFC 9110 5.5): llhttp keeps trailing OWS, uvicorn strips
+                    # it from 0.55 on; both are read alike here.
+                    bad_frame |= chunked or length >= 0 or value.strip(OWS).lower() != b"chunked"
                     chunked = True
                 continue
             if name[:7] in _IDENTITY_PREFIXES or b"_" in name:
@@ -221,7 +224,11 @@ class Gateway:
                 # X_Auth_Key_Id as the dashed header the gateway vouches for.
                 continue
             if name == b"content-length":
-                # Digits only, once: llhttp passes "5 " on, which aiohttp then refuses to send.
+                # Digits only, once (RFC 9110 8.6). Surrounding whitespace is not part of the value (RFC 9110
+                # 5.5) and llhttp frames "5 " as 5 bytes, so the upstream is sent the digits alone: the same
+                # framing (RFC 9112 6.3) whether the server stripped them (uvicorn 0.55, h11) or not (0.54).
+                if not value.isdigit():
+                    value = value.strip(OWS)
                 if length >= 0 or chunked or not value.isdigit() or len(value) > 18:
                     bad_frame = True
                 else:

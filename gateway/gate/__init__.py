@@ -12,8 +12,9 @@ For a request, in this order:
 0. refuse a method outside the set any policy can name (405);
 1. find the policy route (a public route needs no credential; an ambiguous path is refused, 400);
 2. unless the client address is cooling down after too many failed authentications (429), authenticate:
-   ``Authorization: Bearer <key>``, format and checksum first, then the keyed hash through the cache
-   (401 ``authentication_required`` / ``invalid_token`` / ``expired_token``), or a JWT where the route takes one;
+   ``Authorization: Bearer <key>`` (read as RFC 9110 11 has it, see gateway.bearer), format and checksum
+   first, then the keyed hash through the cache (401 ``authentication_required`` / ``invalid_token`` /
+   ``expired_token``), or a JWT where the route takes one;
 3. check the client network against the key's allowlist (403 ``ip_restricted``);
 4. check the policy: the route must exist and the principal must hold its scopes (403);
 5. check the declared body size against the route's limit (413), before anything is spent;
@@ -31,6 +32,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
+from gateway.bearer import MAX_CREDENTIAL, OWS, PREFIX, bearer_token, token_error
 from gateway.errors import (
     APIKeyNotAccepted,
     AuthenticationRequired,
@@ -41,6 +43,7 @@ from gateway.errors import (
     IPRestricted,
     JWTNotAccepted,
     StoreUnavailable,
+    TwoAuthorizations,
     render,
 )
 from gateway.guard import FailureGuard, MethodNotAllowed, PayloadTooLarge, TooManyFailures
@@ -60,9 +63,6 @@ log = logging.getLogger("gateway.gate")
 
 Header = tuple[bytes, bytes]
 
-# The scheme is matched exactly as the platforms document it; "bearer", "BEARER" get 401 (docs/security.md).
-_BEARER = b"Bearer "
-_MAX_CREDENTIAL = 8192
 
 
 def looks_like_jwt(token: str) -> bool:
@@ -318,24 +318,30 @@ class Gate:
         if not authorization:
             raise AuthenticationRequired()
         if len(authorization) > 1:
-            raise InvalidToken("More than one Authorization header was sent")
+            raise TwoAuthorizations()
         # Whitespace around a field value is not part of it (RFC 9110 5.5); llhttp leaves trailing OWS on.
-        value = authorization[0].rstrip(b" \t")
-        if value[:7] != _BEARER or len(value) > _MAX_CREDENTIAL:
-            if not value.strip() or value.strip().lower() == b"bearer":
-                raise AuthenticationRequired()
-            raise InvalidToken()
+        value = authorization[0].rstrip(OWS)
+        # The usual spelling by one compare; another (the scheme in another case: RFC 9110 11.1) or a malformed
+        # value through the general parse, which says what is wrong (gateway.bearer).
+        if value[:7] == PREFIX and len(value) <= MAX_CREDENTIAL:
+            raw = value[7:]
+        else:
+            raw = bearer_token(value)
         try:
-            token = value[7:].decode("ascii")
+            token = raw.decode("ascii")
         except UnicodeDecodeError:
-            raise InvalidToken() from None
+            raise token_error(raw) from None
         if self._parser.shape(token) is None:
+            if token[:1] == " ":
+                # "Bearer" and more spaces (1*SP, RFC 9110 11.4): rare, so looked for only once the key has failed
+                # its shape check. Read again without them (once: what follows the spaces is not a space).
+                return self.authenticate_now([PREFIX + raw.lstrip(b" ")], route)
             # Not an API key. A JWT is told apart by its shape, never by trying one after the other.
             if self._jwt is not None and looks_like_jwt(token):
                 if route is not None and "jwt" not in route.credentials:
                     raise JWTNotAccepted()
                 return self._jwt.verify(token, self.clock())
-            raise InvalidToken()
+            raise token_error(raw)
         if route is not None and "api_key" not in route.credentials:
             raise APIKeyNotAccepted()
         key_hash = self._pepper.hash(token)

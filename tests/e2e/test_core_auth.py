@@ -1,4 +1,4 @@
-"""Core behaviour, end to end: authentication, client network and policy, through a real `gateway serve` process.
+"""End to end: authentication, client network and policy, through a real `gateway serve` process.
 
 Every request goes over a socket to the gateway, which forwards to the real recording upstream process; keys
 are written to the gateway's real SQLite store with its real server secret (``store_key``: the code the CLI
@@ -106,6 +106,53 @@ def test_malformed_credentials_are_invalid_token(gw: Gateway, upstream: Upstream
     resp = get(gw, "/v1/servers", headers={"Authorization": credential})
     assert_deployerp_error(resp, "invalid_token")
     assert bearer_error(resp) == "invalid_token"
+    assert upstream.records() == []
+
+
+@pytest.mark.parametrize("scheme", ["Bearer ", "bearer ", "BEARER ", "Bearer   ", "bEARER  "])
+def test_scheme_is_case_insensitive_and_followed_by_one_or_more_spaces(
+    gw: Gateway, upstream: Upstream, scheme: str,
+) -> None:
+    """RFC 9110 11.1: the auth-scheme is case-insensitive; 11.4: ``auth-scheme 1*SP token68``."""
+    made = key(gw, "servers:read")
+    upstream.clear()
+    resp = get(gw, "/v1/servers", headers={"Authorization": scheme + made["value"]})
+    assert resp.status_code == 200, resp.text
+    assert [r["target"] for r in upstream.records()] == ["/v1/servers"]
+
+
+@pytest.mark.parametrize(
+    ("credential", "problem"),
+    [
+        ("Basic dXNlcjpwYXNz", "The Authorization scheme is not Bearer"),
+        ("Token dep_live_a1b2c3d4e5f6g7h8i9j0k1l2m3n4o5p6", "The Authorization scheme is not Bearer"),
+        ("Bearer one two", "exactly one key after Bearer"),
+        ("Bearer dep_live_a1b2c3d4e5f6g7h8 i9j0k1l2m3n4o5p6", "exactly one key after Bearer"),
+        ("Bearer:dep_live_a1b2c3d4e5f6g7h8i9j0k1l2m3n4o5p6", "Bearer must be followed by a space"),
+    ],
+)
+def test_malformed_header_says_what_is_wrong_and_the_form_expected(
+    gw: Gateway, upstream: Upstream, credential: str, problem: str,
+) -> None:
+    """Not ``auth-scheme 1*SP token68`` with the scheme Bearer (RFC 9110 11.4, RFC 6750 2.1): 401
+    ``invalid_token`` whose message names the problem and the expected ``Authorization: Bearer <key>``."""
+    upstream.clear()
+    resp = get(gw, "/v1/servers", headers={"Authorization": credential})
+    assert_deployerp_error(resp, "invalid_token")
+    message = resp.json()["error"]["message"]
+    assert problem in message and "Authorization: Bearer <key>" in message, message
+    assert "revoked" not in message
+    assert bearer_error(resp) == "invalid_token"
+    assert upstream.records() == []
+
+
+def test_non_ascii_credential_says_so(gw: Gateway, upstream: Upstream) -> None:
+    upstream.clear()
+    with gw.client(verify=False) as c:
+        resp = c.get("/v1/servers", headers=[(b"Authorization", "Bearer dep_live_chaveç".encode())])
+    assert_deployerp_error(resp, "invalid_token")
+    message = resp.json()["error"]["message"]
+    assert "characters" in message and "Authorization: Bearer <key>" in message, message
     assert upstream.records() == []
 
 
@@ -348,6 +395,19 @@ def test_deployally_formats(tmp_path: Path, upstream: Upstream) -> None:
             if status == 401:
                 assert resp.headers["www-authenticate"].startswith("Bearer")
         assert len(upstream.records()) == 3
+
+        # The scheme in any case (RFC 9110 11.1); a malformed header told in the platform's language.
+        upstream.clear()
+        assert get(g, "/api/v1/templates", headers={"Authorization": "bearer  " + live["value"]}).status_code == 200
+        for credential, problem in (
+            ("Basic dXNlcjpwYXNz", "não é Bearer"),
+            ("Bearer " + live["value"] + " " + live["value"], "uma única key após Bearer"),
+        ):
+            resp = get(g, "/api/v1/templates", headers={"Authorization": credential})
+            assert_deployally_error(resp, 401)
+            message = resp.json()["error"]["message"]
+            assert problem in message and "Authorization: Bearer <key>" in message, message
+        assert len(upstream.records()) == 1
     finally:
         g.stop()
     assert_no_secret(g.log(), VALUES)

@@ -106,12 +106,17 @@ def test_scope_protected_metrics_and_custom_path(make_gateway: Callable[..., Gat
         wrong = c.get("/-/metrics", headers={"Authorization": f"Bearer {reader['value']}"})
         bad = c.get("/-/metrics", headers={"Authorization": "Bearer dep_live_" + "B" * 32})
         ok = c.get("/-/metrics", headers={"Authorization": f"Bearer {ops['value']}"})
+        # The credential is read as at the gate: scheme in any case, one or more spaces (RFC 9110 11.1, 11.4).
+        lower = c.get("/-/metrics", headers={"Authorization": f"bearer   {ops['value']}"})
+        scheme = c.get("/-/metrics", headers={"Authorization": f"Token {ops['value']}"})
         default_path = c.get("/metrics")
         post = c.post("/-/metrics", headers={"Authorization": f"Bearer {ops['value']}"})
     assert none.status_code == 401 and none.json()["error"]["code"] == "authentication_required"
     assert wrong.status_code == 403 and wrong.json()["error"]["code"] == "insufficient_permissions"
     assert bad.status_code == 401 and bad.json()["error"]["code"] == "invalid_token"
     assert ok.status_code == 200 and "gateway_requests_total" in ok.text
+    assert lower.status_code == 200 and "gateway_requests_total" in lower.text
+    assert scheme.status_code == 401 and "scheme is not Bearer" in scheme.json()["error"]["message"]
     assert default_path.status_code == 401  # /metrics is an ordinary path again: the gate answers it
     assert post.status_code == 405
 

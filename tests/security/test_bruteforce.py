@@ -1,4 +1,4 @@
-"""Defence 7 of docs/security.md: failed authentications are counted per client address; past the threshold that address
+"""Failed authentications are counted per client address; past the threshold that address
 cools down (429), a JSON log event fires, counters exist for metrics, and other addresses are unaffected.
 
 Two clients are two real loopback source addresses (127.0.0.3 the attacker, 127.0.0.4 a legitimate user),

@@ -1,4 +1,4 @@
-"""Defence 2 of docs/security.md: the client address is the socket peer unless that peer is a trusted proxy.
+"""The client address is the socket peer unless that peer is a trusted proxy.
 
 The shared gateway trusts 127.0.0.2 only. The ``office`` key may only be used from 10.0.0.0/8, so any header
 that could make the gateway believe the client is at 10.1.2.3 is an attack: from 127.0.0.1 it must get 403

@@ -1,18 +1,25 @@
-"""Defence 4 of docs/security.md: message framing that two parsers could read differently is refused and the
-connection closed.
+"""Message framing that two parsers could read differently is refused and the connection closed.
 
 Each request carries a valid key for ``POST /v1/servers`` so only its framing can be the reason for a refusal.
 Expected: 400 with the JSON error body, the connection closed by the gateway, and nothing at the upstream
 (not the request, not a request smuggled inside its body). docs/security.md records which of these uvicorn's
 two HTTP parsers (h11, httptools) accept on their own; the gateway runs httptools with the checks it lacks.
+Whitespace around a framing value is not ambiguity (RFC 9110 5.5): those messages are forwarded, normalised,
+with the same answer whichever uvicorn version is installed (OWS_FRAMING below).
 """
 
 from __future__ import annotations
 
+import asyncio
+from typing import Any
+
 import pytest
 
+from gateway.app import create_app
+from gateway.settings import load_settings
 from tests.security.conftest import Env
 from tests.support.attack import exchange, responses
+from tests.support.procs import SECRET
 
 # The smuggled request: if any part of the chain reads the outer body as a new request, it hits the upstream.
 SMUGGLED = b"GET /v1/invoices HTTP/1.1\r\nHost: x\r\n\r\n"
@@ -24,7 +31,8 @@ AMBIGUOUS = {
     "two-cl-same": b"Content-Length: 5\r\nContent-Length: 5\r\n\r\nhello",
     "cl-list": b"Content-Length: 5, 5\r\n\r\nhello",
     "cl-plus": b"Content-Length: +5\r\n\r\nhello",
-    "cl-trailing-space": b"Content-Length: 5 \r\n\r\nhello",
+    "cl-inner-space": b"Content-Length: 5 5\r\n\r\nhello",
+    "cl-vertical-tab": b"Content-Length: 5\x0b\r\n\r\nhello",
     "cl-hex": b"Content-Length: 0x5\r\n\r\nhello",
     "cl-negative": b"Content-Length: -1\r\n\r\nhello",
     "cl-decimal": b"Content-Length: 5.0\r\n\r\nhello",
@@ -76,6 +84,95 @@ def test_ambiguous_framing_is_refused_and_closed(env: Env, name: str) -> None:
     assert ex.closed, "the connection must be closed after a framing error"
     assert len(responses(ex.raw)) == 1
     assert env.seen() == []
+
+
+# Whitespace around a field value is not part of it (RFC 9110 5.5): these are well-framed messages, read by llhttp
+# as a 5-byte body whatever uvicorn hands the application (0.54 passes "5 " on, 0.55 strips trailing OWS).
+OWS_FRAMING = {
+    "cl-trailing-space": b"Content-Length: 5 \r\n",
+    "cl-leading-space": b"Content-Length:  5\r\n",
+    "cl-both-ows": b"Content-Length: \t5 \t \r\n",
+    "te-trailing-space": b"Transfer-Encoding: chunked \r\n",
+}
+
+
+@pytest.mark.parametrize("name", sorted(OWS_FRAMING))
+def test_whitespace_around_a_framing_value_is_not_part_of_it(env: Env, name: str) -> None:
+    """RFC 9110 5.5: a field value excludes its leading and trailing whitespace (OWS), so ``Content-Length: 5 ``
+    is ``Content-Length: 5``. RFC 9112 6.3: a proxy must not frame a message differently from the server behind
+    it. The gateway forwards it with exactly one ``Content-Length`` of the digits alone (or, for chunked, the
+    body it read), on every uvicorn version, and a request pipelined after the body is read where llhttp ends
+    the first: the upstream receives both, each whole."""
+    chunked = name.startswith("te-")
+    body = b"5\r\nhello\r\n0\r\n\r\n" if chunked else b"hello"
+    first = _post(env, OWS_FRAMING[name] + b"\r\n" + body)
+    second = b"GET /v1/servers/2 HTTP/1.1\r\nHost: gateway.test\r\n" + env.auth() + b"\r\n\r\n"
+    ex = exchange(env.port, first + second, want=2)
+    assert [r.status for r in responses(ex.raw)] == [200, 200], ex.raw[:300]
+    post, get = env.seen()
+    assert (post["method"], post["body_bytes"], get["target"]) == ("POST", 5, "/v1/servers/2")
+    lengths = [v for k, v in post["headers"] if k.lower() == "content-length"]
+    if chunked:
+        assert lengths == []
+    else:
+        assert lengths == ["5"]
+        assert not any(k.lower() == "transfer-encoding" for k, _ in post["headers"])
+
+
+def _through_the_gate(env: Env, headers: list[tuple[bytes, bytes]], body: bytes) -> list[int]:
+    """The statuses of ``POST /v1/servers`` with ``headers`` as an ASGI server hands them over, each sent to
+    the shared gateway's own app (its config, key store and upstream) built in this process: the server in front
+    is left out, so the pipeline alone decides."""
+    settings = load_settings(env.gateway.config, environ={"GATEWAY_SECRET": SECRET})
+    auth = b"Bearer " + env.writer["value"].encode()
+
+    async def one(app: Any, header: tuple[bytes, bytes]) -> int:
+        messages = [{"type": "http.request", "body": body, "more_body": False}]
+        sent: list[dict[str, Any]] = []
+
+        async def receive() -> dict[str, Any]:
+            return messages.pop(0) if messages else {"type": "http.disconnect"}
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message)
+
+        scope = {
+            "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+            "scheme": "http", "path": "/v1/servers", "raw_path": b"/v1/servers", "query_string": b"",
+            "root_path": "", "client": ("127.0.0.1", 40000), "server": ("127.0.0.1", env.port),
+            "headers": [(b"host", b"gateway.test"), (b"authorization", auth), header],
+        }
+        await app(scope, receive, send)
+        return int(sent[0]["status"])
+
+    async def run() -> list[int]:
+        app = create_app(settings)
+        forwarder = app.forwarders["live"]
+        assert forwarder is not None
+        await forwarder.start()
+        try:
+            return [await one(app, header) for header in headers]
+        finally:
+            await forwarder.close()
+            await app.components.store.close()
+
+    return asyncio.run(run())
+
+
+def test_the_gate_frames_alike_whatever_the_server_strips(env: Env) -> None:
+    """RFC 9110 5.5 and RFC 9112 6.3, under any ASGI server: uvicorn 0.54 hands the application llhttp's value
+    with its trailing whitespace (``5 ``), 0.55 strips it, h11 strips both ends. The gateway's answer and what
+    the upstream receives are the same for every spelling."""
+    spellings = [
+        (b"content-length", b"5"), (b"content-length", b"5 "), (b"content-length", b" 5\t"),
+        (b"transfer-encoding", b"chunked"), (b"transfer-encoding", b"chunked "),
+        (b"transfer-encoding", b"\tChunked "),
+    ]
+    assert _through_the_gate(env, spellings, b"hello") == [200] * len(spellings)
+    seen = env.seen()
+    assert [r["body_bytes"] for r in seen] == [5] * len(spellings)
+    lengths = [[v for k, v in r["headers"] if k.lower() == "content-length"] for r in seen]
+    assert lengths == [["5"]] * 3 + [[]] * 3
 
 
 def test_transfer_encoding_on_http10_is_refused(env: Env) -> None:

@@ -1,4 +1,4 @@
-"""Defence 3 of docs/security.md: the upstream trusts X-Auth-* because only the gateway can set them.
+"""The upstream trusts X-Auth-* because only the gateway can set them.
 
 A client forging them in any spelling, or naming them in ``Connection`` so a hop-by-hop filter drops the
 injected ones, must leave the upstream with exactly the gateway's values. Two Authorization headers are

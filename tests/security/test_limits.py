@@ -1,6 +1,6 @@
-"""Defence 5 of docs/security.md: what one request or one client may cost: header size and count (431), target
-length (414), body size per route (413, before reading and while streaming), the head deadline (slowloris), the
-keep-alive idle limit, the per-process concurrency cap, and unauthenticated bodies never read.
+"""What one request or one client may cost: header size and count (431), target length (414),
+body size per route (413, before reading and while streaming), the head deadline (slowloris), the keep-alive
+idle limit, the per-process concurrency cap, and unauthenticated bodies never read.
 
 The shared gateway has the default limits (16 KiB / 100 headers, 8 KiB target) and 1000 bytes on
 ``/v1/backups/**``. A second gateway of this module has short timeouts and a cap of 3 concurrent requests.

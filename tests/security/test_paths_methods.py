@@ -1,4 +1,4 @@
-"""Defence 1 of docs/security.md: one path, checked and forwarded; methods are case-sensitive and unknown ones denied.
+"""One path, checked and forwarded; methods are case-sensitive and unknown ones denied.
 
 Every attack is sent with a key that *would* be allowed on the path the attacker pretends to ask for
 (``servers:read``), aiming at a path it must not reach (``/v1/invoices``, ``billing:read``) or at the
@@ -84,6 +84,41 @@ def test_raw_control_and_non_ascii_bytes_in_target_are_refused(env: Env, target:
     assert ex.first.json()["error"]["code"] == "invalid_request"
     assert ex.closed
     assert env.seen() == []
+
+
+# Characters that Unicode compatibility normalisation (NFKC) turns into ".", "/" or "\\": an upstream that
+# normalises the decoded path (Python's unicodedata, Java's Normalizer, .NET's string.Normalize) would read
+# ．． as .. and ／ as /, and serve /v1/invoices to a key that may only read /v1/servers.
+NFKC_TARGETS = {
+    "fullwidth-dot-dot": b"/v1/servers/%EF%BC%8E%EF%BC%8E/invoices",
+    "fullwidth-solidus": b"/v1/servers%EF%BC%8F..%EF%BC%8Finvoices",
+    "fullwidth-reverse-solidus": b"/v1/servers/%EF%BC%BC..%EF%BC%BCinvoices",
+    "one-dot-leaders": b"/v1/servers/%E2%80%A4%E2%80%A4/invoices",
+    "two-dot-leader": b"/v1/servers/%E2%80%A5/invoices",
+    "small-full-stops": b"/v1/servers/%EF%B9%92%EF%B9%92/invoices",
+    "lower-case-hex": b"/v1/servers/%ef%bc%8e%ef%bc%8e/invoices",
+    "raw-utf8-fullwidth-dot-dot": "/v1/servers/\uff0e\uff0e/invoices".encode(),
+    "raw-utf8-fullwidth-solidus": "/v1/servers\uff0f..\uff0finvoices".encode(),
+}
+
+
+@pytest.mark.parametrize("name", sorted(NFKC_TARGETS))
+def test_nfkc_forms_of_dot_and_slash_are_refused(env: Env, name: str) -> None:
+    """RFC 3986 6.2.2 leaves normalisation beyond case and escapes to the scheme, and servers differ: a path
+    that Unicode compatibility normalisation (NFKC, UAX #15) turns into a dot segment or separator is refused
+    (400), raw or percent-encoded, and the upstream receives nothing."""
+    ex = exchange(env.port, request("GET", NFKC_TARGETS[name], env.auth()))
+    assert ex.status == 400, ex.raw[:300]
+    assert ex.first.json()["error"]["code"] == "invalid_request"
+    assert env.seen() == []
+
+
+def test_ordinary_non_ascii_letters_percent_encoded_are_forwarded(env: Env) -> None:
+    """The control for the test above: é, ü, € and ½ (NFKC: 1⁄2, a fraction slash) are data and pass."""
+    target = b"/v1/servers/caf%C3%A9-%C3%BC-%E2%82%AC-%C2%BD"
+    ex = exchange(env.port, request("GET", target, env.auth()))
+    assert ex.status == 200, ex.raw[:300]
+    assert [r["target"] for r in env.seen()] == [target.decode()]
 
 
 @pytest.mark.parametrize("target", [b"evil.example:443", b"127.0.0.1:22", b"/v1/servers"])

@@ -1,6 +1,6 @@
-"""Defence 8 of docs/security.md: secrets. Key values, their keyed hashes and the pepper never appear in a log line,
-an error body, a response header or the SQLite files; the pepper file the gateway creates is mode 600; the checksum
-is checked before any store lookup; hashes are only ever compared with ``hmac.compare_digest``.
+"""Secrets. Key values, their keyed hashes and the pepper never appear in a log line, an error
+body, a response header or the SQLite files; the pepper file the gateway creates is mode 600; the checksum is
+checked before any store lookup; hashes are only ever compared with ``hmac.compare_digest``.
 
 The session test runs a real gateway with no GATEWAY_SECRET (so it makes its own pepper file), drives it
 through successes, failures, debug headers and the key-management API, stops it (so every buffered write

@@ -4,10 +4,15 @@ Table-driven: every row is a raw path as it arrives on the wire (bytes, before a
 
 from __future__ import annotations
 
+import unicodedata
+from urllib.parse import quote
+
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from gateway.errors import BadRequest
-from gateway.paths import PathError, split_path
+from gateway.paths import NFKC_SEPARATORS, PathError, split_path
 
 ACCEPTED: list[tuple[bytes, list[str]]] = [
     (b"/", []),
@@ -31,6 +36,11 @@ ACCEPTED: list[tuple[bytes, list[str]]] = [
     (b"/v1/servers/100%25", ["v1", "servers", "100%"]),  # a lone encoded '%' is data
     (b"/v1/servers/%25zz", ["v1", "servers", "%zz"]),
     (b"/V1/Servers", ["V1", "Servers"]),  # case is kept: matching is case-sensitive
+    (b"/v1/servers/caf%C3%A9", ["v1", "servers", "caf\u00e9"]),  # é: NFKC keeps it a letter
+    (b"/v1/servers/%C2%BD", ["v1", "servers", "\u00bd"]),  # ½: NFKC gives 1⁄2, a fraction slash, not "/"
+    (b"/v1/servers/%E2%81%84", ["v1", "servers", "\u2044"]),  # ⁄ FRACTION SLASH: NFKC keeps it
+    (b"/v1/servers/%E2%88%95", ["v1", "servers", "\u2215"]),  # ∕ DIVISION SLASH: NFKC keeps it
+    (b"/v1/servers/%EF%BD%81", ["v1", "servers", "\uff41"]),  # ａ fullwidth letter: NFKC a, harmless
 ]
 
 REFUSED: list[tuple[bytes, str]] = [
@@ -94,6 +104,19 @@ REFUSED: list[tuple[bytes, str]] = [
     (b"/v1/servers/a`b", "backtick"),
     (b"/v1/servers/a^b", "caret"),
     (b"/v1/servers/[::1]", "brackets"),
+    # Characters Unicode compatibility normalisation (NFKC) turns into ".", "/" or "\\", percent-encoded: an
+    # upstream that normalises (Python, Java, .NET code often does) would read a dot segment or a separator.
+    (b"/v1/servers/%EF%BC%8E%EF%BC%8E/invoices", "fullwidth dot-dot"),
+    (b"/v1/servers/%EF%BC%8E", "fullwidth dot"),
+    (b"/v1/servers%EF%BC%8F..%EF%BC%8Finvoices", "fullwidth solidus"),
+    (b"/v1/servers/a%EF%BC%BCb", "fullwidth reverse solidus"),
+    (b"/v1/servers/%E2%80%A4%E2%80%A4/invoices", "one-dot leaders"),
+    (b"/v1/servers/%E2%80%A5/invoices", "two-dot leader"),
+    (b"/v1/servers/%EF%B9%92%EF%B9%92/invoices", "small full stops"),
+    (b"/v1/servers/a%EF%B9%A8b", "small reverse solidus"),
+    (b"/v1/servers/%E2%84%80", "account of (a/c)"),
+    (b"/v1/servers/caf%C3%A9%EF%BC%8E", "a fullwidth dot after an ordinary letter"),
+    (b"/v1/servers/\xef\xbc\x8e\xef\xbc\x8e/invoices", "raw UTF-8 fullwidth dot-dot"),
 ]
 
 
@@ -125,3 +148,49 @@ def test_the_error_body_is_json_in_both_formats() -> None:
     assert erp["error"]["code"] == "invalid_request" and erp["error"]["status"] == 400
     assert ally["success"] is False and ally["error"]["code"] == "BAD_REQUEST"
     assert "%2e" not in json.dumps(erp) and "invoices" not in json.dumps(ally)
+
+
+# --- compatibility forms of ".", "/" and "\\" ---------------------------------------------------------------
+
+
+def _nfkc_separators_by_definition() -> set[str]:
+    """Every code point whose NFKC form contains ".", "/" or "\\" and that is none of them: the definition,
+    checked the slow way (a second or so), against the set gateway.paths derives quickly at import."""
+    found = set()
+    for cp in range(0x110000):
+        if 0xD800 <= cp < 0xE000:
+            continue  # surrogates are not characters, and never decode from valid UTF-8
+        ch = chr(cp)
+        form = unicodedata.normalize("NFKC", ch)
+        if ch not in "./\\" and ("." in form or "/" in form or "\\" in form):
+            found.add(ch)
+    return found
+
+
+def test_the_derived_set_is_exactly_the_definition() -> None:
+    assert set(NFKC_SEPARATORS) == _nfkc_separators_by_definition()
+    # The forms the threat is known by are in it, so the derivation is not vacuous.
+    assert {"\uff0e", "\uff0f", "\uff3c", "\u2024", "\u2025", "\ufe52", "\ufe68"} <= NFKC_SEPARATORS
+    assert not {".", "/", "\\", "\u2044", "\u2215", "\u00e9"} & NFKC_SEPARATORS
+
+
+@pytest.mark.parametrize("ch", sorted(NFKC_SEPARATORS), ids=lambda c: f"U+{ord(c):04X}")
+def test_every_nfkc_separator_is_refused_raw_or_percent_encoded(ch: str) -> None:
+    """Every code point in the derived set, alone, inside a segment, as a whole segment, in either case of hex."""
+    encoded = quote(ch, safe="")
+    for segment in (encoded, "a" + encoded + "b", encoded.lower(), encoded + encoded):
+        with pytest.raises(PathError):
+            split_path(b"/v1/servers/" + segment.encode() + b"/x")
+    with pytest.raises(PathError):
+        split_path(b"/v1/servers/" + ch.encode())
+
+
+_NOT_SEPARATORS = st.characters(
+    exclude_categories=("Cs",), min_codepoint=0x80,
+).filter(lambda c: c not in NFKC_SEPARATORS)
+
+
+@given(st.text(_NOT_SEPARATORS, min_size=1, max_size=8))
+def test_other_non_ascii_text_percent_encoded_still_passes(text: str) -> None:
+    """Ordinary non-ASCII letters, marks and symbols (é, ü, €, CJK) are not refused for being non-ASCII."""
+    assert split_path(b"/v1/servers/" + quote(text, safe="").encode()) == ["v1", "servers", text]
