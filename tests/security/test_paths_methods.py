@@ -105,8 +105,8 @@ NFKC_TARGETS = {
 @pytest.mark.parametrize("name", sorted(NFKC_TARGETS))
 def test_nfkc_forms_of_dot_and_slash_are_refused(env: Env, name: str) -> None:
     """RFC 3986 6.2.2 leaves normalisation beyond case and escapes to the scheme, and servers differ: a path
-    that Unicode compatibility normalisation (NFKC, Unicode Standard Annex 15) turns into a dot segment or separator is refused
-    (400), raw or percent-encoded, and the upstream receives nothing."""
+    that Unicode compatibility normalisation (NFKC, Unicode Standard Annex 15) turns into a dot segment or
+    separator is refused (400), raw or percent-encoded, and the upstream receives nothing."""
     ex = exchange(env.port, request("GET", NFKC_TARGETS[name], env.auth()))
     assert ex.status == 400, ex.raw[:300]
     assert ex.first.json()["error"]["code"] == "invalid_request"
