@@ -260,3 +260,72 @@ def render(
     headers = error.headers(error_format, body)
     headers.extend(extra_headers)
     return error.status, headers, body
+
+
+# --- refused by the HTTP server protocol, the request limits or the failed-login guard ---------------------
+
+
+class MethodNotAllowed(GatewayError):
+    status, code, ally_code = 405, "method_not_allowed", "METHOD_NOT_ALLOWED"
+    message = "This method is not supported"
+    ally_message = "Método não suportado"
+    extra_headers = ((b"allow", b"GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"),)
+
+
+class FramingError(BadRequest):
+    message = "The request framing is malformed or ambiguous"
+    ally_message = "O enquadramento da requisição é inválido ou ambíguo"
+
+
+class TargetNotOriginForm(BadRequest):
+    message = "The request target must be a path (origin-form)"
+    ally_message = "O alvo da requisição deve ser um caminho"
+
+
+class RequestTimeout(GatewayError):
+    status, code, ally_code = 408, "request_timeout", "REQUEST_TIMEOUT"
+    message = "The request headers did not arrive in time"
+    ally_message = "Os cabeçalhos da requisição não chegaram a tempo"
+
+
+class BodyTimeout(RequestTimeout):
+    message = "The request body did not arrive in time"
+    ally_message = "O corpo da requisição não chegou a tempo"
+
+
+class PayloadTooLarge(GatewayError):
+    status, code, ally_code = 413, "payload_too_large", "PAYLOAD_TOO_LARGE"
+    message = "The request body is larger than this route accepts"
+    ally_message = "O corpo da requisição é maior do que esta rota aceita"
+
+
+class URITooLong(GatewayError):
+    status, code, ally_code = 414, "uri_too_long", "URI_TOO_LONG"
+    message = "The request target is too long"
+    ally_message = "O alvo da requisição é longo demais"
+
+
+class HeadersTooLarge(GatewayError):
+    status, code, ally_code = 431, "headers_too_large", "HEADERS_TOO_LARGE"
+    message = "The request headers are too large or too many"
+    ally_message = "Os cabeçalhos da requisição são grandes ou numerosos demais"
+
+
+class Overloaded(GatewayError):
+    status, code, ally_code = 503, "service_unavailable", "SERVICE_UNAVAILABLE"
+    message = "The gateway is at its connection limit; retry shortly"
+    ally_message = "O gateway está no limite de conexões; tente novamente em instantes"
+    extra_headers = ((b"retry-after", b"1"),)
+
+
+class TooManyFailures(GatewayError):
+    """Too many failed authentications from this client address: refused until the cool-down ends."""
+
+    status, code, ally_code = 429, "too_many_failed_attempts", "TOO_MANY_REQUESTS"
+    message = "Too many failed authentication attempts from this address; retry after the time in Retry-After"
+    ally_message = "Muitas tentativas de autenticação falharam a partir deste endereço; tente mais tarde"
+
+    def __init__(self, retry_after: float) -> None:
+        super().__init__()
+        self.retry_after = max(1, int(retry_after + 0.999))
+        self.extra_headers = ((b"retry-after", str(self.retry_after).encode()),)

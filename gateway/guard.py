@@ -19,16 +19,12 @@ cannot do because uvicorn hides it or because it must happen before the head is 
 The remaining framing checks (a single final ``chunked``, digits-only ``Content-Length``, no
 ``Transfer-Encoding`` on HTTP/1.0, one ``Host``) sit in the pipeline's single pass over the headers, so they
 hold under any ASGI server.
-
-:class:`FailureGuard` counts failed authentications per client address and in total, in bounded memory.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-from collections import OrderedDict
 from typing import Any
 
 import httptools
@@ -46,78 +42,24 @@ from uvicorn.protocols.http.httptools_impl import (
 )
 from uvicorn.protocols.utils import get_client_addr, get_path_with_query_string
 
-from gateway.errors import BadRequest, GatewayError, Header, render
+from gateway.errors import (
+    BadRequest,
+    FramingError,
+    GatewayError,
+    Header,
+    HeadersTooLarge,
+    MethodNotAllowed,
+    Overloaded,
+    RequestTimeout,
+    TargetNotOriginForm,
+    URITooLong,
+    render,
+)
 from gateway.settings import LimitsSettings, Settings
 
 log = logging.getLogger("gateway.security")
 
 CLOSE: Header = (b"connection", b"close")
-
-
-class MethodNotAllowed(GatewayError):
-    status, code, ally_code = 405, "method_not_allowed", "METHOD_NOT_ALLOWED"
-    message = "This method is not supported"
-    ally_message = "Método não suportado"
-    extra_headers = ((b"allow", b"GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"),)
-
-
-class FramingError(BadRequest):
-    message = "The request framing is malformed or ambiguous"
-    ally_message = "O enquadramento da requisição é inválido ou ambíguo"
-
-
-class TargetNotOriginForm(BadRequest):
-    message = "The request target must be a path (origin-form)"
-    ally_message = "O alvo da requisição deve ser um caminho"
-
-
-class RequestTimeout(GatewayError):
-    status, code, ally_code = 408, "request_timeout", "REQUEST_TIMEOUT"
-    message = "The request headers did not arrive in time"
-    ally_message = "Os cabeçalhos da requisição não chegaram a tempo"
-
-
-class BodyTimeout(RequestTimeout):
-    message = "The request body did not arrive in time"
-    ally_message = "O corpo da requisição não chegou a tempo"
-
-
-class PayloadTooLarge(GatewayError):
-    status, code, ally_code = 413, "payload_too_large", "PAYLOAD_TOO_LARGE"
-    message = "The request body is larger than this route accepts"
-    ally_message = "O corpo da requisição é maior do que esta rota aceita"
-
-
-class URITooLong(GatewayError):
-    status, code, ally_code = 414, "uri_too_long", "URI_TOO_LONG"
-    message = "The request target is too long"
-    ally_message = "O alvo da requisição é longo demais"
-
-
-class HeadersTooLarge(GatewayError):
-    status, code, ally_code = 431, "headers_too_large", "HEADERS_TOO_LARGE"
-    message = "The request headers are too large or too many"
-    ally_message = "Os cabeçalhos da requisição são grandes ou numerosos demais"
-
-
-class Overloaded(GatewayError):
-    status, code, ally_code = 503, "service_unavailable", "SERVICE_UNAVAILABLE"
-    message = "The gateway is at its connection limit; retry shortly"
-    ally_message = "O gateway está no limite de conexões; tente novamente em instantes"
-    extra_headers = ((b"retry-after", b"1"),)
-
-
-class TooManyFailures(GatewayError):
-    """Too many failed authentications from this client address: refused until the cool-down ends."""
-
-    status, code, ally_code = 429, "too_many_failed_attempts", "TOO_MANY_REQUESTS"
-    message = "Too many failed authentication attempts from this address; retry after the time in Retry-After"
-    ally_message = "Muitas tentativas de autenticação falharam a partir deste endereço; tente mais tarde"
-
-    def __init__(self, retry_after: float) -> None:
-        super().__init__()
-        self.retry_after = max(1, int(retry_after + 0.999))
-        self.extra_headers = ((b"retry-after", str(self.retry_after).encode()),)
 
 
 # --- the HTTP server protocol ---------------------------------------------------------------------------------
@@ -480,78 +422,3 @@ def http_protocol(settings: Settings) -> type[GuardedHttpToolsProtocol]:
 
 # Make sure an llhttp callback error is what send_400_response sees (httptools wraps it; uvicorn catches it).
 assert issubclass(httptools.HttpParserCallbackError, httptools.HttpParserError)
-
-
-# --- failed authentications -----------------------------------------------------------------------------------
-
-
-class FailureGuard:
-    """Failed authentications per client address, in one-minute windows, in bounded memory.
-
-    Past ``per_minute`` failures in a window an address is refused (429) for ``cooldown`` seconds and one
-    structured log event is written; past ``global_per_minute`` failures from all addresses together in a
-    window one alert event is written (nobody is blocked for it: that would let an attacker lock everyone
-    out). ``failures_total`` and ``blocks_total`` are counters for the metrics endpoint.
-
-    Memory: at most ``max_tracked`` windows and as many blocks; the least recently failing address is
-    forgotten first. Single-threaded (the event loop), so no locking.
-    """
-
-    WINDOW = 60.0
-
-    def __init__(self, per_minute: int, cooldown: float, global_per_minute: int, max_tracked: int) -> None:
-        self.enabled = per_minute > 0
-        self.per_minute = per_minute
-        self.cooldown = cooldown
-        self.global_per_minute = global_per_minute
-        self.max_tracked = max_tracked
-        self.failures_total = 0
-        self.blocks_total = 0
-        self.refused_total = 0
-        self.blocked: dict[str, float] = {}  # address -> time the block ends
-        self._windows: OrderedDict[str, list[float]] = OrderedDict()  # address -> [window start, count]
-        self._global = [0.0, 0]
-
-    def retry_after(self, address: str, now: float) -> float | None:
-        """Seconds left of the address's block, or None when it is not blocked."""
-        until = self.blocked.get(address)
-        if until is None:
-            return None
-        if until <= now:
-            del self.blocked[address]
-            return None
-        self.refused_total += 1
-        return until - now
-
-    def failure(self, address: str, now: float) -> None:
-        """Count one failed authentication from ``address``."""
-        self.failures_total += 1
-        g = self._global
-        if now - g[0] >= self.WINDOW:
-            g[0], g[1] = now, 0
-        g[1] += 1
-        if g[1] == self.global_per_minute:
-            _event("auth_failures_global", failures=g[1], window_seconds=int(self.WINDOW))
-        if not self.enabled:
-            return
-        window = self._windows.get(address)
-        if window is None or now - window[0] >= self.WINDOW:
-            window = [now, 0]
-        self._windows[address] = window
-        self._windows.move_to_end(address)
-        while len(self._windows) > self.max_tracked:
-            self._windows.popitem(last=False)
-        window[1] += 1
-        if window[1] >= self.per_minute and address not in self.blocked:
-            if len(self.blocked) >= self.max_tracked:
-                self.blocked.pop(next(iter(self.blocked)))
-            self.blocked[address] = now + self.cooldown
-            self.blocks_total += 1
-            del self._windows[address]
-            _event("auth_failures_blocked", client=address, failures=int(window[1]),
-                   cooldown_seconds=self.cooldown)
-
-
-def _event(name: str, **fields: Any) -> None:
-    """One JSON object per line: what log shippers parse. Never carries a credential."""
-    log.warning(json.dumps({"event": name, **fields}, separators=(",", ":")))

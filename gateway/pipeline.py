@@ -27,9 +27,16 @@ from starlette.types import Receive, Scope, Send
 
 from gateway.admin.api import Call, ManagementAPI
 from gateway.bearer import OWS
-from gateway.errors import EnvironmentUnavailable, GatewayError, ServiceUnavailable, render
+from gateway.errors import (
+    EnvironmentUnavailable,
+    FramingError,
+    GatewayError,
+    MethodNotAllowed,
+    ServiceUnavailable,
+    render,
+)
 from gateway.gate import Allow, Deny, Gate
-from gateway.guard import CLOSE, FramingError, MethodNotAllowed
+from gateway.guard import CLOSE
 from gateway.keys.cache import AuthKey
 from gateway.network import IPAddress, address_text, parse_address
 from gateway.ops.logging import AccessLog, new_request_id, valid_request_id

@@ -42,11 +42,14 @@ from gateway.errors import (
     InvalidToken,
     IPRestricted,
     JWTNotAccepted,
+    MethodNotAllowed,
+    PayloadTooLarge,
     StoreUnavailable,
+    TooManyFailures,
     TwoAuthorizations,
     render,
 )
-from gateway.guard import FailureGuard, MethodNotAllowed, PayloadTooLarge, TooManyFailures
+from gateway.gate.failures import FailureGuard
 from gateway.keys.cache import UNKNOWN as _UNKNOWN
 from gateway.keys.cache import AuthKey, KeyCache
 from gateway.keys.format import KeyParser, checksum_ok

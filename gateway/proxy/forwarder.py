@@ -30,8 +30,7 @@ from multidict import CIMultiDict
 from starlette.types import Receive, Send
 from yarl import URL
 
-from gateway.errors import GatewayError, UpstreamTimeout, UpstreamUnavailable
-from gateway.guard import BodyTimeout, PayloadTooLarge
+from gateway.errors import BodyTimeout, GatewayError, PayloadTooLarge, UpstreamTimeout, UpstreamUnavailable
 
 log = logging.getLogger("gateway.proxy")
 

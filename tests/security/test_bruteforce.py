@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from gateway.guard import FailureGuard
+from gateway.gate.failures import FailureGuard
 from tests.support.attack import exchange, request
 from tests.support.procs import Gateway, Upstream
 
