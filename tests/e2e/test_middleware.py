@@ -21,7 +21,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import httpx
 import pytest
@@ -58,6 +58,8 @@ scopes: [instances:read, instances:write, reports:read]
 
 # --- the applications -----------------------------------------------------------------------------------------
 
+InstanceWriter = Annotated[GatewayUser, Security(RequireScope("instances:write"))]
+
 
 def fastapi_app() -> FastAPI:
     app = FastAPI()
@@ -86,7 +88,7 @@ def fastapi_app() -> FastAPI:
         return {"instances": []}
 
     @app.post("/instances")
-    async def create_instance(user: GatewayUser = Security(RequireScope("instances:write"))):
+    async def create_instance(user: InstanceWriter):
         return {"created_by_key": user.key_id}
 
     @app.websocket("/v1/servers/stream")

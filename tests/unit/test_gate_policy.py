@@ -1,5 +1,6 @@
 """What the gate does with a path no policy rule matches: deny (the reverse proxy's rule), or authenticate
-only and leave the scopes to the application (the ASGI middleware's ``unmatched="authenticate"``).
+only and leave the scopes to the application (the ASGI middleware's ``unmatched="authenticate"``); and which
+route is the management API's key check that spends no request.
 
 Driven on the gate directly, over a real SQLite store in a temporary directory."""
 
@@ -34,7 +35,8 @@ def settings_for(tmp_path: Path) -> Settings:
     })
 
 
-async def decide(settings: Settings, unmatched: str | None, path: bytes, key: bool = True) -> tuple[Any, Any]:
+async def decide(settings: Settings, unmatched: str | None, path: bytes, key: bool = True,
+                 times: int = 1) -> tuple[Any, Any]:
     components = build_components(settings)
     value, record = await create_key(components.store, components.pepper, settings.key_format, name="app",
                                      permissions=["reports:read"], rate_limit_tier="limited")
@@ -43,6 +45,8 @@ async def decide(settings: Settings, unmatched: str | None, path: bytes, key: bo
     await service.start()
     try:
         auth = [f"Bearer {value}".encode()] if key else []
+        for _ in range(times - 1):
+            await service.gate.decide("GET", path, auth, "127.0.0.1", [])
         return await service.gate.decide("GET", path, auth, "127.0.0.1", []), record
     finally:
         await service.stop()
@@ -83,3 +87,19 @@ def test_unmatched_takes_only_deny_or_authenticate(tmp_path: Path) -> None:
     settings = settings_for(tmp_path)
     with pytest.raises(ValueError, match="deny.*authenticate"):
         GateService(settings, build_components(settings), unmatched="allow")
+
+
+def test_auth_test_path_spends_nothing_only_with_the_management_api(tmp_path: Path) -> None:
+    """``{prefix}/auth/test`` only looks at the rate limit when it is the management API's own key check; with
+    the management API off, a policy rule of that name is an ordinary route and spends a request."""
+    rule = "{path: /v1/auth/test, methods: [GET], scopes: [reports:read]}"
+    (tmp_path / "policy.yaml").write_text(f"routes:\n  - {rule}\n")
+    settings = load_settings(None, environ={}, overrides={
+        "store": {"url": f"sqlite:///{tmp_path / 'keys.db'}"},
+        "policies": str(tmp_path / "policy.yaml"),
+        "secret": SECRET,
+        "management": {"enabled": False},
+    })
+    decision, _ = asyncio.run(decide(settings, None, b"/v1/auth/test", times=3))
+    assert isinstance(decision, Allow), decision.error
+    assert (b"x-ratelimit-remaining", b"7") in decision.response_headers
