@@ -50,7 +50,13 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from starlette.websockets import WebSocket
 
 from gateway.app import Components, GateService, build_components
-from gateway.errors import AuthenticationRequired, GatewayError, InsufficientPermissions, render
+from gateway.errors import (
+    AuthenticationRequired,
+    EnvironmentUnavailable,
+    GatewayError,
+    InsufficientPermissions,
+    render,
+)
 from gateway.gate import UNMATCHED, Deny
 from gateway.guard import CLOSE, PayloadTooLarge
 from gateway.keys.cache import AuthKey
@@ -167,11 +173,13 @@ class AuthMiddleware:
     overrides included); ``settings`` a :class:`~gateway.settings.Settings` instead (tests). ``unmatched`` says
     what happens to a path no policy rule matches: ``"deny"`` (403, as the reverse proxy does) or
     ``"authenticate"`` (any valid credential passes; the application checks scopes itself, e.g. with
-    :class:`RequireScope`). A bad configuration raises :class:`~gateway.settings.ConfigError` naming the
+    :class:`RequireScope`). Test keys are refused (403 ``environment_unavailable``), as the proxy refuses them
+    without a test upstream, unless ``allow_test_keys`` (then ``request.user.environment`` tells them apart).
+    A bad configuration raises :class:`~gateway.settings.ConfigError` naming the
     field, here, before anything is served."""
 
     def __init__(self, app: ASGIApp, config: str | None = None, *, settings: Settings | None = None,
-                 unmatched: str = "deny") -> None:
+                 unmatched: str = "deny", allow_test_keys: bool = False) -> None:
         if (config is None) == (settings is None):
             raise TypeError("AuthMiddleware takes config= (the path of a configuration file) or settings=")
         if unmatched not in UNMATCHED:
@@ -183,6 +191,7 @@ class AuthMiddleware:
         self.app = app
         self.settings = settings
         self.unmatched = unmatched
+        self.allow_test_keys = allow_test_keys
         self._format = settings.error_format
         self._components: Components | None = build_components(settings)
         if self._components.pepper_created:
@@ -244,25 +253,28 @@ class AuthMiddleware:
         decision = await service.gate.decide(scope["method"] if http else "GET", raw_path, authorization,
                                              client[0] if client else None, forwarded_for, debug, length)
 
-        # 3. Refused: answered here.
+        # 3. Refused: answered here. A body is not read: close rather than let the server drain it.
+        close: tuple[Header, ...] = (CLOSE,) if http and (chunked or length > 0) else ()
         if isinstance(decision, Deny):
-            # The body was not read: close rather than let the server drain it.
-            extra = (CLOSE,) if http and (chunked or length > 0) else ()
-            await self._answer(scope, send, *decision.render(self._format, extra))
+            await self._answer(scope, send, *decision.render(self._format, close))
             return
 
         # 4. Let through: the scope as Starlette's AuthenticationMiddleware leaves it.
         principal = decision.principal
+        added = decision.response_headers
         if principal is None:
             scope["auth"] = AuthCredentials()
             scope["user"] = UnauthenticatedUser()
         else:
+            if principal.environment != "live" and not self.allow_test_keys:
+                # Test keys never reach live data: one application here, no test upstream to send them to.
+                await self._answer(scope, send, *render(EnvironmentUnavailable(), self._format, [*added, *close]))
+                return
             scope["auth"] = AuthCredentials(self._scopes(principal.permissions))
             scope["user"] = GatewayUser(principal)
         scope["gateway.principal"] = principal
         scope["gateway.decision"] = decision
 
-        added = decision.response_headers
         head = "http.response.start" if http else "websocket.accept"
         started = answered = False
 
@@ -307,8 +319,7 @@ class AuthMiddleware:
             if started or not isinstance(exc, GatewayError):
                 raise
             # From RequireScope (or the application's own raise) before its response started.
-            extra = (CLOSE,) if http and (chunked or length > 0) else ()
-            await self._answer(scope, send_wrapper, *render(exc, self._format, extra))
+            await self._answer(scope, send_wrapper, *render(exc, self._format, close))
 
     def _scopes(self, permissions: frozenset[str]) -> tuple[str, ...]:
         """The key's scopes for ``AuthCredentials``, sorted, plus every scope the policy names that one of its

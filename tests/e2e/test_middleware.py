@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import httpx
+import jwt
 import pytest
 import uvicorn
 import yaml
@@ -90,6 +91,12 @@ def fastapi_app() -> FastAPI:
     @app.post("/instances")
     async def create_instance(user: InstanceWriter):
         return {"created_by_key": user.key_id}
+
+    @app.get("/me")
+    async def me(request: Request):
+        user = request.user
+        return {"key_id": user.key_id, "subject": user.subject, "name": user.name, "owner": user.owner,
+                "identity": user.identity, "environment": user.environment, "scopes": request.auth.scopes}
 
     @app.websocket("/v1/servers/stream")
     async def stream(websocket: WebSocket):
@@ -375,6 +382,35 @@ def test_policy_route_denies_a_missing_scope(door: Callable[..., Door], work: Wo
     resp = d.request("GET", "/v1/servers", headers=bearer(value))
     assert_deployerp_error(resp, "insufficient_permissions")
     assert "x-app" not in resp.headers
+
+
+def test_jwt_subject_is_the_user(door: Callable[..., Door], work: Work) -> None:
+    """With ``jwt.enabled``, a JWT (RFC 7519) is the credential where a key is not: ``request.user`` carries its
+    subject, no key id, and the identity ``jwt:<subject>``."""
+    secret = "jwt-secret-0123456789abcdef0123456789abcdef"
+    settings = work.make(jwt={"enabled": True, "secret": secret})
+    token = jwt.encode({"sub": "dana", "permissions": ["reports:read"], "exp": int(time.time()) + 300}, secret,
+                       algorithm="HS256")
+    d = door(settings=settings, unmatched="authenticate")
+    resp = d.request("GET", "/me", headers=bearer(token))
+    assert resp.status_code == 200, resp.text
+    assert resp.json() == {"key_id": None, "subject": "dana", "name": "dana", "owner": None,
+                           "identity": "jwt:dana", "environment": "live", "scopes": ["reports:read"]}
+    expired = jwt.encode({"sub": "dana", "permissions": [], "exp": int(time.time()) - 10}, secret, algorithm="HS256")
+    assert_deployerp_error(d.request("GET", "/me", headers=bearer(expired)), "expired_token")
+
+
+def test_test_keys_are_refused_unless_allowed(door: Callable[..., Door], work: Work) -> None:
+    """A test key never reaches live data: refused 403 ``environment_unavailable`` as the proxy refuses it
+    without a test upstream; with ``allow_test_keys=True`` it passes and ``request.user.environment`` says
+    ``test``."""
+    value, _ = work.key("reports:read", environment="test")
+    refused = door(unmatched="authenticate").request("GET", "/me", headers=bearer(value))
+    assert refused.status_code == 403
+    assert refused.json()["error"]["code"] == "environment_unavailable"
+    allowed = door(unmatched="authenticate", allow_test_keys=True).request("GET", "/me", headers=bearer(value))
+    assert allowed.status_code == 200, allowed.text
+    assert allowed.json()["environment"] == "test"
 
 
 # --- network, rate limits, revocation -------------------------------------------------------------------------
