@@ -40,6 +40,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import os
 from typing import Any
 
 from starlette.applications import Starlette
@@ -178,7 +179,7 @@ class AuthMiddleware:
     A bad configuration raises :class:`~gateway.settings.ConfigError` naming the
     field, here, before anything is served."""
 
-    def __init__(self, app: ASGIApp, config: str | None = None, *, settings: Settings | None = None,
+    def __init__(self, app: ASGIApp, config: str | os.PathLike[str] | None = None, *, settings: Settings | None = None,
                  unmatched: str = "deny", allow_test_keys: bool = False) -> None:
         if (config is None) == (settings is None):
             raise TypeError("AuthMiddleware takes config= (the path of a configuration file) or settings=")
