@@ -21,6 +21,10 @@ For every HTTP request and every WebSocket handshake (a GET, RFC 6455 4.1), in t
    principal and ``scope["gateway.decision"]`` the whole decision. The rate-limit headers (and the ``X-Auth-*``
    debug headers when asked for) are added to the application's own response start (or WebSocket accept).
 
+A declared ``Content-Length`` over the route's body limit is refused by the gate (413); a chunked body is
+counted as the application reads it, and past the limit the middleware answers 413 itself and hands the
+application a disconnect.
+
 A :class:`~gateway.errors.GatewayError` the application raises before its response starts (from
 :class:`RequireScope`, or the application's own) is answered in the gateway's error format:
 by this middleware when the error reaches it, and through an exception handler it registers on a Starlette
@@ -292,21 +296,24 @@ class AuthMiddleware:
         if chunked and http:
             # A chunked body is counted against the route's limit as the application reads it. Past the limit
             # the gateway answers 413 itself (whatever the framework would make of an error raised in its
-            # body parser) and the application is told the client went away.
+            # body parser; a response already under way is left to end) and the application is told the
+            # client went away.
             limit = decision.body_limit
             seen = 0
+            over = False
             server_receive = receive
 
             async def receive_counted() -> Message:
-                nonlocal seen, answered
-                if answered:
+                nonlocal seen, over, answered
+                if over:
                     return {"type": "http.disconnect"}
                 message = await server_receive()
                 seen += len(message.get("body", b""))
                 if seen > limit:
+                    over = True
                     if not started:
                         await self._answer(scope, send, *render(PayloadTooLarge(), self._format, [*added, CLOSE]))
-                    answered = True
+                        answered = True
                     return {"type": "http.disconnect"}
                 return message
 

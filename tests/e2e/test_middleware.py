@@ -550,6 +550,22 @@ def test_lifespan_starts_the_gate_before_the_app_and_stops_it_after(work: Work) 
     assert sent == ["lifespan.startup.complete service=on", "lifespan.shutdown.complete service=off"]
 
 
+def test_requests_after_aclose_are_503(work: Work) -> None:
+    """After ``aclose()`` the gate is stopped: a request is answered 503 ``shutting_down`` (not started again,
+    which would leave a service nobody stops)."""
+    value, _ = work.key("servers:read")
+    d = ASGIDoor(AuthMiddleware(fastapi_app(), settings=work.settings))
+    try:
+        assert d.request("GET", "/v1/servers", headers=bearer(value)).status_code == 200
+        d.loop.run_until_complete(d.mw.aclose())
+        late = d.request("GET", "/v1/servers", headers=bearer(value))
+        assert late.status_code == 503 and late.json()["error"]["code"] == "shutting_down"
+        assert d.mw.service is None
+    finally:
+        d.close()
+    assert not d.leftover
+
+
 # --- WebSocket ------------------------------------------------------------------------------------------------
 
 
