@@ -408,7 +408,6 @@ class AuthMiddleware:
                     await self._start()
                 except Exception as exc:  # reported to the server, which exits
                     failed = True
-                    log.error("the gate could not start: %s", exc)
                     await send({"type": "lifespan.startup.failed", "message": f"gateway: {exc}"})
                     raise _StartupFailed() from None
             elif message["type"] == "lifespan.shutdown":
