@@ -58,7 +58,8 @@ class GateService:
     the usage recorder and the rate limits. Every front door serves one: the proxy (:class:`GatewayApp`) and the
     ASGI middleware (:class:`gateway.middleware.AuthMiddleware`) start it with their lifespan."""
 
-    def __init__(self, settings: Settings, components: Components, metrics: Metrics | None = None) -> None:
+    def __init__(self, settings: Settings, components: Components, metrics: Metrics | None = None,
+                 unmatched: str = "deny") -> None:
         store = components.store
         self.store = store
         self.cache = KeyCache(store, settings.cache.ttl_seconds, settings.cache.max_size)
@@ -72,7 +73,7 @@ class GateService:
         rl = settings.rate_limits
         self.limits = RateLimits(rl, open_limiter(settings) if rl.enabled else None)
         self.gate = Gate(settings, components.policy, self.cache, components.pepper, usage=self.usage,
-                         jwt=components.jwt, limits=self.limits, metrics=metrics)
+                         jwt=components.jwt, limits=self.limits, metrics=metrics, unmatched=unmatched)
 
     async def start(self) -> None:
         self.usage.start()

@@ -16,7 +16,9 @@ For a request, in this order:
    first, then the keyed hash through the cache (401 ``authentication_required`` / ``invalid_token`` /
    ``expired_token``), or a JWT where the route takes one;
 3. check the client network against the key's allowlist (403 ``ip_restricted``);
-4. check the policy: the route must exist and the principal must hold its scopes (403);
+4. check the policy: the route must exist and the principal must hold its scopes (403). A path no rule
+   matches is refused, unless the gate was built with ``unmatched="authenticate"`` (the ASGI middleware's
+   option for applications that check scopes in their own code): then the credential is all it needs;
 5. check the declared body size against the route's limit (413), before anything is spent;
 6. spend one request of the principal's rate limit (429; ``{prefix}/auth/test`` only looks).
 
@@ -159,6 +161,9 @@ class Deny:
         return render(self.error, error_format, [*self.headers, *extra])
 
 
+# What the gate does with a path no policy rule matches: refuse it (403), or only authenticate the caller.
+UNMATCHED = ("deny", "authenticate")
+
 # Deny reasons that are the rate limiter's, not the gate's: the credential and the policy had passed.
 RATE_REASONS = {"rate_limit_exceeded": "limited", "rate_limit_unavailable": "unavailable"}
 
@@ -177,7 +182,10 @@ class Gate:
         clock: Callable[[], float] = time.time,
         limits: RateLimits | None = None,
         metrics: Metrics | None = None,
+        unmatched: str = "deny",
     ) -> None:
+        if unmatched not in UNMATCHED:
+            raise ValueError(f"unmatched must be one of {', '.join(map(repr, UNMATCHED))} (got {unmatched!r})")
         self.policy = policy  # replaced whole on reload; a request reads it once (gateway/ops/reload.py)
         self.cache = cache
         self.usage = usage
@@ -185,6 +193,7 @@ class Gate:
         self.limits = limits
         self.metrics = metrics
         self.debug_allowed = settings.debug_headers
+        self.authenticate_unmatched = unmatched == "authenticate"
         self._jwt = jwt
         self._pepper = pepper
         self._parser = KeyParser(settings.key_format)
@@ -198,7 +207,9 @@ class Gate:
             lim.max_tracked_clients,
         )
         prefix = "" if settings.management.prefix == "/" else settings.management.prefix
-        self.auth_test = f"{prefix}/auth/test"  # answered without spending a request
+        # The management API's key check, answered without spending a request (a policy file's own route of
+        # that name, with the management API off, is an ordinary route).
+        self.auth_test = f"{prefix}/auth/test" if settings.management.enabled else None
 
     async def decide(
         self,
@@ -250,12 +261,13 @@ class Gate:
                     ip_check = "failed"
                     raise IPRestricted()
                 ip_check = "passed"
-            if route is None:
+            if route is not None:
+                perms = principal.permissions
+                for needed in route.scopes:
+                    if not grants(perms, needed):
+                        raise InsufficientPermissions()
+            elif not self.authenticate_unmatched:
                 raise InsufficientPermissions("No policy rule allows this method and path")
-            perms = principal.permissions
-            for needed in route.scopes:
-                if not grants(perms, needed):
-                    raise InsufficientPermissions()
             authorized = True
             if body_length > body_limit:
                 # Refused on Content-Length before a byte is read (or a request is spent).
@@ -267,10 +279,11 @@ class Gate:
             limits = self.limits
             headers: list[Header] = []
             if limits is not None:
-                if limits.local and route.template != self.auth_test:
+                spend = route is None or route.template != self.auth_test
+                if limits.local and spend:
                     applied = limits.spend_now(principal)
                 else:
-                    applied = await limits.check(principal, route.template != self.auth_test)
+                    applied = await limits.check(principal, spend)
                 if applied is not None:
                     headers = applied.headers
                 if limits.enabled:
