@@ -60,10 +60,11 @@ from gateway.errors import (
     EnvironmentUnavailable,
     GatewayError,
     InsufficientPermissions,
+    PayloadTooLarge,
     render,
 )
 from gateway.gate import UNMATCHED, Deny
-from gateway.guard import CLOSE, PayloadTooLarge
+from gateway.guard import CLOSE
 from gateway.keys.cache import AuthKey
 from gateway.pipeline import ShuttingDown
 from gateway.policies import grants, valid_scope

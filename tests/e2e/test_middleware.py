@@ -39,10 +39,10 @@ from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
 from gateway import AuthMiddleware, GatewayUser, RequireScope
+from gateway.keys.backends import open_store
 from gateway.keys.hashing import load_pepper
 from gateway.keys.record import KeyRecord
 from gateway.keys.service import create_key, revoke_key
-from gateway.keys.store import open_store
 from gateway.settings import ConfigError, Settings, load_settings
 from tests.support.core import assert_deployally_error, assert_deployerp_error, bearer, bearer_error
 from tests.support.procs import PYTHON, ROOT, free_port
