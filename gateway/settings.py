@@ -190,6 +190,22 @@ class LimitsSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class ForwardAuthSettings:
+    """The endpoint nginx ``auth_request``, Traefik ForwardAuth and Envoy ``ext_authz`` call (docs/forward-auth.md).
+
+    On by default: it answers only peers in ``trusted_proxies`` (403 ``forward_auth_untrusted`` to anyone else), so
+    until a proxy is trusted it grants nothing, and a proxy that is trusted gets nothing it could not learn by
+    sending the request itself. It costs the proxied requests one prefix comparison, made only when their path
+    is not one of the gateway's own (probes, metrics)."""
+
+    enabled: bool = True  # answer forward-auth requests at path (and, for Envoy, every path below it)
+    path: str = "/_gateway/verify"  # nginx and Traefik call this path; Envoy's path_prefix is this path
+    # Allow test keys (the proxy must send them to a test upstream by X-Auth-Environment). Off: 403
+    # environment_unavailable, as in proxy mode with no test upstream, so a test key never reaches a live one.
+    test_keys: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class KeyFormat:
     live: str = "dep_live_"
     test: str = "dep_test_"
@@ -221,6 +237,7 @@ class Settings:
     jwt: JWTSettings = field(default_factory=JWTSettings)
     rate_limits: RateLimitSettings = field(default_factory=RateLimitSettings)
     limits: LimitsSettings = field(default_factory=LimitsSettings)
+    forward_auth: ForwardAuthSettings = field(default_factory=ForwardAuthSettings)
     # Where relative paths in the file were resolved from (not a setting).
     base_dir: str = field(default=".", compare=False)
 
@@ -358,6 +375,7 @@ def _validate(s: Settings) -> None:
         except ValueError:
             raise bad(f"trusted_proxies[{i}]", f"not an IP address or CIDR network: {cidr!r}") from None
     _validate_limits(s.limits)
+    _validate_forward_auth(s)
     if s.secret is not None and len(s.secret) < 16:
         raise bad("secret", "must be at least 16 characters (use 32 or more random bytes)")
 
@@ -378,6 +396,19 @@ def _validate_limits(lim: LimitsSettings) -> None:
             raise ConfigError(f"limits.body_bytes_per_route.{template}: must be a policy path template (/v1/...)")
         if size < 0:
             raise ConfigError(f"limits.body_bytes_per_route.{template}: must be zero or more bytes")
+
+
+def _validate_forward_auth(s: Settings) -> None:
+    path = s.forward_auth.path
+    if not path.startswith("/") or path.endswith("/") or any(c in path for c in "?#% ") or not path.isascii():
+        raise ConfigError(f"forward_auth.path: must be a plain path starting with '/', not ending with one (got {path!r})")
+    for name in ("healthz_path", "readyz_path", "metrics_path", "openapi_path", "docs_path"):
+        if path == getattr(s.ops, name):
+            raise ConfigError(f"forward_auth.path: must differ from ops.{name}")
+    prefix = s.management.prefix
+    if s.forward_auth.enabled and (prefix == path or prefix.startswith(path + "/")):
+        # Every path below forward_auth.path is the endpoint's (Envoy's form): the key API would be unreachable.
+        raise ConfigError(f"forward_auth.path: {path} would hide the management API at {prefix}")
 
 
 def valid_tier_name(name: str) -> bool:
