@@ -198,10 +198,11 @@ class ForwardAuthSettings:
     sending the request itself. It costs the proxied requests one prefix comparison, made only when their path
     is not one of the gateway's own (probes, metrics)."""
 
-    enabled: bool = True  # answer forward-auth requests at path (and, for Envoy, every path below it)
-    path: str = "/_gateway/verify"  # nginx and Traefik call this path; Envoy's path_prefix is this path
-    # Allow test keys (the proxy must send them to a test upstream by X-Auth-Environment). Off: 403
-    # environment_unavailable, as in proxy mode with no test upstream, so a test key never reaches a live one.
+    enabled: bool = True  # serve the endpoint (docs/forward-auth.md); only trusted_proxies get a decision from it
+    # The path nginx and Traefik call, and Envoy's `path_prefix` (every path below it is the endpoint's too).
+    path: str = "/_gateway/verify"
+    # Decide on test keys too (the proxy must then send them to a test upstream, by `X-Auth-Environment`). Off,
+    # they get 403 `environment_unavailable`, as in proxy mode without a test upstream.
     test_keys: bool = False
 
 
@@ -401,7 +402,8 @@ def _validate_limits(lim: LimitsSettings) -> None:
 def _validate_forward_auth(s: Settings) -> None:
     path = s.forward_auth.path
     if not path.startswith("/") or path.endswith("/") or any(c in path for c in "?#% ") or not path.isascii():
-        raise ConfigError(f"forward_auth.path: must be a plain path starting with '/', not ending with one (got {path!r})")
+        raise ConfigError(f"forward_auth.path: must be a plain path starting with '/', not ending with one "
+                          f"(got {path!r})")
     for name in ("healthz_path", "readyz_path", "metrics_path", "openapi_path", "docs_path"):
         if path == getattr(s.ops, name):
             raise ConfigError(f"forward_auth.path: must differ from ops.{name}")

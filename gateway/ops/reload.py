@@ -108,6 +108,9 @@ class Reloader:
         app.gate.debug_allowed = settings.debug_headers
         if settings.ops.access_log != (gateway.access_log is not None):
             gateway.access_log = AccessLog() if settings.ops.access_log else None
+        verify = app.forward_auth
+        if verify is not None and settings.ops.access_log != (verify.access_log is not None):
+            verify.access_log = AccessLog() if settings.ops.access_log else None
         self.settings = settings
 
     # --- triggers ------------------------------------------------------------------------------------------------

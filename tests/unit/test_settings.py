@@ -448,8 +448,9 @@ def test_rate_limits_follow_a_sentinel_or_cluster_store() -> None:
 def test_forward_auth_defaults_and_environment() -> None:
     fa = Settings().forward_auth
     assert (fa.enabled, fa.path, fa.test_keys) == (True, "/_gateway/verify", False)
-    s = load_settings(None, environ={"GATEWAY_FORWARD_AUTH__PATH": "/auth/check",
-                                     "GATEWAY_FORWARD_AUTH__ENABLED": "false", "GATEWAY_FORWARD_AUTH__TEST_KEYS": "yes"})
+    env = {"GATEWAY_FORWARD_AUTH__PATH": "/auth/check", "GATEWAY_FORWARD_AUTH__ENABLED": "false",
+           "GATEWAY_FORWARD_AUTH__TEST_KEYS": "yes"}
+    s = load_settings(None, environ=env)
     assert (s.forward_auth.enabled, s.forward_auth.path, s.forward_auth.test_keys) == (False, "/auth/check", True)
 
 
