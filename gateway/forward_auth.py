@@ -44,6 +44,7 @@ from gateway.network import address_text, parse_address
 from gateway.ops.logging import AccessLog, new_request_id, valid_request_id
 from gateway.ops.metrics import UNMATCHED, Metrics
 from gateway.paths import PathError
+from gateway.policies import KNOWN_METHODS
 
 Header = tuple[bytes, bytes]
 
@@ -183,6 +184,9 @@ class ForwardAuth:
         """Count and log the decision as the request it was about (its method, path and route)."""
         duration = perf_counter() - start
         key_id = principal.record.id if isinstance(principal, AuthKey) else None
+        # The method came from a header, not from the HTTP parser's fixed set: one label for any other.
+        if method not in KNOWN_METHODS:
+            method = "OTHER"
         if self.metrics is not None:
             self.metrics.request(route or UNMATCHED, method, status, duration, None, key_id, auth, rate)
         if self.access_log is not None:

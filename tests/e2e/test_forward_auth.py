@@ -28,6 +28,7 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.e2e.test_metrics import scrape
 from tests.support.attack import Response, exchange, request
 from tests.support.procs import Gateway, Upstream
 
@@ -113,6 +114,21 @@ def test_each_decision_is_logged_as_the_original_request(env: Env) -> None:
     assert line["event"] == "request" and line["method"] == "GET" and line["path"] == "/v1/servers/srv_42"
     assert (line["route"], line["key_id"], line["status"]) == ("/v1/servers/**", env.reader["id"], 200)
     assert line["client_ip"] == "203.0.113.9"
+
+
+def test_decisions_are_counted_by_route_and_method_with_bounded_labels(env: Env) -> None:
+    """The method comes from a header here, not from the HTTP parser: a method outside the policy's set is 405
+    and counted as OTHER, so a client cannot grow the metrics by one series per made-up method."""
+    before = scrape(env.gateway)
+    assert ask(env, auth(env.reader), *traefik("GET", "/v1/servers/srv_7")).status == 200
+    for i in range(5):
+        r = ask(env, auth(env.reader), *traefik(f"BREW{i}", "/v1/servers"))
+        assert r.status == 405 and error(r) == "method_not_allowed"
+    after = scrape(env.gateway)
+    moved = {labels: n - before.get((name, labels), 0.0) for (name, labels), n in after.items()
+             if name == "gateway_requests_total" and n != before.get((name, labels), 0.0)}
+    assert moved == {(("method", "GET"), ("route", "/v1/servers/**"), ("status", "200")): 1,
+                     (("method", "OTHER"), ("route", "<unmatched>"), ("status", "405")): 5}, moved
 
 
 def test_the_original_method_decides_not_the_request_line(env: Env) -> None:
@@ -237,20 +253,27 @@ def test_the_reverse_proxy_still_serves_every_other_path(env: Env) -> None:
 
 def test_path_test_keys_and_enabled_are_settings(tmp_path_factory: pytest.TempPathFactory,
                                                  fresh_upstream: Upstream) -> None:
+    """Also: in the DeployAlly error format (Portuguese messages) nginx's copy of the body is the same JSON, in
+    ASCII (RFC 9110 5.5: field values are not UTF-8 text)."""
     work = tmp_path_factory.mktemp("forward-auth-settings")
     moved = Gateway(work / "moved", fresh_upstream.url, settings={
-        "trusted_proxies": ["127.0.0.1"], "forward_auth": {"path": "/auth/check", "test_keys": True}})
+        "trusted_proxies": ["127.0.0.1"], "forward_auth": {"path": "/auth/check", "test_keys": True},
+        "error_format": "deployally"})
     off = Gateway(work / "off", fresh_upstream.url, settings={
         "trusted_proxies": ["127.0.0.1"], "forward_auth": {"enabled": False}})
     try:
         tester = moved.create_key("tester", "servers:read", "--env", "test")
         ok = exchange(moved.port, request("GET", "/auth/check", auth(tester), *traefik("GET", "/v1/servers"))).first
         assert ok.status == 200 and ok.header("x-auth-environment") == "test"
+        refused = exchange(moved.port, request("GET", "/auth/check", *nginx("GET", "/v1/servers"))).first
+        copy = refused.header("x-gateway-error-body") or ""
+        assert refused.status == 401 and not refused.body.isascii() and copy.isascii()
+        assert json.loads(copy) == refused.json() and refused.json()["success"] is False
         reader = off.create_key("reader", "servers:read")
-        for gw, key in ((moved, tester), (off, reader)):
+        for gw, key, code in ((moved, tester, "FORBIDDEN"), (off, reader, "insufficient_permissions")):
             # Not the endpoint: the reverse proxy decides about the path itself, which no policy rule names.
             r = exchange(gw.port, request("GET", PATH, auth(key), *traefik("GET", "/v1/servers"))).first
-            assert r.status == 403 and r.json()["error"]["code"] == "insufficient_permissions"
+            assert r.status == 403 and r.json()["error"]["code"] == code
     finally:
         moved.stop()
         off.stop()
