@@ -21,9 +21,10 @@ policy matches the original path (query stripped) with the same path rules. The 
   in proxy mode. nginx reads only the head of the answer, so to a request in nginx's form the body is repeated
   in ``X-Gateway-Error-Body``, which the documented configuration returns.
 
-Who may ask: only a peer in ``trusted_proxies``. The forwarded headers say which request is being decided; from
-anyone else they could name a request the key may make while the client sends another, so an untrusted peer
-gets 403 ``forward_auth_untrusted`` (not 5xx: Envoy with ``failure_mode_allow`` lets a request through on one).
+Who may ask: only a peer in ``trusted_proxies``. Only such a peer's ``X-Forwarded-For`` is believed; a proxy left
+out would have every client checked as the proxy's own address (its network's allowlists passing for anyone, the
+failed-authentication cool-down locking everyone out), so an untrusted peer gets 403 ``forward_auth_untrusted``
+naming the setting (not 5xx: Envoy with ``failure_mode_allow`` lets a request through on one).
 Naming the original request both ways (nginx's and Traefik's headers: each proxy passes the client's own
 headers on, so a client could add the other's) or a header twice is 400 ``forward_auth_malformed``.
 """

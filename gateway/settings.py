@@ -193,10 +193,10 @@ class LimitsSettings:
 class ForwardAuthSettings:
     """The endpoint nginx ``auth_request``, Traefik ForwardAuth and Envoy ``ext_authz`` call (docs/forward-auth.md).
 
-    On by default: it answers only peers in ``trusted_proxies`` (403 ``forward_auth_untrusted`` to anyone else), so
-    until a proxy is trusted it grants nothing, and a proxy that is trusted gets nothing it could not learn by
-    sending the request itself. It costs the proxied requests one prefix comparison, made only when their path
-    is not one of the gateway's own (probes, metrics)."""
+    On by default: it decides only for peers in ``trusted_proxies`` (403 ``forward_auth_untrusted`` to anyone else),
+    so until a proxy is named it decides nothing for anyone, and a client calling it itself learns no more than
+    by sending the request. It costs the proxied requests one prefix comparison, made only when their path is
+    not one of the gateway's own (probes, metrics)."""
 
     enabled: bool = True  # serve the endpoint (docs/forward-auth.md); only trusted_proxies get a decision from it
     # The path nginx and Traefik call, and Envoy's `path_prefix` (every path below it is the endpoint's too).

@@ -201,8 +201,8 @@ def test_envoy_with_request_body_gets_its_answer_and_the_connection_closed(env: 
 
 
 def test_an_untrusted_peer_gets_403_whatever_it_sends(env: Env) -> None:
-    """Only a proxy in trusted_proxies says what the original request was: anyone else could name a path
-    their key may use while sending another, so their forward-auth requests are refused outright."""
+    """A proxy left out of trusted_proxies would have every client checked as its own address (X-Forwarded-For is
+    believed from trusted peers only): such a peer gets a refusal naming the setting, never a decision."""
     for headers, target in ((nginx("GET", "/v1/servers"), PATH), (traefik("GET", "/v1/servers"), PATH),
                             ([], f"{PATH}/v1/servers")):
         r = ask(env, auth(env.reader), *headers, target=target, source=UNTRUSTED)
