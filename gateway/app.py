@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.admin.api import ManagementAPI, build_policy
+from gateway.forward_auth import ForwardAuth
 from gateway.gate import Gate, Verifier
 from gateway.keys.backends import is_redis_url, open_store
 from gateway.keys.cache import KeyCache
@@ -141,6 +142,20 @@ class GatewayApp:
         if ops.access_log and ops.access_log_probes:
             access = AccessLog()
             self._probes = {path: logged(app, access, path) for path, app in self._probes.items()}
+        # Forward-auth (gateway/forward_auth.py): its path is one more exact path; the paths below it (Envoy's
+        # path_prefix form) cost the other requests one startswith, made only when the dict lookup missed. Off,
+        # the prefix is one no request path starts with.
+        self._verify_under = b"\0"
+        self._verify: ASGIApp = self.gateway
+        self.forward_auth: ForwardAuth | None = None
+        fa = settings.forward_auth
+        if fa.enabled:
+            self.forward_auth = ForwardAuth(
+                self.gate, fa.path, settings.error_format, test_keys=fa.test_keys,
+                forward_authorization=settings.forward_authorization, metrics=self.metrics,
+                access_log=AccessLog() if ops.access_log else None)
+            self._probes[fa.path] = self.forward_auth
+            self._verify, self._verify_under = self.forward_auth, self.forward_auth.under
         from gateway.ops.reload import Reloader
 
         self.reloader = Reloader(self, reload_settings)
@@ -156,6 +171,9 @@ class GatewayApp:
         self.gate.debug_allowed = settings.debug_headers
         if settings.ops.access_log != (gateway.access_log is not None):
             gateway.access_log = AccessLog() if settings.ops.access_log else None
+        verify = self.forward_auth
+        if verify is not None and settings.ops.access_log != (verify.access_log is not None):
+            verify.access_log = AccessLog() if settings.ops.access_log else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -164,6 +182,9 @@ class GatewayApp:
         probe = self._probes.get(scope["path"]) if scope["type"] == "http" else None
         if probe is not None:
             await probe(scope, receive, send)
+            return
+        if (scope.get("raw_path") or b"").startswith(self._verify_under) and scope["type"] == "http":
+            await self._verify(scope, receive, send)
             return
         await self.gateway(scope, receive, send)
 

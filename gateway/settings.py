@@ -194,6 +194,23 @@ class LimitsSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class ForwardAuthSettings:
+    """The endpoint nginx ``auth_request``, Traefik ForwardAuth and Envoy ``ext_authz`` call (docs/forward-auth.md).
+
+    On by default: it decides only for peers in ``trusted_proxies`` (403 ``forward_auth_untrusted`` to anyone else),
+    so until a proxy is named it decides nothing for anyone, and a client calling it itself learns no more than
+    by sending the request. It costs the proxied requests one prefix comparison, made only when their path is
+    not one of the gateway's own (probes, metrics)."""
+
+    enabled: bool = True  # serve the endpoint (docs/forward-auth.md); only trusted_proxies get a decision from it
+    # The path nginx and Traefik call, and Envoy's `path_prefix` (every path below it is the endpoint's too).
+    path: str = "/_gateway/verify"
+    # Decide on test keys too (the proxy must then send them to a test upstream, by `X-Auth-Environment`). Off,
+    # they get 403 `environment_unavailable`, as in proxy mode without a test upstream.
+    test_keys: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class KeyFormat:
     live: str = "dep_live_"
     test: str = "dep_test_"
@@ -225,6 +242,7 @@ class Settings:
     jwt: JWTSettings = field(default_factory=JWTSettings)
     rate_limits: RateLimitSettings = field(default_factory=RateLimitSettings)
     limits: LimitsSettings = field(default_factory=LimitsSettings)
+    forward_auth: ForwardAuthSettings = field(default_factory=ForwardAuthSettings)
     # Where relative paths in the file were resolved from (not a setting).
     base_dir: str = field(default=".", compare=False)
 
@@ -362,6 +380,7 @@ def _validate(s: Settings) -> None:
         except ValueError:
             raise bad(f"trusted_proxies[{i}]", f"not an IP address or CIDR network: {cidr!r}") from None
     _validate_limits(s.limits)
+    _validate_forward_auth(s)
     if s.secret is not None and len(s.secret) < 16:
         raise bad("secret", "must be at least 16 characters (use 32 or more random bytes)")
 
@@ -382,6 +401,20 @@ def _validate_limits(lim: LimitsSettings) -> None:
             raise ConfigError(f"limits.body_bytes_per_route.{template}: must be a policy path template (/v1/...)")
         if size < 0:
             raise ConfigError(f"limits.body_bytes_per_route.{template}: must be zero or more bytes")
+
+
+def _validate_forward_auth(s: Settings) -> None:
+    path = s.forward_auth.path
+    if not path.startswith("/") or path.endswith("/") or any(c in path for c in "?#% ") or not path.isascii():
+        raise ConfigError(f"forward_auth.path: must be a plain path starting with '/', not ending with one "
+                          f"(got {path!r})")
+    for name in ("healthz_path", "readyz_path", "metrics_path", "openapi_path", "docs_path"):
+        if path == getattr(s.ops, name):
+            raise ConfigError(f"forward_auth.path: must differ from ops.{name}")
+    prefix = s.management.prefix
+    if s.forward_auth.enabled and (prefix == path or prefix.startswith(path + "/")):
+        # Every path below forward_auth.path is the endpoint's (Envoy's form): the key API would be unreachable.
+        raise ConfigError(f"forward_auth.path: {path} would hide the management API at {prefix}")
 
 
 def valid_tier_name(name: str) -> bool:

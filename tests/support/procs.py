@@ -1,4 +1,4 @@
-"""Real processes for the tests: the recording upstream, `gateway serve`, the `gateway` CLI and redis-server.
+"""Real processes for the tests: the recording upstream, `gateway serve`, the `gateway` CLI, redis-server and nginx.
 
 Nothing here is mocked: every helper starts a real process on a free loopback port and stops it at the end.
 """
@@ -216,6 +216,46 @@ class RedisServer:
     def resume(self) -> None:
         assert self.proc is not None
         self.proc.send_signal(signal.SIGCONT)
+
+
+class Nginx:
+    """A real nginx on a free loopback port, in the foreground, with ``server_config`` (what goes in its ``http``
+    block; ``{port}`` is replaced by the port) written to ``work``. Workers run as root when the tests do (the
+    temp directory is the test's, mode 700)."""
+
+    def __init__(self, work: Path, server_config: str) -> None:
+        binary = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
+        if binary is None:
+            raise RuntimeError("nginx is not installed (.ci/run installs it from Debian's packages)")
+        work.mkdir(parents=True, exist_ok=True)
+        (work / "logs").mkdir(exist_ok=True)  # where nginx looks before it has read the config
+        self.work = work
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        user = "user root;\n" if os.geteuid() == 0 else ""
+        (work / "nginx.conf").write_text(
+            f"{user}worker_processes 1;\nevents {{ worker_connections 256; }}\n"
+            f"http {{\n    access_log off;\n{server_config.replace('{port}', str(self.port))}\n}}\n")
+        self._log = open(work / "nginx.log", "wb")  # noqa: SIM115 - closed in stop()
+        self.proc: subprocess.Popen[Any] | None = subprocess.Popen(
+            [binary, "-p", str(work), "-c", "nginx.conf", "-g", f"daemon off; pid {work / 'nginx.pid'}; "
+             "error_log stderr;"],
+            stdout=self._log, stderr=subprocess.STDOUT,
+        )
+        try:
+            wait_port(self.port, self.proc)
+        except Exception:
+            self.stop()
+            raise RuntimeError(f"nginx did not start:\n{self.log()}") from None
+
+    def log(self) -> str:
+        return (self.work / "nginx.log").read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            _stop(self.proc, signal.SIGQUIT)  # graceful: the workers finish, then the master exits
+            self.proc = None
+            self._log.close()
 
 
 def raw_request(port: int, data: bytes, timeout: float = 5.0, read_all: bool = True) -> bytes:

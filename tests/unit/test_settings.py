@@ -443,3 +443,31 @@ def test_rate_limits_follow_a_sentinel_or_cluster_store() -> None:
     for url in ("redis+sentinel://h1/m/0", "redis+cluster://h1:7000"):
         assert limiter_url(load_settings(None, environ={"GATEWAY_STORE__URL": url})) == url
     assert limiter_url(load_settings(None, environ={})) == "memory://"
+
+
+# --- forward_auth ---------------------------------------------------------------------------------------------
+
+
+def test_forward_auth_defaults_and_environment() -> None:
+    fa = Settings().forward_auth
+    assert (fa.enabled, fa.path, fa.test_keys) == (True, "/_gateway/verify", False)
+    env = {"GATEWAY_FORWARD_AUTH__PATH": "/auth/check", "GATEWAY_FORWARD_AUTH__ENABLED": "false",
+           "GATEWAY_FORWARD_AUTH__TEST_KEYS": "yes"}
+    s = load_settings(None, environ=env)
+    assert (s.forward_auth.enabled, s.forward_auth.path, s.forward_auth.test_keys) == (False, "/auth/check", True)
+
+
+@pytest.mark.parametrize("path", ["verify", "/_gateway/verify/", "/", "/a b", "/a?b", "/v%31", "/vérifier", ""])
+def test_forward_auth_path_must_be_a_plain_path(path: str) -> None:
+    refused("forward_auth.path", env={"GATEWAY_FORWARD_AUTH__PATH": path})
+
+
+def test_forward_auth_path_must_not_take_a_probe_or_hide_the_key_api() -> None:
+    assert "ops.metrics_path" in refused("forward_auth.path", env={"GATEWAY_FORWARD_AUTH__PATH": "/metrics"})
+    # Every path below forward_auth.path is the endpoint's (Envoy's path_prefix form).
+    for prefix in ("/v1", "/v1/keys"):
+        env = {"GATEWAY_FORWARD_AUTH__PATH": "/v1", "GATEWAY_MANAGEMENT__PREFIX": prefix}
+        assert "management API" in refused("forward_auth.path", env=env)
+    # ... unless the endpoint is off, or the key API is elsewhere.
+    load_settings(None, environ={"GATEWAY_FORWARD_AUTH__PATH": "/v1", "GATEWAY_FORWARD_AUTH__ENABLED": "false"})
+    load_settings(None, environ={"GATEWAY_FORWARD_AUTH__PATH": "/v1/verify"})
