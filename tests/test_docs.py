@@ -8,7 +8,6 @@ can emit are all explained.
 
 from __future__ import annotations
 
-import dataclasses
 import re
 import shlex
 import typing
@@ -16,13 +15,14 @@ from pathlib import Path
 
 import pytest
 import yaml
+from pydantic import BaseModel
 
 from gateway.admin.api import internal_routes
 from gateway.cli import build_parser
 from gateway.ops import config_doc
 from gateway.paths import split_path
 from gateway.policies import PolicyError, parse_policy
-from gateway.settings import Settings, _env_overrides
+from gateway.settings import EnvironmentSource, Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
@@ -49,18 +49,24 @@ def test_check_mode_fails_on_a_stale_doc(tmp_path: Path) -> None:
     assert config_doc.stale(tmp_path) == ["docs/configuration.md"]
 
 
-def _leaves(cls: type, path: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+def _leaves(cls: type[BaseModel], path: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
     out: list[tuple[str, ...]] = []
-    hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
-        if f.name == "base_dir":
+    for name, f in cls.model_fields.items():
+        if name == "base_dir":
             continue
-        tp = hints[f.name]
-        if dataclasses.is_dataclass(tp):
-            out.extend(_leaves(tp, (*path, f.name)))  # type: ignore[arg-type]
+        tp = f.annotation
+        if isinstance(tp, type) and issubclass(tp, BaseModel):
+            out.extend(_leaves(tp, (*path, name)))
         else:
-            out.append((*path, f.name))
+            out.append((*path, name))
     return out
+
+
+def _env_values(environ: dict[str, str]) -> dict[str, typing.Any]:
+    """What the gateway's environment source makes of ``environ``: nested values, before validation."""
+    source = EnvironmentSource(environ)
+    assert source.problems == []
+    return source()
 
 
 def test_every_setting_is_documented_with_a_variable_that_reaches_it() -> None:
@@ -74,9 +80,9 @@ def test_every_setting_is_documented_with_a_variable_that_reaches_it() -> None:
             continue
         var = env.strip("`").replace("<NAME>", "GOLD")
         if name == "key_format":  # a preset name for the whole section
-            assert "key_format" in _env_overrides({var: "deployally"})
+            assert "key_format" in _env_values({var: "deployally"})
             continue
-        nested = _env_overrides({var: "x"})
+        nested = _env_values({var: "x"})
         path = name.replace("<name>", "gold").split(".")
         node = nested
         for part in path[:-1]:
