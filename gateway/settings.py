@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import typing
 from collections.abc import Mapping
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-import yaml
 from pydantic import (
     AfterValidator,
     AllowInfNan,
@@ -32,30 +32,15 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_settings import (
-    BaseSettings,
-    EnvSettingsSource,
-    PydanticBaseSettingsSource,
-    SettingsConfigDict,
-    YamlConfigSettingsSource,
-)
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from gateway import redisurl
+from gateway.settings_problems import ConfigError as ConfigError  # what every reader catches
 from gateway.settings_problems import Invalid, problems_of
+from gateway.settings_sources import EnvironmentSource, YamlFile
 
 ENV_PREFIX = "GATEWAY_"
 
-
-class ConfigError(Exception):
-    """A configuration file or value is invalid. :attr:`problems` names every problem found, one ``path: why``
-    line each; the message is those lines."""
-
-    def __init__(self, *problems: str) -> None:
-        super().__init__(*problems)
-        self.problems: tuple[str, ...] = problems
-
-    def __str__(self) -> str:
-        return "\n".join(self.problems)
 
 # Key formats of the two platforms the gateway fronts: environment -> value prefix.
 KEY_FORMATS: dict[str, dict[str, str]] = {
@@ -363,7 +348,8 @@ DEFAULT_TIERS: dict[str, TierSettings] = {
     "limited": TierSettings(per_hour=100, per_minute=10),
     "unlimited": TierSettings(),
 }
-ON_STORE_ERROR = ("deny", "allow", "local")
+OnStoreError = Literal["deny", "allow", "local"]
+ON_STORE_ERROR: tuple[str, ...] = typing.get_args(OnStoreError)
 
 
 def _limiter_url(url: str) -> str:
@@ -385,7 +371,7 @@ class RateLimitSettings(Section):
     tiers: dict[Annotated[str, AfterValidator(_tier_name)], TierSettings] = Field(
         default_factory=lambda: dict(DEFAULT_TIERS), description=(
             "Tiers by name; a tier given in the file or environment changes or adds to these."))
-    on_store_error: Literal["deny", "allow", "local"] = Field("deny", description=(
+    on_store_error: OnStoreError = Field("deny", description=(
         "What to do when Redis does not answer within `redis_timeout_ms`: `deny` (503), `allow`, or `local` "
         "(each process limits in memory at 1/`local_share` of the limit)."))
     local_share: Int = Field(1, ge=1, description=(
@@ -556,95 +542,8 @@ class Settings(BaseSettings):
 
 
 _FIELDS = tuple(name for name in Settings.model_fields if name != "base_dir")
-
-
-# --- sources -----------------------------------------------------------------------------------------------------
-
-
-class EnvironmentSource(EnvSettingsSource):
-    """The ``GATEWAY_*`` variables of ``environ``, nested by pydantic-settings at each ``__``.
-
-    Before that, the names are checked: a variable whose first part is no setting is not ours and ignored
-    (``GATEWAY_URL`` is the Python SDK's), an empty part is malformed, a variable below another one's value
-    (``GATEWAY_LISTEN__PORT`` and ``GATEWAY_LISTEN__PORT__X``) conflicts with it; those are reported in
-    :attr:`problems` and left out. Values are never JSON: lists are comma-separated (the validators split
-    them) and ``GATEWAY_KEY_FORMAT=deployally`` stands for the preset's two prefixes, so that
-    ``GATEWAY_KEY_FORMAT__TEST`` can still change one of them.
-    """
-
-    def __init__(self, environ: Mapping[str, str]) -> None:
-        self._environ = environ
-        self.problems: list[str] = []
-        self.variables: dict[tuple[str, ...], str] = {}  # setting path -> the variable that gave it
-        super().__init__(Settings)
-
-    def _load_env_vars(self) -> Mapping[str, str | None]:
-        given: dict[tuple[str, ...], tuple[str, str]] = {}
-        for var, raw in sorted(self._environ.items()):
-            if not var.startswith(ENV_PREFIX):
-                continue
-            path = tuple(var[len(ENV_PREFIX):].lower().split("__"))
-            if path[0] not in _FIELDS:
-                continue
-            if not all(path):
-                self.problems.append(f"{var}: malformed variable name (use GATEWAY_SECTION__FIELD)")
-                continue
-            given[path] = (var, raw)
-        preset = given.get(("key_format",))
-        if preset is not None and preset[1] in KEY_FORMATS:
-            del given[("key_format",)]
-            for env, prefix in KEY_FORMATS[preset[1]].items():
-                given.setdefault(("key_format", env), (preset[0], prefix))
-        out: dict[str, str | None] = {}
-        for path, (var, raw) in given.items():
-            above = next((given[path[:i]][0] for i in range(1, len(path)) if path[:i] in given), None)
-            if above is not None:
-                self.problems.append(f"{var}: conflicts with {above} (a value cannot also have fields)")
-                continue
-            self.variables[path] = var
-            out[ENV_PREFIX + "__".join(path)] = raw
-        return out
-
-    def decode_complex_value(self, field_name: str, field: Any, value: Any) -> Any:
-        return value  # never JSON: see the class docstring
-
-    def variable_for(self, path: tuple[str, ...]) -> str | None:
-        """The variable that set the value at ``path``, or a part of it."""
-        for given, var in self.variables.items():
-            n = min(len(given), len(path))
-            if given[:n] == path[:n]:
-                return var
-        return None
-
-
-class YamlFile(YamlConfigSettingsSource):
-    """The YAML configuration file, read by pydantic-settings; a file that cannot be read or parsed, or is not a
-    mapping, raises :class:`ConfigError` naming it (no other check runs on a file that is not there)."""
-
-    def __init__(self, path: Path) -> None:
-        self.problems: list[str] = []
-        super().__init__(Settings, yaml_file=path, yaml_file_encoding="utf-8")
-
-    def _read_file(self, file_path: Any) -> dict[str, Any]:
-        try:
-            loaded = yaml.safe_load(Path(file_path).read_text(encoding="utf-8"))
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
-            raise ConfigError(f"{file_path}: not valid YAML{where}") from None
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"{file_path}: cannot read: {exc.__class__.__name__}") from None
-        if loaded is None:
-            return {}
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{file_path}: the top level must be a mapping of settings")
-        if "base_dir" in loaded:  # a field of the model, but not a setting
-            del loaded["base_dir"]
-            self.problems.append(f"base_dir: unknown setting (known: {', '.join(sorted(_FIELDS))})")
-        preset = loaded.get("key_format")
-        if isinstance(preset, str) and preset in KEY_FORMATS:
-            loaded["key_format"] = dict(KEY_FORMATS[preset])  # so that the environment can change one prefix
-        return loaded
+# Sections that can be given whole by a preset name (key_format: deployally), in the file and the environment.
+PRESETS = {"key_format": KEY_FORMATS}
 
 
 def load_settings(
@@ -657,9 +556,9 @@ def load_settings(
     """Load settings from ``path`` (if it exists, or must exist when ``required``), the environment and
     ``overrides`` (already-nested mapping, e.g. from CLI flags). Every problem found is named in the one
     :class:`ConfigError` raised."""
-    env = EnvironmentSource(os.environ if environ is None else environ)
+    env = EnvironmentSource(Settings, os.environ if environ is None else environ, PRESETS)
     sources: list[PydanticBaseSettingsSource] = [env]
-    problems = env.problems
+    problems = [*env.problems]
     base_dir = "."
     if path is not None:
         p = Path(path)
@@ -667,7 +566,7 @@ def load_settings(
             base_dir = str(p.resolve().parent)
             if not p.is_file():
                 raise ConfigError(f"{p}: cannot read: not a file")
-            file = YamlFile(p)
+            file = YamlFile(Settings, p, PRESETS)
             sources.append(file)
             problems += file.problems
         elif required:

@@ -1,4 +1,4 @@
-"""pydantic's validation errors as configuration problems: one ``path: why`` line each.
+"""Configuration problems: :class:`ConfigError`, and pydantic's validation errors as its ``path: why`` lines.
 
 ``path`` is the setting's dotted name (``listen.port``, ``rate_limits.tiers.gold.per_hour``,
 ``trusted_proxies[1]``); ``why`` says what is expected, in the same words for a value from the file or from
@@ -18,6 +18,18 @@ from pydantic import BaseModel, ValidationError
 from pydantic.fields import FieldInfo
 
 Origin = Callable[[tuple[str, ...]], "str | None"]
+
+class ConfigError(Exception):
+    """A configuration file or value is invalid. :attr:`problems` names every problem found, one ``path: why``
+    line each; the message is those lines."""
+
+    def __init__(self, *problems: str) -> None:
+        super().__init__(*problems)
+        self.problems: tuple[str, ...] = problems
+
+    def __str__(self) -> str:
+        return "\n".join(self.problems)
+
 
 class Invalid(ValueError):
     """Raised by a settings validator: ``why`` says what is expected (the problem's text as it is); ``field``

@@ -22,7 +22,8 @@ from gateway.cli import build_parser
 from gateway.ops import config_doc
 from gateway.paths import split_path
 from gateway.policies import PolicyError, parse_policy
-from gateway.settings import EnvironmentSource, Settings
+from gateway.settings import PRESETS, Settings
+from gateway.settings_sources import EnvironmentSource
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
@@ -64,7 +65,7 @@ def _leaves(cls: type[BaseModel], path: tuple[str, ...] = ()) -> list[tuple[str,
 
 def _env_values(environ: dict[str, str]) -> dict[str, typing.Any]:
     """What the gateway's environment source makes of ``environ``: nested values, before validation."""
-    source = EnvironmentSource(environ)
+    source = EnvironmentSource(Settings, environ, PRESETS)
     assert source.problems == []
     return source()
 
