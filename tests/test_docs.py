@@ -91,6 +91,20 @@ def test_every_setting_is_documented_with_a_variable_that_reaches_it() -> None:
         assert node[path[-1]] == "x", f"{var} does not set {name}"
 
 
+def test_every_setting_is_described_by_its_field() -> None:
+    """The table's description is the model field's ``description``: none is missing, none is written twice."""
+    doc = _read("configuration.md")
+    rows = {m.group(1): m.group(2) for m in re.finditer(r"^\| `([^`]+)` \|[^|]*\|[^|]*\|[^|]*\| (.*) \|$", doc, re.M)}
+    for leaf in _leaves(Settings):
+        model: type[BaseModel] = Settings
+        for part in leaf[:-1]:
+            model = model.model_fields[part].annotation  # type: ignore[assignment]
+        description = model.model_fields[leaf[-1]].description
+        assert description, f"{'.'.join(leaf)} has no description"
+        assert rows[".".join(leaf)] == description.replace("|", "\\|"), ".".join(leaf)
+    assert not hasattr(config_doc, "DESCRIPTIONS")  # one source: the model
+
+
 def test_defaults_in_the_doc_are_the_defaults() -> None:
     doc = _read("configuration.md")
     s = Settings()
