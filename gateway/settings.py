@@ -90,7 +90,8 @@ StrList = Annotated[tuple[str, ...], BeforeValidator(_listed)]
 def _http_url(value: str) -> str:
     parts = urlsplit(value)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise Invalid(f"must be an http:// or https:// URL with a host (got {value!r})")
+        shown = redisurl.redacted(value) if "@" in value else value  # a password in the URL stays out
+        raise Invalid(f"must be an http:// or https:// URL with a host (got {shown!r})")
     if parts.query or parts.fragment:
         raise Invalid("must not carry a query or fragment")
     if any(c.isspace() or not c.isprintable() for c in value):

@@ -534,3 +534,12 @@ def test_settings_are_immutable_and_copied_with_changes() -> None:
 def test_base_dir_is_not_a_setting(tmp_path: Path) -> None:
     refused("base_dir", text="base_dir: /tmp\n", tmp_path=tmp_path)
     assert load_settings(None, environ={"GATEWAY_BASE_DIR": "/tmp"}).base_dir == "."
+
+
+def test_upstream_url_errors_never_show_a_password() -> None:
+    for url in ("ftp://user:hunter2-secret@host/", "http://user:hunter2-secret@host:99999/",
+                "https://:hunter2-secret@/path"):
+        for field, var in (("upstream.url", "GATEWAY_UPSTREAM__URL"),
+                           ("upstream.environments.test", "GATEWAY_UPSTREAM__ENVIRONMENTS__TEST")):
+            message = refused(field, env={var: url})
+            assert "hunter2" not in message, message
