@@ -55,6 +55,8 @@ def problems_of(exc: ValidationError, model: type[BaseModel], origin: Origin) ->
     out = []
     for error in exc.errors(include_url=False):
         loc: list[str | int] = [part for part in error["loc"] if part != "[key]"]  # a bad mapping key: its path
+        if error["type"] == "invalid_key":  # ``2:`` among a section's names: a key, not a list index
+            loc[-1] = str(loc[-1])
         cause = (error.get("ctx") or {}).get("error")
         if isinstance(cause, Invalid) and cause.field:
             loc.append(cause.field)
@@ -134,7 +136,7 @@ def _why(error: Any, parent: type[BaseModel] | None, field: FieldInfo | None, na
     shown = field is None or field.repr is not False
     if kind == "value_error" and isinstance(ctx.get("error"), Invalid):
         return str(ctx["error"].why)
-    if kind == "extra_forbidden":
+    if kind in ("extra_forbidden", "invalid_key"):
         known = sorted(n for n in parent.model_fields if n != "base_dir") if parent is not None else []
         return f"unknown setting (known: {', '.join(known)})"
     if kind in _INTEGER:

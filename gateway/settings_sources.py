@@ -109,9 +109,11 @@ class YamlFile(YamlConfigSettingsSource):
             return {}
         if not isinstance(loaded, dict):
             raise ConfigError(f"{file_path}: the top level must be a mapping of settings")
-        for name in [k for k in loaded if k in self._fields and k not in self._known]:
-            del loaded[name]  # a field of the model that the loader sets (base_dir): not a setting
-            self.problems.append(f"{name}: unknown setting (known: {', '.join(sorted(self._known))})")
+        # A key that is no name (``1:``, ``null:``), or a field of the model that the loader sets (base_dir).
+        for name in [k for k in loaded if not isinstance(k, str) or k in self._fields and k not in self._known]:
+            del loaded[name]
+            shown = name if isinstance(name, str) else yaml.safe_dump(name).splitlines()[0]  # null, not None
+            self.problems.append(f"{shown}: unknown setting (known: {', '.join(sorted(self._known))})")
         for section, presets in self._presets.items():
             name = loaded.get(section)
             if isinstance(name, str) and name in presets:

@@ -7,6 +7,9 @@ import re
 from pathlib import Path
 
 import pytest
+import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gateway.settings import (
     ConfigError,
@@ -543,3 +546,36 @@ def test_upstream_url_errors_never_show_a_password() -> None:
                            ("upstream.environments.test", "GATEWAY_UPSTREAM__ENVIRONMENTS__TEST")):
             message = refused(field, env={var: url})
             assert "hunter2" not in message, message
+
+
+def test_keys_that_are_not_names_are_unknown_settings(tmp_path: Path) -> None:
+    assert "unknown setting" in refused("1", text="1: x\n", tmp_path=tmp_path)
+    assert "unknown setting" in refused("listen.2", text="listen: {2: x}\n", tmp_path=tmp_path)
+    assert "unknown setting" in refused("null", text="null: x\n", tmp_path=tmp_path)
+
+
+_NAMES = st.sampled_from(["listen", "port", "url", "tiers", "gold", "per_hour", "secret", "key_format", "live",
+                          "limits", "/v1/x", "ops", "healthz_path", "trusted_proxies", "jwt", "algorithms", "x"])
+_SCALARS = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8) | st.sampled_from(
+    ["deployally", "0", "http://h", "redis://h:1/0", "10.0.0.0/8", "/p", "7d", "nan", "true"])
+_VALUES = st.recursive(_SCALARS, lambda inner: st.lists(inner, max_size=3)
+                       | st.dictionaries(_NAMES | st.integers(), inner, max_size=3), max_leaves=12)
+
+
+@settings(max_examples=300, deadline=None)
+@given(doc=st.dictionaries(_NAMES | st.sampled_from(["store", "rate_limits", "cache", "error_format"]) | st.integers(),
+                           _VALUES, max_size=4),
+       env=st.dictionaries(st.sampled_from(["GATEWAY_LISTEN__PORT", "GATEWAY_KEY_FORMAT", "GATEWAY_CACHE",
+                                            "GATEWAY_RATE_LIMITS__TIERS__GOLD__PER_HOUR", "GATEWAY_LISTEN__PORT__X",
+                                            "GATEWAY_TRUSTED_PROXIES", "GATEWAY_JWT__ALGORITHMS", "GATEWAY_X__"]),
+                           st.text(max_size=6), max_size=3))
+def test_any_document_loads_or_is_refused_with_a_config_error(tmp_path_factory: pytest.TempPathFactory,
+                                                               doc: dict[object, object], env: dict[str, str]) -> None:
+    """Whatever the file and the environment hold, the outcome is Settings or a ConfigError whose every line
+    names a setting, a variable or the file: never another exception."""
+    path = tmp_path_factory.mktemp("cfg") / "config.yaml"
+    path.write_text(yaml.safe_dump(doc), encoding="utf-8")
+    try:
+        load_settings(path, environ=env)
+    except ConfigError as exc:
+        assert exc.problems and all(": " in p and "Traceback" not in p for p in exc.problems), exc.problems
