@@ -17,7 +17,8 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import BaseModel, ValidationError
 from pydantic.fields import FieldInfo
 
-Origin = Callable[[tuple[str, ...]], "str | None"]
+Origin = Callable[[tuple[str, ...]], "str | None"]  # a setting's path -> where its value came from
+
 
 class ConfigError(Exception):
     """A configuration file or value is invalid. :attr:`problems` names every problem found, one ``path: why``
@@ -82,8 +83,8 @@ def _dotted(loc: list[str | int]) -> str:
     return out
 
 
-def _bare(annotation: Any) -> Any:
-    """``Annotated[X, ...] | None`` -> ``X``."""
+def bare_type(annotation: Any) -> Any:
+    """``Annotated[X, ...] | None`` -> ``X``: the type a field holds."""
     while True:
         origin = typing.get_origin(annotation)
         if origin is Annotated:
@@ -97,7 +98,7 @@ def _bare(annotation: Any) -> Any:
             return annotation
 
 
-def _is_model(tp: Any) -> bool:
+def is_model(tp: Any) -> bool:
     return isinstance(tp, type) and issubclass(tp, BaseModel)
 
 
@@ -107,15 +108,15 @@ def _locate(model: type[BaseModel], loc: list[str | int]) -> tuple[type[BaseMode
     parent: type[BaseModel] | None = None
     field: FieldInfo | None = None
     for part in loc:
-        if _is_model(tp):
+        if is_model(tp):
             parent, field = tp, tp.model_fields.get(part) if isinstance(part, str) else None
             if field is None:
                 return parent, None
-            tp = _bare(field.annotation)
+            tp = bare_type(field.annotation)
         elif typing.get_origin(tp) in (dict, tuple):
             parent, field = None, None
             args = typing.get_args(tp)
-            tp = _bare(args[-1] if typing.get_origin(tp) is dict else args[0])
+            tp = bare_type(args[-1] if typing.get_origin(tp) is dict else args[0])
         else:
             return None, None
     return parent, field
@@ -155,8 +156,8 @@ def _why(error: Any, parent: type[BaseModel] | None, field: FieldInfo | None, na
         return f"must be a list (got {type(value).__name__})"
     if kind == "string_too_short" and ctx.get("min_length") == 1:
         return "must not be empty"
-    if kind == "literal_error" and field is not None and typing.get_origin(_bare(field.annotation)) is Literal:
-        choices = ", ".join(str(c) for c in typing.get_args(_bare(field.annotation)))
+    if kind == "literal_error" and field is not None and typing.get_origin(bare_type(field.annotation)) is Literal:
+        choices = ", ".join(str(c) for c in typing.get_args(bare_type(field.annotation)))
         return f"must be one of {choices}" + _got(value, shown)
     if kind in _BOUNDS:
         return _bounds(ctx, field, name) + _got(value, shown)

@@ -17,16 +17,16 @@ import argparse
 import importlib
 import pkgutil
 import sys
-import types
 import typing
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Any, Literal
 
 from pydantic import BaseModel
 
-from gateway.settings import ENV_PREFIX, KEY_FORMATS, Settings
+from gateway.settings import ENV_PREFIX, PRESETS, Settings
+from gateway.settings_problems import bare_type, is_model
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -40,27 +40,8 @@ class Row:
     description: str
 
 
-def _bare(tp: Any) -> Any:
-    """``Annotated[X, ...]`` -> ``X``, ``X | None`` -> ``X``."""
-    while True:
-        origin = typing.get_origin(tp)
-        if origin is Annotated:
-            tp = typing.get_args(tp)[0]
-        elif origin in (Union, types.UnionType):
-            args = [a for a in typing.get_args(tp) if a is not type(None)]
-            if len(args) != 1:
-                return tp
-            tp = args[0]
-        else:
-            return tp
-
-
-def _is_model(tp: Any) -> bool:
-    return isinstance(tp, type) and issubclass(tp, BaseModel)
-
-
 def _type_name(tp: Any) -> str:
-    tp = _bare(tp)
+    tp = bare_type(tp)
     origin = typing.get_origin(tp)
     if origin is Literal:
         return "string"
@@ -94,28 +75,28 @@ def _env(path: list[str]) -> str:
     return ENV_PREFIX + "__".join(p.upper() for p in path)
 
 
-def _preset(value: BaseModel) -> str:
+def _preset(section: str, value: BaseModel) -> str:
     """The preset name a section's default value is (``key_format: deployerp``)."""
-    return next(name for name, fields in KEY_FORMATS.items() if value.model_dump() == fields)
+    return next(name for name, fields in PRESETS[section].items() if value.model_dump() == fields)
 
 
 def _walk(cls: type[BaseModel], path: list[str], default: Any) -> Iterator[Row]:
     for name, f in cls.model_fields.items():
         if f.exclude:  # base_dir: where the file was, not a setting
             continue
-        tp = _bare(f.annotation)
+        tp = bare_type(f.annotation)
         here = [*path, name]
         dotted = ".".join(here)
         value = getattr(default, name)
         desc = f.description or ""
-        if _is_model(tp):
-            if dotted == "key_format":  # given whole as a preset name too
-                yield Row(dotted, _env(here), "preset or mapping", _preset(value), desc)
+        if is_model(tp):
+            if dotted in PRESETS:  # given whole as a preset name too
+                yield Row(dotted, _env(here), "preset or mapping", _preset(dotted, value), desc)
             yield from _walk(tp, here, value)
             continue
         if typing.get_origin(tp) is dict:
-            vtype = _bare(typing.get_args(tp)[1])
-            if _is_model(vtype):
+            vtype = bare_type(typing.get_args(tp)[1])
+            if is_model(vtype):
                 yield Row(dotted, "(see below)", "mapping", _show(value), desc)
                 for sub, vf in vtype.model_fields.items():
                     yield Row(f"{dotted}.<name>.{sub}", _env([*here, "<NAME>", sub]), _type_name(vf.annotation),
@@ -148,7 +129,7 @@ def configuration_reference() -> str:
         out.append(f"### `{head}`" if head != "(top level)" else "### Top level")
         out.append("")
         section = Settings.model_fields.get(head)
-        if (section is not None and section.description and _is_model(_bare(section.annotation))
+        if (section is not None and section.description and is_model(bare_type(section.annotation))
                 and not any(r.name == head for r in rows_all)):  # else its row says it (key_format)
             out += [section.description, ""]
         out.append("| Setting | Environment variable | Type | Default | Description |")
