@@ -629,7 +629,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args))
     except (ConfigError, PolicyError) as exc:
-        print(f"gateway: configuration error: {exc}", file=sys.stderr)
+        for problem in str(exc).splitlines() or [""]:  # a ConfigError names every problem, one line each
+            print(f"gateway: configuration error: {problem}", file=sys.stderr)
         return 2
     except StoreError as exc:
         print(f"gateway: store error: {exc}", file=sys.stderr)

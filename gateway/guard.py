@@ -246,12 +246,13 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     # The most bytes a head may take on the wire (target + headers + slack for the request line and line
     # ends). Counted per read while a head is incomplete, so a never-ending header line cannot grow in memory.
     raw_head_limit: int = 0
-    # The limits again as plain class attributes: read on every request, one lookup each (the defaults' values:
-    # LimitsSettings is slotted, so its class attributes are descriptors, not defaults).
+    # The limits again as plain class attributes: read on every request, one lookup each, never through the
+    # settings model (the defaults' values: a pydantic model's class has no attribute per field).
     max_target: int = limits.max_target_bytes
     max_headers: int = limits.max_headers
     max_header_bytes: int = limits.max_header_bytes
     max_connections: int = limits.max_connections
+    header_timeout: float = limits.header_timeout_seconds  # per connection and per timer check
 
     # Per request the work is a few attribute writes and, when the head is complete, a handful of length
     # checks: the exact header-size sum runs only when the reads that carried the head were large, and the
@@ -275,7 +276,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def connection_made(self, transport: Any) -> None:
         super().connection_made(transport)
         self._checked = 0  # a connection that sends nothing is cut off at the first check
-        self._head_timer = self.loop.call_later(self.limits.header_timeout_seconds, self._head_check)
+        self._head_timer = self.loop.call_later(self.header_timeout, self._head_check)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._head_timer is not None:
@@ -302,7 +303,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._head_timer = None
         if self.transport.is_closing():
             return
-        timeout = self.limits.header_timeout_seconds
+        timeout = self.header_timeout
         if not self._in_head or self._messages != self._checked:
             self._checked = self._messages
             self._head_timer = self.loop.call_later(timeout, self._head_check)
@@ -416,6 +417,7 @@ def http_protocol(settings: Settings) -> type[GuardedHttpToolsProtocol]:
         "max_headers": lim.max_headers,
         "max_header_bytes": lim.max_header_bytes,
         "max_connections": lim.max_connections,
+        "header_timeout": lim.header_timeout_seconds,
     }
     return type("GatewayHttpProtocol", (GuardedHttpToolsProtocol,), attrs)
 

@@ -42,7 +42,6 @@ or a ``gateway serve`` on the same store.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import os
 from typing import Any
@@ -193,7 +192,7 @@ class AuthMiddleware:
         if settings is None:
             settings = load_settings(config, required=True)
         # The management API belongs to `gateway serve`: its routes are not added to the policy here.
-        settings = dataclasses.replace(settings, management=dataclasses.replace(settings.management, enabled=False))
+        settings = settings.model_copy(update={"management": settings.management.model_copy(update={"enabled": False})})
         self.app = app
         self.settings = settings
         self.unmatched = unmatched

@@ -1,34 +1,45 @@
-"""Typed, validated configuration.
+"""Typed, validated configuration: a pydantic-settings model.
 
 Precedence, lowest first: the defaults below < the YAML file < ``GATEWAY_<SECTION>__<FIELD>`` environment
-variables (``GATEWAY_<FIELD>`` for top-level fields) < command-line flags. Everything is validated when it is
-loaded; a bad file or value raises :class:`ConfigError` whose message names the field, and the CLI turns that
-into exit status 2.
+variables (``GATEWAY_<FIELD>`` for top-level fields) < command-line flags. :func:`load_settings` validates
+everything at once and raises one :class:`ConfigError` naming every problem, one ``path: why`` line each
+(``listen.port: must be between 1 and 65535 (got 70000)``); the CLI turns that into exit status 2.
+
+Each field's ``description`` is its entry in docs/configuration.md (``python -m gateway.ops.config_doc``).
+The models are frozen; read them at start-up and copy what a hot path needs into plain attributes.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import ipaddress
-import math
 import os
-import types
 import typing
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from contextvars import ContextVar
 from pathlib import Path
-from typing import Any, Union
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-import yaml
+from pydantic import (
+    AfterValidator,
+    AllowInfNan,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    Strict,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from gateway import redisurl
+from gateway.settings_problems import ConfigError as ConfigError  # what every reader catches
+from gateway.settings_problems import Invalid, problems_of
+from gateway.settings_sources import EnvironmentSource, YamlFile
 
 ENV_PREFIX = "GATEWAY_"
-
-
-class ConfigError(Exception):
-    """A configuration file or value is invalid; the message names the field."""
 
 
 # Key formats of the two platforms the gateway fronts: environment -> value prefix.
@@ -38,387 +49,102 @@ KEY_FORMATS: dict[str, dict[str, str]] = {
 }
 
 
-@dataclass(frozen=True, slots=True)
-class ListenSettings:
-    host: str = "127.0.0.1"
-    port: int = 8080
-    workers: int = 1  # uvicorn worker processes (more than one needs a Redis store and Redis limits)
+# --- value types: YAML gives typed values, the environment text; both are read the same way -----------------------
+
+_TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
 
 
-@dataclass(frozen=True, slots=True)
-class UpstreamEnvironments:
-    # Where test keys are forwarded. With none, test keys are refused (they never reach the live upstream).
-    test: str | None = None
+def _parsed(convert: Any) -> BeforeValidator:
+    """Text converted by ``convert`` (the environment's values); anything else left to the strict type check, so
+    ``port: true`` or ``port: 80.5`` in the file is refused rather than read as 1 or 80."""
+
+    def before(value: Any) -> Any:
+        if isinstance(value, str):
+            try:
+                return convert(value)
+            except ValueError:
+                return value
+        return value
+
+    return BeforeValidator(before)
 
 
-@dataclass(frozen=True, slots=True)
-class UpstreamSettings:
-    url: str = "http://127.0.0.1:9000"
-    connect_timeout: float = 5.0
-    read_timeout: float = 60.0
-    pool_size: int = 100
-    environments: UpstreamEnvironments = field(default_factory=UpstreamEnvironments)
+def _boolean(text: str) -> bool:
+    if text.lower() in _TRUE + _FALSE:
+        return text.lower() in _TRUE
+    raise ValueError(text)
 
 
-@dataclass(frozen=True, slots=True)
-class StoreSettings:
-    url: str = "sqlite:///data/keys.db"
-    # Redis stores: every exchange (connect, each reply) is bounded by this; then the lookup fails (503)
-    # unless the key is still in the cache.
-    timeout_ms: float = 50.0
+def _listed(value: Any) -> Any:
+    """``a,b`` (the environment's form of a list) -> ``["a", "b"]``."""
+    return [v.strip() for v in value.split(",") if v.strip()] if isinstance(value, str) else value
 
 
-@dataclass(frozen=True, slots=True)
-class CacheSettings:
-    ttl_seconds: float = 5.0
-    # Cached key lookups (known and unknown keys) per process. A cached key costs ~0.9 KB (tracemalloc, keys
-    # sharing their permission set and allowlist; an unknown key ~0.2 KB), so a full cache of 100,000 holds
-    # ~90 MB. Expired entries are dropped when the cache fills, so with many keys in use it sits near full.
-    max_size: int = 100_000
+Int = Annotated[int, Strict(), _parsed(int)]
+Number = Annotated[float, Strict(), AllowInfNan(False), _parsed(float)]  # nan passes every "< 0" check
+Bool = Annotated[bool, Strict(), _parsed(_boolean)]
+Seconds = Annotated[Number, Field(gt=0)]
+StrList = Annotated[tuple[str, ...], BeforeValidator(_listed)]
 
 
-@dataclass(frozen=True, slots=True)
-class ManagementSettings:
-    enabled: bool = True
-    prefix: str = "/v1"  # the key API is served at {prefix}/api-keys and {prefix}/auth/test
-    # Let dashboard JWTs (jwt.enabled) call {prefix}/api-keys; off: API keys only, a JWT gets 401 invalid_token.
-    # A JWT caller is still held to its own scopes. {prefix}/auth/test takes a JWT either way: it changes
-    # nothing and only tells a caller about its own credential, the check every credential needs. Read at start.
-    allow_jwt: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class RotationSettings:
-    grace_period: str = "7d"  # how long a rotated key keeps working; "0" for immediately
-    webhook_url: str | None = None  # notified by `gateway keys rotate-due`
-    deliver_value: bool = False  # include the new key's value in that notification
-
-
-@dataclass(frozen=True, slots=True)
-class UsageSettings:
-    flush_seconds: float = 5.0  # last_used_at / request counts are written in batches this often
-
-
-@dataclass(frozen=True, slots=True)
-class OpsSettings:
-    """Probes for orchestrators, answered before the auth gate without a credential (gateway/ops/health.py)."""
-
-    healthz_path: str = "/healthz"  # liveness: 200 while the process serves
-    readyz_path: str = "/readyz"  # readiness: 200, or 503 when the store/policy/Redis is not usable or draining
-    readyz_timeout_seconds: float = 2.0  # each readiness check is bounded by this
-    metrics_enabled: bool = True  # Prometheus text format at metrics_path (gateway/ops/metrics.py)
-    metrics_path: str = "/metrics"
-    metrics_scope: str | None = None  # when set, /metrics needs a key (or JWT) holding this scope
-    metrics_key_labels: bool = False  # add a key_id label to gateway_requests_total (one series per key)
-    log_format: str = "json"  # json (one object per line) or text
-    access_log: bool = True  # one JSON line per request
-    access_log_probes: bool = False  # also log probe and metrics requests
-    watch_policy: bool = True  # reload the policy file when it changes (SIGHUP always reloads)
-    shutdown_timeout_seconds: float = 30.0  # on SIGTERM, in-flight requests get this long to finish
-    drain_seconds: float = 0.0  # on SIGTERM, keep serving this long (readyz 503) before closing the listener
-    openapi_enabled: bool = True  # the management API's OpenAPI document and a docs page, without auth
-    openapi_path: str = "/openapi.json"
-    docs_path: str = "/docs"
-
-
-@dataclass(frozen=True, slots=True)
-class JWTSettings:
-    """JWTs for dashboard users, on routes whose policy allows the ``jwt`` credential."""
-
-    enabled: bool = False
-    algorithms: tuple[str, ...] = ("HS256",)
-    secret: str | None = field(default=None, repr=False)  # HS256 shared secret (or GATEWAY_JWT__SECRET)
-    secret_file: str | None = None
-    public_key_file: str | None = None  # PEM, for RS256 / ES256
-    jwks_file: str | None = None  # a JWKS document on disk, for RS256 / ES256 with key ids
-    issuer: str | None = None
-    audience: str | None = None
-    scopes_claim: str = "permissions"  # a list claim, or "scope" for a space-separated string
-    subject_claim: str = "sub"
-    leeway_seconds: float = 0.0
-
-
-@dataclass(frozen=True, slots=True)
-class TierSettings:
-    """A rate-limit tier: requests per hour and per minute (burst); a missing window is not limited."""
-
-    per_hour: int | None = None
-    per_minute: int | None = None
-
-
-DEFAULT_TIERS: dict[str, TierSettings] = {
-    "standard": TierSettings(per_hour=1_000, per_minute=100),
-    "high_volume": TierSettings(per_hour=10_000, per_minute=1_000),
-    "limited": TierSettings(per_hour=100, per_minute=10),
-    "unlimited": TierSettings(),
-}
-ON_STORE_ERROR = ("deny", "allow", "local")
-
-
-@dataclass(frozen=True, slots=True)
-class RateLimitSettings:
-    enabled: bool = True
-    # memory:// (one process) or redis://... (shared by every gateway process). Default: memory://, or the
-    # store's Redis when store.url is a Redis URL.
-    url: str | None = None
-    default_tier: str = "standard"
-    tiers: dict[str, TierSettings] = field(default_factory=lambda: dict(DEFAULT_TIERS))
-    # What to do when Redis does not answer within redis_timeout_ms: deny (503), allow, or local (each
-    # process limits in memory at 1/local_share of the limit).
-    on_store_error: str = "deny"
-    local_share: int = 1
-    redis_timeout_ms: float = 50.0
-    max_tracked_keys: int = 1_000_000
-
-
-@dataclass(frozen=True, slots=True)
-class LimitsSettings:
-    """What one request and one client may cost the gateway (docs/security.md)."""
-
-    max_header_bytes: int = 16_384  # all header lines of a request together (431)
-    max_headers: int = 100  # header lines per request (431)
-    max_target_bytes: int = 8_192  # the request target, path and query (414)
-    max_body_bytes: int = 1_073_741_824  # per request body, checked against Content-Length and counted (413)
-    # Per-route body limits, keyed by the policy rule's path template ("/v1/backups/**": 104857600).
-    body_bytes_per_route: dict[str, int] = field(default_factory=dict)
-    header_timeout_seconds: float = 10.0  # a request head unfinished past this (at most 2x) is cut off (slowloris; 408)
-    body_timeout_seconds: float = 60.0  # longest wait for the next piece of a request body (slow uploads; 408)
-    keep_alive_seconds: float = 5.0  # an idle keep-alive connection is closed after this
-    max_connections: int = 1_024  # concurrent connections + requests per process; beyond it 503
-    # Failed authentications per client address per minute before it gets 429 for the cool-down; 0: off.
-    auth_failures_per_minute: int = 30
-    auth_failures_cooldown_seconds: float = 60.0
-    # Failed authentications per minute from all clients together that log an alert (a distributed attack).
-    auth_failures_global_per_minute: int = 1_000
-    max_tracked_clients: int = 100_000  # client addresses the failure counter remembers (oldest dropped)
-
-
-@dataclass(frozen=True, slots=True)
-class ForwardAuthSettings:
-    """The endpoint nginx ``auth_request``, Traefik ForwardAuth and Envoy ``ext_authz`` call (docs/forward-auth.md).
-
-    On by default: it decides only for peers in ``trusted_proxies`` (403 ``forward_auth_untrusted`` to anyone else),
-    so until a proxy is named it decides nothing for anyone, and a client calling it itself learns no more than
-    by sending the request. It costs the proxied requests one prefix comparison, made only when their path is
-    not one of the gateway's own (probes, metrics)."""
-
-    enabled: bool = True  # serve the endpoint (docs/forward-auth.md); only trusted_proxies get a decision from it
-    # The path nginx and Traefik call, and Envoy's `path_prefix` (every path below it is the endpoint's too).
-    path: str = "/_gateway/verify"
-    # Decide on test keys too (the proxy must then send them to a test upstream, by `X-Auth-Environment`). Off,
-    # they get 403 `environment_unavailable`, as in proxy mode without a test upstream.
-    test_keys: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class KeyFormat:
-    live: str = "dep_live_"
-    test: str = "dep_test_"
-
-    def prefix(self, environment: str) -> str:
-        return self.live if environment == "live" else self.test
-
-
-@dataclass(frozen=True, slots=True)
-class Settings:
-    listen: ListenSettings = field(default_factory=ListenSettings)
-    upstream: UpstreamSettings = field(default_factory=UpstreamSettings)
-    store: StoreSettings = field(default_factory=StoreSettings)
-    cache: CacheSettings = field(default_factory=CacheSettings)
-    policies: str = "policies/deployerp.yaml"
-    error_format: str = "deployerp"
-    key_format: KeyFormat = field(default_factory=KeyFormat)
-    debug_headers: bool = True
-    trusted_proxies: tuple[str, ...] = ()
-    forward_authorization: bool = False
-    # The server secret (pepper) of the keyed key hash: a value, or a file holding it. With neither, the
-    # gateway creates ``secret_file`` (default: beside the SQLite file) on first run, mode 600.
-    secret: str | None = field(default=None, repr=False)
-    secret_file: str | None = None
-    management: ManagementSettings = field(default_factory=ManagementSettings)
-    rotation: RotationSettings = field(default_factory=RotationSettings)
-    usage: UsageSettings = field(default_factory=UsageSettings)
-    ops: OpsSettings = field(default_factory=OpsSettings)
-    jwt: JWTSettings = field(default_factory=JWTSettings)
-    rate_limits: RateLimitSettings = field(default_factory=RateLimitSettings)
-    limits: LimitsSettings = field(default_factory=LimitsSettings)
-    forward_auth: ForwardAuthSettings = field(default_factory=ForwardAuthSettings)
-    # Where relative paths in the file were resolved from (not a setting).
-    base_dir: str = field(default=".", compare=False)
-
-
-_ERROR_FORMATS = ("deployerp", "deployally")
-_SECTIONS = frozenset(
-    {"listen", "upstream", "store", "cache", "key_format", "management", "rotation", "usage", "jwt", "rate_limits",
-     "limits"}
-)
-
-
-def _validate(s: Settings) -> None:
-    def bad(name: str, why: str) -> ConfigError:
-        return ConfigError(f"{name}: {why}")
-
-    if not 1 <= s.listen.port <= 65535:
-        raise bad("listen.port", f"must be between 1 and 65535 (got {s.listen.port})")
-    if not s.listen.host:
-        raise bad("listen.host", "must not be empty")
-    parts = urlsplit(s.upstream.url)
+def _http_url(value: str) -> str:
+    parts = urlsplit(value)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise bad("upstream.url", f"must be an http:// or https:// URL with a host (got {s.upstream.url!r})")
+        shown = redisurl.redacted(value) if "@" in value else value  # a password in the URL stays out
+        raise Invalid(f"must be an http:// or https:// URL with a host (got {shown!r})")
     if parts.query or parts.fragment:
-        raise bad("upstream.url", "must not carry a query or fragment")
-    if any(c.isspace() or not c.isprintable() for c in s.upstream.url):
-        raise bad("upstream.url", "must not contain spaces or control characters")
+        raise Invalid("must not carry a query or fragment")
+    if any(c.isspace() or not c.isprintable() for c in value):
+        raise Invalid("must not contain spaces or control characters")
     try:
         port = parts.port  # a port that is not a number in 0..65535 raises here, not at the first request
     except ValueError:
         port = 0
     if port == 0:
-        raise bad("upstream.url", "has an invalid port (use 1..65535)")
-    for name in ("connect_timeout", "read_timeout"):
-        if getattr(s.upstream, name) <= 0:
-            raise bad(f"upstream.{name}", "must be a positive number of seconds")
-    test_url = s.upstream.environments.test
-    if test_url is not None:
-        tparts = urlsplit(test_url)
-        if tparts.scheme not in ("http", "https") or not tparts.hostname:
-            raise bad("upstream.environments.test", f"must be an http:// or https:// URL (got {test_url!r})")
-    if not s.management.prefix.startswith("/") or s.management.prefix.endswith("/") and s.management.prefix != "/":
-        raise bad("management.prefix", "must start with '/' and not end with one (e.g. /v1)")
+        raise Invalid("has an invalid port (use 1..65535)")
+    return value
+
+
+def _plain_path(value: str) -> str:
+    if not value.startswith("/") or any(c in value for c in "?#% ") or not value.isascii():
+        raise Invalid(f"must be a plain path starting with '/' (got {value!r})")
+    return value
+
+
+def _cidr(value: str) -> str:
     try:
-        parse_duration(s.rotation.grace_period)
-    except ValueError as exc:
-        raise bad("rotation.grace_period", str(exc)) from None
-    if s.rotation.webhook_url is not None and urlsplit(s.rotation.webhook_url).scheme not in ("http", "https"):
-        raise bad("rotation.webhook_url", "must be an http:// or https:// URL")
-    rl = s.rate_limits
-    if rl.url is not None and not rl.url.startswith("memory:"):
-        try:
-            redisurl.check(rl.url)
-        except redisurl.RedisURLError as exc:
-            raise bad("rate_limits.url", f"{exc} (or memory://)") from None
-    if rl.default_tier not in rl.tiers:
-        raise bad("rate_limits.default_tier", f"{rl.default_tier!r} is not one of the tiers")
-    for name, tier in rl.tiers.items():
-        if not valid_tier_name(name):
-            raise bad(f"rate_limits.tiers.{name}", "tier names are letters, digits, '_' and '-'")
-        for window, seconds in (("per_hour", 3600), ("per_minute", 60)):
-            value = getattr(tier, window)
-            if value is not None and value < 1:
-                raise bad(f"rate_limits.tiers.{name}.{window}", "must be at least 1 (leave it out for no limit)")
-            # GCRA spaces requests by period/limit in whole microseconds: more than one per microsecond
-            # would make that interval 0.
-            if value is not None and value > seconds * 1_000_000:
-                raise bad(f"rate_limits.tiers.{name}.{window}",
-                          f"must be at most {seconds * 1_000_000} (leave it out for no limit)")
-    if rl.on_store_error not in ON_STORE_ERROR:
-        raise bad("rate_limits.on_store_error", f"must be one of {', '.join(ON_STORE_ERROR)}")
-    if rl.local_share < 1:
-        raise bad("rate_limits.local_share", "must be at least 1")
-    if not 1 <= rl.redis_timeout_ms <= 10_000:
-        raise bad("rate_limits.redis_timeout_ms", "must be between 1 and 10000")
-    if rl.max_tracked_keys < 1:
-        raise bad("rate_limits.max_tracked_keys", "must be at least 1")
-    if s.usage.flush_seconds <= 0:
-        raise bad("usage.flush_seconds", "must be a positive number of seconds")
-    for name in ("healthz_path", "readyz_path"):
-        probe = getattr(s.ops, name)
-        if not probe.startswith("/") or any(c in probe for c in "?#% ") or not probe.isascii():
-            raise bad(f"ops.{name}", f"must be a plain path starting with '/' (got {probe!r})")
-    if s.ops.healthz_path == s.ops.readyz_path:
-        raise bad("ops.readyz_path", "must differ from ops.healthz_path")
-    ops_paths = {"healthz_path": s.ops.healthz_path, "readyz_path": s.ops.readyz_path}
-    for name in ("metrics_path", "openapi_path", "docs_path"):
-        path = getattr(s.ops, name)
-        if not path.startswith("/") or any(c in path for c in "?#% ") or not path.isascii():
-            raise bad(f"ops.{name}", f"must be a plain path starting with '/' (got {path!r})")
-        for other, taken in ops_paths.items():
-            if path == taken:
-                raise bad(f"ops.{name}", f"must differ from ops.{other}")
-        ops_paths[name] = path
-    if s.ops.metrics_scope is not None and not s.ops.metrics_scope.strip():
-        raise bad("ops.metrics_scope", "must be a scope such as metrics:read (or left out)")
-    if s.ops.log_format not in ("json", "text"):
-        raise bad("ops.log_format", f"must be json or text (got {s.ops.log_format!r})")
-    if s.ops.shutdown_timeout_seconds <= 0:
-        raise bad("ops.shutdown_timeout_seconds", "must be a positive number of seconds")
-    if s.ops.drain_seconds < 0:
-        raise bad("ops.drain_seconds", "must be zero or more seconds")
-    if s.ops.readyz_timeout_seconds <= 0:
-        raise bad("ops.readyz_timeout_seconds", "must be a positive number of seconds")
-    if s.upstream.pool_size < 1:
-        raise bad("upstream.pool_size", "must be at least 1")
-    scheme = s.store.url.split(":", 1)[0]
-    if scheme != "sqlite":
-        try:
-            redisurl.check(s.store.url)
-        except redisurl.RedisURLError as exc:
-            raise bad("store.url", str(exc).replace("; use ", "; use sqlite:///path/keys.db, ", 1)) from None
-    if not 1 <= s.store.timeout_ms <= 60_000:
-        raise bad("store.timeout_ms", "must be between 1 and 60000")
-    if not 1 <= s.listen.workers <= 64:
-        raise bad("listen.workers", "must be between 1 and 64")
-    if scheme == "sqlite" and not s.store.url.startswith("sqlite:///"):
-        raise bad("store.url", "must look like sqlite:///relative/path.db or sqlite:////absolute/path.db")
-    if s.cache.ttl_seconds < 0:
-        raise bad("cache.ttl_seconds", "must be zero or more")
-    if s.cache.max_size < 1:
-        raise bad("cache.max_size", "must be at least 1")
-    if s.error_format not in _ERROR_FORMATS:
-        raise bad("error_format", f"must be one of {', '.join(_ERROR_FORMATS)} (got {s.error_format!r})")
-    for env in ("live", "test"):
-        prefix = getattr(s.key_format, env)
-        if not prefix or not prefix.isascii() or not all(c.isalnum() or c == "_" for c in prefix):
-            raise bad(f"key_format.{env}", "must be a non-empty prefix of letters, digits and '_'")
-        if not prefix.endswith("_"):
-            raise bad(f"key_format.{env}", "must end with '_' so the random part is unambiguous")
-    if s.key_format.live == s.key_format.test:
-        raise bad("key_format", "the live and test prefixes must differ")
-    for i, cidr in enumerate(s.trusted_proxies):
-        try:
-            ipaddress.ip_network(cidr, strict=False)
-        except ValueError:
-            raise bad(f"trusted_proxies[{i}]", f"not an IP address or CIDR network: {cidr!r}") from None
-    _validate_limits(s.limits)
-    _validate_forward_auth(s)
-    if s.secret is not None and len(s.secret) < 16:
-        raise bad("secret", "must be at least 16 characters (use 32 or more random bytes)")
-
-
-def _validate_limits(lim: LimitsSettings) -> None:
-    minimum = {"max_header_bytes": 1024, "max_headers": 8, "max_target_bytes": 256, "max_body_bytes": 0,
-               "max_connections": 1, "auth_failures_per_minute": 0, "auth_failures_global_per_minute": 0,
-               "max_tracked_clients": 1}
-    for name, least in minimum.items():
-        if getattr(lim, name) < least:
-            raise ConfigError(f"limits.{name}: must be at least {least}")
-    for name in ("header_timeout_seconds", "body_timeout_seconds", "keep_alive_seconds",
-                 "auth_failures_cooldown_seconds"):
-        if getattr(lim, name) <= 0:
-            raise ConfigError(f"limits.{name}: must be a positive number of seconds")
-    for template, size in lim.body_bytes_per_route.items():
-        if not template.startswith("/"):
-            raise ConfigError(f"limits.body_bytes_per_route.{template}: must be a policy path template (/v1/...)")
-        if size < 0:
-            raise ConfigError(f"limits.body_bytes_per_route.{template}: must be zero or more bytes")
-
-
-def _validate_forward_auth(s: Settings) -> None:
-    path = s.forward_auth.path
-    if not path.startswith("/") or path.endswith("/") or any(c in path for c in "?#% ") or not path.isascii():
-        raise ConfigError(f"forward_auth.path: must be a plain path starting with '/', not ending with one "
-                          f"(got {path!r})")
-    for name in ("healthz_path", "readyz_path", "metrics_path", "openapi_path", "docs_path"):
-        if path == getattr(s.ops, name):
-            raise ConfigError(f"forward_auth.path: must differ from ops.{name}")
-    prefix = s.management.prefix
-    if s.forward_auth.enabled and (prefix == path or prefix.startswith(path + "/")):
-        # Every path below forward_auth.path is the endpoint's (Envoy's form): the key API would be unreachable.
-        raise ConfigError(f"forward_auth.path: {path} would hide the management API at {prefix}")
+        ipaddress.ip_network(value, strict=False)
+    except ValueError:
+        raise Invalid(f"not an IP address or CIDR network: {value!r}") from None
+    return value
 
 
 def valid_tier_name(name: str) -> bool:
     return bool(name) and len(name) <= 64 and all(c.isascii() and (c.isalnum() or c in "_-") for c in name)
+
+
+def _tier_name(name: str) -> str:
+    if not valid_tier_name(name):
+        raise Invalid("tier names are letters, digits, '_' and '-'")
+    return name
+
+
+def _window(seconds: int) -> AfterValidator:
+    """A tier's requests per window: at least 1, and at most one per microsecond (GCRA spaces requests by
+    period/limit in whole microseconds, so more would make that interval 0)."""
+
+    def check(value: int | None) -> int | None:
+        if value is not None and not 1 <= value <= seconds * 1_000_000:
+            raise Invalid(f"must be between 1 and {seconds * 1_000_000} (leave it out for no limit)")
+        return value
+
+    return AfterValidator(check)
+
+
+def _route_template(template: str) -> str:
+    if not template.startswith("/"):
+        raise Invalid("must be a policy path template (/v1/...)")
+    return template
 
 
 _DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -434,123 +160,433 @@ def parse_duration(text: str) -> int:
     return int(t[:-1]) * _DURATION_UNITS[t[-1]]
 
 
-# --- generic conversion from plain YAML/env data to the dataclasses above ------------------------------------
+def _duration(text: str) -> str:
+    try:
+        parse_duration(text)
+    except ValueError as exc:
+        raise Invalid(str(exc)) from None
+    return text
 
 
-def _convert(tp: Any, value: Any, name: str) -> Any:
-    origin = typing.get_origin(tp)
-    if origin in (Union, types.UnionType):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        if value is None:
-            return None
-        return _convert(args[0], value, name)
-    if origin is dict:
+# --- the sections ------------------------------------------------------------------------------------------------
+
+
+class Section(BaseModel):
+    """A group of settings: frozen, unknown keys refused, numbers accepted where text is expected."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, coerce_numbers_to_str=True, validate_default=True)
+
+
+class ListenSettings(Section):
+    host: str = Field("127.0.0.1", min_length=1, description=(
+        "Address to listen on: 0.0.0.0 for every interface (a container); a sidecar may keep loopback."))
+    port: Int = Field(8080, ge=1, le=65535, description="Port to listen on.")
+    workers: Int = Field(1, ge=1, le=64, description=(
+        "Uvicorn worker processes (more than one needs a Redis store and Redis limits)."))
+
+
+class UpstreamEnvironments(Section):
+    test: Annotated[str, AfterValidator(_http_url)] | None = Field(None, description=(
+        "Where test keys are forwarded. With none, test keys are refused (they never reach the live upstream)."))
+
+
+class UpstreamSettings(Section):
+    url: Annotated[str, AfterValidator(_http_url)] = Field("http://127.0.0.1:9000", description=(
+        "The API behind the gateway: every admitted request is streamed there."))
+    connect_timeout: Seconds = Field(5.0, description=(
+        "Seconds to connect to the upstream; then 502 `upstream_unavailable`."))
+    read_timeout: Seconds = Field(60.0, description=(
+        "Seconds without a byte from the upstream; then 504 `upstream_timeout`."))
+    pool_size: Int = Field(100, ge=1, description="Pooled upstream connections per process.")
+    environments: UpstreamEnvironments = Field(default_factory=UpstreamEnvironments)
+
+
+def _store_url(url: str) -> str:
+    if url.split(":", 1)[0] != "sqlite":
+        try:
+            redisurl.check(url)
+        except redisurl.RedisURLError as exc:
+            raise Invalid(str(exc).replace("; use ", "; use sqlite:///path/keys.db, ", 1)) from None
+    elif not url.startswith("sqlite:///"):
+        raise Invalid("must look like sqlite:///relative/path.db or sqlite:////absolute/path.db")
+    return url
+
+
+class StoreSettings(Section):
+    url: Annotated[str, AfterValidator(_store_url)] = Field("sqlite:///data/keys.db", description=(
+        "The key store: `sqlite:///relative.db` or `sqlite:////absolute.db`; or Redis, shared by every gateway "
+        "process: one server `redis://host:port/db` (`rediss://` for TLS, `unix:///path.sock?db=0`), the master "
+        "of a Sentinel service `redis+sentinel://host:26379[,host:port...]/<service>[/db]` or a Cluster "
+        "`redis+cluster://host:port[,host:port...]` (`rediss+sentinel://`, `rediss+cluster://` for TLS; "
+        "docs/redis.md). Only keyed hashes of keys are stored."))
+    timeout_ms: Number = Field(50.0, ge=1, le=60_000, description=(
+        "Redis stores: every exchange (connect, each reply) is bounded by this; then the lookup fails (503) "
+        "unless the key is still in the cache."))
+
+
+class CacheSettings(Section):
+    ttl_seconds: Number = Field(5.0, ge=0, description=(
+        "Seconds a key lookup is cached: a key revoked elsewhere is refused within this."))
+    max_size: Int = Field(100_000, ge=1, description=(
+        "Cached key lookups (known and unknown keys) per process. A cached key costs ~0.9 KB (tracemalloc, keys "
+        "sharing their permission set and allowlist; an unknown key ~0.2 KB), so a full cache of 100,000 holds "
+        "~90 MB. Expired entries are dropped when the cache fills, so with many keys in use it sits near full."))
+
+
+def _prefix(value: str) -> str:
+    if not value.startswith("/") or value.endswith("/") and value != "/":
+        raise Invalid("must start with '/' and not end with one (e.g. /v1)")
+    return value
+
+
+class ManagementSettings(Section):
+    enabled: Bool = Field(True, description=(
+        "Serve the key-management API (`{prefix}/api-keys`) and `{prefix}/auth/test`."))
+    prefix: Annotated[str, AfterValidator(_prefix)] = Field("/v1", description=(
+        "The key API is served at `{prefix}/api-keys` and `{prefix}/auth/test` (DeployAlly: `/api/v1`)."))
+    allow_jwt: Bool = Field(False, description=(
+        "Let dashboard JWTs (`jwt.enabled`) call `{prefix}/api-keys`; off: API keys only, a JWT gets 401 "
+        "`invalid_token`. A JWT caller is still held to its own scopes. `{prefix}/auth/test` takes a JWT either "
+        "way: it changes nothing and only tells a caller about its own credential, the check every credential "
+        "needs. Read at start."))
+
+
+def _endpoint_path(value: str) -> str:
+    if not value.startswith("/") or value.endswith("/") or any(c in value for c in "?#% ") or not value.isascii():
+        raise Invalid(f"must be a plain path starting with '/', not ending with one (got {value!r})")
+    return value
+
+
+class ForwardAuthSettings(Section):
+    """The endpoint nginx ``auth_request``, Traefik ForwardAuth and Envoy ``ext_authz`` call (docs/forward-auth.md).
+
+    On by default: it decides only for peers in ``trusted_proxies`` (403 ``forward_auth_untrusted`` to anyone else),
+    so until a proxy is named it decides nothing for anyone, and a client calling it itself learns no more than
+    by sending the request. It costs the proxied requests one prefix comparison, made only when their path is
+    not one of the gateway's own (probes, metrics)."""
+
+    enabled: Bool = Field(True, description=(
+        "Serve the endpoint (docs/forward-auth.md); only `trusted_proxies` get a decision from it."))
+    path: Annotated[str, AfterValidator(_endpoint_path)] = Field("/_gateway/verify", description=(
+        "The path nginx and Traefik call, and Envoy's `path_prefix` (every path below it is the endpoint's too)."))
+    test_keys: Bool = Field(False, description=(
+        "Decide on test keys too (the proxy must then send them to a test upstream, by `X-Auth-Environment`). "
+        "Off, they get 403 `environment_unavailable`, as in proxy mode without a test upstream."))
+
+
+def _webhook(url: str) -> str:
+    if urlsplit(url).scheme not in ("http", "https"):
+        raise Invalid("must be an http:// or https:// URL")
+    return url
+
+
+class RotationSettings(Section):
+    grace_period: Annotated[str, AfterValidator(_duration)] = Field("7d", description=(
+        "How long a rotated key keeps working (`90d`, `12h`, `30m`, `45s`, `2w`); `0` for immediately."))
+    webhook_url: Annotated[str, AfterValidator(_webhook)] | None = Field(None, description=(
+        "Notified by `gateway keys rotate-due`."))
+    deliver_value: Bool = Field(False, description="Include the new key's value in that notification.")
+
+
+class UsageSettings(Section):
+    flush_seconds: Seconds = Field(5.0, description=(
+        "`last_used_at` and request counts are written in batches this often."))
+
+
+ProbePath = Annotated[str, AfterValidator(_plain_path)]
+
+
+class OpsSettings(Section):
+    """Probes for orchestrators, answered before the auth gate without a credential (gateway/ops/health.py)."""
+
+    healthz_path: ProbePath = Field("/healthz", description="Liveness: 200 while the process serves.")
+    readyz_path: ProbePath = Field("/readyz", description=(
+        "Readiness: 200, or 503 when the store/policy/Redis is not usable or draining."))
+    readyz_timeout_seconds: Seconds = Field(2.0, description="Each readiness check is bounded by this.")
+    metrics_enabled: Bool = Field(True, description=(
+        "Prometheus text format at `metrics_path` (gateway/ops/metrics.py)."))
+    metrics_path: ProbePath = Field("/metrics", description="Where the metrics are served.")
+    metrics_scope: str | None = Field(None, description=(
+        "When set, the metrics need a key (or JWT) holding this scope."))
+    metrics_key_labels: Bool = Field(False, description=(
+        "Add a `key_id` label to `gateway_requests_total` (one series per key)."))
+    log_format: Literal["json", "text"] = Field("json", description="`json` (one object per line) or `text`.")
+    access_log: Bool = Field(True, description="One JSON line per request.")
+    access_log_probes: Bool = Field(False, description="Also log probe and metrics requests.")
+    watch_policy: Bool = Field(True, description="Reload the policy file when it changes (SIGHUP always reloads).")
+    shutdown_timeout_seconds: Seconds = Field(30.0, description=(
+        "On SIGTERM, in-flight requests get this long to finish."))
+    drain_seconds: Number = Field(0.0, ge=0, description=(
+        "On SIGTERM, keep serving this long (readyz 503) before closing the listener."))
+    openapi_enabled: Bool = Field(True, description=(
+        "The management API's OpenAPI document and a docs page, without auth."))
+    openapi_path: ProbePath = Field("/openapi.json", description="Where the OpenAPI document is served.")
+    docs_path: ProbePath = Field("/docs", description="Where the API docs page is served.")
+
+    @field_validator("metrics_scope")
+    @classmethod
+    def _scope(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            raise Invalid("must be a scope such as metrics:read (or left out)")
+        return value
+
+    @model_validator(mode="after")
+    def _distinct_paths(self) -> OpsSettings:
+        taken: dict[str, str] = {}
+        for name in ("healthz_path", "readyz_path", "metrics_path", "openapi_path", "docs_path"):
+            path = getattr(self, name)
+            if path in taken:
+                raise Invalid(f"must differ from ops.{taken[path]}", name)
+            taken[path] = name
+        return self
+
+
+class JWTSettings(Section):
+    """JWTs for dashboard users, on routes whose policy allows the ``jwt`` credential."""
+
+    enabled: Bool = Field(False, description=(
+        "Accept dashboard JWTs on routes whose policy rule lists the `jwt` credential."))
+    algorithms: StrList = Field(("HS256",), description=(
+        "Accepted JWT algorithms (HS256, RS256, ES256; comma-separated in the variable)."))
+    secret: str | None = Field(None, repr=False, description=(
+        "The HS256 shared secret. Prefer `GATEWAY_JWT__SECRET` or `secret_file`."))
+    secret_file: str | None = Field(None, description="A file holding the HS256 secret.")
+    public_key_file: str | None = Field(None, description="A PEM public key, for RS256 / ES256.")
+    jwks_file: str | None = Field(None, description=(
+        "A JWKS document on disk, for RS256 / ES256 with key ids."))
+    issuer: str | None = Field(None, description="Required `iss` claim, when set.")
+    audience: str | None = Field(None, description="Required `aud` claim, when set.")
+    scopes_claim: str = Field("permissions", description=(
+        "The claim holding the scopes: a list claim, or `scope` for a space-separated string."))
+    subject_claim: str = Field("sub", description="The claim naming the user.")
+    leeway_seconds: Number = Field(0.0, description="Clock skew allowed on `exp` / `nbf`.")
+
+
+class TierSettings(Section):
+    """A rate-limit tier: requests per hour and per minute (burst); a missing window is not limited."""
+
+    per_hour: Annotated[Int | None, _window(3600)] = Field(None, description=(
+        "Requests per hour (leave out for no hourly limit)."))
+    per_minute: Annotated[Int | None, _window(60)] = Field(None, description=(
+        "Requests per minute, the burst (leave out for no per-minute limit)."))
+
+
+DEFAULT_TIERS: dict[str, TierSettings] = {
+    "standard": TierSettings(per_hour=1_000, per_minute=100),
+    "high_volume": TierSettings(per_hour=10_000, per_minute=1_000),
+    "limited": TierSettings(per_hour=100, per_minute=10),
+    "unlimited": TierSettings(),
+}
+OnStoreError = Literal["deny", "allow", "local"]
+ON_STORE_ERROR: tuple[str, ...] = typing.get_args(OnStoreError)
+
+
+def _limiter_url(url: str) -> str:
+    if not url.startswith("memory:"):
+        try:
+            redisurl.check(url)
+        except redisurl.RedisURLError as exc:
+            raise Invalid(f"{exc} (or memory://)") from None
+    return url
+
+
+class RateLimitSettings(Section):
+    enabled: Bool = Field(True, description=(
+        "Apply per-key rate limits (429 `rate_limit_exceeded` with `Retry-After`)."))
+    url: Annotated[str, AfterValidator(_limiter_url)] | None = Field(None, description=(
+        "`memory://` (one process) or `redis://...` (shared by every gateway process). Default: `memory://`, or "
+        "the store's Redis when `store.url` is a Redis URL."))
+    default_tier: str = Field("standard", description="The tier of keys that name none.")
+    tiers: dict[Annotated[str, AfterValidator(_tier_name)], TierSettings] = Field(
+        default_factory=lambda: dict(DEFAULT_TIERS), description=(
+            "Tiers by name; a tier given in the file or environment changes or adds to these."))
+    on_store_error: OnStoreError = Field("deny", description=(
+        "What to do when Redis does not answer within `redis_timeout_ms`: `deny` (503), `allow`, or `local` "
+        "(each process limits in memory at 1/`local_share` of the limit)."))
+    local_share: Int = Field(1, ge=1, description=(
+        "With `on_store_error: local`, each process allows 1/local_share of the limit."))
+    redis_timeout_ms: Number = Field(50.0, ge=1, le=10_000, description=(
+        "How long a Redis rate-limit call may take before `on_store_error` applies."))
+    max_tracked_keys: Int = Field(1_000_000, ge=1, description=(
+        "Keys the in-memory limiter tracks (least recently used dropped)."))
+
+    @field_validator("tiers", mode="before")
+    @classmethod
+    def _over_the_defaults(cls, value: Any) -> Any:
+        """Tiers given in the file or environment change or add to the defaults; ``per_hour: null`` removes a
+        window, a tier given as null has none."""
         if not isinstance(value, Mapping):
-            raise ConfigError(f"{name}: must be a mapping (got {type(value).__name__})")
-        _, vtype = typing.get_args(tp)
-        return {str(k): _convert(vtype, v if v is not None else {}, f"{name}.{k}") for k, v in value.items()}
-    if dataclasses.is_dataclass(tp):
-        if not isinstance(value, Mapping):
-            raise ConfigError(f"{name}: must be a mapping (got {type(value).__name__})")
-        return _build(tp, value, name + ".")  # type: ignore[arg-type]
-    if origin is tuple:
-        if isinstance(value, str):
-            value = [v.strip() for v in value.split(",") if v.strip()]
-        if not isinstance(value, list | tuple):
-            raise ConfigError(f"{name}: must be a list (got {type(value).__name__})")
-        return tuple(_convert(str, v, f"{name}[{i}]") for i, v in enumerate(value))
-    if tp is bool:
-        if isinstance(value, bool):
             return value
-        if isinstance(value, str) and value.lower() in ("true", "1", "yes", "on", "false", "0", "no", "off"):
-            return value.lower() in ("true", "1", "yes", "on")
-        raise ConfigError(f"{name}: must be true or false (got {value!r})")
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int | str):
-            raise ConfigError(f"{name}: must be an integer (got {value!r})")
-        try:
-            return int(value)
-        except ValueError:
-            raise ConfigError(f"{name}: must be an integer (got {value!r})") from None
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, int | float | str):
-            raise ConfigError(f"{name}: must be a number (got {value!r})")
-        try:
-            number = float(value)
-        except ValueError:
-            raise ConfigError(f"{name}: must be a number (got {value!r})") from None
-        if not math.isfinite(number):  # nan passes every "< 0" check; inf is no timeout at all
-            raise ConfigError(f"{name}: must be a finite number (got {value!r})")
-        return number
-    if tp is str:
-        if isinstance(value, bool) or not isinstance(value, str | int | float):
-            raise ConfigError(f"{name}: must be a string (got {type(value).__name__})")
-        return str(value)
-    raise AssertionError(f"unsupported settings type {tp!r}")  # pragma: no cover
+        tiers: dict[Any, Any] = {name: tier.model_dump() for name, tier in DEFAULT_TIERS.items()}
+        for name, tier in value.items():
+            tier = {} if tier is None else tier
+            base = tiers.get(name)
+            tiers[name] = {**base, **tier} if isinstance(base, dict) and isinstance(tier, Mapping) else tier
+        return tiers
+
+    @model_validator(mode="after")
+    def _default_tier_exists(self) -> RateLimitSettings:
+        if self.default_tier not in self.tiers:
+            raise Invalid(f"{self.default_tier!r} is not one of the tiers", "default_tier")
+        return self
 
 
-def _build(cls: type, data: Mapping[str, Any], prefix: str = "") -> Any:
-    hints = typing.get_type_hints(cls)
-    known = {f.name for f in dataclasses.fields(cls) if f.name != "base_dir"}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise ConfigError(f"{prefix}{unknown[0]}: unknown setting (known: {', '.join(sorted(known))})")
-    kwargs = {k: _convert(hints[k], v, prefix + k) for k, v in data.items()}
-    return cls(**kwargs)
+class LimitsSettings(Section):
+    """What one request and one client may cost the gateway (docs/security.md)."""
+
+    max_header_bytes: Int = Field(16_384, ge=1024, description="All header lines of a request together (431).")
+    max_headers: Int = Field(100, ge=8, description="Header lines per request (431).")
+    max_target_bytes: Int = Field(8_192, ge=256, description="The request target, path and query (414).")
+    max_body_bytes: Int = Field(1_073_741_824, ge=0, description=(
+        "Per request body, checked against Content-Length and counted (413)."))
+    body_bytes_per_route: dict[Annotated[str, AfterValidator(_route_template)], Annotated[Int, Field(ge=0)]] = (
+        Field(default_factory=dict, description=(
+            "Per-route body limits, keyed by the policy rule's path template (`\"/v1/backups/**\": 104857600`).")))
+    header_timeout_seconds: Seconds = Field(10.0, description=(
+        "A request head unfinished past this (at most 2x) is cut off (slowloris; 408)."))
+    body_timeout_seconds: Seconds = Field(60.0, description=(
+        "Longest wait for the next piece of a request body (slow uploads; 408)."))
+    keep_alive_seconds: Seconds = Field(5.0, description="An idle keep-alive connection is closed after this.")
+    max_connections: Int = Field(1_024, ge=1, description=(
+        "Concurrent connections + requests per process; beyond it 503."))
+    auth_failures_per_minute: Int = Field(30, ge=0, description=(
+        "Failed authentications per client address per minute before it gets 429 for the cool-down; 0: off."))
+    auth_failures_cooldown_seconds: Seconds = Field(60.0, description=(
+        "How long an address over `auth_failures_per_minute` gets 429."))
+    auth_failures_global_per_minute: Int = Field(1_000, ge=0, description=(
+        "Failed authentications per minute from all clients together that log an alert (a distributed attack)."))
+    max_tracked_clients: Int = Field(100_000, ge=1, description=(
+        "Client addresses the failure counter remembers (oldest dropped)."))
 
 
-def _merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for k, v in extra.items():
-        if isinstance(v, Mapping) and isinstance(out.get(k), Mapping):
-            out[k] = _merge(out[k], v)
-        else:
-            out[k] = v
-    return out
+def _key_prefix(value: str) -> str:
+    if not value or not value.isascii() or not all(c.isalnum() or c == "_" for c in value):
+        raise Invalid("must be a non-empty prefix of letters, digits and '_'")
+    if not value.endswith("_"):
+        raise Invalid("must end with '_' so the random part is unambiguous")
+    return value
 
 
-def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
-    sections = _SECTIONS
-    out: dict[str, Any] = {}
-    # Whole sections before their fields, so the result never depends on the environment's order.
-    for var, raw in sorted(environ.items(), key=lambda item: item[0].count("__")):
-        if not var.startswith(ENV_PREFIX):
-            continue
-        path = var[len(ENV_PREFIX):].lower().split("__")
-        if path[0] not in _TOP_LEVEL:
-            # Not ours (GATEWAY_URL is the SDK's, for one): a typo inside a known section still fails below.
-            continue
-        if not all(path):
-            raise ConfigError(f"{var}: malformed variable name (use GATEWAY_SECTION__FIELD)")
-        if len(path) == 1 and path[0] in sections:
-            # GATEWAY_KEY_FORMAT=deployally: a whole section given by a preset name (expanded now, so that
-            # GATEWAY_KEY_FORMAT__TEST can still change one field of it)
-            out[path[0]] = _normalise({path[0]: raw})[path[0]]
-            continue
-        node = out
-        for part in path[:-1]:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"{var}: conflicts with another GATEWAY_ variable")
-        if isinstance(node.get(path[-1]), dict):
-            raise ConfigError(f"{var}: conflicts with another GATEWAY_ variable")
-        node[path[-1]] = raw
-    return out
+class KeyFormat(Section):
+    live: Annotated[str, AfterValidator(_key_prefix)] = Field("dep_live_", description="Prefix of live keys.")
+    test: Annotated[str, AfterValidator(_key_prefix)] = Field("dep_test_", description="Prefix of test keys.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _preset(cls, data: Any) -> Any:
+        if isinstance(data, str):
+            if data not in KEY_FORMATS:
+                raise Invalid(f"unknown preset {data!r} (use {', '.join(KEY_FORMATS)} or a mapping with live/test)")
+            return dict(KEY_FORMATS[data])
+        return data
+
+    @model_validator(mode="after")
+    def _distinct(self) -> KeyFormat:
+        if self.live == self.test:
+            raise Invalid("the live and test prefixes must differ")
+        return self
+
+    def prefix(self, environment: str) -> str:
+        return self.live if environment == "live" else self.test
 
 
-_TOP_LEVEL = frozenset(f.name for f in dataclasses.fields(Settings) if f.name != "base_dir")
+def _pepper(value: str | None) -> str | None:
+    if value is not None and len(value) < 16:
+        raise Invalid("must be at least 16 characters (use 32 or more random bytes)")
+    return value
 
 
-def _normalise(data: dict[str, Any]) -> dict[str, Any]:
-    """Turn preset shorthands into the mapping form before typed conversion."""
-    kf = data.get("key_format")
-    if isinstance(kf, str):
-        if kf not in KEY_FORMATS:
-            raise ConfigError(
-                f"key_format: unknown preset {kf!r} (use {', '.join(KEY_FORMATS)} or a mapping with live/test)"
-            )
-        data["key_format"] = dict(KEY_FORMATS[kf])
-    return data
+# The sources load_settings adds to a Settings(...) call: Settings() alone is the defaults (and its arguments).
+_SOURCES: ContextVar[tuple[PydanticBaseSettingsSource, ...]] = ContextVar("gateway_settings_sources", default=())
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, env_nested_delimiter="__", case_sensitive=True, extra="forbid", frozen=True,
+        coerce_numbers_to_str=True, validate_default=True,
+    )
+
+    listen: ListenSettings = Field(default_factory=ListenSettings, description="The gateway's own socket.")
+    upstream: UpstreamSettings = Field(default_factory=UpstreamSettings, description="The API behind the gateway.")
+    store: StoreSettings = Field(default_factory=StoreSettings, description="Where the keys are kept.")
+    cache: CacheSettings = Field(default_factory=CacheSettings, description="Key lookups cached in each process.")
+    policies: str = Field("policies/deployerp.yaml", description=(
+        "The policy file (docs/policies.md); relative to the configuration file."))
+    error_format: Literal["deployerp", "deployally"] = Field("deployerp", description=(
+        "`deployerp` (`{\"error\": {...}}`) or `deployally` (`{\"success\": false, \"error\": {...}}`)."))
+    key_format: KeyFormat = Field(default_factory=KeyFormat, description=(
+        "Key prefixes: the preset `deployerp` (`dep_live_`/`dep_test_`) or `deployally` (`da_`/`da_test_`), or a "
+        "mapping with `live` and `test`."))
+    debug_headers: Bool = Field(True, description=(
+        "Honour `X-Debug-Auth: true` with `X-Auth-*` answer headers (docs/troubleshooting.md)."))
+    trusted_proxies: tuple[Annotated[str, AfterValidator(_cidr)], ...] = Field((), description=(
+        "CIDRs of proxies whose `X-Forwarded-For` is believed (comma-separated in the variable)."))
+    forward_authorization: Bool = Field(False, description=(
+        "Pass the client's `Authorization` header on to the upstream."))
+    secret: Annotated[str | None, AfterValidator(_pepper)] = Field(None, repr=False, description=(
+        "The server secret (pepper) of the keyed key hash, at least 16 characters; prefer `GATEWAY_SECRET`. With "
+        "neither this nor `secret_file`, the gateway creates `secret_file` (default: beside the SQLite file) on "
+        "first run, mode 600."))
+    secret_file: str | None = Field(None, description="A file holding the server secret.")
+    management: ManagementSettings = Field(default_factory=ManagementSettings, description=(
+        "The key-management API."))
+    rotation: RotationSettings = Field(default_factory=RotationSettings, description="Key rotation.")
+    usage: UsageSettings = Field(default_factory=UsageSettings, description="Per-key usage records.")
+    ops: OpsSettings = Field(default_factory=OpsSettings, description=(
+        "Probes, metrics, logs and shutdown, for orchestrators."))
+    jwt: JWTSettings = Field(default_factory=JWTSettings, description=(
+        "JWTs for dashboard users, on routes whose policy allows the `jwt` credential."))
+    rate_limits: RateLimitSettings = Field(default_factory=RateLimitSettings, description=(
+        "Per-key rate limits (GCRA, both windows together). A key's tier is its `rate_limit_tier`, else "
+        "`default_tier`."))
+    limits: LimitsSettings = Field(default_factory=LimitsSettings, description=(
+        "What one request and one client may cost the gateway (docs/security.md)."))
+    forward_auth: ForwardAuthSettings = Field(default_factory=ForwardAuthSettings, description=(
+        "The forward-auth endpoint for nginx `auth_request`, Traefik ForwardAuth and Envoy `ext_authz`."))
+    # Where relative paths in the file were resolved from: set by load_settings, not a setting.
+    base_dir: str = Field(".", exclude=True)
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: Any) -> Any:
+        return _listed(value)
+
+    @model_validator(mode="after")
+    def _forward_auth_path_free(self) -> Settings:
+        path = self.forward_auth.path
+        for name in ("healthz_path", "readyz_path", "metrics_path", "openapi_path", "docs_path"):
+            if path == getattr(self.ops, name):
+                raise Invalid(f"must differ from ops.{name}", "forward_auth.path")
+        prefix = self.management.prefix
+        if self.forward_auth.enabled and (prefix == path or prefix.startswith(path + "/")):
+            # Every path below forward_auth.path is the endpoint's (Envoy's form): the key API would be unreachable.
+            raise Invalid(f"{path} would hide the management API at {prefix}", "forward_auth.path")
+        return self
+
+    def __eq__(self, other: object) -> bool:
+        """Equal settings, wherever their file was (``base_dir`` is not compared)."""
+        if not isinstance(other, Settings):
+            return NotImplemented
+        return all(getattr(self, name) == getattr(other, name) for name in _FIELDS)
+
+    __hash__ = None  # type: ignore[assignment]  # mutable mappings inside
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Highest first: the arguments (command-line flags), then what load_settings adds (environment, file).
+        return (init_settings, *_SOURCES.get())
+
+
+_FIELDS = tuple(name for name in Settings.model_fields if name != "base_dir")
+# Sections that can be given whole by a preset name (key_format: deployally), in the file and the environment.
+PRESETS = {"key_format": KEY_FORMATS}
 
 
 def load_settings(
@@ -561,41 +597,44 @@ def load_settings(
     required: bool = False,
 ) -> Settings:
     """Load settings from ``path`` (if it exists, or must exist when ``required``), the environment and
-    ``overrides`` (already-nested mapping, e.g. from CLI flags)."""
-    environ = os.environ if environ is None else environ
-    data: dict[str, Any] = {}
+    ``overrides`` (already-nested mapping, e.g. from CLI flags). Every problem found is named in the one
+    :class:`ConfigError` raised."""
+    env = EnvironmentSource(Settings, os.environ if environ is None else environ, PRESETS)
+    sources: list[PydanticBaseSettingsSource] = [env]
+    problems = [*env.problems]
     base_dir = "."
     if path is not None:
         p = Path(path)
         if p.exists():
             base_dir = str(p.resolve().parent)
-            try:
-                loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
-            except yaml.YAMLError as exc:
-                mark = getattr(exc, "problem_mark", None)
-                where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
-                raise ConfigError(f"{p}: not valid YAML{where}") from None
-            except (OSError, UnicodeDecodeError) as exc:
-                raise ConfigError(f"{p}: cannot read: {exc.__class__.__name__}") from None
-            if loaded is None:
-                loaded = {}
-            if not isinstance(loaded, dict):
-                raise ConfigError(f"{p}: the top level must be a mapping of settings")
-            data = loaded
+            if not p.is_file():
+                raise ConfigError(f"{p}: cannot read: not a file")
+            file = YamlFile(Settings, p, PRESETS)
+            sources.append(file)
+            problems += file.problems
         elif required:
             raise ConfigError(f"{p}: configuration file not found")
-    data = _merge(_normalise(data), _normalise(_env_overrides(environ)))
-    if overrides:
-        data = _merge(data, overrides)
-    rl = data.get("rate_limits")
-    if isinstance(rl, Mapping) and isinstance(rl.get("tiers"), Mapping):
-        # Tiers given in the file or environment change or add to the defaults; "per_hour: null" removes one.
-        defaults = {name: dataclasses.asdict(t) for name, t in DEFAULT_TIERS.items()}
-        data["rate_limits"] = {**rl, "tiers": _merge(defaults, rl["tiers"])}
-    settings: Settings = _build(Settings, data)
-    settings = dataclasses.replace(settings, base_dir=base_dir)
-    _validate(settings)
-    return settings
+    token = _SOURCES.set(tuple(sources))
+    try:
+        settings = Settings(**(overrides or {}))
+    except ValidationError as exc:
+        given = overrides or {}
+        raise ConfigError(*problems, *problems_of(exc, Settings, lambda at: _origin(at, env, given))) from None
+    finally:
+        _SOURCES.reset(token)
+    if problems:
+        raise ConfigError(*problems)
+    return settings.model_copy(update={"base_dir": base_dir})
+
+
+def _origin(path: tuple[str, ...], env: EnvironmentSource, overrides: Mapping[str, Any]) -> str | None:
+    """The variable a bad value came from, unless a command-line flag set it over the environment."""
+    node: Any = overrides
+    for part in path:
+        if not isinstance(node, Mapping) or part not in node:
+            return env.variable_for(path)
+        node = node[part]
+    return None
 
 
 def resolve_path(settings: Settings, path: str) -> Path:

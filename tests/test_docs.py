@@ -9,7 +9,6 @@ text names behaviours, never numbers from the tracker.
 
 from __future__ import annotations
 
-import dataclasses
 import re
 import shlex
 import typing
@@ -17,13 +16,15 @@ from pathlib import Path
 
 import pytest
 import yaml
+from pydantic import BaseModel
 
 from gateway.admin.api import internal_routes
 from gateway.cli import build_parser
 from gateway.ops import config_doc
 from gateway.paths import split_path
 from gateway.policies import PolicyError, parse_policy
-from gateway.settings import Settings, _env_overrides
+from gateway.settings import PRESETS, Settings
+from gateway.settings_sources import EnvironmentSource
 from tests.support.doclinks import broken_links, links, slug, tracker_references
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,18 +52,24 @@ def test_check_mode_fails_on_a_stale_doc(tmp_path: Path) -> None:
     assert config_doc.stale(tmp_path) == ["docs/configuration.md"]
 
 
-def _leaves(cls: type, path: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+def _leaves(cls: type[BaseModel], path: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
     out: list[tuple[str, ...]] = []
-    hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
-        if f.name == "base_dir":
+    for name, f in cls.model_fields.items():
+        if name == "base_dir":
             continue
-        tp = hints[f.name]
-        if dataclasses.is_dataclass(tp):
-            out.extend(_leaves(tp, (*path, f.name)))  # type: ignore[arg-type]
+        tp = f.annotation
+        if isinstance(tp, type) and issubclass(tp, BaseModel):
+            out.extend(_leaves(tp, (*path, name)))
         else:
-            out.append((*path, f.name))
+            out.append((*path, name))
     return out
+
+
+def _env_values(environ: dict[str, str]) -> dict[str, typing.Any]:
+    """What the gateway's environment source makes of ``environ``: nested values, before validation."""
+    source = EnvironmentSource(Settings, environ, PRESETS)
+    assert source.problems == []
+    return source()
 
 
 def test_every_setting_is_documented_with_a_variable_that_reaches_it() -> None:
@@ -76,14 +83,28 @@ def test_every_setting_is_documented_with_a_variable_that_reaches_it() -> None:
             continue
         var = env.strip("`").replace("<NAME>", "GOLD")
         if name == "key_format":  # a preset name for the whole section
-            assert "key_format" in _env_overrides({var: "deployally"})
+            assert "key_format" in _env_values({var: "deployally"})
             continue
-        nested = _env_overrides({var: "x"})
+        nested = _env_values({var: "x"})
         path = name.replace("<name>", "gold").split(".")
         node = nested
         for part in path[:-1]:
             node = node[part]
         assert node[path[-1]] == "x", f"{var} does not set {name}"
+
+
+def test_every_setting_is_described_by_its_field() -> None:
+    """The table's description is the model field's ``description``: none is missing, none is written twice."""
+    doc = _read("configuration.md")
+    rows = {m.group(1): m.group(2) for m in re.finditer(r"^\| `([^`]+)` \|[^|]*\|[^|]*\|[^|]*\| (.*) \|$", doc, re.M)}
+    for leaf in _leaves(Settings):
+        model: type[BaseModel] = Settings
+        for part in leaf[:-1]:
+            model = model.model_fields[part].annotation  # type: ignore[assignment]
+        description = model.model_fields[leaf[-1]].description
+        assert description, f"{'.'.join(leaf)} has no description"
+        assert rows[".".join(leaf)] == description.replace("|", "\\|"), ".".join(leaf)
+    assert not hasattr(config_doc, "DESCRIPTIONS")  # one source: the model
 
 
 def test_defaults_in_the_doc_are_the_defaults() -> None:

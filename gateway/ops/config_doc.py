@@ -1,8 +1,8 @@
 """Reference tables for docs/, generated from the code so they cannot drift from it.
 
 * :func:`configuration_reference`: every setting of :class:`gateway.settings.Settings`, walked from the
-  dataclasses, with its environment variable, type, default and description (the comment next to the field in
-  settings.py, else a line from :data:`DESCRIPTIONS`);
+  pydantic model, with its environment variable, type, default and description (the field's
+  ``Field(description=...)``; a section's description heads its table);
 * :func:`error_reference`: every answer the gateway gives on its own behalf (each :class:`GatewayError`
   subclass): status, both platforms' codes and the message.
 
@@ -14,70 +14,21 @@ when a doc is stale.
 from __future__ import annotations
 
 import argparse
-import ast
-import dataclasses
 import importlib
-import inspect
-import io
 import pkgutil
 import sys
-import textwrap
-import tokenize
-import types
 import typing
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Literal
 
-from gateway.settings import ENV_PREFIX, Settings
+from pydantic import BaseModel
+
+from gateway.settings import ENV_PREFIX, PRESETS, Settings
+from gateway.settings_problems import bare_type, is_model
 
 ROOT = Path(__file__).resolve().parents[2]
-
-# Descriptions for fields that carry no comment in settings.py (a comment there wins).
-DESCRIPTIONS: dict[str, str] = {
-    "listen.host": "Address to listen on: 0.0.0.0 for every interface (a container); a sidecar may keep loopback.",
-    "listen.port": "Port to listen on.",
-    "upstream.url": "The API behind the gateway: every admitted request is streamed there.",
-    "upstream.connect_timeout": "Seconds to connect to the upstream; then 502 `upstream_unavailable`.",
-    "upstream.read_timeout": "Seconds without a byte from the upstream; then 504 `upstream_timeout`.",
-    "upstream.pool_size": "Pooled upstream connections per process.",
-    "store.url": "The key store: `sqlite:///relative.db` or `sqlite:////absolute.db`; or Redis, shared by every "
-                 "gateway process: one server `redis://host:port/db` (`rediss://` for TLS, `unix:///path.sock?db=0`), "
-                 "the master of a Sentinel service `redis+sentinel://host:26379[,host:port...]/<service>[/db]` or a "
-                 "Cluster `redis+cluster://host:port[,host:port...]` (`rediss+sentinel://`, `rediss+cluster://` for "
-                 "TLS; docs/redis.md). Only keyed hashes of keys are stored.",
-    "cache.ttl_seconds": "Seconds a key lookup is cached: a key revoked elsewhere is refused within this.",
-    "cache.max_size": "Cached key lookups (known and unknown keys) per process.",
-    "policies": "The policy file (docs/policies.md); relative to the configuration file.",
-    "error_format": "`deployerp` (`{\"error\": {...}}`) or `deployally` (`{\"success\": false, \"error\": {...}}`).",
-    "key_format": "Key prefixes: the preset `deployerp` (`dep_live_`/`dep_test_`) or `deployally` "
-                  "(`da_`/`da_test_`), or a mapping with `live` and `test`.",
-    "key_format.live": "Prefix of live keys.",
-    "key_format.test": "Prefix of test keys.",
-    "debug_headers": "Honour `X-Debug-Auth: true` with `X-Auth-*` answer headers (docs/troubleshooting.md).",
-    "trusted_proxies": "CIDRs of proxies whose `X-Forwarded-For` is believed (comma-separated in the variable).",
-    "forward_authorization": "Pass the client's `Authorization` header on to the upstream.",
-    "secret": "The server secret (pepper) keys are hashed with; at least 16 characters. Prefer `GATEWAY_SECRET`.",
-    "secret_file": "A file holding the server secret; with neither, one is created beside the SQLite file.",
-    "management.enabled": "Serve the key-management API (`{prefix}/api-keys`) and `{prefix}/auth/test`.",
-    "jwt.enabled": "Accept dashboard JWTs on routes whose policy rule lists the `jwt` credential.",
-    "jwt.algorithms": "Accepted JWT algorithms (HS256, RS256, ES256).",
-    "jwt.secret_file": "A file holding the HS256 secret.",
-    "jwt.issuer": "Required `iss` claim, when set.",
-    "jwt.audience": "Required `aud` claim, when set.",
-    "jwt.subject_claim": "The claim naming the user.",
-    "jwt.leeway_seconds": "Clock skew allowed on `exp` / `nbf`.",
-    "rate_limits.enabled": "Apply per-key rate limits (429 `rate_limit_exceeded` with `Retry-After`).",
-    "rate_limits.default_tier": "The tier of keys that name none.",
-    "rate_limits.tiers": "Tiers by name; a tier given in the file or environment changes or adds to these.",
-    "rate_limits.tiers.<name>.per_hour": "Requests per hour (leave out for no hourly limit).",
-    "rate_limits.tiers.<name>.per_minute": "Requests per minute, the burst (leave out for no per-minute limit).",
-    "rate_limits.local_share": "With `on_store_error: local`, each process allows 1/local_share of the limit.",
-    "rate_limits.max_tracked_keys": "Keys the in-memory limiter tracks (least recently used dropped).",
-    "rate_limits.redis_timeout_ms": "How long a Redis rate-limit call may take before `on_store_error` applies.",
-    "limits.auth_failures_cooldown_seconds": "How long an address over `auth_failures_per_minute` gets 429.",
-}
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,47 +40,11 @@ class Row:
     description: str
 
 
-def _comments(cls: type) -> dict[str, str]:
-    """Field name -> the comment on its line, or the comment block right above it, in the class source."""
-    try:
-        source = textwrap.dedent(inspect.getsource(cls))
-    except (OSError, TypeError):
-        return {}
-    by_line: dict[int, str] = {}
-    for tok in tokenize.generate_tokens(io.StringIO(source).readline):
-        if tok.type == tokenize.COMMENT:
-            by_line[tok.start[0]] = tok.string.lstrip("#").strip()
-    lines = source.splitlines()
-    out: dict[str, str] = {}
-    body = ast.parse(source).body[0]
-    assert isinstance(body, ast.ClassDef)
-    for node in body.body:
-        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
-            line = node.lineno
-            text = by_line.get(line)
-            if text is None:
-                block: list[str] = []
-                i = line - 1
-                while i >= 1 and lines[i - 1].strip().startswith("#"):
-                    block.insert(0, by_line.get(i, ""))
-                    i -= 1
-                text = " ".join(block) if block else None
-            if text:
-                out[node.target.id] = text
-    return out
-
-
-def _sentence(text: str) -> str:
-    """A source comment as table prose: capitalised, RST ``literals`` as Markdown ones."""
-    text = text.replace("``", "`").strip()
-    return text[:1].upper() + text[1:] if text else text
-
-
 def _type_name(tp: Any) -> str:
+    tp = bare_type(tp)
     origin = typing.get_origin(tp)
-    if origin in (Union, types.UnionType):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        return _type_name(args[0]) if len(args) == 1 else " or ".join(_type_name(a) for a in args)
+    if origin is Literal:
+        return "string"
     if origin is tuple:
         return "list"
     if origin is dict:
@@ -148,8 +63,8 @@ def _show(value: Any) -> str:
         return "[" + ", ".join(_show(v) for v in value) + "]"
     if isinstance(value, dict):
         return "{" + ", ".join(f"{k}: {_show(v)}" for k, v in value.items()) + "}"
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        shown = {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
+    if isinstance(value, BaseModel):
+        shown = {name: getattr(value, name) for name in type(value).model_fields}
         return "{" + ", ".join(f"{k}: {_show(v)}" for k, v in shown.items() if v is not None) + "}"
     if value == "":
         return '""'
@@ -160,48 +75,41 @@ def _env(path: list[str]) -> str:
     return ENV_PREFIX + "__".join(p.upper() for p in path)
 
 
-def _default(f: dataclasses.Field[Any]) -> Any:
-    if f.default is not dataclasses.MISSING:
-        return f.default
-    if f.default_factory is not dataclasses.MISSING:
-        return f.default_factory()
-    return None
+def _preset(section: str, value: BaseModel) -> str:
+    """The preset name a section's default value is (``key_format: deployerp``)."""
+    return next(name for name, fields in PRESETS[section].items() if value.model_dump() == fields)
 
 
-def _walk(cls: type, path: list[str], default: Any) -> Iterator[Row]:
-    hints = typing.get_type_hints(cls)
-    notes = _comments(cls)
-    for f in dataclasses.fields(cls):
-        if f.name == "base_dir":
+def _walk(cls: type[BaseModel], path: list[str], default: Any) -> Iterator[Row]:
+    for name, f in cls.model_fields.items():
+        if f.exclude:  # base_dir: where the file was, not a setting
             continue
-        tp = hints[f.name]
-        here = [*path, f.name]
-        name = ".".join(here)
-        value = getattr(default, f.name) if default is not None else _default(f)
-        desc = _sentence(notes.get(f.name) or DESCRIPTIONS.get(name, ""))
-        if dataclasses.is_dataclass(tp):
-            if f.name in DESCRIPTIONS or name == "key_format":
-                yield Row(name, _env(here), "preset or mapping", "deployerp", DESCRIPTIONS.get(name, ""))
-            yield from _walk(tp, here, value)  # type: ignore[arg-type]
+        tp = bare_type(f.annotation)
+        here = [*path, name]
+        dotted = ".".join(here)
+        value = getattr(default, name)
+        desc = f.description or ""
+        if is_model(tp):
+            if dotted in PRESETS:  # given whole as a preset name too
+                yield Row(dotted, _env(here), "preset or mapping", _preset(dotted, value), desc)
+            yield from _walk(tp, here, value)
             continue
         if typing.get_origin(tp) is dict:
-            _, vtype = typing.get_args(tp)
-            if dataclasses.is_dataclass(vtype):
-                yield Row(name, "(see below)", "mapping", _show(value), desc)
-                vnotes = _comments(vtype)  # type: ignore[arg-type]
-                for vf in dataclasses.fields(vtype):
-                    sub = f"{name}.<name>.{vf.name}"
-                    yield Row(sub, _env([*here, "<NAME>", vf.name]), _type_name(typing.get_type_hints(vtype)[vf.name]),
-                              "(per tier)", _sentence(DESCRIPTIONS.get(sub) or vnotes.get(vf.name, "")))
+            vtype = bare_type(typing.get_args(tp)[1])
+            if is_model(vtype):
+                yield Row(dotted, "(see below)", "mapping", _show(value), desc)
+                for sub, vf in vtype.model_fields.items():
+                    yield Row(f"{dotted}.<name>.{sub}", _env([*here, "<NAME>", sub]), _type_name(vf.annotation),
+                              "(per tier)", vf.description or "")
             else:
                 # Keys such as path templates cannot be spelled in a variable name: file only.
-                yield Row(name, "(file only)", "mapping", _show(value), desc)
+                yield Row(dotted, "(file only)", "mapping", _show(value), desc)
             continue
-        yield Row(name, _env(here), _type_name(tp), _show(value), desc)
+        yield Row(dotted, _env(here), _type_name(f.annotation), _show(value), desc)
 
 
 def settings_rows() -> list[Row]:
-    """One row per setting, in the order of the dataclasses."""
+    """One row per setting, in the order of the model's fields."""
     return list(_walk(Settings, [], Settings()))
 
 
@@ -212,13 +120,18 @@ def _cell(text: str) -> str:
 def configuration_reference() -> str:
     """The Markdown tables of every setting, one table per section."""
     groups: dict[str, list[Row]] = {}
-    for row in settings_rows():
+    rows_all = settings_rows()
+    for row in rows_all:
         head = row.name.split(".", 1)[0] if "." in row.name else "(top level)"
         groups.setdefault(head, []).append(row)
     out: list[str] = []
     for head, rows in groups.items():
         out.append(f"### `{head}`" if head != "(top level)" else "### Top level")
         out.append("")
+        section = Settings.model_fields.get(head)
+        if (section is not None and section.description and is_model(bare_type(section.annotation))
+                and not any(r.name == head for r in rows_all)):  # else its row says it (key_format)
+            out += [section.description, ""]
         out.append("| Setting | Environment variable | Type | Default | Description |")
         out.append("|---|---|---|---|---|")
         for r in rows:

@@ -40,11 +40,11 @@ RELOADABLE = ("policies", "debug_headers", "ops.access_log")
 def _restart_only(old: Settings, new: Settings) -> list[str]:
     """Settings (sections, or ``ops`` fields) that differ outside :data:`RELOADABLE`."""
     changed: list[str] = []
-    for name in old.__dataclass_fields__:
+    for name in type(old).model_fields:
         if name in ("base_dir", "policies", "debug_headers", "secret"):
             continue
         if name == "ops":
-            changed += [f"ops.{f}" for f in old.ops.__dataclass_fields__
+            changed += [f"ops.{f}" for f in type(old.ops).model_fields
                         if f != "access_log" and getattr(old.ops, f) != getattr(new.ops, f)]
         elif getattr(old, name) != getattr(new, name):
             changed.append(name)

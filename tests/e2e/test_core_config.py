@@ -71,6 +71,21 @@ def test_missing_config_file_and_bad_environment_value(tmp_path: Path) -> None:
         assert "Traceback" not in out.stderr
 
 
+def test_every_mistake_is_named_at_once_and_no_secret_is_printed(tmp_path: Path) -> None:
+    """Three mistakes in three sections of the file and a short secret in the environment: `gateway serve`
+    exits 2 naming all four, one line each, without a traceback and without the secret's value."""
+    config = tmp_path / "three.yaml"
+    config.write_text("listen:\n  port: 70000\nstore:\n  url: ftp://x\nrate_limits:\n  on_store_error: maybe\n")
+    out = _serve(config, {**_env(), "GATEWAY_SECRET": "hush-0123456"})
+    assert out.returncode == 2, (out.returncode, out.stderr[-2000:])
+    lines = [line for line in out.stderr.splitlines() if line.strip()]
+    for named in ("listen.port", "store.url", "rate_limits.on_store_error", "secret"):
+        assert sum(f"configuration error: {named}: " in line for line in lines) == 1, (named, out.stderr)
+    assert "GATEWAY_SECRET" in out.stderr  # the value came from the environment: the variable is named
+    assert "hush-0123456" not in out.stderr  # 12 characters: too short, and never shown
+    assert "Traceback" not in out.stderr and "pydantic" not in out.stderr.lower(), out.stderr
+
+
 def test_environment_overrides_upstream_url_and_listen_port(tmp_path: Path, fresh_upstream: Upstream) -> None:
     dead = f"http://127.0.0.1:{free_port()}"
     g = Gateway(tmp_path / "gw", dead, start=False)  # the file says: a dead upstream on g.port

@@ -141,3 +141,27 @@ def test_a_request_in_flight_finishes_under_the_old_policy(make_gateway: Callabl
     swapped = time.monotonic()
     t.join(20)
     assert result["status"] == 200 and result["at"] > swapped
+
+
+def test_sighup_rereads_the_settings_and_names_those_that_wait_for_a_restart(
+        make_gateway: Callable[..., Gateway], fresh_upstream: Upstream, tmp_path: Path) -> None:
+    """The configuration file is re-read too: ``debug_headers`` applies at once; any other change is named in
+    the reload event (``restart_needed_for``) and the running value stays."""
+    gw, _, key = start(make_gateway, fresh_upstream, tmp_path, watch=False)
+    debug = {"Authorization": f"Bearer {key}", "X-Debug-Auth": "true"}
+    with gw.client() as c:
+        assert "x-auth-key-id" in c.get("/v1/servers/1", headers=debug).headers
+    config = yaml.safe_load(gw.config.read_text())
+    config["debug_headers"] = False
+    config["ops"]["drain_seconds"] = 1
+    config["limits"] = {"max_headers": 50}
+    gw.config.write_text(yaml.safe_dump(config))
+    assert gw.proc is not None
+    gw.proc.send_signal(signal.SIGHUP)
+    assert wait_for(lambda: bool(events(gw, "reload")))
+    [reload] = events(gw, "reload")
+    assert reload["restart_needed_for"] == ["ops.drain_seconds", "limits"]
+    with gw.client() as c:
+        assert "x-auth-key-id" not in c.get("/v1/servers/1", headers=debug).headers
+        headers = {"Authorization": f"Bearer {key}", **{f"x-h{i}": "1" for i in range(60)}}
+        assert c.get("/v1/servers/1", headers=headers).status_code == 200  # still the start-up max_headers

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import hmac
 import os
@@ -22,7 +21,7 @@ SECRET = "s3cr3t-pepper-value-0123456789abcdef"
 def settings_in(tmp_path: Path, **fields: object) -> Settings:
     """Settings as if loaded from a config file in ``tmp_path`` (relative paths resolve there)."""
     base = Settings(store=StoreSettings(url="sqlite:///data/keys.db"))
-    return dataclasses.replace(base, base_dir=str(tmp_path), **fields)  # type: ignore[arg-type]
+    return base.model_copy(update={"base_dir": str(tmp_path), **fields})
 
 
 @pytest.fixture
@@ -111,7 +110,7 @@ def test_secret_file_setting_is_resolved_against_the_config_directory(tmp_path: 
     given = tmp_path / "given.secret"
     given.write_text("x" * 40 + "\n")
     given.chmod(0o600)
-    p2, created2 = load_pepper(dataclasses.replace(s, secret_file=str(given)))
+    p2, created2 = load_pepper(s.model_copy(update={"secret_file": str(given)}))
     assert not created2 and p2.hash("v") == Pepper(b"x" * 40, "").hash("v")
 
 

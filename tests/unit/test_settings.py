@@ -7,6 +7,9 @@ import re
 from pathlib import Path
 
 import pytest
+import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gateway.settings import (
     ConfigError,
@@ -48,7 +51,7 @@ def test_defaults() -> None:
     assert s.cache.ttl_seconds == 5.0
     assert s.policies == "policies/deployerp.yaml"
     assert s.error_format == "deployerp"
-    assert s.key_format == KeyFormat("dep_live_", "dep_test_")
+    assert s.key_format == KeyFormat(live="dep_live_", test="dep_test_")
     assert s.debug_headers is True
     assert s.trusted_proxies == ()
     assert s.forward_authorization is False
@@ -97,7 +100,7 @@ forward_authorization: true
     assert s.cache.ttl_seconds == 0.5
     assert s.policies == "my-policy.yaml"
     assert s.error_format == "deployally"
-    assert s.key_format == KeyFormat("da_", "da_test_")
+    assert s.key_format == KeyFormat(live="da_", test="da_test_")
     assert s.debug_headers is False and s.forward_authorization is True
     assert s.trusted_proxies == ("10.0.0.0/8", "2001:db8::/32", "192.0.2.1")
     assert s.base_dir == str(tmp_path)
@@ -123,7 +126,7 @@ def test_environment_overrides_sections_and_top_level_fields() -> None:
     assert s.listen.port == 18080
     assert s.cache.ttl_seconds == 2.5
     assert s.error_format == "deployally"
-    assert s.key_format == KeyFormat("da_", "da_test_")
+    assert s.key_format == KeyFormat(live="da_", test="da_test_")
     assert s.trusted_proxies == ("10.0.0.0/8", "192.168.0.0/16")
     assert s.debug_headers is False and s.forward_authorization is True
     assert s.policies == "policies/deployally.yaml"
@@ -145,12 +148,12 @@ def test_precedence_defaults_file_environment_overrides(tmp_path: Path) -> None:
 def test_key_format_presets_and_mappings(tmp_path: Path) -> None:
     assert load_settings(None, environ={"GATEWAY_KEY_FORMAT": "deployerp"}).key_format == KeyFormat()
     s = load_settings(write(tmp_path, "key_format: {live: acme_, test: acme_test_}\n"), environ={})
-    assert s.key_format == KeyFormat("acme_", "acme_test_")
+    assert s.key_format == KeyFormat(live="acme_", test="acme_test_")
     s = load_settings(None, environ={"GATEWAY_KEY_FORMAT__TEST": "sandbox_"})
-    assert s.key_format == KeyFormat("dep_live_", "sandbox_")
+    assert s.key_format == KeyFormat(live="dep_live_", test="sandbox_")
     # A preset in the file, one field changed from the environment.
     s = load_settings(write(tmp_path, "key_format: deployally\n"), environ={"GATEWAY_KEY_FORMAT__TEST": "da_dev_"})
-    assert s.key_format == KeyFormat("da_", "da_dev_")
+    assert s.key_format == KeyFormat(live="da_", test="da_dev_")
     refused("key_format", env={"GATEWAY_KEY_FORMAT": "stripe"})
     refused("key_format", env={"GATEWAY_KEY_FORMAT__LIVE": "dep_test_"})  # live and test must differ
     refused("key_format.live", env={"GATEWAY_KEY_FORMAT__LIVE": "deplive"})  # must end with "_"
@@ -163,7 +166,7 @@ def test_environment_results_do_not_depend_on_variable_order() -> None:
     pairs = [("GATEWAY_KEY_FORMAT", "deployally"), ("GATEWAY_KEY_FORMAT__TEST", "da_dev_")]
     for env in (dict(pairs), dict(reversed(pairs))):
         # A preset for the section and one field of it changed: both orders mean the same.
-        assert load_settings(None, environ=env).key_format == KeyFormat("da_", "da_dev_")
+        assert load_settings(None, environ=env).key_format == KeyFormat(live="da_", test="da_dev_")
     pairs = [("GATEWAY_LISTEN__PORT", "2"), ("GATEWAY_LISTEN__PORT__X", "1")]
     for env in (dict(pairs), dict(reversed(pairs))):
         refused("GATEWAY_LISTEN__PORT__X", env=env)  # a field and a sub-field of it: always a conflict
@@ -471,3 +474,139 @@ def test_forward_auth_path_must_not_take_a_probe_or_hide_the_key_api() -> None:
     # ... unless the endpoint is off, or the key API is elsewhere.
     load_settings(None, environ={"GATEWAY_FORWARD_AUTH__PATH": "/v1", "GATEWAY_FORWARD_AUTH__ENABLED": "false"})
     load_settings(None, environ={"GATEWAY_FORWARD_AUTH__PATH": "/v1/verify"})
+
+
+# --- every problem at once -------------------------------------------------------------------------------------
+
+
+def test_every_problem_in_a_file_is_named_at_once(tmp_path: Path) -> None:
+    """Three mistakes in three sections: one ConfigError naming all three, one ``path: why`` line each."""
+    path = write(tmp_path, "listen: {port: 70000}\nstore: {url: 'ftp://x'}\nrate_limits: {on_store_error: maybe}\n")
+    with pytest.raises(ConfigError) as info:
+        load_settings(path, environ={})
+    problems = info.value.problems
+    assert [p.split(": ", 1)[0] for p in problems] == ["listen.port", "store.url", "rate_limits.on_store_error"]
+    assert str(info.value).splitlines() == list(problems)
+    assert "between 1 and 65535" in problems[0] and "70000" in problems[0]
+    assert "unsupported scheme 'ftp'" in problems[1]
+    assert "deny, allow, local" in problems[2] and "'maybe'" in problems[2]
+
+
+def test_problems_in_one_section_and_nested_mappings_are_all_named(tmp_path: Path) -> None:
+    path = write(tmp_path, """
+listen: {port: 0, workers: 65, prot: 1}
+rate_limits:
+  tiers:
+    gold: {per_hour: 0, per_minute: 10}
+    bad name: {per_hour: 5}
+limits: {max_headers: 1, body_bytes_per_route: {v1/x: 10, /v1/y: -1}}
+trusted_proxies: [10.0.0.0/8, nonsense, 10.0.0.0/40]
+""")
+    with pytest.raises(ConfigError) as info:
+        load_settings(path, environ={})
+    named = {p.split(": ", 1)[0] for p in info.value.problems}
+    assert named == {"listen.port", "listen.workers", "listen.prot", "rate_limits.tiers.gold.per_hour",
+                     "rate_limits.tiers.bad name", "limits.max_headers", "limits.body_bytes_per_route.v1/x",
+                     "limits.body_bytes_per_route./v1/y", "trusted_proxies[1]", "trusted_proxies[2]"}, named
+    assert len(info.value.problems) == len(named)
+
+
+def test_environment_and_file_problems_together_and_the_variable_is_named(tmp_path: Path) -> None:
+    path = write(tmp_path, "cache: {ttl_seconds: -1}\n")
+    env = {"GATEWAY_LISTEN__PORT": "70000", "GATEWAY_LISTEN__": "1", "GATEWAY_OPS__LOG_FORMAT": "xml"}
+    with pytest.raises(ConfigError) as info:
+        load_settings(path, environ=env)
+    problems = info.value.problems
+    assert problems[0].startswith("GATEWAY_LISTEN__: malformed variable name")
+    by_path = {p.split(": ", 1)[0]: p for p in problems[1:]}
+    assert set(by_path) == {"listen.port", "cache.ttl_seconds", "ops.log_format"}
+    assert "GATEWAY_LISTEN__PORT" in by_path["listen.port"]  # the value came from the environment: say where
+    assert "GATEWAY_OPS__LOG_FORMAT" in by_path["ops.log_format"]
+    assert "GATEWAY_" not in by_path["cache.ttl_seconds"]  # this one is the file's
+
+
+def test_a_secret_in_a_bad_field_never_appears(tmp_path: Path) -> None:
+    secret = "tiny-secret"
+    jwt_secret = "jwt-secret-value-0123456789"
+    path = write(tmp_path, f"jwt: {{secret: [{jwt_secret}], algorithms: HS256}}\nlisten: {{port: 0}}\n")
+    with pytest.raises(ConfigError) as info:
+        load_settings(path, environ={"GATEWAY_SECRET": secret})
+    message = str(info.value)
+    named = {p.split(": ", 1)[0] for p in info.value.problems}
+    assert named == {"secret", "jwt.secret", "listen.port"}, message
+    assert secret not in message and jwt_secret not in message
+    assert secret not in repr(info.value) and jwt_secret not in repr(info.value)
+    assert info.value.__cause__ is None and info.value.__suppress_context__  # no pydantic error chained on
+
+
+def test_secrets_stay_out_of_repr() -> None:
+    env = {"GATEWAY_SECRET": "pepper-0123456789-abcdef", "GATEWAY_JWT__SECRET": "jwt-0123456789"}
+    s = load_settings(None, environ=env)
+    assert s.secret == "pepper-0123456789-abcdef" and s.jwt.secret == "jwt-0123456789"
+    for text in (repr(s), str(s), repr(s.jwt), str(s.jwt)):
+        assert "pepper-0123456789" not in text and "jwt-0123456789" not in text
+
+
+def test_config_error_carries_its_problems() -> None:
+    one = ConfigError("secret_file: /x does not exist")
+    assert one.problems == ("secret_file: /x does not exist",) and str(one) == "secret_file: /x does not exist"
+    two = ConfigError("a: x", "b: y")
+    assert two.problems == ("a: x", "b: y") and str(two) == "a: x\nb: y"
+
+
+def test_settings_are_immutable_and_copied_with_changes() -> None:
+    s = load_settings(None, environ={})
+    with pytest.raises((TypeError, ValueError)):
+        s.listen.port = 1  # type: ignore[misc]
+    with pytest.raises((TypeError, ValueError)):
+        s.policies = "x"  # type: ignore[misc]
+    t = s.model_copy(update={"base_dir": "/etc/gateway", "secret_file": "pepper"})
+    assert (t.base_dir, t.secret_file, s.base_dir, s.secret_file) == ("/etc/gateway", "pepper", ".", None)
+    assert t.model_copy(update={"secret_file": None}) == s  # base_dir is where the file was, not a setting
+
+
+def test_base_dir_is_not_a_setting(tmp_path: Path) -> None:
+    refused("base_dir", text="base_dir: /tmp\n", tmp_path=tmp_path)
+    assert load_settings(None, environ={"GATEWAY_BASE_DIR": "/tmp"}).base_dir == "."
+
+
+def test_upstream_url_errors_never_show_a_password() -> None:
+    for url in ("ftp://user:hunter2-secret@host/", "http://user:hunter2-secret@host:99999/",
+                "https://:hunter2-secret@/path"):
+        for field, var in (("upstream.url", "GATEWAY_UPSTREAM__URL"),
+                           ("upstream.environments.test", "GATEWAY_UPSTREAM__ENVIRONMENTS__TEST")):
+            message = refused(field, env={var: url})
+            assert "hunter2" not in message, message
+
+
+def test_keys_that_are_not_names_are_unknown_settings(tmp_path: Path) -> None:
+    assert "unknown setting" in refused("1", text="1: x\n", tmp_path=tmp_path)
+    assert "unknown setting" in refused("listen.2", text="listen: {2: x}\n", tmp_path=tmp_path)
+    assert "unknown setting" in refused("null", text="null: x\n", tmp_path=tmp_path)
+
+
+_NAMES = st.sampled_from(["listen", "port", "url", "tiers", "gold", "per_hour", "secret", "key_format", "live",
+                          "limits", "/v1/x", "ops", "healthz_path", "trusted_proxies", "jwt", "algorithms", "x"])
+_SCALARS = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8) | st.sampled_from(
+    ["deployally", "0", "http://h", "redis://h:1/0", "10.0.0.0/8", "/p", "7d", "nan", "true"])
+_VALUES = st.recursive(_SCALARS, lambda inner: st.lists(inner, max_size=3)
+                       | st.dictionaries(_NAMES | st.integers(), inner, max_size=3), max_leaves=12)
+
+
+@settings(max_examples=300, deadline=None)
+@given(doc=st.dictionaries(_NAMES | st.sampled_from(["store", "rate_limits", "cache", "error_format"]) | st.integers(),
+                           _VALUES, max_size=4),
+       env=st.dictionaries(st.sampled_from(["GATEWAY_LISTEN__PORT", "GATEWAY_KEY_FORMAT", "GATEWAY_CACHE",
+                                            "GATEWAY_RATE_LIMITS__TIERS__GOLD__PER_HOUR", "GATEWAY_LISTEN__PORT__X",
+                                            "GATEWAY_TRUSTED_PROXIES", "GATEWAY_JWT__ALGORITHMS", "GATEWAY_X__"]),
+                           st.text(max_size=6), max_size=3))
+def test_any_document_loads_or_is_refused_with_a_config_error(tmp_path_factory: pytest.TempPathFactory,
+                                                               doc: dict[object, object], env: dict[str, str]) -> None:
+    """Whatever the file and the environment hold, the outcome is Settings or a ConfigError whose every line
+    names a setting, a variable or the file: never another exception."""
+    path = tmp_path_factory.mktemp("cfg") / "config.yaml"
+    path.write_text(yaml.safe_dump(doc), encoding="utf-8")
+    try:
+        load_settings(path, environ=env)
+    except ConfigError as exc:
+        assert exc.problems and all(": " in p and "Traceback" not in p for p in exc.problems), exc.problems
