@@ -485,7 +485,7 @@ def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
             continue
         path = var[len(ENV_PREFIX):].lower().split("__")
         if path[0] not in _TOP_LEVEL:
-            # Not ours (GATEWAY_URL is the SDK's, for one): a typo inside a known section still fails below.
+            # Not ours (GATEWAY_URL, the docs' shell variable): a typo inside a known section still fails below.
             continue
         if not all(path):
             raise ConfigError(f"{var}: malformed variable name (use GATEWAY_SECTION__FIELD)")

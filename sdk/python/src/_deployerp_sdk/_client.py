@@ -1,247 +1,87 @@
-"""The clients: :class:`Client` (blocking) and :class:`AsyncClient` (asyncio), on httpx.
+"""The clients' machinery, shared by ``deployerp`` and ``deployally``: one blocking and one asyncio base, on httpx.
 
 How sync and async share one implementation (the shape openai-python and httpx use, reduced to one seam):
 
-* every endpoint is described once, as a :class:`_Call` (method, path, JSON body, query), by the resource
-  classes :class:`AuthResource` and :class:`APIKeysResource`. They are generic in what a call returns and
-  hold only an ``execute`` function: ``Client`` gives them one that returns the result, ``AsyncClient`` one
-  that returns a coroutine of it;
+* every endpoint is described once, as a ``_Call`` (method, path, JSON body, query), by the resource classes
+  in :mod:`_deployerp_sdk._resources`. They are generic in what a call returns and hold only an ``execute``
+  function: the blocking client gives them one that returns the result, the async client one that returns a
+  coroutine of it;
 * turning a ``_Call`` into an ``httpx.Request`` and an ``httpx.Response`` into a result or a typed error is
   done once, in :class:`_BaseClient`;
 * the only code written twice is the three-line ``_execute`` that sends the request, because that is the
   only place where blocking and awaiting differ.
+
+What differs between the two platforms (variables, default URL, error codes, config file) is a
+:class:`Platform` value: each package's ``Client`` is these bases with its platform set.
 """
 
 from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Coroutine, Mapping, Sequence
+from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from types import TracebackType
-from typing import Any, Generic, TypeVar
-from urllib.parse import quote, urlsplit
+from typing import Any, ClassVar, Generic, Self, TypeVar
+from urllib.parse import urlsplit
 
 import httpx
 
-from gateway.client._errors import (
+from _deployerp_sdk import _credentials
+from _deployerp_sdk._errors import (
     APIConnectionError,
     APIError,
     APITimeoutError,
+    AuthenticationError,
     ConfigurationError,
     RateLimitError,
     error_class,
 )
+from _deployerp_sdk._resources import JSON, APIKeysResource, AuthResource, _Call
+from _deployerp_sdk._version import __version__
 
-__all__ = ["APIKeysResource", "AsyncClient", "AuthResource", "Client", "NOT_GIVEN"]
+__all__ = ["AsyncClientBase", "ClientBase", "Platform"]
 
-API_KEY_VARIABLES = ("DEPLOYERP_API_KEY", "DEPLOYALLY_API_KEY")
-URL_VARIABLE = "GATEWAY_URL"
-DEFAULT_BASE_URL = "http://127.0.0.1:8080"  # the gateway's default listen address
-DEFAULT_PREFIX = "/v1"  # the gateway's default management.prefix
 DEFAULT_TIMEOUT = 30.0
-USER_AGENT = "gateway-python/0.1.0"
 
-JSON = dict[str, Any]
 _R = TypeVar("_R")
 
 
-class _NotGiven:
-    """The default of ``update`` arguments: "leave as it is" (``None`` means "clear")."""
-
-    _instance: _NotGiven | None = None
-
-    def __new__(cls) -> _NotGiven:
-        if cls._instance is None:
-            cls._instance = super().__new__(cls)
-        return cls._instance
-
-    def __repr__(self) -> str:
-        return "NOT_GIVEN"
-
-    def __bool__(self) -> bool:
-        return False
-
-
-NOT_GIVEN = _NotGiven()
-
-
 @dataclass(frozen=True, slots=True)
-class _Call:
-    """One endpoint call, before it is bound to a client: ``path`` is under the API prefix."""
+class Platform:
+    """What one platform's API looks like to a client; each package defines one."""
 
-    method: str
-    path: str
-    json: Mapping[str, Any] | None = None
-    params: Mapping[str, Any] | None = None
+    name: str  # as the platform spells itself, for messages: "deployERP"
+    package: str  # the Python package, for the User-Agent: "deployerp"
+    key_variable: str  # DEPLOYERP_API_KEY
+    url_variable: str  # DEPLOYERP_BASE_URL
+    base_url: str  # the default base URL
+    prefix: str  # the key API's path under the base URL: "/v1", or "" when the base URL has it
+    missing_key_code: str  # the code the API answers a request without a key with
+    invalid_key_code: str  # ... and one with a key it refuses
+    config_app: str | None = None  # read $XDG_CONFIG_HOME/<config_app>/config.toml when the variable is unset
 
-
-# --- the endpoints, described once -----------------------------------------------------------------------------
-
-
-def _segment(key_id: str) -> str:
-    """A key id as one path segment: quoted, so an id can never change which endpoint is called."""
-    if not isinstance(key_id, str) or not key_id or key_id in (".", ".."):
-        raise ValueError("key_id must be a non-empty key id such as 'key_abc123'")
-    return quote(key_id, safe="")
-
-
-def _plain(name: str, value: Any) -> Any:
-    """Arguments as JSON: datetimes as ISO 8601 (UTC, ``Z``), sequences as lists."""
-    if isinstance(value, datetime):
-        if value.tzinfo is None:
-            raise ValueError(f"{name}: give a timezone-aware datetime (e.g. datetime(..., tzinfo=UTC))")
-        return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
-    if isinstance(value, Sequence) and not isinstance(value, str | bytes):
-        return [str(v) for v in value]
-    return value
+    @property
+    def user_agent(self) -> str:
+        return f"{self.package}-python/{__version__}"
 
 
-def _fields(**fields: Any) -> JSON:
-    return {k: _plain(k, v) for k, v in fields.items() if v is not NOT_GIVEN}
-
-
-class AuthResource(Generic[_R]):
-    """``client.auth``: the calling key itself."""
-
-    def __init__(self, execute: Callable[[_Call], _R]) -> None:
-        self._execute = execute
-
-    def test(self) -> _R:
-        """``GET {prefix}/auth/test``: ``authenticated``, ``key_id``, ``permissions``, ``rate_limit`` of this key.
-
-        ``rate_limit`` reports the key's hourly window (``limit``, ``remaining``, ``reset``, ``window``, ``tier``;
-        the per-minute one for a tier without an hourly limit) and its per-minute burst in ``burst`` (None for a
-        tier of one window). The call spends no request.
-
-        Raises :class:`AuthenticationError` when the key is missing, unknown, revoked or expired.
-        """
-        return self._execute(_Call("GET", "/auth/test"))
-
-
-class APIKeysResource(Generic[_R]):
-    """``client.api_keys``: the gateway's key-management API (needs ``api-keys:read`` / ``api-keys:write``).
-
-    Every method returns the gateway's JSON object; the DeployAlly wrapper ``{"success": true, "data": ...}``
-    is removed, so both platforms' gateways give the same shape. A key's value is returned only by
-    :meth:`create` (``value``) and :meth:`rotate` (``new_key.value``), once.
-    """
-
-    def __init__(self, execute: Callable[[_Call], _R]) -> None:
-        self._execute = execute
-
-    def create(
-        self,
-        name: str,
-        *,
-        permissions: Sequence[str] | _NotGiven = NOT_GIVEN,
-        expires_at: str | datetime | None | _NotGiven = NOT_GIVEN,
-        ip_whitelist: Sequence[str] | _NotGiven = NOT_GIVEN,
-        allowed_ips: Sequence[str] | _NotGiven = NOT_GIVEN,
-        rate_limit_tier: str | None | _NotGiven = NOT_GIVEN,
-        environment: str | _NotGiven = NOT_GIVEN,
-        auto_rotate: bool | _NotGiven = NOT_GIVEN,
-        rotation_period: str | None | _NotGiven = NOT_GIVEN,
-        description: str | None | _NotGiven = NOT_GIVEN,
-    ) -> _R:
-        """``POST {prefix}/api-keys``: a new key; the answer's ``value`` is shown this once.
-
-        ``ip_whitelist`` (deployERP) and ``allowed_ips`` (DeployAlly) are the same allowlist; give one.
-        Without ``permissions`` the key gets the calling key's permissions.
-        """
-        body = _fields(name=name, permissions=permissions, expires_at=expires_at, ip_whitelist=ip_whitelist,
-                       allowed_ips=allowed_ips, rate_limit_tier=rate_limit_tier, environment=environment,
-                       auto_rotate=auto_rotate, rotation_period=rotation_period, description=description)
-        return self._execute(_Call("POST", "/api-keys", json=body))
-
-    def get(self, key_id: str) -> _R:
-        """``GET {prefix}/api-keys/{id}``: one key (never its value). :class:`NotFoundError` if there is none."""
-        return self._execute(_Call("GET", f"/api-keys/{_segment(key_id)}"))
-
-    def update(
-        self,
-        key_id: str,
-        *,
-        name: str | _NotGiven = NOT_GIVEN,
-        permissions: Sequence[str] | _NotGiven = NOT_GIVEN,
-        expires_at: str | datetime | None | _NotGiven = NOT_GIVEN,
-        ip_whitelist: Sequence[str] | _NotGiven = NOT_GIVEN,
-        allowed_ips: Sequence[str] | _NotGiven = NOT_GIVEN,
-        rate_limit_tier: str | None | _NotGiven = NOT_GIVEN,
-        auto_rotate: bool | _NotGiven = NOT_GIVEN,
-        rotation_period: str | None | _NotGiven = NOT_GIVEN,
-        description: str | None | _NotGiven = NOT_GIVEN,
-    ) -> _R:
-        """``PATCH {prefix}/api-keys/{id}``: change only the fields given; ``None`` clears a field
-        (``expires_at=None``: never expires), an empty allowlist removes the allowlist."""
-        body = _fields(name=name, permissions=permissions, expires_at=expires_at, ip_whitelist=ip_whitelist,
-                       allowed_ips=allowed_ips, rate_limit_tier=rate_limit_tier, auto_rotate=auto_rotate,
-                       rotation_period=rotation_period, description=description)
-        return self._execute(_Call("PATCH", f"/api-keys/{_segment(key_id)}", json=body))
-
-    def revoke(self, key_id: str) -> _R:
-        """``DELETE {prefix}/api-keys/{id}``: the key stops working (within the gateway's cache TTL)."""
-        return self._execute(_Call("DELETE", f"/api-keys/{_segment(key_id)}"))
-
-    def rotate(self, key_id: str, *, grace_period: str | None = None) -> _R:
-        """``POST {prefix}/api-keys/{id}/rotate``: ``{"old_key": {id, expires_at}, "new_key": {id, value,
-        created_at}}``. The old key keeps working for ``grace_period`` (``"7d"``, ``"12h"``, ``"0"``; default:
-        the gateway's ``rotation.grace_period``)."""
-        body = {} if grace_period is None else {"grace_period": grace_period}
-        return self._execute(_Call("POST", f"/api-keys/{_segment(key_id)}/rotate", json=body))
-
-    def list(
-        self,
-        *,
-        limit: int | None = None,
-        offset: int | None = None,
-        environment: str | None = None,
-        status: str | None = None,
-    ) -> _R:
-        """``GET {prefix}/api-keys``: ``{"data": [keys...], "pagination": {limit, offset, next_offset}}``.
-
-        ``status`` is ``active``, ``expired`` or ``revoked``; ``environment`` is ``live`` or ``test``. Page with
-        ``offset=page["pagination"]["next_offset"]`` until it is None.
-        """
-        params = {k: v for k, v in (("limit", limit), ("offset", offset), ("environment", environment),
-                                    ("status", status)) if v is not None}
-        return self._execute(_Call("GET", "/api-keys", params=params))
-
-
-# --- the request/response logic, written once -------------------------------------------------------------------
-
-
-def _resolve_key(api_key: str | None) -> str:
-    if api_key is None:
-        for var in API_KEY_VARIABLES:
-            value = os.environ.get(var, "").strip()
-            if value:
-                api_key = value
-                break
-        else:
-            raise ConfigurationError(
-                f"no API key: pass Client(api_key=...) or set {API_KEY_VARIABLES[0]} (or {API_KEY_VARIABLES[1]})"
-            )
-    if not isinstance(api_key, str) or not api_key:
-        raise ConfigurationError("api_key must be a non-empty string")
-    # The key goes into a header: refuse anything that could split or bend it (and never echo it).
-    if not api_key.isascii() or not all(33 <= ord(c) <= 126 for c in api_key):
-        raise ConfigurationError("api_key contains spaces or characters that cannot be sent in a header")
-    return api_key
-
-
-def _resolve_url(base_url: str | None, prefix: str) -> tuple[str, str]:
-    url = base_url if base_url is not None else os.environ.get(URL_VARIABLE, "").strip() or DEFAULT_BASE_URL
+def _resolve_url(platform: Platform, base_url: str | None, prefix: str | None) -> tuple[str, str]:
+    url = base_url if base_url is not None else os.environ.get(platform.url_variable, "").strip() or platform.base_url
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment:
-        raise ConfigurationError(
-            f"base_url (or {URL_VARIABLE}) must be an http:// or https:// URL like {DEFAULT_BASE_URL} (got {url!r})"
-        )
+        raise ConfigurationError(f"base_url (or {platform.url_variable}) must be an http:// or https:// URL like "
+                                 f"{platform.base_url} (got {url!r})")
+    prefix = platform.prefix if prefix is None else prefix
     if prefix and (not prefix.startswith("/") or prefix.endswith("/")):
-        raise ConfigurationError(f"prefix must start with '/' and not end with one, like {DEFAULT_PREFIX!r}")
+        raise ConfigurationError(f"prefix must start with '/' and not end with one, like '/v1' (got {prefix!r})")
     return url.rstrip("/"), prefix
+
+
+def _sendable(key: str) -> bool:
+    """Printable ASCII without spaces: a key that cannot split or bend the Authorization header."""
+    return key.isascii() and all(33 <= ord(c) <= 126 for c in key)
 
 
 def _retry_after(value: str | None) -> float | None:
@@ -263,43 +103,59 @@ def _retry_after(value: str | None) -> float | None:
 class _BaseClient(Generic[_R]):
     """What both clients share: configuration, the resources, building requests and reading answers."""
 
+    _platform: ClassVar[Platform]
+
     def __init__(
         self,
         api_key: str | None = None,
         base_url: str | None = None,
         *,
-        prefix: str = DEFAULT_PREFIX,
+        prefix: str | None = None,
         timeout: float = DEFAULT_TIMEOUT,
     ) -> None:
-        self._api_key = _resolve_key(api_key)
-        self.base_url, self.prefix = _resolve_url(base_url, prefix)
+        if api_key is not None and not isinstance(api_key, str):
+            raise TypeError(f"api_key must be a str, not {type(api_key).__name__}")
+        p = self._platform
+        self._credential = _credentials.resolve(api_key, p.key_variable, p.config_app)
+        self.base_url, self.prefix = _resolve_url(p, base_url, prefix)
         self.timeout = timeout
         self.auth: AuthResource[_R] = AuthResource(self._execute)
         self.api_keys: APIKeysResource[_R] = APIKeysResource(self._execute)
 
     def __repr__(self) -> str:
-        # Never the key, not even a part of it.
-        return f"{type(self).__name__}(base_url={self.base_url!r}, prefix={self.prefix!r})"
+        # Never the key, not even a part of it: only whether there is one.
+        key = "'[redacted]'" if self._credential.api_key else None
+        return f"{type(self).__name__}(base_url={self.base_url!r}, prefix={self.prefix!r}, api_key={key})"
 
     def _execute(self, call: _Call) -> _R:
         raise NotImplementedError
 
     def _headers(self) -> dict[str, str]:
-        return {"authorization": f"Bearer {self._api_key}", "accept": "application/json", "user-agent": USER_AGENT}
+        """The request headers; a missing or unsendable key raises AuthenticationError here, before any I/O."""
+        key = self._credential.api_key
+        p = self._platform
+        if key is None:
+            raise AuthenticationError(f"no API key: {self._credential.looked}", status_code=401,
+                                      code=p.missing_key_code)
+        if not _sendable(key):
+            raise AuthenticationError("the API key contains spaces or characters that cannot be sent in a header",
+                                      status_code=401, code=p.invalid_key_code)
+        return {"authorization": f"Bearer {key}", "accept": "application/json", "user-agent": p.user_agent}
 
     def _url(self, call: _Call) -> str:
         return f"{self.base_url}{self.prefix}{call.path}"
 
     def _redact(self, text: str) -> str:
-        # The gateway never echoes a credential; this makes sure no proxy in between can make us do it.
-        return text.replace(self._api_key, "[redacted]")
+        # The API never echoes a credential; this makes sure no proxy in between can make us do it.
+        key = self._credential.api_key
+        return text.replace(key, "[redacted]") if key else text
 
     def _transport_error(self, exc: httpx.HTTPError) -> APIConnectionError:
-        where = f"{self.base_url}"
+        where = f"the {self._platform.name} API at {self.base_url}"
         if isinstance(exc, httpx.TimeoutException):
-            return APITimeoutError(f"the gateway at {where} did not answer within {self.timeout:g} s")
+            return APITimeoutError(f"{where} did not answer within {self.timeout:g} s")
         reason = self._redact(str(exc)) or type(exc).__name__
-        return APIConnectionError(f"cannot reach the gateway at {where}: {reason}")
+        return APIConnectionError(f"cannot reach {where}: {reason}")
 
     def _result(self, response: httpx.Response) -> Any:
         """The parsed JSON body of a success (DeployAlly wrapper removed), or the typed error raised."""
@@ -322,7 +178,7 @@ class _BaseClient(Generic[_R]):
             field = str(err["field"]) if err.get("field") is not None else None
         else:
             code, field = None, None
-            message = f"HTTP {status} {response.reason_phrase}".strip() + " (not a gateway error body)"
+            message = f"HTTP {status} {response.reason_phrase}".strip() + " (not an API error body)"
         kwargs: dict[str, Any] = {
             "status_code": status, "code": code, "field": field,
             "request_id": response.headers.get("x-request-id"), "body": doc,
@@ -335,7 +191,7 @@ class _BaseClient(Generic[_R]):
 
     def _route_url(self, path: str) -> str:
         if not isinstance(path, str) or not path.startswith("/") or "://" in path:
-            raise ValueError("path must be a path from the gateway's root, such as '/v1/servers'")
+            raise ValueError("path must be a path under the base URL, such as '/v1/servers'")
         return f"{self.base_url}{path}"
 
     def _request_args(self, method: str, url: str, json: Any = None,
@@ -346,26 +202,15 @@ class _BaseClient(Generic[_R]):
         return args
 
 
-class Client(_BaseClient[JSON]):
-    """A blocking client of the gateway's key API.
-
-    ``Client(api_key=None, base_url=None)``: with no ``api_key``, ``DEPLOYERP_API_KEY`` (then
-    ``DEPLOYALLY_API_KEY``) is read from the environment; with no ``base_url``, ``GATEWAY_URL`` (default
-    ``http://127.0.0.1:8080``). ``prefix`` is the gateway's ``management.prefix`` (default ``/v1``).
-
-    >>> client = Client()                      # doctest: +SKIP
-    >>> client.auth.test()["key_id"]           # doctest: +SKIP
-    'key_abc123'
-
-    Use it as a context manager, or call :meth:`close`, to release its connections.
-    """
+class ClientBase(_BaseClient[JSON]):
+    """The blocking client; ``deployerp.Client`` and ``deployally.Client`` set its platform and docstring."""
 
     def __init__(
         self,
         api_key: str | None = None,
         base_url: str | None = None,
         *,
-        prefix: str = DEFAULT_PREFIX,
+        prefix: str | None = None,
         timeout: float = DEFAULT_TIMEOUT,
     ) -> None:
         super().__init__(api_key, base_url, prefix=prefix, timeout=timeout)
@@ -383,15 +228,15 @@ class Client(_BaseClient[JSON]):
         return self._result(response)
 
     def request(self, method: str, path: str, *, json: Any = None, params: Mapping[str, Any] | None = None) -> Any:
-        """Call any route through the gateway (``path`` from the root, e.g. ``/v1/servers``) with this key:
-        the parsed JSON answer, or the typed error."""
+        """Call any route of the API with this key (``path`` under the base URL, e.g. ``/v1/servers``): the
+        parsed JSON answer (DeployAlly wrapper removed), or the typed error."""
         return self._send(self._request_args(method, self._route_url(path), json, params))
 
     def close(self) -> None:
         """Close the connection pool."""
         self._http.close()
 
-    def __enter__(self) -> Client:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
@@ -399,19 +244,15 @@ class Client(_BaseClient[JSON]):
         self.close()
 
 
-class AsyncClient(_BaseClient[Coroutine[Any, Any, JSON]]):
-    """The asyncio twin of :class:`Client`: the same arguments and methods, each awaited.
-
-    >>> async with AsyncClient() as client:    # doctest: +SKIP
-    ...     await client.auth.test()
-    """
+class AsyncClientBase(_BaseClient[Coroutine[Any, Any, JSON]]):
+    """The asyncio twin of :class:`ClientBase`: the same arguments and methods, each awaited."""
 
     def __init__(
         self,
         api_key: str | None = None,
         base_url: str | None = None,
         *,
-        prefix: str = DEFAULT_PREFIX,
+        prefix: str | None = None,
         timeout: float = DEFAULT_TIMEOUT,
     ) -> None:
         super().__init__(api_key, base_url, prefix=prefix, timeout=timeout)
@@ -430,14 +271,14 @@ class AsyncClient(_BaseClient[Coroutine[Any, Any, JSON]]):
 
     async def request(self, method: str, path: str, *, json: Any = None,
                       params: Mapping[str, Any] | None = None) -> Any:
-        """Call any route through the gateway with this key (see :meth:`Client.request`)."""
+        """Call any route of the API with this key (see :meth:`ClientBase.request`)."""
         return await self._send(self._request_args(method, self._route_url(path), json, params))
 
     async def aclose(self) -> None:
         """Close the connection pool."""
         await self._http.aclose()
 
-    async def __aenter__(self) -> AsyncClient:
+    async def __aenter__(self) -> Self:
         return self
 
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
