@@ -169,7 +169,7 @@ def test_every_gateway_command_in_the_docs_parses() -> None:
             pytest.fail(f"docs/{doc}: `{line}` is not a valid gateway command")
 
 
-SDK_READMES = [ROOT / "sdk" / "python" / "README.md"]
+SDK_READMES = [ROOT / "sdk" / "python" / "README.md", ROOT / "sdk" / "node" / "README.md"]
 
 
 def test_python_snippets_compile() -> None:
