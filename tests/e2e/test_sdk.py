@@ -13,6 +13,7 @@ import io
 import os
 import subprocess
 import sys
+import time
 import traceback
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -266,8 +267,6 @@ def test_every_api_keys_method(gw: Gateway, admin: str) -> None:
 
 
 def _eventually_refused(client: Client, within: float = 15.0) -> None:
-    import time
-
     deadline = time.monotonic() + within
     while True:
         try:
@@ -331,6 +330,19 @@ def test_error_types_carry_the_gateway_code(gw: Gateway, admin: str, reader: str
         assert isinstance(exc, APIError) and isinstance(exc, SDKError)
         assert exc.message and exc.code in str(exc)
         assert admin not in _all_text(exc) and reader not in _all_text(exc)
+
+
+def test_an_expired_key_is_an_authentication_error(gw: Gateway, admin: str) -> None:
+    """Missing, invalid, revoked (test_every_api_keys_method) and expired keys all raise AuthenticationError; the
+    code tells them apart."""
+    expires = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=2)
+    with Client(api_key=admin, base_url=gw.url) as c:
+        value = c.api_keys.create("sdk-expiring", permissions=["servers:read"], expires_at=expires)["value"]
+    time.sleep(max(0.0, expires.timestamp() - time.time()) + 0.3)
+    with Client(api_key=value, base_url=gw.url) as c, pytest.raises(AuthenticationError) as info:
+        c.auth.test()
+    assert (info.value.status_code, info.value.code) == (401, "expired_token")
+    assert value not in _all_text(info.value)
 
 
 def _some_id(c: Client) -> str:

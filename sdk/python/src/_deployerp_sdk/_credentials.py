@@ -44,7 +44,7 @@ def resolve(api_key: str | None, variable: str, config_app: str | None) -> Crede
     Blank values count as none. Raises :class:`ConfigurationError` for a config file that cannot be used.
     """
     if api_key is not None:
-        return Credential(api_key.strip() or None, "the api_key argument")
+        return Credential(api_key.strip() or None, "the api_key argument is blank")
     value = os.environ.get(variable, "").strip()
     if value:
         return Credential(value, variable)
