@@ -29,8 +29,8 @@ class EnvironmentSource(EnvSettingsSource):
     """The ``GATEWAY_*`` variables of ``environ``, nested by pydantic-settings at each ``__``.
 
     Before that, the names are checked: a variable whose first part is no setting is not ours and ignored
-    (``GATEWAY_URL`` is the Python SDK's), an empty part is malformed, a variable below another one's value
-    (``GATEWAY_LISTEN__PORT`` and ``GATEWAY_LISTEN__PORT__X``) conflicts with it; those are reported in
+    (``GATEWAY_URL`` and other names outside the model), an empty part is malformed, a variable below another
+    one's value (``GATEWAY_LISTEN__PORT`` and ``GATEWAY_LISTEN__PORT__X``) conflicts with it; those are reported in
     :attr:`problems` and left out. Values are never JSON: lists are comma-separated (the validators split
     them) and ``GATEWAY_KEY_FORMAT=deployally`` stands for the preset's fields, so that
     ``GATEWAY_KEY_FORMAT__TEST`` can still change one of them.

@@ -190,10 +190,21 @@ def test_every_gateway_command_in_the_docs_parses() -> None:
             pytest.fail(f"docs/{doc}: `{line}` is not a valid gateway command")
 
 
+SDK_READMES = [ROOT / "sdk" / "python" / "README.md", ROOT / "sdk" / "node" / "README.md"]
+
+
 def test_python_snippets_compile() -> None:
-    for path in sorted(DOCS.glob("*.md")):
+    for path in [*sorted(DOCS.glob("*.md")), *SDK_READMES]:
         for i, block in enumerate(_blocks(path.read_text(encoding="utf-8"), "python")):
             compile(block, f"{path.name}[{i}]", "exec")
+
+
+def test_the_readme_test_command_is_the_one_ci_runs() -> None:
+    """.ci/run runs the README's second command word for word; both install the local Python SDK, which the
+    tests import (tests/test_dependencies.py)."""
+    (ci,) = [ln for ln in (ROOT / ".ci" / "run").read_text().splitlines() if ln.startswith("python3 -m venv")]
+    assert ci in _blocks((ROOT / "README.md").read_text(encoding="utf-8"), "sh")[0].splitlines()
+    assert "-e sdk/python" in ci
 
 
 def test_rotation_webhook_notice_is_the_one_the_cli_sends() -> None:
@@ -235,7 +246,7 @@ def test_no_doc_carries_a_real_looking_key() -> None:
 # --- links ----------------------------------------------------------------------------------------------------
 
 LINKED_DOCS = [ROOT / "README.md", *sorted(DOCS.glob("*.md")), *sorted((ROOT / "loadtests").glob("*.md")),
-               *sorted((ROOT / "deploy").rglob("*.md"))]
+               *sorted((ROOT / "deploy").rglob("*.md")), *SDK_READMES]
 
 
 def test_every_relative_link_in_the_docs_resolves() -> None:
@@ -311,7 +322,7 @@ def test_the_readme_links_to_the_error_table_where_it_describes_error_answers() 
 # --- tracker references -----------------------------------------------------------------------------------------
 
 PRODUCT_TEXT = ["README.md", "docs", "tests", "gateway", "loadtests", "deploy", "policies", "config.yaml", "Dockerfile",
-                "pyproject.toml", ".ci"]
+                "pyproject.toml", ".ci", "sdk"]
 
 
 def test_the_product_names_behaviours_not_tracker_issues() -> None:

@@ -1,7 +1,8 @@
-"""The Python SDK (gateway.client) against real `gateway serve` processes over loopback sockets.
+"""The deployERP Python SDK (``deployerp``, installed from sdk/python) against real `gateway serve` processes.
 
 Keys are created with the CLI (the operator's way), then every SDK method and every error class is exercised
-against the live gateway, in the deployERP and the DeployAlly formats, blocking and async. Nothing is mocked.
+against the live gateway over loopback sockets, blocking and async; the deployERP guide's snippet runs as a
+user's script in its own process. Nothing is mocked. The DeployAlly package is tested in test_sdk_deployally.py.
 """
 
 from __future__ import annotations
@@ -9,14 +10,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+import os
+import subprocess
+import sys
+import time
 import traceback
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-
-from gateway.client import (
+from deployerp import (
     APIConnectionError,
     APIError,
     AsyncClient,
@@ -24,16 +28,17 @@ from gateway.client import (
     Client,
     ConfigurationError,
     ConflictError,
-    GatewayClientError,
     NotFoundError,
     PermissionDeniedError,
     RateLimitError,
+    SDKError,
     ServerError,
     ValidationError,
 )
-from tests.support.procs import ROOT, Gateway, Upstream, free_port
 
-KEY_VARS = ("DEPLOYERP_API_KEY", "DEPLOYALLY_API_KEY", "GATEWAY_URL")
+from tests.support.procs import Gateway, Upstream, free_port
+
+KEY_VARS = ("DEPLOYERP_API_KEY", "DEPLOYERP_BASE_URL")
 
 
 @pytest.fixture(scope="module")
@@ -76,36 +81,62 @@ def _all_text(exc: BaseException) -> str:
     return f"{exc}\n{exc!r}\n{buf.getvalue()}"
 
 
-# --- the seed's snippet, as written ----------------------------------------------------------------------------
+# --- the seed's snippet, as a user's script ---------------------------------------------------------------------
+
+# The deployERP guide's "Python SDK" snippet, word for word but for two things: the key placeholder is a real key
+# (SNIPPET_KEY), and AuthenticationError is imported too (the guide's snippet catches it without importing it, so
+# as printed it would fail with NameError the first time a key is refused). The host comes from
+# DEPLOYERP_BASE_URL, which Client() reads beside DEPLOYERP_API_KEY.
+SEED_SNIPPET = '''\
+from deployerp import Client, AuthenticationError
+
+# Initialize client with API key
+client = Client(api_key="SNIPPET_KEY")
+
+# Or use environment variable
+client = Client()  # Reads from DEPLOYERP_API_KEY env var
+
+# Test authentication
+try:
+    client.auth.test()
+    print("Authentication successful")
+except AuthenticationError as e:
+    print(f"Authentication failed: {e}")
+'''
 
 
-def test_seed_snippet_with_environment(gw: Gateway, admin: str, clean_env: pytest.MonkeyPatch,
-                                       capsys: pytest.CaptureFixture[str]) -> None:
-    clean_env.setenv("DEPLOYERP_API_KEY", admin)
-    clean_env.setenv("GATEWAY_URL", gw.url)
-    # --- the deployERP guide's "Python SDK" snippet, with only the import changed -------------------------
-    from gateway.client import AuthenticationError, Client
+def _run_snippet(tmp_path: Path, key_in_code: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    script = tmp_path / "snippet.py"
+    script.write_text(SEED_SNIPPET.replace("SNIPPET_KEY", key_in_code))
+    clean = {k: v for k, v in os.environ.items() if k not in KEY_VARS}
+    return subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60,
+                          env={**clean, **env}, cwd=tmp_path)
 
-    client = Client()  # Reads from DEPLOYERP_API_KEY env var
-    try:
-        client.auth.test()
-        print("Authentication successful")
-    except AuthenticationError as e:
-        print(f"Authentication failed: {e}")
-    # ------------------------------------------------------------------------------------------------------
-    client.close()
-    assert capsys.readouterr().out == "Authentication successful\n"
 
-    bad = admin[:-1] + ("A" if admin[-1] != "A" else "B")  # checksum fails: refused before any lookup
-    with Client(api_key=bad, base_url=gw.url) as client:
-        try:
-            client.auth.test()
-            print("Authentication successful")
-        except AuthenticationError as e:
-            print(f"Authentication failed: {e}")
-    out = capsys.readouterr().out
-    assert out.startswith("Authentication failed: 401 invalid_token:"), out
-    assert bad not in out
+def test_seed_snippet_authenticates(gw: Gateway, admin: str, tmp_path: Path) -> None:
+    """The snippet, run as a script: ``Client()`` reads DEPLOYERP_API_KEY and ``auth.test()`` succeeds."""
+    done = _run_snippet(tmp_path, admin, {"DEPLOYERP_API_KEY": admin, "DEPLOYERP_BASE_URL": gw.url})
+    assert (done.returncode, done.stdout, done.stderr) == (0, "Authentication successful\n", "")
+
+
+def test_seed_snippet_reports_a_bad_key(gw: Gateway, admin: str, tmp_path: Path) -> None:
+    """A key whose checksum fails is refused by the gateway (401 invalid_token): the snippet's except clause
+    catches it and prints the reason, without the key."""
+    bad = admin[:-1] + ("A" if admin[-1] != "A" else "B")
+    done = _run_snippet(tmp_path, bad, {"DEPLOYERP_API_KEY": bad, "DEPLOYERP_BASE_URL": gw.url})
+    assert done.returncode == 0 and done.stderr == "", done.stderr
+    assert done.stdout.startswith("Authentication failed: 401 invalid_token:"), done.stdout
+    assert bad not in done.stdout
+
+
+def test_seed_snippet_without_a_key_fails_inside_the_try(tmp_path: Path) -> None:
+    """No DEPLOYERP_API_KEY: ``Client()`` (outside the snippet's try) must not raise; ``auth.test()`` raises
+    AuthenticationError naming the variable, before any request (nothing listens at the base URL here, so a
+    request would have been an APIConnectionError instead)."""
+    done = _run_snippet(tmp_path, "", {"DEPLOYERP_BASE_URL": f"http://127.0.0.1:{free_port()}"})
+    assert done.returncode == 0 and done.stderr == "", done.stderr
+    assert done.stdout.startswith("Authentication failed: 401 authentication_required:"), done.stdout
+    assert "DEPLOYERP_API_KEY" in done.stdout
 
 
 def test_auth_test_answers_for_the_key(gw: Gateway, admin: str) -> None:
@@ -122,39 +153,58 @@ def test_auth_test_answers_for_the_key(gw: Gateway, admin: str) -> None:
 
 def test_environment_variables_and_their_order(gw: Gateway, admin: str, reader: str,
                                                clean_env: pytest.MonkeyPatch) -> None:
-    clean_env.setenv("GATEWAY_URL", gw.url)
-    clean_env.setenv("DEPLOYALLY_API_KEY", reader)
-    with Client() as c:  # only the DeployAlly variable: it is used
-        assert "api-keys:write" not in c.auth.test()["permissions"]
-    clean_env.setenv("DEPLOYERP_API_KEY", admin)
-    with Client() as c:  # both: DEPLOYERP_API_KEY wins
-        assert "api-keys:write" in c.auth.test()["permissions"]
-    with Client(api_key=reader) as c:  # an argument beats the environment
-        assert "api-keys:write" not in c.auth.test()["permissions"]
-    clean_env.delenv("GATEWAY_URL")
+    clean_env.setenv("DEPLOYERP_BASE_URL", gw.url)
+    clean_env.setenv("DEPLOYALLY_API_KEY", admin)  # the other platform's variable is not this client's
+    with Client() as c, pytest.raises(AuthenticationError):
+        c.auth.test()
+    clean_env.setenv("DEPLOYERP_API_KEY", reader)
     with Client() as c:
-        assert c.base_url == "http://127.0.0.1:8080"  # the gateway's default listen address
+        assert "api-keys:write" not in c.auth.test()["permissions"]
+    with Client(api_key=admin) as c:  # an argument beats the environment
+        assert "api-keys:write" in c.auth.test()["permissions"]
+    clean_env.delenv("DEPLOYERP_BASE_URL")
+    with Client() as c:
+        assert c.base_url == "https://api.deployerp.com"  # the guide's host; the key API is under /v1
+        assert c.prefix == "/v1"
 
 
-def test_no_key_anywhere_names_the_variables(clean_env: pytest.MonkeyPatch) -> None:
-    with pytest.raises(ConfigurationError) as info:
-        Client()
-    assert "DEPLOYERP_API_KEY" in str(info.value) and "DEPLOYALLY_API_KEY" in str(info.value)
-    assert isinstance(info.value, GatewayClientError)
-    clean_env.setenv("DEPLOYERP_API_KEY", "   ")
-    with pytest.raises(ConfigurationError):
-        AsyncClient()
+def test_no_key_raises_authentication_error_at_the_first_call(clean_env: pytest.MonkeyPatch) -> None:
+    dead = f"http://127.0.0.1:{free_port()}"
+    client = Client(base_url=dead)  # construction succeeds: the seed's try/except wraps only the call
+    with pytest.raises(AuthenticationError) as info:
+        client.auth.test()
+    assert "DEPLOYERP_API_KEY" in str(info.value)
+    assert (info.value.status_code, info.value.code) == (401, "authentication_required")
+    assert isinstance(info.value, SDKError)
+    with pytest.raises(AuthenticationError):
+        client.api_keys.list()
+    client.close()
+    clean_env.setenv("DEPLOYERP_API_KEY", "   ")  # blank is no key
+
+    async def main() -> None:
+        async with AsyncClient(base_url=dead) as a:
+            with pytest.raises(AuthenticationError, match="DEPLOYERP_API_KEY"):
+                await a.auth.test()
+
+    asyncio.run(main())
+
+
+def test_a_key_that_cannot_be_sent_is_an_authentication_error(clean_env: pytest.MonkeyPatch) -> None:
+    """A key with spaces or control characters could split or bend the Authorization header: it is refused
+    at the first call, like any invalid key, and never echoed."""
+    secret = "dep_live_has space\r\nX-Evil: 1"
+    with Client(api_key=secret, base_url=f"http://127.0.0.1:{free_port()}") as c:
+        with pytest.raises(AuthenticationError) as info:
+            c.auth.test()
+    assert info.value.code == "invalid_token"
+    assert secret not in _all_text(info.value) and "has space" not in _all_text(info.value)
 
 
 def test_bad_construction_arguments(clean_env: pytest.MonkeyPatch) -> None:
-    secret = "dep_live_has space\r\nX-Evil: 1"
-    with pytest.raises(ConfigurationError) as info:
-        Client(api_key=secret)
-    assert secret not in _all_text(info.value) and "has space" not in str(info.value)
-    with pytest.raises(ConfigurationError, match="GATEWAY_URL"):
+    with pytest.raises(ConfigurationError, match="DEPLOYERP_BASE_URL"):
         Client(api_key="dep_live_x", base_url="ftp://example.com")
-    clean_env.setenv("GATEWAY_URL", "not a url")
-    with pytest.raises(ConfigurationError, match="GATEWAY_URL"):
+    clean_env.setenv("DEPLOYERP_BASE_URL", "not a url")
+    with pytest.raises(ConfigurationError, match="DEPLOYERP_BASE_URL"):
         Client(api_key="dep_live_x")
     with pytest.raises(ConfigurationError, match="prefix"):
         Client(api_key="dep_live_x", base_url="http://127.0.0.1:1", prefix="v1/")
@@ -163,7 +213,6 @@ def test_bad_construction_arguments(clean_env: pytest.MonkeyPatch) -> None:
             c.api_keys.get("")
         with pytest.raises(ValueError):
             c.request("GET", "http://elsewhere.example/v1/servers")  # the key goes to the gateway only
-
 
 # --- every key-management method --------------------------------------------------------------------------------
 
@@ -218,8 +267,6 @@ def test_every_api_keys_method(gw: Gateway, admin: str) -> None:
 
 
 def _eventually_refused(client: Client, within: float = 15.0) -> None:
-    import time
-
     deadline = time.monotonic() + within
     while True:
         try:
@@ -280,9 +327,22 @@ def test_error_types_carry_the_gateway_code(gw: Gateway, admin: str, reader: str
             nobody.api_keys.list()
     assert (ae.value.status_code, ae.value.code) == (401, "invalid_token")
     for exc in (nf.value, ve.value, pd.value, cf.value, ae.value):
-        assert isinstance(exc, APIError) and isinstance(exc, GatewayClientError)
+        assert isinstance(exc, APIError) and isinstance(exc, SDKError)
         assert exc.message and exc.code in str(exc)
         assert admin not in _all_text(exc) and reader not in _all_text(exc)
+
+
+def test_an_expired_key_is_an_authentication_error(gw: Gateway, admin: str) -> None:
+    """Missing, invalid, revoked (test_every_api_keys_method) and expired keys all raise AuthenticationError; the
+    code tells them apart."""
+    expires = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=2)
+    with Client(api_key=admin, base_url=gw.url) as c:
+        value = c.api_keys.create("sdk-expiring", permissions=["servers:read"], expires_at=expires)["value"]
+    time.sleep(max(0.0, expires.timestamp() - time.time()) + 0.3)
+    with Client(api_key=value, base_url=gw.url) as c, pytest.raises(AuthenticationError) as info:
+        c.auth.test()
+    assert (info.value.status_code, info.value.code) == (401, "expired_token")
+    assert value not in _all_text(info.value)
 
 
 def _some_id(c: Client) -> str:
@@ -323,60 +383,17 @@ def test_server_error_and_connection_error(tmp_path: Path) -> None:
 # --- no key in repr or exception text --------------------------------------------------------------------------
 
 
-def test_key_never_in_repr(gw: Gateway, admin: str) -> None:
+def test_key_never_in_repr(gw: Gateway, admin: str, clean_env: pytest.MonkeyPatch) -> None:
     c = Client(api_key=admin, base_url=gw.url)
     a = AsyncClient(api_key=admin, base_url=gw.url)
     try:
         for obj in (c, a, c.auth, c.api_keys, a.api_keys):
             assert admin not in repr(obj) and admin[-8:] not in repr(obj)
-        assert repr(c) == f"Client(base_url={gw.url!r}, prefix='/v1')"
+        assert repr(c) == f"Client(base_url={gw.url!r}, prefix='/v1', api_key='[redacted]')"
+        assert repr(Client(base_url=gw.url)) == f"Client(base_url={gw.url!r}, prefix='/v1', api_key=None)"
     finally:
         c.close()
         asyncio.run(a.aclose())
-
-
-# --- DeployAlly format: {"success", "data"} wrapper and its error codes -----------------------------------------
-
-
-@pytest.fixture(scope="module")
-def ally(tmp_path_factory: pytest.TempPathFactory, up: Upstream) -> Iterator[Gateway]:
-    g = Gateway(tmp_path_factory.mktemp("sdk-ally"), up.url, {
-        "error_format": "deployally", "key_format": "deployally",
-        "policies": str(ROOT / "policies" / "deployally.yaml"),
-    })
-    yield g
-    g.stop()
-
-
-def test_deployally_wrapper_and_codes(ally: Gateway, clean_env: pytest.MonkeyPatch) -> None:
-    value = ally.create_key("ally-admin", "api-keys:read,api-keys:write,templates:read")["value"]
-    assert value.startswith("da_")
-    clean_env.setenv("DEPLOYALLY_API_KEY", value)
-    clean_env.setenv("GATEWAY_URL", ally.url)
-    with Client() as c:
-        assert c.auth.test()["authenticated"] is True
-        created = c.api_keys.create("Servidor Produção", permissions=["templates:read"],
-                                    allowed_ips=["203.0.113.10"])
-        assert created["value"].startswith("da_") and created["allowed_ips"] == ["203.0.113.10/32"]
-        assert c.api_keys.get(created["id"])["name"] == "Servidor Produção"  # unwrapped from "data"
-        assert created["id"] in [k["id"] for k in c.api_keys.list(limit=500)["data"]]
-        assert c.api_keys.update(created["id"], description="x")["description"] == "x"
-        limited = c.api_keys.create("ally-limited", permissions=["templates:read"])["value"]
-        assert c.api_keys.rotate(created["id"], grace_period="0")["new_key"]["value"].startswith("da_")
-        with pytest.raises(NotFoundError) as nf:
-            c.api_keys.revoke("key_doesnotexist00")
-        assert nf.value.code == "NOT_FOUND"
-        with pytest.raises(ValidationError) as ve:
-            c.api_keys.create("x", permissions=["templates:read"], rate_limit_tier="gold")
-        assert (ve.value.code, ve.value.field) == ("VALIDATION_ERROR", "rate_limit_tier")
-    with Client(api_key="da_" + "k" * 32, base_url=ally.url) as bad:
-        with pytest.raises(AuthenticationError) as ae:
-            bad.auth.test()
-    assert ae.value.code == "UNAUTHORIZED"
-    with Client(api_key=limited, base_url=ally.url) as lc:
-        with pytest.raises(PermissionDeniedError) as pd:
-            lc.api_keys.list()
-    assert pd.value.code == "FORBIDDEN"
 
 
 # --- the async variant -----------------------------------------------------------------------------------------
@@ -384,7 +401,7 @@ def test_deployally_wrapper_and_codes(ally: Gateway, clean_env: pytest.MonkeyPat
 
 def test_async_client(gw: Gateway, admin: str, clean_env: pytest.MonkeyPatch) -> None:
     clean_env.setenv("DEPLOYERP_API_KEY", admin)
-    clean_env.setenv("GATEWAY_URL", gw.url)
+    clean_env.setenv("DEPLOYERP_BASE_URL", gw.url)
 
     async def main() -> None:
         async with AsyncClient() as c:

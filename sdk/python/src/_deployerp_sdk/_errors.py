@@ -1,12 +1,14 @@
-"""The SDK's one exception tree.
+"""The SDK's one exception tree, shared by ``deployerp`` and ``deployally`` (each re-exports every class).
 
-    GatewayClientError                 anything this SDK raises on purpose
-     +-- ConfigurationError            no API key (DEPLOYERP_API_KEY / DEPLOYALLY_API_KEY) or a bad base URL
-     +-- APIConnectionError            the gateway could not be reached (refused, reset, DNS ...)
+    SDKError                           anything this SDK raises on purpose
+     +-- ConfigurationError            a base URL that is not http(s), or a DeployAlly config file that is
+     |                                 unreadable, malformed or readable by others (chmod 600 it)
+     +-- APIConnectionError            the API could not be reached (refused, reset, DNS ...)
      |    +-- APITimeoutError          ... or did not answer in time
-     +-- APIError                      the gateway answered with an error status
+     +-- APIError                      the API answered with an error status
           +-- BadRequestError          400 (invalid_request / BAD_REQUEST)
-          +-- AuthenticationError      401 (authentication_required, invalid_token, expired_token / UNAUTHORIZED)
+          +-- AuthenticationError      401 (authentication_required, invalid_token, expired_token / UNAUTHORIZED),
+          |                            and no API key at all (raised at the first call, before any request)
           +-- PermissionDeniedError    403 (insufficient_permissions, ip_restricted / FORBIDDEN)
           +-- NotFoundError            404
           +-- ConflictError            409 (the key is revoked, expired or already rotated)
@@ -14,9 +16,12 @@
           +-- RateLimitError           429, with ``.retry_after``: seconds to wait (from Retry-After)
           +-- ServerError              5xx (upstream_unavailable, store_unavailable ...)
 
-Every :class:`APIError` carries the gateway's error ``code`` (``invalid_token`` in the deployERP format,
+Every :class:`APIError` carries the API's error ``code`` (``invalid_token`` in the deployERP format,
 ``UNAUTHORIZED`` in the DeployAlly one), its ``message`` and the HTTP ``status_code``. None of them holds
 the API key, the request or the response object: an exception can be logged or printed whole.
+
+``PermissionDeniedError`` is not called ``PermissionError``: that is Python's own (an ``OSError``), and an
+``except PermissionError`` meant for one would silently catch the other.
 """
 
 from __future__ import annotations
@@ -24,27 +29,27 @@ from __future__ import annotations
 from typing import Any
 
 
-class GatewayClientError(Exception):
+class SDKError(Exception):
     """Base class of every error this SDK raises on purpose."""
 
 
-class ConfigurationError(GatewayClientError):
-    """The client cannot be built: no API key, or a base URL that is not http(s)."""
+class ConfigurationError(SDKError):
+    """The client cannot be built: a base URL that is not http(s), or a config file that cannot be used."""
 
 
-class APIConnectionError(GatewayClientError):
-    """The gateway could not be reached (connection refused or reset, name not resolved ...)."""
+class APIConnectionError(SDKError):
+    """The API could not be reached (connection refused or reset, name not resolved ...)."""
 
 
 class APITimeoutError(APIConnectionError):
-    """The gateway did not answer within the client's timeout."""
+    """The API did not answer within the client's timeout."""
 
 
-class APIError(GatewayClientError):
-    """The gateway answered with an error status.
+class APIError(SDKError):
+    """The API answered with an error status.
 
-    Attributes: ``status_code`` (int), ``code`` (the gateway's error code, or None when the body was not a
-    gateway error), ``message``, ``field`` (the request field at fault, for validation errors),
+    Attributes: ``status_code`` (int), ``code`` (the API's error code, or None when the body was not an
+    API error), ``message``, ``field`` (the request field at fault, for validation errors),
     ``request_id`` (the ``X-Request-ID`` of the answer, when there is one) and ``body`` (the parsed JSON body,
     or None).
     """
@@ -74,7 +79,11 @@ class BadRequestError(APIError):
 
 
 class AuthenticationError(APIError):
-    """401: the key is missing, malformed, unknown, revoked or expired."""
+    """401: the key is missing, malformed, unknown, revoked or expired.
+
+    With no key configured at all it is raised by the first call, before any request is sent, with the status
+    and code the API gives a request without a key (401 ``authentication_required`` / ``UNAUTHORIZED``).
+    """
 
 
 class PermissionDeniedError(APIError):
@@ -102,7 +111,7 @@ class RateLimitError(APIError):
 
 
 class ServerError(APIError):
-    """5xx: the gateway, its key store or the upstream service failed."""
+    """5xx: the API, its key store or the service behind it failed."""
 
 
 _BY_STATUS: dict[int, type[APIError]] = {
