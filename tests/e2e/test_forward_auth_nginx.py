@@ -163,3 +163,28 @@ def test_with_the_gateway_down_nobody_gets_in(stack: Stack) -> None:
         r = c.get("/v1/servers", headers=bearer(key))
     assert r.status_code == 502 and r.json()["error"]["code"] == "auth_unavailable"
     assert stack.upstream.records() == []
+
+
+def test_the_readme_snippet_works_as_shown(make_gateway: Callable[..., Gateway], fresh_upstream: Upstream,
+                                           tmp_path: Path) -> None:
+    """The short nginx snippet in the README's first screen, in a server block on the test's addresses: an allowed
+    request reaches the API with the key id; a key without the scope is refused by nginx (403) and the API sees
+    nothing."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    (block,) = re.findall(r"```nginx\n(.*?)```", readme, re.S)
+    gw = make_gateway(fresh_upstream.url, settings={"trusted_proxies": ["127.0.0.1/32"]})
+    config = block.replace("127.0.0.1:9000", fresh_upstream.url[len("http://"):]).replace(
+        "127.0.0.1:8080", gw.url[len("http://"):])
+    nginx = Nginx(tmp_path / "nginx", "server {\n    listen 127.0.0.1:{port};\n" + config + "}\n")
+    try:
+        reader = gw.create_key("reader", "servers:read")
+        with httpx.Client(base_url=nginx.url, timeout=10) as c:
+            allowed = c.get("/v1/servers", headers=bearer(reader))
+            refused = c.get("/v1/invoices", headers=bearer(reader))
+        assert allowed.status_code == 200, (allowed.text, nginx.log())
+        (rec,) = fresh_upstream.records()
+        assert rec["target"] == "/v1/servers" and received(rec, "x-auth-key-id") == [reader["id"]]
+        assert refused.status_code == 403
+        assert len(fresh_upstream.records()) == 1
+    finally:
+        nginx.stop()
