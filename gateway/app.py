@@ -131,8 +131,7 @@ class GatewayApp:
             "test": forwarder(up.environments.test) if up.environments.test else None,
         }
         management = (
-            ManagementAPI(settings, store, self.cache, components.pepper, components.policy,
-                          tiers=tuple(settings.rate_limits.tiers))
+            ManagementAPI(settings, store, self.cache, components.pepper, lambda: self.gate.policy)
             if settings.management.enabled else None
         )
         self.gateway = Gateway(settings, self.gate, self.forwarders, management=management, metrics=self.metrics,

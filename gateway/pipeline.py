@@ -23,9 +23,8 @@ from collections.abc import Mapping
 from time import perf_counter
 from typing import Any
 
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
-from gateway.admin.api import Call, ManagementAPI
 from gateway.errors import EnvironmentUnavailable, GatewayError, ServiceUnavailable, render
 from gateway.gate import Allow, Deny, Gate
 from gateway.guard import CLOSE, FramingError, MethodNotAllowed
@@ -121,7 +120,7 @@ class Gateway:
         settings: Settings,
         gate: Gate,
         forwarders: Mapping[str, Forwarder | None],
-        management: ManagementAPI | None = None,
+        management: ASGIApp | None = None,
         metrics: Metrics | None = None,
         access_log: AccessLog | None = None,
     ) -> None:
@@ -275,9 +274,12 @@ class Gateway:
                     tier = limits.tier_of(principal)
                     limit_doc = (allow.applied.public(tier) if allow.applied is not None else
                                  {"limit": None, "remaining": None, "reset": None, "tier": tier})
-                call = Call(method, route, allow.segments, scope["query_string"], principal, receive, limit_doc)
+                # What the gate decided, for the management API (gateway.admin.api); it raises what it refuses.
+                scope["gateway.principal"] = principal
+                scope["gateway.rate_limit"] = limit_doc
+                scope["gateway.headers"] = allow.response_headers
                 try:
-                    await self.management.handle(call, send, list(allow.response_headers))
+                    await self.management(scope, receive, send)
                 except GatewayError as exc:
                     await self._refuse(send, ex, exc, allow, has_body)
                 return

@@ -109,8 +109,6 @@ class Reloader:
         gateway = app.gateway
         app.gate.policy = policy
         app.components.policy = policy
-        if gateway.management is not None:
-            gateway.management._policy = policy  # noqa: SLF001 - the one holder outside the gate
         app.gate.debug_allowed = settings.debug_headers
         if settings.ops.access_log != (gateway.access_log is not None):
             gateway.access_log = AccessLog() if settings.ops.access_log else None
