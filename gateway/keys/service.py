@@ -46,9 +46,10 @@ def check_permissions(permissions: Sequence[str], policy: Policy | None) -> tupl
     """The scopes, each one the policy knows (a policy reload can change which)."""
     if not permissions:
         raise KeyInputError("permissions", "give at least one permission (for example servers:read)")
-    for p in permissions:
+    for i, p in enumerate(permissions):
         if policy is not None and not policy.knows_scope(p):
-            raise KeyInputError("permissions", f"{p!r} is not a scope the policy knows")
+            # Which one, not what it says: a key pasted into the wrong field has the form of a scope.
+            raise KeyInputError("permissions", f"item {i + 1} is not a scope the policy knows")
     return tuple(permissions)
 
 
