@@ -119,8 +119,7 @@ class GatewayApp:
             "test": forwarder(up.environments.test) if up.environments.test else None,
         }
         management = (
-            ManagementAPI(settings, store, self.cache, components.pepper, components.policy,
-                          tiers=tuple(settings.rate_limits.tiers))
+            ManagementAPI(settings, store, self.cache, components.pepper, lambda: self.gate.policy)
             if settings.management.enabled else None
         )
         self.gateway = Gateway(settings, self.gate, self.forwarders, management=management, metrics=self.metrics,
@@ -166,8 +165,6 @@ class GatewayApp:
         self.gate.policy = policy
         self.components.policy = policy
         gateway = self.gateway
-        if gateway.management is not None:
-            gateway.management._policy = policy  # noqa: SLF001 - the one holder outside the gate
         self.gate.debug_allowed = settings.debug_headers
         if settings.ops.access_log != (gateway.access_log is not None):
             gateway.access_log = AccessLog() if settings.ops.access_log else None

@@ -19,7 +19,7 @@ import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from gateway import __version__
 from gateway.keys.record import KeyRecord, to_iso, utcnow
@@ -36,7 +36,12 @@ from gateway.policies import PolicyError, load_policy
 from gateway.settings import ConfigError, Settings, load_settings
 
 if TYPE_CHECKING:
+    from pydantic import BaseModel
+
+    from gateway.admin.models import KeyModels
     from gateway.app import Components
+
+    M = TypeVar("M", bound=BaseModel)
 
 # gateway.app (the pipeline, aiohttp, uvicorn) is imported only by the commands that need it: a refused
 # configuration, `policy check` or `--help` answer without paying for it.
@@ -195,10 +200,14 @@ async def _demo(port: int, data_dir: Path) -> None:
             "Three keys, shown this once:",
         ]
         values: dict[str, str] = {}
+        from gateway.admin.models import key_models
+
+        create = key_models(tuple(settings.rate_limits.tiers)).create
         for name, perms, ips, kind in DEMO_KEYS:
+            body = create.model_validate({"name": name, "permissions": perms, "allowed_ips": ips})
             value, record = await create_key(
-                components.store, components.pepper, settings.key_format, name=name, permissions=perms,
-                allowed_ips=ips, policy=components.policy, created_by="demo",
+                components.store, components.pepper, settings.key_format, **body.model_dump(exclude_unset=True),
+                policy=components.policy, created_by="demo",
             )
             values[kind] = value
             allow = f", allowed from {', '.join(ips)}" if ips else ""
@@ -268,8 +277,8 @@ def _table(records: Sequence[KeyRecord]) -> str:
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows)
 
 
-def _show(record: KeyRecord) -> str:
-    doc = record.public()
+def _show(models: KeyModels, record: KeyRecord) -> str:
+    doc = _public(models, record)
     width = max(len(k) for k in doc)
     return "\n".join(f"{k.ljust(width)}  {_plain(v)}" for k, v in doc.items())
 
@@ -280,6 +289,31 @@ def _plain(value: Any) -> str:
     if isinstance(value, list):
         return ",".join(value) or "-"
     return str(value)
+
+
+def _public(models: KeyModels, record: KeyRecord) -> dict[str, Any]:
+    """The key as the API shows it (gateway.admin.models.ApiKey)."""
+    return models.key.of(record, utcnow()).doc()
+
+
+def _checked(model: type[M], doc: dict[str, Any]) -> M:
+    """The options as the API would take the same JSON body: validated by the same model, so the CLI and the
+    API accept and refuse the same values."""
+    from pydantic import ValidationError
+
+    from gateway.admin.models import problem
+
+    try:
+        return model.model_validate_json(json.dumps(doc))
+    except ValidationError as exc:
+        found = problem(exc, model)
+        raise _invalid(found.field, found.where, found.text) from None
+
+
+def _invalid(field: str, where: str, text: str) -> CLIError:
+    # Name the flag the operator typed, and the field it feeds (the API's name for it).
+    flag = _FLAGS.get(field)
+    return CLIError(f"invalid {f'{flag} ({where})' if flag else where}: {text}", status=2)
 
 
 def _out(args: argparse.Namespace, doc: Any, text: str) -> None:
@@ -322,27 +356,31 @@ async def _keys(args: argparse.Namespace) -> int:
     components = _components(settings)
     store = components.store
     cmd = args.keys_cmd
+    from gateway.admin.models import KeyRotate, key_models
+
+    # Answers name the allowlist ip_whitelist whatever the error format, as they always have.
+    models = key_models(tuple(settings.rate_limits.tiers))
     try:
         if cmd == "create":
-            value, record = await create_key(
-                store, components.pepper, settings.key_format, name=args.name,
-                permissions=_split_permissions(args.permissions), allowed_ips=args.allow_ip or [],
-                expires_at=args.expires_at, environment=args.env, description=args.description,
-                rate_limit_tier=args.tier, auto_rotate=args.auto_rotate, rotation_period=args.rotation_period,
-                policy=components.policy, tiers=tuple(settings.rate_limits.tiers),
-            )
-            _out(args, {**record.public(), "value": value},
+            options = {"name": args.name, "permissions": _split_permissions(args.permissions),
+                       "ip_whitelist": args.allow_ip or [], "expires_at": args.expires_at, "environment": args.env,
+                       "description": args.description, "rate_limit_tier": args.tier,
+                       "auto_rotate": args.auto_rotate, "rotation_period": args.rotation_period}
+            body = _checked(models.create, {k: v for k, v in options.items() if v is not None})
+            value, record = await create_key(store, components.pepper, settings.key_format,
+                                             **body.model_dump(exclude_unset=True), policy=components.policy)
+            _out(args, {**_public(models, record), "value": value},
                  f"Created {record.id} ({record.name}, {record.environment}).\n"
                  f"The key is shown this once; store it in a secret manager now:\n  {value}")
         elif cmd == "list":
             records = await store.list(environment=args.env, status=args.status)
             empty = "No keys yet: create one with 'gateway keys create --name NAME --permissions SCOPES'."
-            _out(args, [r.public() for r in records], _table(records) if records else empty)
+            _out(args, [_public(models, r) for r in records], _table(records) if records else empty)
         elif cmd == "show":
             found = await store.get(args.id)
             if found is None:
                 raise CLIError(f"no key with id {args.id!r}")
-            _out(args, found.public(), _show(found))
+            _out(args, _public(models, found), _show(models, found))
         elif cmd == "update":
             changes: dict[str, Any] = {}
             if args.name is not None:
@@ -350,9 +388,9 @@ async def _keys(args: argparse.Namespace) -> int:
             if args.permissions is not None:
                 changes["permissions"] = _split_permissions(args.permissions)
             if args.clear_allow_ip:
-                changes["allowed_ips"] = []
+                changes["ip_whitelist"] = []
             elif args.allow_ip:
-                changes["allowed_ips"] = args.allow_ip
+                changes["ip_whitelist"] = args.allow_ip
             if args.tier is not None:
                 changes["rate_limit_tier"] = None if args.tier == "none" else args.tier
             if args.expires_at is not None:
@@ -365,11 +403,12 @@ async def _keys(args: argparse.Namespace) -> int:
                 changes["rotation_period"] = args.rotation_period
             if not changes:
                 raise CLIError("nothing to change: give at least one option (see --help)", status=2)
-            updated = await update_key(store, args.id, changes, policy=components.policy,
-                                       tiers=tuple(settings.rate_limits.tiers))
+            update = _checked(models.update, changes)
+            updated = await update_key(store, args.id, update.model_dump(exclude_unset=True),
+                                       policy=components.policy)
             if updated is None:
                 raise CLIError(f"no key with id {args.id!r}")
-            _out(args, updated.public(), f"Updated {updated.id}.\n{_show(updated)}")
+            _out(args, _public(models, updated), f"Updated {updated.id}.\n{_show(models, updated)}")
         elif cmd == "revoke":
             revoked = await revoke_key(store, args.id)
             if revoked is None:
@@ -378,10 +417,11 @@ async def _keys(args: argparse.Namespace) -> int:
 
             bound = ("1 s (Redis store: every gateway is told at once)" if is_redis_url(settings.store.url)
                      else f"{settings.cache.ttl_seconds:g} s (cache.ttl_seconds)")
-            _out(args, revoked.public(),
+            _out(args, _public(models, revoked),
                  f"Revoked {revoked.id} ({revoked.name}). Running gateways refuse it within {bound}.")
         elif cmd == "rotate":
-            grace = args.grace_period or settings.rotation.grace_period
+            grace = (_checked(KeyRotate, {"grace_period": args.grace_period}).grace_period
+                     if args.grace_period else settings.rotation.grace_period)
             result = await rotate_key(store, components.pepper, settings.key_format, args.id, grace_period=grace)
             if result is None:
                 raise CLIError(f"no key with id {args.id!r}")
@@ -394,10 +434,7 @@ async def _keys(args: argparse.Namespace) -> int:
             return await _rotate_due(args, settings, components)
         return 0
     except KeyInputError as exc:
-        # Name the flag the operator typed, and the stored field it feeds (the API's name for it).
-        flag = _FLAGS.get(exc.field)
-        named = f"{flag} ({exc.field})" if flag else exc.field
-        raise CLIError(f"invalid {named}: {exc.problem}", status=2) from None
+        raise _invalid(exc.field, exc.field, exc.problem) from None
     except Conflict as exc:
         raise CLIError(f"cannot do that: {exc}") from None
     finally:

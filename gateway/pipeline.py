@@ -23,9 +23,8 @@ from collections.abc import Mapping
 from time import perf_counter
 from typing import Any
 
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
-from gateway.admin.api import Call, ManagementAPI
 from gateway.bearer import OWS
 from gateway.errors import (
     EnvironmentUnavailable,
@@ -129,7 +128,7 @@ class Gateway:
         settings: Settings,
         gate: Gate,
         forwarders: Mapping[str, Forwarder | None],
-        management: ManagementAPI | None = None,
+        management: ASGIApp | None = None,
         metrics: Metrics | None = None,
         access_log: AccessLog | None = None,
     ) -> None:
@@ -289,9 +288,12 @@ class Gateway:
                     tier = limits.tier_of(principal)
                     limit_doc = (allow.applied.public(tier) if allow.applied is not None else
                                  {"limit": None, "remaining": None, "reset": None, "tier": tier})
-                call = Call(method, route, allow.segments, scope["query_string"], principal, receive, limit_doc)
+                # What the gate decided, for the management API (gateway.admin.api); it raises what it refuses.
+                scope["gateway.principal"] = principal
+                scope["gateway.rate_limit"] = limit_doc
+                scope["gateway.headers"] = allow.response_headers
                 try:
-                    await self.management.handle(call, send, list(allow.response_headers))
+                    await self.management(scope, receive, send)
                 except GatewayError as exc:
                     await self._refuse(send, ex, exc, allow, has_body)
                 return

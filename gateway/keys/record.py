@@ -72,34 +72,6 @@ class KeyRecord:
             return "expired"
         return "active"
 
-    def public(self, now: datetime | None = None, ip_field: str = "ip_whitelist") -> dict[str, Any]:
-        """The record as shown to operators: never the value, never the hash."""
-        now = now or utcnow()
-        return {
-            "id": self.id,
-            "name": self.name,
-            "hint": self.hint,
-            "permissions": list(self.permissions),
-            ip_field: list(self.allowed_ips),
-            "environment": self.environment,
-            "rate_limit_tier": self.rate_limit_tier,
-            "description": self.description,
-            "status": self.status(now),
-            "created_at": to_iso(self.created_at),
-            "created_by": self.created_by,
-            "expires_at": to_iso(self.expires_at),
-            "revoked_at": to_iso(self.revoked_at),
-            "auto_rotate": self.auto_rotate,
-            "rotation_period": format_duration(self.rotation_period),
-            "rotation_due_at": to_iso(self.rotation_due_at),
-            "rotation_status": self.rotation_state(now),
-            "rotated_from": self.rotated_from,
-            "replaced_by": self.rotated_to,
-            "last_used_at": to_iso(self.last_used_at),
-            "last_used_ip": self.last_used_ip,
-            "request_count": self.request_count,
-        }
-
 
 def format_duration(seconds: int | None) -> str | None:
     """The shortest exact form: 7776000 -> "90d", 43200 -> "12h"."""

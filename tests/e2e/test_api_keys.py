@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from tests.support.lifecycle import KeysAPI, admin_gateway, parse_time, use, wait_for
+from tests.support.lifecycle import KeysAPI, admin_gateway, bearer, parse_time, use, wait_for
 from tests.support.procs import Gateway, Upstream
 
 RECORD_FIELDS = {
@@ -186,6 +186,38 @@ def test_list_filters_by_environment_and_status(api: KeysAPI) -> None:
 )
 def test_list_bad_query(api: KeysAPI, params: dict[str, str], field: str) -> None:
     assert_validation(api.list(**params), field)
+
+
+def test_routes_are_the_ones_the_gate_matched_and_answers_keep_its_headers(api: KeysAPI) -> None:
+    """The management API routes on the path the gate matched (one trailing slash ignored, escapes decoded,
+    as the policy matches them), and every answer, a refusal too, carries the headers of the gate's decision:
+    the key's rate limit, the debug headers asked for, the request id."""
+    caller = api.created(name="limited", permissions=["api-keys:*", "servers:read"])  # standard tier: limited
+    target = api.created(name="target")["id"]
+    escaped = "".join(f"%{ord(c):02X}" if c in "key_" else c for c in target)  # key_x -> %6B%65%79%5Fx
+    me = api.as_key(caller["value"])
+    debug = {**bearer(caller["value"]), "X-Debug-Auth": "true"}
+    try:
+        answers = {
+            "list": me.client.get("/v1/api-keys/", headers=debug),
+            "get": me.client.get(f"/v1/api-keys/{target}/", headers=debug),
+            "escaped": me.client.get(f"/v1/api-keys/{escaped}", headers=debug),
+            "auth/test": me.client.get("/v1/auth/test/", headers=debug),
+            "create": me.client.post("/v1/api-keys/", headers=debug,
+                                     json={"name": "x", "permissions": ["servers:read"]}),
+            "unknown id": me.client.get("/v1/api-keys/key_doesnotexist", headers=debug),
+            "bad query": me.client.get("/v1/api-keys/?limit=0", headers=debug),
+        }
+        statuses = {name: r.status_code for name, r in answers.items()}
+        assert statuses == {"list": 200, "get": 200, "escaped": 200, "auth/test": 200, "create": 201,
+                            "unknown id": 404, "bad query": 422}, {n: r.text for n, r in answers.items()}
+        assert answers["get"].json()["id"] == answers["escaped"].json()["id"] == target
+        for name, resp in answers.items():
+            assert resp.headers["x-ratelimit-limit"] == "100", (name, resp.headers)
+            assert resp.headers["x-auth-key-id"] == caller["id"], (name, resp.headers)
+            assert resp.headers["x-request-id"], name
+    finally:
+        me.close()
 
 
 # --- get, usage -----------------------------------------------------------------------------------------------

@@ -16,7 +16,8 @@ from typing import Any
 
 import pytest
 
-from tests.support.procs import Gateway, Upstream
+from tests.support.lifecycle import KeysAPI, admin_gateway
+from tests.support.procs import ROOT, Gateway, Upstream
 
 SCHEMATHESIS = Path(sys.executable).parent / "schemathesis"
 
@@ -24,6 +25,20 @@ SCHEMATHESIS = Path(sys.executable).parent / "schemathesis"
 def get(gw: Gateway, path: str, method: str = "GET") -> Any:
     with gw.client() as c:
         return c.request(method, path)
+
+
+def resolved(doc: dict[str, Any], schema: dict[str, Any]) -> dict[str, Any]:
+    """``schema`` with its ``$ref`` followed and, if it may be null (OpenAPI 3.1 writes that as ``anyOf`` with
+    ``{"type": "null"}``), its other member."""
+    while True:
+        if "$ref" in schema:
+            schema = doc["components"]["schemas"][schema["$ref"].rsplit("/", 1)[-1]]
+            continue
+        others = [m for m in schema.get("anyOf", ()) if m != {"type": "null"}]
+        if len(others) == 1:
+            schema = others[0]
+            continue
+        return schema
 
 
 def test_document_describes_the_management_api(make_gateway: Callable[..., Gateway],
@@ -47,8 +62,8 @@ def test_document_describes_the_management_api(make_gateway: Callable[..., Gatew
     # the document's error shape is the one the gateway sends
     with gw.client() as c:
         denied = c.get("/api/v2/api-keys").json()
-    assert set(denied) == set(error["properties"]) and set(denied["error"]) >= set(error["properties"]["error"]
-                                                                                 ["required"])
+    assert set(denied) == set(error["properties"])
+    assert set(denied["error"]) >= set(resolved(doc, error["properties"]["error"])["required"])
     # the docs page: plain HTML from the same document, nothing loaded from elsewhere
     page = get(gw, "/docs")
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
@@ -59,13 +74,13 @@ def test_document_describes_the_management_api(make_gateway: Callable[..., Gatew
     assert get(gw, "/openapi.json", "POST").status_code == 405
     assert fresh_upstream.records() == []
     # auth/test's rate_limit is described field by field, burst included, as a standard key gets it
-    rate = doc["components"]["schemas"]["AuthTest"]["properties"]["rate_limit"]
+    rate = resolved(doc, doc["components"]["schemas"]["AuthTest"]["properties"]["rate_limit"])
+    burst = resolved(doc, rate["properties"]["burst"])
     key = gw.create_key("std", "servers:read")["value"]
     with gw.client() as c:
         me = c.get("/api/v2/auth/test", headers={"Authorization": f"Bearer {key}"}).json()["rate_limit"]
     assert set(me) == set(rate["properties"]) and set(rate["required"]) <= set(me)
-    assert set(me["burst"]) == set(rate["properties"]["burst"]["properties"]) == set(rate["properties"]["burst"]
-                                                                                      ["required"])
+    assert set(me["burst"]) == set(burst["properties"]) == set(burst["required"])
     assert (me["limit"], me["burst"]["limit"]) == (1000, 100)
     assert "rate_limit.burst" in doc["paths"]["/api/v2/auth/test"]["get"]["description"]
     assert "rate_limit.burst" in page.text
@@ -90,6 +105,128 @@ def test_openapi_can_be_turned_off(make_gateway: Callable[..., Gateway], fresh_u
     gw = make_gateway(fresh_upstream.url, env={"GATEWAY_OPS__OPENAPI_ENABLED": "false"})
     assert get(gw, "/openapi.json").status_code == 401
     assert get(gw, "/docs").status_code == 401
+
+
+FORMATS: dict[str, tuple[dict[str, Any], str, str, str]] = {
+    # error format: (settings, management prefix, a permission the policy knows, the allowlist in answers)
+    "deployerp": ({}, "/v1", "servers:read", "ip_whitelist"),
+    "deployally": ({"error_format": "deployally", "key_format": "deployally", "management": {"prefix": "/api/v1"},
+                    "policies": str(ROOT / "policies" / "deployally.yaml")}, "/api/v1", "templates:read",
+                   "allowed_ips"),
+}
+
+
+def served(tmp_path: Path, upstream: Upstream, fmt: str = "deployerp") -> tuple[Gateway, KeysAPI, dict[str, Any]]:
+    """A gateway in ``fmt``, a client of its management API as an admin key, and the document it serves."""
+    settings, prefix, _, _ = FORMATS[fmt]
+    gw, admin = admin_gateway(tmp_path / fmt, upstream.url, settings)
+    doc = get(gw, "/openapi.json").json()
+    return gw, KeysAPI(gw, admin, prefix=prefix), doc
+
+
+def body_schema(doc: dict[str, Any], path: str, method: str) -> dict[str, Any]:
+    op = doc["paths"][path][method]
+    return resolved(doc, op["requestBody"]["content"]["application/json"]["schema"])
+
+
+def data(resp: Any, fmt: str) -> Any:
+    return resp.json()["data"] if fmt == "deployally" else resp.json()
+
+
+def test_every_length_limit_in_the_document_is_the_one_the_api_enforces(tmp_path: Path,
+                                                                        fresh_upstream: Upstream) -> None:
+    """The document and the validation cannot disagree: for every string in a request body (a property, or
+    the items of a list) with ``maxLength`` or ``minLength`` in the document the gateway serves, a value at
+    the limit is accepted and one past it is refused with 422 naming the field. Driven by the document, so a
+    limit changed on either side alone fails here."""
+    gw, api, doc = served(tmp_path, fresh_upstream)
+    try:
+        victim = api.created(name="victim")["id"]
+        operations = [("post", "/v1/api-keys", {"name": "x", "permissions": ["servers:read"]},
+                       lambda b: api.create(b), 201),
+                      ("patch", "/v1/api-keys/{id}", {}, lambda b: api.patch(victim, b), 200)]
+        for method, path, base, send, ok in operations:
+            checked = []
+            for prop, schema in body_schema(doc, path, method)["properties"].items():
+                schema = resolved(doc, schema)
+                targets = [(schema, False)]
+                if schema.get("type") == "array":
+                    targets.append((resolved(doc, schema["items"]), True))
+                for target, listed in targets:
+                    for bound, past in (("maxLength", 1), ("minLength", -1)):
+                        if target.get("type") != "string" or bound not in target or target[bound] + past < 0:
+                            continue
+                        limit = target[bound]
+                        at, beyond = "a" * limit, "a" * (limit + past)
+                        pattern = target.get("pattern")
+                        assert pattern is None or re.search(pattern, at), \
+                            f"{prop}: 'a' does not fit its pattern {pattern}; give this test another filler"
+                        accepted = send({**base, prop: [at] if listed else at})
+                        assert accepted.status_code == ok, (prop, bound, limit, accepted.text)
+                        refused = send({**base, prop: [beyond] if listed else beyond})
+                        assert refused.status_code == 422, (prop, bound, limit, refused.text)
+                        assert refused.json()["error"]["field"] == prop, refused.text
+                        checked.append((prop, bound))
+            assert checked, f"{method} {path}: no length limit in the document to check"
+    finally:
+        api.close()
+        gw.stop()
+
+
+@pytest.mark.parametrize("fmt", sorted(FORMATS))
+def test_both_spellings_of_an_aliased_field_are_documented_and_taken(fmt: str, tmp_path: Path,
+                                                                     fresh_upstream: Upstream) -> None:
+    """The platforms spell the allowlist two ways (deployERP's guide ``ip_whitelist``, DeployAlly's
+    ``allowed_ips``), and the deployERP guide turns rotation on with ``rotation_enabled`` where keys answer
+    ``auto_rotate``. A request body may use either spelling, never both at once (422 naming the field), in
+    either format; and the document lists both, for creating and for changing a key."""
+    _, prefix, permission, ip_answer = FORMATS[fmt]
+    gw, api, doc = served(tmp_path, fresh_upstream, fmt)
+    pairs = (("ip_whitelist", "allowed_ips"), ("auto_rotate", "rotation_enabled"))
+    try:
+        for path, method in ((f"{prefix}/api-keys", "post"), (f"{prefix}/api-keys/{{id}}", "patch")):
+            props = body_schema(doc, path, method)["properties"]
+            for pair in pairs:
+                assert set(pair) <= set(props), (method, path, pair, sorted(props))
+        base = {"name": "spelt", "permissions": [permission]}
+        for spelling in pairs[0]:
+            made = api.create({**base, spelling: ["203.0.113.10"]})
+            assert made.status_code == 201, made.text
+            assert data(made, fmt)[ip_answer] == ["203.0.113.10/32"]
+        for spelling in pairs[1]:
+            made = api.create({**base, spelling: True, "rotation_period": "90d"})
+            assert made.status_code == 201, made.text
+            assert data(made, fmt)["auto_rotate"] is True
+        victim = data(api.create(base), fmt)["id"]
+        for first, second in pairs:
+            for send in (api.create, lambda b: api.patch(victim, b)):
+                both = send({**base, first: [] if first == "ip_whitelist" else False,
+                             second: [] if first == "ip_whitelist" else False})
+                assert both.status_code == 422, both.text
+                assert both.json()["error"]["field"] == first, both.text
+    finally:
+        api.close()
+        gw.stop()
+
+
+def test_a_body_that_is_not_json_gets_the_status_the_document_gives_it(tmp_path: Path,
+                                                                       fresh_upstream: Upstream) -> None:
+    """A request body that is not JSON is refused with 422 (``error.field`` ``body``), and the document says
+    so under that status and under no other."""
+    gw, api, doc = served(tmp_path, fresh_upstream)
+    try:
+        victim = api.created(name="victim")["id"]
+        for method, path, call in (("post", "/v1/api-keys", "/api-keys"),
+                                   ("patch", "/v1/api-keys/{id}", f"/api-keys/{victim}"),
+                                   ("post", "/v1/api-keys/{id}/rotate", f"/api-keys/{victim}/rotate")):
+            resp = api.call(method.upper(), call, raw=b'{"name": ')
+            assert resp.status_code == 422 and resp.json()["error"]["field"] == "body", resp.text
+            answers = doc["paths"][path][method]["responses"]
+            saying = [status for status, a in answers.items() if "JSON" in a["description"]]
+            assert saying == [str(resp.status_code)], (method, path, saying)
+    finally:
+        api.close()
+        gw.stop()
 
 
 @pytest.mark.parametrize("error_format", ["deployerp", "deployally"])

@@ -184,15 +184,19 @@ class Gateway6(Gateway):
 def store_key(g: Gateway, name: str = "k", permissions: str = "servers:read", *extra: str) -> dict[str, Any]:
     """Create a key straight in ``g``'s real SQLite store, as ``g.create_key`` does through the CLI.
 
-    Same store file, same server secret, same validation (gateway.keys.service.create_key), same answer
-    (the record's public view plus ``value``), but without starting a CLI process (~0.5 s each). Tests whose
+    Same store file, same server secret, same validation (the options as a gateway.admin.models.KeyCreate, then
+    gateway.keys.service.create_key), same answer (the key as the API shows it, plus ``value``), but without
+    starting a CLI process (~0.5 s each). Tests whose
     subject is the CLI use ``g.create_key``; tests that only need keys use this. ``extra`` takes the CLI's
     ``--allow-ip CIDR`` (repeatable), ``--expires-at ISO`` and ``--env live|test``.
     """
     import asyncio
+    import json
 
+    from gateway.admin.models import key_models
     from gateway.keys.backends import open_store
     from gateway.keys.hashing import load_pepper
+    from gateway.keys.record import utcnow
     from gateway.keys.service import create_key
     from gateway.policies import load_policy
     from gateway.settings import load_settings, resolve_path
@@ -210,16 +214,18 @@ def store_key(g: Gateway, name: str = "k", permissions: str = "servers:read", *e
     pepper, _ = load_pepper(settings)
     policy = load_policy(resolve_path(settings, settings.policies))
 
+    models = key_models(tuple(settings.rate_limits.tiers))
+    options = {"name": name, "permissions": [p for p in permissions.split(",") if p], "ip_whitelist": allow,
+               "environment": opts.get("--env", "live"), "expires_at": opts.get("--expires-at")}
+    body = models.create.model_validate_json(json.dumps(options))
+
     async def make() -> dict[str, Any]:
         store = open_store(settings)
         try:
-            value, record = await create_key(
-                store, pepper, settings.key_format, name=name,
-                permissions=[p for p in permissions.split(",") if p], allowed_ips=allow,
-                expires_at=opts.get("--expires-at"), environment=opts.get("--env", "live"), policy=policy,
-            )
+            value, record = await create_key(store, pepper, settings.key_format, **body.model_dump(exclude_unset=True),
+                                             policy=policy)
         finally:
             await store.close()
-        return {**record.public(), "value": value}
+        return {**models.key.of(record, utcnow()).doc(), "value": value}
 
     return asyncio.run(make())
