@@ -5,91 +5,26 @@ from __future__ import annotations
 import gc
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from gateway.admin.api import ManagementAPI, build_policy
-from gateway.forward_auth import ForwardAuth
-from gateway.gate import Gate, Verifier
-from gateway.keys.backends import is_redis_url, open_store
-from gateway.keys.cache import KeyCache
-from gateway.keys.hashing import Pepper, load_pepper
-from gateway.keys.store import KeyStore
-from gateway.keys.usage import UsageRecorder
-from gateway.ops.health import Health, readiness_checks
-from gateway.ops.logging import AccessLog, logged
-from gateway.ops.metrics import Metrics, MetricsEndpoint, gateway_sources
-from gateway.pipeline import Gateway
-from gateway.policies import Policy
-from gateway.proxy.forwarder import Forwarder
-from gateway.ratelimit.stage import RateLimits, open_limiter
-from gateway.settings import Settings
+from gateway.admin.api import ManagementAPI
+from gateway.config.settings import Settings
+from gateway.doors.assembly import Components, GateService, build_components
+from gateway.doors.forward_auth import ForwardAuth
+from gateway.doors.proxy.forwarder import Forwarder
+from gateway.doors.proxy.pipeline import Gateway
+from gateway.keys.backends import is_redis_url
+from gateway.observability.health import Health, readiness_checks
+from gateway.observability.logging import AccessLog, logged
+from gateway.observability.metrics import Metrics, MetricsEndpoint, gateway_sources
+from gateway.policy.rules import Policy
 
 if TYPE_CHECKING:
-    from gateway.keys.redis import InvalidationListener
+    pass
 
 log = logging.getLogger("gateway")
-
-@dataclass
-class Components:
-    store: KeyStore
-    pepper: Pepper
-    pepper_created: bool
-    policy: Policy
-    jwt: Verifier | None = None
-
-
-def build_components(settings: Settings) -> Components:
-    """Everything that can fail on bad configuration, built before any socket is opened."""
-    policy = build_policy(settings)  # the same function a reload uses (gateway/admin/api.py)
-    pepper, created = load_pepper(settings)
-    jwt: Verifier | None = None
-    if settings.jwt.enabled:
-        from gateway.jwtauth import JWTVerifier
-
-        jwt = JWTVerifier(settings.jwt, settings.base_dir)
-    store = open_store(settings)
-    return Components(store=store, pepper=pepper, pepper_created=created, policy=policy, jwt=jwt)
-
-
-class GateService:
-    """The gate and what it runs on: the key cache in front of the store (with pub/sub invalidation on Redis),
-    the usage recorder and the rate limits. Every front door serves one: the proxy (:class:`GatewayApp`) and the
-    ASGI middleware (:class:`gateway.middleware.AuthMiddleware`) start it with their lifespan."""
-
-    def __init__(self, settings: Settings, components: Components, metrics: Metrics | None = None,
-                 unmatched: str = "deny") -> None:
-        store = components.store
-        self.store = store
-        self.cache = KeyCache(store, settings.cache.ttl_seconds, settings.cache.max_size)
-        self.invalidations: InvalidationListener | None = None
-        if is_redis_url(settings.store.url):
-            from gateway.keys.redis import InvalidationListener
-
-            # Changes made by any process reach this one's cache within a second (pub/sub).
-            self.invalidations = InvalidationListener(settings.store.url, self.cache, settings.store.timeout_ms)
-        self.usage = UsageRecorder(store, settings.usage.flush_seconds)
-        rl = settings.rate_limits
-        self.limits = RateLimits(rl, open_limiter(settings) if rl.enabled else None)
-        self.gate = Gate(settings, components.policy, self.cache, components.pepper, usage=self.usage,
-                         jwt=components.jwt, limits=self.limits, metrics=metrics, unmatched=unmatched)
-
-    async def start(self) -> None:
-        self.usage.start()
-        await self.limits.start()
-        if self.invalidations is not None:
-            self.invalidations.start()
-
-    async def stop(self) -> None:
-        """Flush usage, close the limiter, the invalidation listener and the store."""
-        await self.usage.stop()
-        await self.limits.close()
-        if self.invalidations is not None:
-            await self.invalidations.stop()
-        await self.store.close()
-
 
 class GatewayApp:
     """The ASGI application of ``gateway serve``: the lifespan around the reverse proxy (:class:`Gateway`),
@@ -135,13 +70,13 @@ class GatewayApp:
             self._probes[ops.metrics_path] = MetricsEndpoint(
                 self.metrics, ops.metrics_scope, self.gateway.authorize, settings.error_format)
         if ops.openapi_enabled:
-            from gateway.ops.openapi import openapi_routes
+            from gateway.admin.openapi import openapi_routes
 
             self._probes.update(openapi_routes(settings))
         if ops.access_log and ops.access_log_probes:
             access = AccessLog()
             self._probes = {path: logged(app, access, path) for path, app in self._probes.items()}
-        # Forward-auth (gateway/forward_auth.py): its path is one more exact path; the paths below it (Envoy's
+        # Forward-auth (gateway/doors/forward_auth.py): its path is one more exact path; the paths below it (Envoy's
         # path_prefix form) cost the other requests one startswith, made only when the dict lookup missed. Off,
         # the prefix is one no request path starts with.
         self._verify_under = b"\0"
@@ -155,12 +90,12 @@ class GatewayApp:
                 access_log=AccessLog() if ops.access_log else None)
             self._probes[fa.path] = self.forward_auth
             self._verify, self._verify_under = self.forward_auth, self.forward_auth.under
-        from gateway.ops.reload import Reloader
+        from gateway.serving.reload import Reloader
 
         self.reloader = Reloader(self, reload_settings)
 
     def swap_policy(self, policy: Policy, settings: Settings) -> None:
-        """Serve ``policy`` and the reloadable settings (gateway.ops.reload.RELOADABLE) from now on: plain
+        """Serve ``policy`` and the reloadable settings (gateway.serving.reload.RELOADABLE) from now on: plain
         assignments, so no request ever sees half of a change."""
         self.gate.policy = policy
         self.components.policy = policy

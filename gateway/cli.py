@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from gateway import __version__
+from gateway.config.settings import ConfigError, Settings, load_settings
 from gateway.keys.record import KeyRecord, to_iso, utcnow
 from gateway.keys.service import (
     KeyInputError,
@@ -32,14 +33,13 @@ from gateway.keys.service import (
     update_key,
 )
 from gateway.keys.store import Conflict, StoreError
-from gateway.policies import PolicyError, load_policy
-from gateway.settings import ConfigError, Settings, load_settings
+from gateway.policy.rules import PolicyError, load_policy
 
 if TYPE_CHECKING:
     from pydantic import BaseModel
 
     from gateway.admin.models import KeyModels
-    from gateway.app import Components
+    from gateway.doors.assembly import Components
 
     M = TypeVar("M", bound=BaseModel)
 
@@ -61,7 +61,7 @@ def _settings(args: argparse.Namespace, overrides: dict[str, Any] | None = None)
 
 
 def _components(settings: Settings) -> Components:
-    from gateway.app import build_components
+    from gateway.doors.assembly import build_components
 
     components = build_components(settings)
     if components.pepper_created:
@@ -89,7 +89,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.workers:
         overrides.setdefault("listen", {})["workers"] = args.workers
     settings = _settings(args, overrides)  # a bad configuration stops here, before the heavy imports
-    from gateway.ops.logging import configure_logging, event
+    from gateway.observability.logging import configure_logging, event
 
     # JSON lines by default, uvicorn's own lines included; set before the store opens, so what it warns of
     # (a store file others can read, docs/security.md) is a line like every other.
@@ -112,15 +112,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
         logging.getLogger("gateway").warning(warning)
     if settings.listen.workers > 1:
         return _serve_workers(args, settings, components, overrides)
-    # A reload re-reads the same file with the same flags and environment (gateway/ops/reload.py).
+    # A reload re-reads the same file with the same flags and environment (gateway/serving/reload.py).
     app = create_app(settings, components, reload_settings=lambda: _settings(args, overrides))
-    from gateway.ops.server import server_config
-    from gateway.ops.shutdown import GracefulServer
+    from gateway.serving.server import server_config
+    from gateway.serving.shutdown import GracefulServer
 
-    # The guarded protocol and its limits, the client address from the socket (gateway/ops/server.py).
+    # The guarded protocol and its limits, the client address from the socket (gateway/serving/server.py).
     config = server_config(settings, app)
     # SIGTERM: readiness 503, ops.drain_seconds of serving, listener closed, in-flight requests finish,
-    # usage flushed, sessions closed, exit 0 (gateway/ops/shutdown.py).
+    # usage flushed, sessions closed, exit 0 (gateway/serving/shutdown.py).
     GracefulServer(config, app.health.start_draining, settings.ops.drain_seconds).run()
     return 0
 
@@ -132,7 +132,7 @@ def _serve_workers(args: argparse.Namespace, settings: Settings, components: Com
 
     import uvicorn
 
-    from gateway.ops.server import server_options
+    from gateway.serving.server import server_options
     from gateway.workers import worker_environment
 
     asyncio.run(components.store.close())  # each worker opens its own
@@ -169,9 +169,10 @@ def _listen(host: str, port: int) -> socket.socket:
 async def _demo(port: int, data_dir: Path) -> None:
     import uvicorn
 
-    from gateway.app import build_components, create_app
+    from gateway.app import create_app
     from gateway.demo import upstream
-    from gateway.ops.server import server_config
+    from gateway.doors.assembly import build_components
+    from gateway.serving.server import server_config
 
     sock = _listen("127.0.0.1", port)
     port = int(sock.getsockname()[1])  # --port 0 picks a free one

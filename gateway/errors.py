@@ -3,7 +3,7 @@
     GatewayError
      +-- AuthenticationRequired   401 authentication_required / UNAUTHORIZED
      +-- InvalidToken             401 invalid_token           / UNAUTHORIZED
-     |    +-- MalformedAuthorization  (not ``Bearer <token>``: the message says what is wrong, see gateway.bearer)
+     |    +-- MalformedAuthorization  (not ``Bearer <token>``: the message says what is wrong, see gateway.gate.bearer)
      +-- ExpiredToken             401 expired_token           / UNAUTHORIZED
      +-- InsufficientPermissions  403 insufficient_permissions/ FORBIDDEN
      +-- IPRestricted             403 ip_restricted           / FORBIDDEN

@@ -22,9 +22,9 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from gateway.config.settings import Settings, load_settings
 from gateway.keys.backends import is_redis_url
 from gateway.ratelimit.stage import limiter_url
-from gateway.settings import Settings, load_settings
 
 CONFIG_ENV = "GATEWAY_SERVE_CONFIG"
 
@@ -79,7 +79,7 @@ def app_factory() -> Any:
 def __getattr__(name: str) -> Any:
     # uvicorn imports the HTTP protocol by name in each worker: built here from that worker's settings.
     if name == "HttpProtocol":
-        from gateway.guard import http_protocol
+        from gateway.doors.proxy.protocol import http_protocol
 
         return http_protocol(_worker_settings())
     raise AttributeError(name)

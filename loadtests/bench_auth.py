@@ -48,8 +48,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 from gateway.app import create_app  # noqa: E402
+from gateway.config.settings import load_settings  # noqa: E402
 from gateway.keys.service import create_key  # noqa: E402
-from gateway.settings import load_settings  # noqa: E402
 
 BODY = b'{"servers":[{"id":"srv_1","name":"web-1","status":"running","region":"eu-west"}]}'
 
@@ -109,7 +109,7 @@ async def main() -> None:
     # Before the app is built, as `gateway serve` does (AccessLog finds its handler then): the access line is
     # formatted and written as under serve, into /dev/null.
     try:
-        from gateway.ops.logging import configure_logging
+        from gateway.observability.logging import configure_logging
 
         configure_logging()
     except ImportError:  # pragma: no cover - older tree

@@ -128,10 +128,10 @@ def write_config(work: Path, port: int, upstream: str, cache_ttl: float | None =
 
 async def make_keys(config: Path, count: int, out: Path) -> float:
     """``count`` keys through gateway.keys.service.create_key (the CLI's path); values to ``out``. Seconds."""
+    from gateway.config.settings import load_settings
     from gateway.keys.backends import open_store
     from gateway.keys.hashing import load_pepper
     from gateway.keys.service import create_key
-    from gateway.settings import load_settings
 
     settings = load_settings(config, environ={})
     pepper, _created = load_pepper(settings)

@@ -18,8 +18,8 @@ import httpx
 import pytest
 import yaml
 
-from gateway.policies import load_policy
-from gateway.settings import load_settings
+from gateway.config.settings import load_settings
+from gateway.policy.rules import load_policy
 from tests.support.procs import ROOT, SECRET, Upstream, free_port, run_cli, wait_port
 
 MANIFEST = ROOT / "deploy" / "kubernetes" / "sidecar.yaml"

@@ -20,7 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from gateway.settings import load_settings
+from gateway.config.settings import load_settings
 from tests.support.procs import ROOT, Gateway, Upstream, free_port, wait_port
 
 DOCKERFILE = ROOT / "Dockerfile"

@@ -20,11 +20,11 @@ from pydantic import BaseModel
 
 from gateway.admin.api import internal_routes
 from gateway.cli import build_parser
-from gateway.ops import config_doc
-from gateway.paths import split_path
-from gateway.policies import PolicyError, parse_policy
-from gateway.settings import PRESETS, Settings
-from gateway.settings_sources import EnvironmentSource
+from gateway.config import reference as config_doc
+from gateway.config.settings import PRESETS, Settings
+from gateway.config.sources import EnvironmentSource
+from gateway.policy.paths import split_path
+from gateway.policy.rules import PolicyError, parse_policy
 from tests.support.doclinks import broken_links, links, slug, tracker_references
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,7 +41,7 @@ def _blocks(text: str, lang: str) -> list[str]:
 
 def test_generated_tables_are_current() -> None:
     stale = config_doc.stale()
-    assert stale == [], f"{stale} no longer match the code: run python -m gateway.ops.config_doc --write"
+    assert stale == [], f"{stale} no longer match the code: run python -m gateway.config.reference --write"
 
 
 def test_check_mode_fails_on_a_stale_doc(tmp_path: Path) -> None:
@@ -230,7 +230,7 @@ def test_every_debug_header_is_explained() -> None:
 
 def test_every_readiness_reason_is_explained() -> None:
     doc = _read("troubleshooting.md")
-    source = (ROOT / "gateway" / "ops" / "health.py").read_text()
+    source = (ROOT / "gateway" / "observability" / "health.py").read_text()
     reasons = set(re.findall(r'return "([^"]+)"', source))
     assert len(reasons) >= 5
     for reason in reasons:

@@ -68,3 +68,13 @@ def test_users_code_is_type_checked_against_the_installed_sdk(tmp_path: Path) ->
     assert len(errors) == 2, out  # the str annotation, and `me` unknown in amain
     assert "app.py:11: error: Incompatible types in assignment" in errors[0], out
     assert 'app.py:16: error: Name "me" is not defined' in errors[1], out
+
+
+def test_the_layers_hold() -> None:
+    """import-linter's contracts in pyproject.toml: front doors above the gate, the gate above the stores, limits
+    and policy, configuration at the bottom, and no transport in the gate. A module importing upwards (or an
+    import cycle across layers) fails this test with the chain of imports that does it."""
+    lint = Path(sys.executable).parent / "lint-imports"
+    assert lint.exists(), "import-linter is part of the [test] extra: pip install -e '.[test]'"
+    done = subprocess.run([str(lint), "--no-cache"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr

@@ -43,6 +43,7 @@ from gateway.admin.models import (
     models_for,
     problem,
 )
+from gateway.config.settings import ManagementSettings, Settings
 from gateway.errors import (
     BadRequest,
     ConflictError,
@@ -63,9 +64,8 @@ from gateway.keys.service import (
     update_key,
 )
 from gateway.keys.store import Conflict, KeyStore, StoreError
-from gateway.paths import split_path
-from gateway.policies import Policy, Route, load_policy, policy_path
-from gateway.settings import ManagementSettings, Settings
+from gateway.policy.paths import split_path
+from gateway.policy.rules import Policy, Route, load_policy, policy_path
 
 log = logging.getLogger("gateway.admin")
 
@@ -74,7 +74,7 @@ READ, WRITE = "api-keys:read", "api-keys:write"
 
 # Every endpoint: (path below management.prefix, method, the scope it needs (None: any valid credential),
 # handler). The gate's policy routes (internal_routes), the router below and the OpenAPI document
-# (gateway/ops/openapi.py) are all made from this table.
+# (gateway/admin/openapi.py) are all made from this table.
 ENDPOINTS: tuple[tuple[str, str, str | None, str], ...] = (
     ("/auth/test", "GET", None, "auth_test"),
     ("/api-keys", "GET", READ, "list_keys"),

@@ -8,7 +8,7 @@
 
 Every constraint on a field (lengths, the scope and duration patterns, networks, the configured tiers, unknown
 fields refused) is declared here and nowhere else. The API validates what it is sent with these models and
-serialises every answer through them; the CLI checks its flags as the same JSON body; gateway/ops/openapi.py
+serialises every answer through them; the CLI checks its flags as the same JSON body; gateway/admin/openapi.py
 builds the OpenAPI document (and the docs page) from their JSON Schema. So none of them can disagree about what
 a field takes. What needs state stays in :mod:`gateway.keys.service`: scopes the policy knows, no key granting
 more than its caller holds, an expiry in the future, a key's state.
@@ -39,11 +39,11 @@ from pydantic import (
     create_model,
 )
 
+from gateway.config.settings import Settings, parse_duration
 from gateway.keys.record import KeyRecord, format_duration
 from gateway.keys.service import MAX_PERIOD_SECONDS
 from gateway.network import parse_network
-from gateway.policies import SCOPE_RE
-from gateway.settings import Settings, parse_duration
+from gateway.policy.rules import SCOPE_RE
 
 MAX_NAME = 200
 MAX_DESCRIPTION = 1000
@@ -52,8 +52,8 @@ MAX_PERIOD = "36500d"  # MAX_PERIOD_SECONDS as a duration
 # Patterns, each enforced by pydantic (so exactly as the OpenAPI document states it) and explained to the client
 # by _PATTERN_PROBLEMS when it does not match.
 NAME_PATTERN = r"^[^\x00-\x1f\x7f]*[^\x00-\x20\x7f][^\x00-\x1f\x7f]*$"  # printable, not only spaces
-SCOPE_PATTERN = SCOPE_RE.pattern  # what a key may hold (gateway.policies.valid_scope)
-# gateway.settings.parse_duration reads these (it takes a little more: capitals, surrounding spaces).
+SCOPE_PATTERN = SCOPE_RE.pattern  # what a key may hold (gateway.policy.rules.valid_scope)
+# gateway.config.settings.parse_duration reads these (it takes a little more: capitals, surrounding spaces).
 DURATION_PATTERN = r"^(0|[0-9]{1,10}[smhdw])$"
 PERIOD_PATTERN = r"^[0-9]{1,10}[smhdw]$"
 KEY_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"

@@ -1,18 +1,18 @@
 """The gate: what the gateway decides about one request, with no transport.
 
-A front door (the reverse proxy in :mod:`gateway.pipeline`, the ASGI middleware in :mod:`gateway.middleware`,
-the forward-auth endpoint in :mod:`gateway.forward_auth`) turns its transport into a few values (method, raw
-path, the ``Authorization`` values, the socket peer and any ``X-Forwarded-For`` values) and asks
-:meth:`Gate.decide`. The answer is an :class:`Allow` (the principal, the headers for the upstream and for the
-client) or a :class:`Deny` (an error, rendered in the configured format, and the headers it carries). The
-front door turns that back into its transport.
+A front door (the reverse proxy in :mod:`gateway.doors.proxy.pipeline`, the ASGI middleware in
+:mod:`gateway.doors.middleware`, the forward-auth endpoint in :mod:`gateway.doors.forward_auth`) turns its
+transport into a few values (method, raw path, the ``Authorization`` values, the socket peer and any
+``X-Forwarded-For`` values) and asks :meth:`Gate.decide`. The answer is an :class:`Allow` (the principal, the
+headers for the upstream and for the client) or a :class:`Deny` (an error, rendered in the configured format,
+and the headers it carries). The front door turns that back into its transport.
 
 For a request, in this order:
 
 0. refuse a method outside the set any policy can name (405);
 1. find the policy route (a public route needs no credential; an ambiguous path is refused, 400);
 2. unless the client address is cooling down after too many failed authentications (429), authenticate:
-   ``Authorization: Bearer <key>`` (read as RFC 9110 11 has it, see gateway.bearer), format and checksum
+   ``Authorization: Bearer <key>`` (read as RFC 9110 11 has it, see gateway.gate.bearer), format and checksum
    first, then the keyed hash through the cache (401 ``authentication_required`` / ``invalid_token`` /
    ``expired_token``), or a JWT where the route takes one;
 3. check the client network against the key's allowlist (403 ``ip_restricted``);
@@ -34,7 +34,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
-from gateway.bearer import MAX_CREDENTIAL, OWS, PREFIX, bearer_token, token_error
+from gateway.config.settings import Settings
 from gateway.errors import (
     APIKeyNotAccepted,
     AuthenticationRequired,
@@ -51,6 +51,7 @@ from gateway.errors import (
     TwoAuthorizations,
     render,
 )
+from gateway.gate.bearer import MAX_CREDENTIAL, OWS, PREFIX, bearer_token, token_error
 from gateway.gate.failures import FailureGuard
 from gateway.keys.cache import UNKNOWN as _UNKNOWN
 from gateway.keys.cache import AuthKey, KeyCache
@@ -59,10 +60,9 @@ from gateway.keys.hashing import Pepper
 from gateway.keys.store import StoreError
 from gateway.keys.usage import UsageRecorder
 from gateway.network import ClientResolver, IPAddress, in_networks
-from gateway.ops.metrics import Metrics
-from gateway.policies import KNOWN_METHODS, Policy, Route, grants
+from gateway.observability.metrics import Metrics
+from gateway.policy.rules import KNOWN_METHODS, Policy, Route, grants
 from gateway.ratelimit.stage import UNLIMITED_DEBUG, Applied, RateLimits
-from gateway.settings import Settings
 
 log = logging.getLogger("gateway.gate")
 
@@ -73,14 +73,14 @@ Header = tuple[bytes, bytes]
 def looks_like_jwt(token: str) -> bool:
     """Three base64url segments, the first a JSON header (``eyJ`` is ``{"`` encoded)."""
     try:
-        from gateway.jwtauth import looks_like_jwt as shape
+        from gateway.gate.jwt import looks_like_jwt as shape
     except ImportError:  # pragma: no cover - JWT support not installed
         return False
     return shape(token)
 
 
 class Verifier(Protocol):
-    """What the gate needs of the JWT verifier (gateway.jwtauth.JWTVerifier)."""
+    """What the gate needs of the JWT verifier (gateway.gate.jwt.JWTVerifier)."""
 
     def verify(self, token: str, now: float | None = None) -> Any: ...
 
@@ -186,7 +186,7 @@ class Gate:
     ) -> None:
         if unmatched not in UNMATCHED:
             raise ValueError(f"unmatched must be one of {', '.join(map(repr, UNMATCHED))} (got {unmatched!r})")
-        self.policy = policy  # replaced whole on reload; a request reads it once (gateway/ops/reload.py)
+        self.policy = policy  # replaced whole on reload; a request reads it once (gateway/serving/reload.py)
         self.cache = cache
         self.usage = usage
         self.clock = clock
@@ -338,7 +338,7 @@ class Gate:
         # Whitespace around a field value is not part of it (RFC 9110 5.5); llhttp leaves trailing OWS on.
         value = authorization[0].rstrip(OWS)
         # The usual spelling by one compare; another (the scheme in another case: RFC 9110 11.1) or a malformed
-        # value through the general parse, which says what is wrong (gateway.bearer).
+        # value through the general parse, which says what is wrong (gateway.gate.bearer).
         if value[:7] == PREFIX and len(value) <= MAX_CREDENTIAL:
             raw = value[7:]
         else:

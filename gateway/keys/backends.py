@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from gateway.config.settings import ConfigError, Settings, resolve_path
 from gateway.keys.store import KeyStore
 from gateway.redisurl import SCHEMES
-from gateway.settings import ConfigError, Settings, resolve_path
 
 REDIS_SCHEMES = SCHEMES  # one server, a Sentinel service or a Cluster (gateway.redisurl)
 

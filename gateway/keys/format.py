@@ -13,7 +13,7 @@ from __future__ import annotations
 import secrets
 import zlib
 
-from gateway.settings import KeyFormat
+from gateway.config.settings import KeyFormat
 
 ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 _ALPHABET_SET = frozenset(ALPHABET)

@@ -15,8 +15,8 @@ import os
 import secrets
 from pathlib import Path
 
+from gateway.config.settings import ConfigError, Settings, resolve_path, sqlite_path
 from gateway.keys.files import create_private_file, make_private_dirs
-from gateway.settings import ConfigError, Settings, resolve_path, sqlite_path
 
 SECRET_FILE_NAME = "gateway.secret"
 _BLOCK = 64  # SHA-256's block size: the length HMAC pads its key to

@@ -17,12 +17,12 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
+from gateway.config.settings import KeyFormat, parse_duration
 from gateway.keys.format import generate_key, generate_key_id
 from gateway.keys.hashing import Pepper
 from gateway.keys.record import AuditEvent, KeyRecord, to_iso, utcnow
 from gateway.keys.store import Conflict, KeyStore
-from gateway.policies import Policy, grants
-from gateway.settings import KeyFormat, parse_duration
+from gateway.policy.rules import Policy, grants
 
 audit_log = logging.getLogger("gateway.audit")
 

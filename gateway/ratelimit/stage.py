@@ -19,10 +19,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from gateway.config.settings import RateLimitSettings, Settings
 from gateway.errors import RateLimited, RateLimitUnavailable
 from gateway.ratelimit import US, Decision, Limiter, LimiterUnavailable, Quota
 from gateway.redisurl import SCHEMES
-from gateway.settings import RateLimitSettings, Settings
 
 log = logging.getLogger("gateway.ratelimit")
 

@@ -1,4 +1,4 @@
-"""The forward-auth endpoint (gateway/forward_auth.py) of a real `gateway serve`, over a real socket.
+"""The forward-auth endpoint (gateway/doors/forward_auth.py) of a real `gateway serve`, over a real socket.
 
 No Traefik or Envoy binary can be had on this machine (nginx can: tests/e2e/test_forward_auth_nginx.py puts the
 real one in front), so these tests send, byte for byte, the requests those proxies send, as their source shows:

@@ -20,8 +20,8 @@ import uvicorn
 import yaml
 
 from gateway.app import GatewayApp, create_app
-from gateway.ops.health import Health, policy_check, store_check
-from gateway.settings import ConfigError, load_settings
+from gateway.config.settings import ConfigError, load_settings
+from gateway.observability.health import Health, policy_check, store_check
 from tests.support.procs import ROOT, SECRET, Gateway, RedisServer, Upstream, free_port, raw_request, status_of
 
 

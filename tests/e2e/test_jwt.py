@@ -21,8 +21,8 @@ import yaml
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from gateway.jwtauth import JWTVerifier
-from gateway.settings import ConfigError, load_settings
+from gateway.config.settings import ConfigError, load_settings
+from gateway.gate.jwt import JWTVerifier
 from tests.support.lifecycle import KeysAPI, bearer, wait_for
 from tests.support.procs import Gateway, Upstream, run_cli
 

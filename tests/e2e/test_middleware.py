@@ -39,11 +39,11 @@ from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
 from gateway import AuthMiddleware, GatewayUser, RequireScope
+from gateway.config.settings import ConfigError, Settings, load_settings
 from gateway.keys.backends import open_store
 from gateway.keys.hashing import load_pepper
 from gateway.keys.record import KeyRecord
 from gateway.keys.service import create_key, revoke_key
-from gateway.settings import ConfigError, Settings, load_settings
 from tests.support.core import assert_deployally_error, assert_deployerp_error, bearer, bearer_error
 from tests.support.procs import PYTHON, ROOT, free_port
 
@@ -604,7 +604,7 @@ def test_config_file_with_environment_overrides(tmp_path: Path, work: Work) -> N
     config.write_text(yaml.safe_dump({k: v for k, v in work.base.items()}))
     script = f"""
 import sys, gateway
-assert "gateway.middleware" not in sys.modules and "gateway.app" not in sys.modules
+assert "gateway.doors.middleware" not in sys.modules and "gateway.app" not in sys.modules
 import asyncio, httpx
 from fastapi import FastAPI
 from gateway import AuthMiddleware

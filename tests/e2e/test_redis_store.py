@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from gateway.config.settings import KeyFormat
 from gateway.keys.format import generate_key, generate_key_id
 from gateway.keys.hashing import Pepper
 from gateway.keys.record import AuditEvent, KeyRecord, utcnow
@@ -20,7 +21,6 @@ from gateway.keys.redis import RedisStore
 from gateway.keys.service import create_key, revoke_key, rotate_key, update_key
 from gateway.keys.sqlite import SQLiteStore
 from gateway.keys.store import Conflict, KeyStore, StoreError, UsageUpdate
-from gateway.settings import KeyFormat
 from tests.support.procs import SECRET, Gateway, RedisServer, Upstream, run_cli
 from tests.support.redisdb import dump, fresh_db
 

@@ -1,4 +1,4 @@
-"""What gateway.guard's protocol costs per request head, next to uvicorn's plain httptools protocol.
+"""What gateway.doors.proxy.protocol's protocol costs per request head, next to uvicorn's plain httptools protocol.
 
 Not a test (pytest does not collect it): a measurement for docs/security.md. Both protocols parse the same
 keep-alive request head 50 000 times on a uvloop event loop, in process, with the ASGI task start skipped in
@@ -18,8 +18,8 @@ import uvloop
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 
-from gateway.guard import http_protocol
-from gateway.settings import load_settings
+from gateway.config.settings import load_settings
+from gateway.doors.proxy.protocol import http_protocol
 
 HEAD = (b"GET /v1/servers/srv-1 HTTP/1.1\r\nHost: api.example.com\r\nUser-Agent: python-httpx/0.28\r\n"
         b"Accept: */*\r\nAccept-Encoding: gzip, deflate\r\nConnection: keep-alive\r\n"

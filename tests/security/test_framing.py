@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from gateway.app import create_app
-from gateway.settings import load_settings
+from gateway.config.settings import load_settings
 from tests.security.conftest import Env
 from tests.support.attack import exchange, responses
 from tests.support.procs import SECRET

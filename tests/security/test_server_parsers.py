@@ -2,8 +2,8 @@
 
 Each parser runs in a real uvicorn server (in a thread, as httpx's own tests do) in front of an ASGI app that
 answers with what it was handed. "accepted" means the app was called; "refused" means uvicorn answered 400
-itself. The gateway runs httptools with gateway.guard's protocol and the pipeline's framing checks: the last
-test sends every case that either parser lets through to a real ``gateway serve`` and expects a refusal, but
+itself. The gateway runs httptools with gateway.doors.proxy.protocol's protocol and the pipeline's framing checks: the
+last test sends every case that either parser lets through to a real ``gateway serve`` and expects a refusal, but
 for the well-framed ones in FORWARDED, which tests/security/test_framing.py follows to the upstream.
 If a uvicorn, h11 or httptools upgrade changes a row, this test says which, and docs/security.md needs the
 same change.

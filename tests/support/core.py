@@ -194,12 +194,12 @@ def store_key(g: Gateway, name: str = "k", permissions: str = "servers:read", *e
     import json
 
     from gateway.admin.models import key_models
+    from gateway.config.settings import load_settings, resolve_path
     from gateway.keys.backends import open_store
     from gateway.keys.hashing import load_pepper
     from gateway.keys.record import utcnow
     from gateway.keys.service import create_key
-    from gateway.policies import load_policy
-    from gateway.settings import load_settings, resolve_path
+    from gateway.policy.rules import load_policy
 
     allow: list[str] = []
     opts: dict[str, str] = {}

@@ -201,7 +201,7 @@ class ThreadedGateway:
         import uvicorn
 
         from gateway.app import create_app
-        from gateway.settings import load_settings
+        from gateway.config.settings import load_settings
 
         self.settings = load_settings(config, environ=env, required=True)
         self.app = create_app(self.settings)

@@ -15,7 +15,7 @@ from pydantic import ValidationError
 from gateway import errors
 from gateway.admin.models import AllyError, Error, KeyRotate, key_models, problem
 from gateway.keys.service import KeyInputError, check_permissions
-from gateway.policies import parse_policy
+from gateway.policy.rules import parse_policy
 
 
 def every_error() -> list[type[errors.GatewayError]]:

@@ -1,4 +1,4 @@
-"""gateway/bearer.py: the ``Authorization`` field value read as RFC 9110 11.4 defines credentials.
+"""gateway/gate/bearer.py: the ``Authorization`` field value read as RFC 9110 11.4 defines credentials.
 
 ``credentials = auth-scheme [ 1*SP ( token68 / #auth-param ) ]``, the scheme case-insensitive (11.1), the field
 value without its surrounding whitespace (5.5). The end-to-end answers are in tests/security/test_credentials.py.
@@ -10,7 +10,6 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.bearer import MAX_CREDENTIAL, bearer_token, token_error
 from gateway.errors import (
     AuthenticationRequired,
     BearerWithoutSpace,
@@ -21,6 +20,7 @@ from gateway.errors import (
     NotBearer,
     NotOneToken,
 )
+from gateway.gate.bearer import MAX_CREDENTIAL, bearer_token, token_error
 
 TOKEN68_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~+/"
 token68 = st.builds(lambda body, pad: (body + "=" * pad).encode(),

@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from gateway.config.settings import KEY_FORMATS, KeyFormat
 from gateway.keys.format import (
     ALPHABET,
     BODY_LENGTH,
@@ -21,7 +22,6 @@ from gateway.keys.format import (
     generate_key_id,
     is_key_id,
 )
-from gateway.settings import KEY_FORMATS, KeyFormat
 
 ERP = KeyFormat(**KEY_FORMATS["deployerp"])
 ALLY = KeyFormat(**KEY_FORMATS["deployally"])

@@ -12,10 +12,10 @@ from typing import Any
 
 import pytest
 
-from gateway.app import GateService, build_components
+from gateway.config.settings import Settings, load_settings
+from gateway.doors.assembly import GateService, build_components
 from gateway.gate import Allow, Deny
 from gateway.keys.service import create_key
-from gateway.settings import Settings, load_settings
 
 SECRET = "unit-secret-0123456789abcdef0123456789"
 POLICY = """

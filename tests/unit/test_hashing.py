@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from gateway.config.settings import ConfigError, Settings, StoreSettings, load_settings
 from gateway.keys.format import generate_key
 from gateway.keys.hashing import SECRET_FILE_NAME, Pepper, default_secret_file, load_pepper
-from gateway.settings import ConfigError, Settings, StoreSettings, load_settings
 
 SECRET = "s3cr3t-pepper-value-0123456789abcdef"
 

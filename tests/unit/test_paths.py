@@ -1,4 +1,4 @@
-"""gateway/paths.py: which raw request paths the gateway accepts, and the segments the policy then sees.
+"""gateway/policy/paths.py: which raw request paths the gateway accepts, and the segments the policy then sees.
 
 Table-driven: every row is a raw path as it arrives on the wire (bytes, before any decoding)."""
 
@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from gateway.errors import BadRequest
-from gateway.paths import NFKC_SEPARATORS, PathError, split_path
+from gateway.policy.paths import NFKC_SEPARATORS, PathError, split_path
 
 ACCEPTED: list[tuple[bytes, list[str]]] = [
     (b"/", []),
@@ -155,7 +155,7 @@ def test_the_error_body_is_json_in_both_formats() -> None:
 
 def _nfkc_separators_by_definition() -> set[str]:
     """Every code point whose NFKC form contains ".", "/" or "\\" and that is none of them: the definition,
-    checked the slow way (a second or so), against the set gateway.paths derives quickly at import."""
+    checked the slow way (a second or so), against the set gateway.policy.paths derives quickly at import."""
     found = set()
     for cp in range(0x110000):
         if 0xD800 <= cp < 0xE000:

@@ -1,4 +1,4 @@
-"""gateway/policies.py: route matching, scope wildcards, the shipped policy files, policy-file errors, and the
+"""gateway/policy/rules.py: route matching, scope wildcards, the shipped policy files, policy-file errors, and the
 property that a path can never be matched by a less protected rule than its RFC 3986-normalised form."""
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 
 from gateway.admin.api import internal_routes
 from gateway.errors import BadRequest
-from gateway.paths import PathError, split_path
-from gateway.policies import KNOWN_METHODS, Policy, PolicyError, Route, grants, load_policy, parse_policy
+from gateway.policy.paths import PathError, split_path
+from gateway.policy.rules import KNOWN_METHODS, Policy, PolicyError, Route, grants, load_policy, parse_policy
 
 POLICIES = Path(__file__).resolve().parents[2] / "policies"
 
@@ -655,7 +655,7 @@ def test_property_match_is_the_most_specific_rule(
 
 
 def test_match_path_gives_match_s_answer_remembers_it_and_stays_bounded() -> None:
-    import gateway.policies as policies
+    import gateway.policy.rules as policies
 
     p = load_policy(Path(__file__).resolve().parents[2] / "policies" / "deployerp.yaml")
     for method, raw in (("GET", b"/v1/servers"), ("GET", b"/v1/servers/srv_1/"), ("DELETE", b"/v1/servers/x"),

@@ -13,11 +13,11 @@ from typing import Any
 
 import pytest
 
+from gateway.config.settings import RateLimitSettings
 from gateway.errors import RateLimited
 from gateway.ratelimit import US, Decision, Quota, Window, decide
 from gateway.ratelimit.memory import MemoryLimiter
 from gateway.ratelimit.stage import Applied, RateLimits
-from gateway.settings import RateLimitSettings
 
 T0 = 1_700_000_000 * US + 250_000  # a quarter second past a whole second: reset times round up
 

@@ -1,4 +1,4 @@
-"""The gateway's response writer (gateway.guard.JoinedHeadCycle) against uvicorn's own, byte for byte.
+"""The gateway's response writer (gateway.doors.proxy.protocol.JoinedHeadCycle) against uvicorn's own, byte for byte.
 
 Two real uvicorn servers on loopback run the same ASGI app: one with uvicorn's httptools protocol, one with the
 gateway's. Every case is sent as raw bytes on a socket to both, and what comes back must be identical: the
@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 import uvicorn
 
-from gateway.guard import http_protocol
-from gateway.settings import Settings
+from gateway.config.settings import Settings
+from gateway.doors.proxy.protocol import http_protocol
 
 
 async def app(scope: Any, receive: Any, send: Any) -> None:

@@ -1,4 +1,4 @@
-"""gateway/settings.py: defaults < YAML file < GATEWAY_* environment < CLI overrides, and every bad value
+"""gateway/config/settings.py: defaults < YAML file < GATEWAY_* environment < CLI overrides, and every bad value
 refused with a message that starts with the setting's name."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.settings import (
+from gateway.config.settings import (
     ConfigError,
     KeyFormat,
     Settings,
@@ -358,7 +358,7 @@ def test_secret_values_never_appear_in_error_messages(tmp_path: Path) -> None:
 
 def test_tier_faster_than_one_request_per_microsecond_is_refused_naming_the_field() -> None:
     # Such a tier made the GCRA emission interval 0 and the limiter raised ZeroDivisionError per request.
-    from gateway.settings import ConfigError, load_settings
+    from gateway.config.settings import ConfigError, load_settings
 
     env = {"GATEWAY_RATE_LIMITS__TIERS__FAST__PER_MINUTE": "60000001"}
     try:

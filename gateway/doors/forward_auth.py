@@ -37,19 +37,19 @@ from time import perf_counter
 
 from starlette.types import Receive, Scope, Send
 
+from gateway.doors.proxy.protocol import CLOSE
 from gateway.errors import BadRequest, EnvironmentUnavailable, GatewayError, render
 from gateway.gate import Allow, Gate
-from gateway.guard import CLOSE
 from gateway.keys.cache import AuthKey
 from gateway.network import address_text, parse_address
-from gateway.ops.logging import AccessLog, new_request_id, valid_request_id
-from gateway.ops.metrics import UNMATCHED, Metrics
-from gateway.paths import PathError
-from gateway.policies import KNOWN_METHODS
+from gateway.observability.logging import AccessLog, new_request_id, valid_request_id
+from gateway.observability.metrics import UNMATCHED, Metrics
+from gateway.policy.paths import PathError
+from gateway.policy.rules import KNOWN_METHODS
 
 Header = tuple[bytes, bytes]
 
-# The identity headers a principal can carry (gateway/keys/cache.py, gateway/jwtauth.py).
+# The identity headers a principal can carry (gateway/keys/cache.py, gateway/gate/jwt.py).
 IDENTITY_HEADERS = ("x-auth-key-id", "x-auth-permissions", "x-auth-environment", "x-auth-subject")
 ERROR_BODY_HEADER = b"x-gateway-error-body"
 _REMOVE = b"x-envoy-auth-headers-to-remove"

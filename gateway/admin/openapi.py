@@ -39,7 +39,7 @@ from gateway.admin.models import (
     Rotation,
     models_for,
 )
-from gateway.settings import Settings
+from gateway.config.settings import Settings
 
 REF = "#/components/schemas/{model}"
 

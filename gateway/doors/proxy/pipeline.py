@@ -25,7 +25,9 @@ from typing import Any
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from gateway.bearer import OWS
+from gateway.config.settings import Settings
+from gateway.doors.proxy.forwarder import Forwarder
+from gateway.doors.proxy.protocol import CLOSE
 from gateway.errors import (
     EnvironmentUnavailable,
     FramingError,
@@ -35,15 +37,13 @@ from gateway.errors import (
     render,
 )
 from gateway.gate import Allow, Deny, Gate
-from gateway.guard import CLOSE
+from gateway.gate.bearer import OWS
 from gateway.keys.cache import AuthKey
 from gateway.network import IPAddress, address_text, parse_address
-from gateway.ops.logging import AccessLog, new_request_id, valid_request_id
-from gateway.ops.metrics import UNMATCHED, Metrics
-from gateway.proxy.forwarder import Forwarder
-from gateway.settings import Settings
+from gateway.observability.logging import AccessLog, new_request_id, valid_request_id
+from gateway.observability.metrics import UNMATCHED, Metrics
 
-log = logging.getLogger("gateway.pipeline")
+log = logging.getLogger("gateway.doors.proxy.pipeline")
 
 Header = tuple[bytes, bytes]
 

@@ -10,7 +10,7 @@ What is reloaded:
 
 The swap is one attribute assignment per holder (the pipeline and the management API), made between two
 awaits on the event loop: a request that already matched its route finishes under the old policy (it holds
-the :class:`~gateway.policies.Route`), every later request sees the new one. A file that does not load or
+the :class:`~gateway.policy.rules.Route`), every later request sees the new one. A file that does not load or
 validate changes nothing: the old policy keeps serving, the reason is logged as a ``reload_failed`` event and
 ``gateway_config_reloads_total{result="failure"}`` counts it.
 """
@@ -26,10 +26,10 @@ from pathlib import Path
 from typing import Protocol
 
 from gateway.admin.api import build_policy
-from gateway.ops.logging import event
-from gateway.ops.metrics import Metrics
-from gateway.policies import Policy, PolicyError, policy_path
-from gateway.settings import ConfigError, Settings
+from gateway.config.settings import ConfigError, Settings
+from gateway.observability.logging import event
+from gateway.observability.metrics import Metrics
+from gateway.policy.rules import Policy, PolicyError, policy_path
 
 log = logging.getLogger("gateway.reload")
 

@@ -5,7 +5,7 @@ variables (``GATEWAY_<FIELD>`` for top-level fields) < command-line flags. :func
 everything at once and raises one :class:`ConfigError` naming every problem, one ``path: why`` line each
 (``listen.port: must be between 1 and 65535 (got 70000)``); the CLI turns that into exit status 2.
 
-Each field's ``description`` is its entry in docs/configuration.md (``python -m gateway.ops.config_doc``).
+Each field's ``description`` is its entry in docs/configuration.md (``python -m gateway.config.reference``).
 The models are frozen; read them at start-up and copy what a hot path needs into plain attributes.
 """
 
@@ -35,9 +35,9 @@ from pydantic import (
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from gateway import redisurl
-from gateway.settings_problems import ConfigError as ConfigError  # what every reader catches
-from gateway.settings_problems import Invalid, problems_of
-from gateway.settings_sources import EnvironmentSource, YamlFile
+from gateway.config.problems import ConfigError as ConfigError  # what every reader catches
+from gateway.config.problems import Invalid, problems_of
+from gateway.config.sources import EnvironmentSource, YamlFile
 
 ENV_PREFIX = "GATEWAY_"
 
@@ -297,14 +297,15 @@ ProbePath = Annotated[str, AfterValidator(_plain_path)]
 
 
 class OpsSettings(Section):
-    """Probes for orchestrators, answered before the auth gate without a credential (gateway/ops/health.py)."""
+    """Probes for orchestrators, answered before the auth gate without a credential
+    (gateway/observability/health.py)."""
 
     healthz_path: ProbePath = Field("/healthz", description="Liveness: 200 while the process serves.")
     readyz_path: ProbePath = Field("/readyz", description=(
         "Readiness: 200, or 503 when the store/policy/Redis is not usable or draining."))
     readyz_timeout_seconds: Seconds = Field(2.0, description="Each readiness check is bounded by this.")
     metrics_enabled: Bool = Field(True, description=(
-        "Prometheus text format at `metrics_path` (gateway/ops/metrics.py)."))
+        "Prometheus text format at `metrics_path` (gateway/observability/metrics.py)."))
     metrics_path: ProbePath = Field("/metrics", description="Where the metrics are served.")
     metrics_scope: str | None = Field(None, description=(
         "When set, the metrics need a key (or JWT) holding this scope."))

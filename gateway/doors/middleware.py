@@ -30,7 +30,7 @@ A :class:`~gateway.errors.GatewayError` the application raises before its respon
 by this middleware when the error reaches it, and through an exception handler it registers on a Starlette
 or FastAPI application it wraps directly (whose own error middleware would otherwise answer 500).
 
-The gate and what it runs on (:class:`gateway.app.GateService`: key cache, usage recorder, rate limits) start
+The gate and what it runs on (:class:`gateway.doors.assembly.GateService`: key cache, usage recorder, rate limits) start
 with the application's lifespan, before the application hears of the startup, and stop after its shutdown
 completes. A server or test transport that sends no lifespan (httpx's ``ASGITransport``) gets them started on
 its first request; :meth:`AuthMiddleware.aclose` stops them then.
@@ -53,7 +53,10 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from starlette.websockets import WebSocket
 
-from gateway.app import Components, GateService, build_components
+from gateway.config.settings import Settings, load_settings
+from gateway.doors.assembly import Components, GateService, build_components
+from gateway.doors.proxy.pipeline import ShuttingDown
+from gateway.doors.proxy.protocol import CLOSE
 from gateway.errors import (
     AuthenticationRequired,
     EnvironmentUnavailable,
@@ -63,15 +66,12 @@ from gateway.errors import (
     render,
 )
 from gateway.gate import UNMATCHED, Deny
-from gateway.guard import CLOSE
 from gateway.keys.cache import AuthKey
-from gateway.pipeline import ShuttingDown
-from gateway.policies import grants, valid_scope
-from gateway.settings import Settings, load_settings
+from gateway.policy.rules import grants, valid_scope
 
 __all__ = ["AuthMiddleware", "GatewayUser", "RequireScope"]
 
-log = logging.getLogger("gateway.middleware")
+log = logging.getLogger("gateway.doors.middleware")
 
 Header = tuple[bytes, bytes]
 
@@ -175,12 +175,12 @@ class AuthMiddleware:
     """The gate in front of an ASGI application: see the module docstring.
 
     ``config`` is the path of a configuration file (read as ``gateway serve --config`` reads it, environment
-    overrides included); ``settings`` a :class:`~gateway.settings.Settings` instead (tests). ``unmatched`` says
+    overrides included); ``settings`` a :class:`~gateway.config.settings.Settings` instead (tests). ``unmatched`` says
     what happens to a path no policy rule matches: ``"deny"`` (403, as the reverse proxy does) or
     ``"authenticate"`` (any valid credential passes; the application checks scopes itself, e.g. with
     :class:`RequireScope`). Test keys are refused (403 ``environment_unavailable``), as the proxy refuses them
     without a test upstream, unless ``allow_test_keys`` (then ``request.user.environment`` tells them apart).
-    A bad configuration raises :class:`~gateway.settings.ConfigError` naming the
+    A bad configuration raises :class:`~gateway.config.settings.ConfigError` naming the
     field, here, before anything is served."""
 
     def __init__(self, app: ASGIApp, config: str | os.PathLike[str] | None = None, *, settings: Settings | None = None,

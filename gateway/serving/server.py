@@ -7,8 +7,8 @@ uvicorn's defaults that the gateway must not have:
   peer in ``forwarded_allow_ips`` (127.0.0.1 unless set), which would let anyone on the host claim any address
   past a key's IP allowlist and the failed-authentication lockout. The gateway resolves the client itself,
   trusting only ``trusted_proxies`` (gateway/network.py);
-* the guarded httptools protocol with the ``limits`` section (gateway/guard.py), which also caps concurrency,
-  so ``limit_concurrency`` stays unset;
+* the guarded httptools protocol with the ``limits`` section (gateway/doors/proxy/protocol.py), which also caps
+  concurrency, so ``limit_concurrency`` stays unset;
 * ``limits.keep_alive_seconds`` and ``ops.shutdown_timeout_seconds``; no ``Server`` or ``Date`` header, no
   access log of uvicorn's (the gateway writes its own), uvicorn's logging left to the caller.
 """
@@ -17,8 +17,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from gateway.guard import http_protocol
-from gateway.settings import Settings
+from gateway.config.settings import Settings
+from gateway.doors.proxy.protocol import http_protocol
 
 if TYPE_CHECKING:
     import uvicorn

@@ -221,7 +221,7 @@ class Forwarder:
             if content.is_eof():
                 # The whole body is already here (a small answer, the usual case): sent in this loop pass as one
                 # message, so the server need not arrange to flush the head on its own ("gateway.body_ready",
-                # read by gateway.guard.JoinedHeadCycle; other servers ignore it).
+                # read by gateway.doors.proxy.protocol.JoinedHeadCycle; other servers ignore it).
                 try:
                     chunk = content.read_nowait()
                 except (TimeoutError, aiohttp.ClientError) as exc:  # it ended with an error: nothing sent yet

@@ -2,7 +2,7 @@
 
 The pipeline tells a JWT from an API key by its shape (:func:`looks_like_jwt`), never by trying one after
 the other, and only on routes whose policy allows the ``jwt`` credential. :class:`JWTVerifier` is built
-once at start-up from :class:`gateway.settings.JWTSettings`; a bad setting raises ``ConfigError`` naming it.
+once at start-up from :class:`gateway.config.settings.JWTSettings`; a bad setting raises ``ConfigError`` naming it.
 
 Verification, in order:
 
@@ -36,9 +36,9 @@ from cachetools import TTLCache
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
+from gateway.config.settings import ConfigError, JWTSettings
 from gateway.errors import ExpiredToken, InvalidToken
-from gateway.policies import valid_scope
-from gateway.settings import ConfigError, JWTSettings
+from gateway.policy.rules import valid_scope
 
 HMAC_ALGORITHMS = frozenset({"HS256", "HS384", "HS512"})
 RSA_ALGORITHMS = frozenset({"RS256", "RS384", "RS512", "PS256", "PS384", "PS512"})

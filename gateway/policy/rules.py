@@ -32,8 +32,8 @@ from typing import Any
 
 import yaml
 
-from gateway.paths import split_path
-from gateway.settings import Settings, resolve_path
+from gateway.config.settings import Settings, resolve_path
+from gateway.policy.paths import split_path
 
 KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 SCOPE_RE = re.compile(r"^(\*|[a-z0-9][a-z0-9_.-]*(:[a-z0-9][a-z0-9_.-]*)*(:\*)?)$")
@@ -129,7 +129,7 @@ class Policy:
             table[method] = route
 
     def match_path(self, method: str, raw_path: bytes) -> tuple[list[str], Route | None]:
-        """:func:`gateway.paths.split_path` then :meth:`match`, remembered per method and raw path. Raises
+        """:func:`gateway.policy.paths.split_path` then :meth:`match`, remembered per method and raw path. Raises
         PathError (400) for an ambiguous path, as split_path does (such paths are never remembered)."""
         key = (method, raw_path)
         found = self._memo.get(key)

@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 from pydantic_settings import BaseSettings, EnvSettingsSource, YamlConfigSettingsSource
 
-from gateway.settings_problems import ConfigError
+from gateway.config.problems import ConfigError
 
 Presets = Mapping[str, Mapping[str, Mapping[str, str]]]  # section -> preset name -> its fields
 

@@ -1,13 +1,13 @@
 """Reference tables for docs/, generated from the code so they cannot drift from it.
 
-* :func:`configuration_reference`: every setting of :class:`gateway.settings.Settings`, walked from the
+* :func:`configuration_reference`: every setting of :class:`gateway.config.settings.Settings`, walked from the
   pydantic model, with its environment variable, type, default and description (the field's
   ``Field(description=...)``; a section's description heads its table);
 * :func:`error_reference`: every answer the gateway gives on its own behalf (each :class:`GatewayError`
   subclass): status, both platforms' codes and the message.
 
 Each lives in a doc between ``<!-- BEGIN GENERATED ... -->`` and ``<!-- END GENERATED -->`` markers;
-``python -m gateway.ops.config_doc --write`` rewrites them and ``--check`` (run by tests/test_docs.py) fails
+``python -m gateway.config.reference --write`` rewrites them and ``--check`` (run by tests/test_docs.py) fails
 when a doc is stale.
 """
 
@@ -25,8 +25,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
-from gateway.settings import ENV_PREFIX, PRESETS, Settings
-from gateway.settings_problems import bare_type, is_model
+from gateway.config.problems import bare_type, is_model
+from gateway.config.settings import ENV_PREFIX, PRESETS, Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -192,7 +192,7 @@ GENERATORS: dict[str, tuple[str, Callable[[], str]]] = {
 
 
 def _markers(name: str) -> tuple[str, str]:
-    return (f"<!-- BEGIN GENERATED {name}: python -m gateway.ops.config_doc --write -->",
+    return (f"<!-- BEGIN GENERATED {name}: python -m gateway.config.reference --write -->",
             f"<!-- END GENERATED {name} -->")
 
 
@@ -218,7 +218,7 @@ def stale(root: Path = ROOT) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m gateway.ops.config_doc", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m gateway.config.reference", description=__doc__.splitlines()[0])
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--write", action="store_true", help="rewrite the generated blocks in docs/")
     mode.add_argument("--check", action="store_true", help="exit 1 if a generated block is stale")
@@ -226,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.check:
         bad = stale()
         for rel in bad:
-            print(f"{rel} is stale: run python -m gateway.ops.config_doc --write", file=sys.stderr)
+            print(f"{rel} is stale: run python -m gateway.config.reference --write", file=sys.stderr)
         return 1 if bad else 0
     if args.write:
         for name, (rel, make) in GENERATORS.items():

@@ -42,6 +42,7 @@ from uvicorn.protocols.http.httptools_impl import (
 )
 from uvicorn.protocols.utils import get_client_addr, get_path_with_query_string
 
+from gateway.config.settings import LimitsSettings, Settings
 from gateway.errors import (
     BadRequest,
     FramingError,
@@ -55,7 +56,6 @@ from gateway.errors import (
     URITooLong,
     render,
 )
-from gateway.settings import LimitsSettings, Settings
 
 log = logging.getLogger("gateway.security")
 

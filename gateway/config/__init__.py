@@ -1,0 +1,1 @@
+"""Configuration: the settings model and the reference generated from it."""

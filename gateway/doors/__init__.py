@@ -1,0 +1,1 @@
+"""Front doors over the gate: the reverse proxy, the ASGI middleware and the forward-auth endpoint."""

@@ -1,1 +1,0 @@
-"""Operations: health probes and the configuration reference."""

@@ -1,0 +1,1 @@
+"""What `gateway serve` runs around the app: the uvicorn options, hot reload, graceful shutdown."""
