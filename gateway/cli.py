@@ -127,8 +127,7 @@ def _serve_workers(args: argparse.Namespace, settings: Settings, components: Com
 
     asyncio.run(components.store.close())  # each worker opens its own
     os.environ.update(worker_environment(args.config or DEFAULT_CONFIG, overrides))
-    serve(settings)
-    return 0
+    return serve(settings)
 
 
 # --- demo -----------------------------------------------------------------------------------------------------

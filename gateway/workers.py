@@ -38,6 +38,7 @@ import logging
 import os
 import shutil
 import signal
+import sys
 import tempfile
 from types import FrameType
 from typing import TYPE_CHECKING, Any
@@ -47,7 +48,7 @@ from uvicorn.supervisors.multiprocess import Multiprocess, Process
 from gateway.keys.backends import is_redis_url
 from gateway.ops.shutdown import GracefulServer
 from gateway.ratelimit.stage import limiter_url
-from gateway.settings import Settings, load_settings
+from gateway.settings import ConfigError, Settings, load_settings
 
 if TYPE_CHECKING:
     from socket import socket
@@ -167,10 +168,18 @@ class WorkerProcess(Process):
         return self._server
 
     def target(self, sockets: list[socket] | None = None) -> None:  # in the worker
+        from uvicorn.config import STARTUP_FAILURE
+
         from gateway.ops.logging import configure_logging
 
         signal.signal(signal.SIGHUP, _early_sighup)
-        configure_logging(_worker_settings().ops.log_format)
+        try:
+            settings = _worker_settings()
+        except ConfigError as exc:  # the file changed into a bad one since the supervisor read it
+            configure_logging()
+            log.error("worker not started: configuration error: %s", exc)
+            sys.exit(STARTUP_FAILURE)  # the supervisor stops: every new worker would fail the same way
+        configure_logging(settings.ops.log_format)
         super().target(sockets)
 
 
@@ -180,6 +189,8 @@ class WorkerProcess(Process):
 class Supervisor(Multiprocess):
     """uvicorn's supervisor (worker health checks, restarts, SIGTTIN/SIGTTOU) starting :class:`WorkerProcess`
     workers, and passing SIGHUP on to each of them instead of restarting them."""
+
+    startup_failed = False  # a worker failed before it served: the supervisor stopped, serve() says so
 
     def _spawn(self) -> WorkerProcess:
         process = WorkerProcess(self.config, self.sockets)
@@ -216,6 +227,7 @@ class Supervisor(Multiprocess):
             process.join()
             if process.exitcode == STARTUP_FAILURE:
                 log.error(f"Child process [{process.pid}] failed to start, stopping the parent process.")
+                self.startup_failed = True
                 self.should_exit.set()
                 return
             if self.should_exit.is_set():
@@ -224,13 +236,15 @@ class Supervisor(Multiprocess):
             self.processes[idx] = self._spawn()
 
 
-def serve(settings: Settings) -> None:
-    """Bind the listening socket, run ``listen.workers`` workers until SIGTERM or SIGINT, then clean up.
+def serve(settings: Settings) -> int:
+    """Bind the listening socket, run ``listen.workers`` workers until SIGTERM or SIGINT, then clean up; the
+    exit status: 0, or uvicorn's 3 when a worker failed to start (as one process that fails to start).
 
     The metric files of the workers go to a directory of this run's own (mode 700, from ``mkdtemp``), made
     before the first worker starts and removed when the supervisor exits: counts of an earlier run must never
     be added to this one's."""
     import uvicorn
+    from uvicorn.config import STARTUP_FAILURE
 
     from gateway.ops.server import server_options
 
@@ -245,10 +259,12 @@ def serve(settings: Settings) -> None:
         os.environ.pop(METRICS_ENV, None)
     try:
         sock = config.bind_socket()
+        supervisor = Supervisor(config, sockets=[sock])
         try:
-            Supervisor(config, sockets=[sock]).run()
+            supervisor.run()
         finally:
             sock.close()
     finally:
         if metrics_dir is not None:
             shutil.rmtree(metrics_dir, ignore_errors=True)
+    return STARTUP_FAILURE if supervisor.startup_failed else 0

@@ -253,3 +253,19 @@ def test_sighup_reloads_every_worker_in_place(make_gateway: Callable[..., Gatewa
     assert gw.proc.poll() is None
     assert started_workers(gw) == workers  # no worker was restarted
     assert value(scrape(gw), "gateway_config_reloads_total", result="success") == 2
+
+
+def test_a_worker_that_cannot_start_stops_the_supervisor(make_gateway: Callable[..., Gateway],
+                                                         fresh_upstream: Upstream) -> None:
+    """A replacement worker that finds a broken configuration file (edited since the supervisor read it) says
+    why in one JSON line and stops the supervisor with uvicorn's start-up failure status (3), instead of being
+    replaced again and again."""
+    gw = make_gateway(fresh_upstream.url, settings=TWO)
+    workers = wait_workers(gw)
+    assert gw.proc is not None
+    gw.config.write_text("listen: {port: nope}\n")
+    os.kill(min(workers), signal.SIGKILL)
+    assert gw.proc.wait(30) == 3
+    [line] = [d for d in json_lines(gw) if d["message"].startswith("worker not started")]
+    assert line["level"] == "error" and "listen.port" in line["message"] and line["pid"] not in workers
+    assert "Traceback" not in gw.log()
