@@ -156,7 +156,6 @@ class AccessLog:
         self._quoted: dict[str | None, str] = {None: "null"}
         # The constant part after the timestamp, this process's pid included (each worker builds its own).
         self._head = f'","level":"info","event":"request","pid":{os.getpid()},"request_id":"'
-
         self._pending: list[str] = []
         self._loop: asyncio.AbstractEventLoop | None = None  # asyncio.get_running_loop() costs a getpid()
         if handler is not None:

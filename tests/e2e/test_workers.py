@@ -174,13 +174,13 @@ def test_one_metrics_answer_sums_every_worker(make_gateway: Callable[..., Gatewa
 
 
 def test_sigterm_drains_every_worker(make_gateway: Callable[..., Gateway], fresh_upstream: Upstream) -> None:
-    gw = make_gateway(fresh_upstream.url, settings={**TWO, "ops": {"drain_seconds": 2.0}})
+    gw = make_gateway(fresh_upstream.url, settings={**TWO, "ops": {"drain_seconds": 3.0}})
     workers = wait_workers(gw)
     key = gw.create_key("reader", "servers:read")["value"]
 
     def slow() -> int:
         with httpx.Client(base_url=gw.url, timeout=30) as c:
-            return c.get("/v1/servers/__slow?seconds=3", headers=bearer(key)).status_code
+            return c.get("/v1/servers/__slow?seconds=5", headers=bearer(key)).status_code
 
     # Slow requests on fresh connections, one at a time, until each worker has one in flight.
     in_flight: list[tuple[threading.Thread, dict[str, Any]]] = []
@@ -194,12 +194,12 @@ def test_sigterm_drains_every_worker(make_gateway: Callable[..., Gateway], fresh
     sent = time.monotonic()
     time.sleep(0.5)
     # During the drain both workers keep answering, readiness says 503 draining on every connection.
-    for _ in range(6):
-        with httpx.Client(base_url=gw.url, timeout=3) as c:
+    for _ in range(4):
+        with httpx.Client(base_url=gw.url, timeout=2) as c:
             ready = c.get("/readyz")
             assert (ready.status_code, ready.json()["status"]) == (503, "draining")
             assert c.get("/v1/servers").status_code == 401  # still serving
-    assert time.monotonic() - sent < 2.0
+    assert time.monotonic() - sent < 3.0  # all of that within the drain
     for t, _ in in_flight:
         t.join(30)
     assert [out for _, out in in_flight] == [{"value": 200}] * len(in_flight)
