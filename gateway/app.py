@@ -16,13 +16,13 @@ from gateway.doors.forward_auth import ForwardAuth
 from gateway.doors.proxy.forwarder import Forwarder
 from gateway.doors.proxy.pipeline import Gateway
 from gateway.keys.backends import is_redis_url
-from gateway.observability.health import Health, readiness_checks
+from gateway.observability.health import Health, readiness_checks, soft_checks
 from gateway.observability.logging import AccessLog, logged
 from gateway.observability.metrics import Metrics, MetricsEndpoint, gateway_sources
 from gateway.policy.rules import Policy
 
 if TYPE_CHECKING:
-    pass
+    from gateway.observability.multiprocess import SharedMetrics
 
 log = logging.getLogger("gateway")
 
@@ -31,7 +31,7 @@ class GatewayApp:
     with probes, metrics and the API description answered before it."""
 
     def __init__(self, settings: Settings, components: Components,
-                 reload_settings: Callable[[], Settings] | None = None) -> None:
+                 reload_settings: Callable[[], Settings] | None = None, metrics_dir: str | None = None) -> None:
         self.settings = settings
         self.components = components
         store = components.store
@@ -60,15 +60,25 @@ class GatewayApp:
         self.gateway = Gateway(settings, self.gate, self.forwarders, management=management, metrics=self.metrics,
                                access_log=AccessLog() if ops.access_log else None)
         self.health = Health(ops.healthz_path, ops.readyz_path, readiness_checks(
-            store, lambda: self.gate.policy, self.limits.limiter), ops.readyz_timeout_seconds)
+            store, lambda: self.gate.policy, self.limits.limiter), ops.readyz_timeout_seconds,
+            soft=soft_checks(settings.rate_limits.on_store_error))
         # Probes, metrics and the API description are answered before the auth gate: one dict lookup on the
         # path per request.
         self._probes: dict[str, ASGIApp] = dict(self.health.routes)
+        # With workers (gateway/workers.py), each worker's counts also go to files all workers read.
+        self.shared_metrics: SharedMetrics | None = None
         if self.metrics is not None:
+            health = self.health
             gateway_sources(self.metrics, self.cache, self.gate.auth_failures, self.limits.limiter,
-                            is_redis_url(settings.store.url))
+                            is_redis_url(settings.store.url), readiness=lambda: health.state)
+            render = self.metrics.render
+            if metrics_dir is not None:
+                from gateway.observability.multiprocess import SharedMetrics
+
+                self.shared_metrics = SharedMetrics(self.metrics, metrics_dir)
+                render = self.shared_metrics.render
             self._probes[ops.metrics_path] = MetricsEndpoint(
-                self.metrics, ops.metrics_scope, self.gateway.authorize, settings.error_format)
+                render, ops.metrics_scope, self.gateway.authorize, settings.error_format, refresh=health.readiness)
         if ops.openapi_enabled:
             from gateway.admin.openapi import openapi_routes
 
@@ -130,6 +140,8 @@ class GatewayApp:
                             await f.start()
                     await self.service.start()
                     self.reloader.start()
+                    if self.shared_metrics is not None:
+                        self.shared_metrics.start()
                 except Exception as exc:  # noqa: BLE001 - reported to the server, which exits
                     await send({"type": "lifespan.startup.failed", "message": str(exc)})
                     return
@@ -142,6 +154,8 @@ class GatewayApp:
                     if f is not None:
                         await f.close()
                 await self.service.stop()
+                if self.shared_metrics is not None:
+                    await self.shared_metrics.stop()  # the last counts, after the last request
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
@@ -162,6 +176,7 @@ def _settle_heap() -> None:
 
 
 def create_app(settings: Settings, components: Components | None = None,
-               reload_settings: Callable[[], Settings] | None = None) -> GatewayApp:
-    """The app; ``reload_settings`` re-reads the configuration on a reload (else only the policy file is)."""
-    return GatewayApp(settings, components or build_components(settings), reload_settings)
+               reload_settings: Callable[[], Settings] | None = None, metrics_dir: str | None = None) -> GatewayApp:
+    """The app; ``reload_settings`` re-reads the configuration on a reload (else only the policy file is);
+    ``metrics_dir`` is the workers' shared metrics directory (gateway/workers.py), None in one process."""
+    return GatewayApp(settings, components or build_components(settings), reload_settings, metrics_dir)

@@ -128,20 +128,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def _serve_workers(args: argparse.Namespace, settings: Settings, components: Components,
                    overrides: dict[str, Any]) -> int:
     """uvicorn's worker processes: each rebuilds the app from the same configuration (gateway.workers)."""
-    import os
-
-    import uvicorn
-
-    from gateway.serving.server import server_options
-    from gateway.workers import worker_environment
+    from gateway.workers import serve, worker_environment
 
     asyncio.run(components.store.close())  # each worker opens its own
     os.environ.update(worker_environment(args.config or DEFAULT_CONFIG, overrides))
-    # Each worker rebuilds the app and the guarded protocol from the same settings: uvicorn hands a worker
-    # only import strings.
-    uvicorn.run("gateway.workers:app_factory", **server_options(
-        settings, factory=True, workers=settings.listen.workers, http="gateway.workers:HttpProtocol"))
-    return 0
+    return serve(settings)
 
 
 # --- demo -----------------------------------------------------------------------------------------------------

@@ -4,11 +4,22 @@
 It checks nothing else on purpose: a liveness probe that fails because Redis is down gets a healthy process
 restarted, which cures nothing.
 
-``GET {ops.readyz_path}`` (default ``/readyz``): 200 ``{"status": "ready", "checks": {...}}`` when every
-readiness check passes: the key store answers (and, for a SQLite store, its database file is still the one
-that was opened), a policy is loaded, and the rate limiter's Redis answers when one is used. Otherwise 503
+``GET {ops.readyz_path}`` (default ``/readyz``): can this process do its job? 200 ``{"status": "ready",
+"checks": {...}}`` when every readiness check passes: the key store answers (and, for a SQLite store, its
+database file is still the one that was opened), a policy is loaded, and the rate limiter's Redis answers when
+one is used. A check the gateway can serve without is *soft*: when only soft checks fail the answer is still
+200, with ``{"status": "degraded", "reason": "...", "checks": {...}}``. That is the rate limiter's Redis under
+``rate_limits.on_store_error: allow`` or ``local`` (requests go on, unlimited or limited in memory); under
+``deny`` every limited request would get a 503, so there it is a hard check. Any hard check failing: 503
 ``{"status": "unavailable", "reason": "...", "checks": {...}}``; and 503 ``{"status": "draining"}`` from the
 moment shutdown begins, so a load balancer stops sending new requests while the in-flight ones finish.
+
+A Redis *key store* that does not answer is always a hard failure: keys still in the cache keep working for
+the rest of their ``cache.ttl_seconds``, but a key not in it cannot be checked (503 ``store_unavailable``),
+so the gateway cannot serve new callers and a load balancer should prefer another instance.
+
+:attr:`Health.state` keeps the last answer (``ready``, ``degraded``, ``unavailable`` or ``draining``) for the
+``gateway_readiness`` gauge (gateway/observability/metrics.py).
 
 Each check is bounded by ``ops.readyz_timeout_seconds``. Reasons are short and fixed (no path, no key); the
 detail goes to the log, once per change of state.
@@ -49,11 +60,13 @@ class Health:
     """The two probe endpoints, as pure-ASGI callables in :attr:`routes` (path -> app)."""
 
     def __init__(self, healthz_path: str, readyz_path: str, checks: Mapping[str, Check],
-                 timeout: float = 2.0) -> None:
+                 timeout: float = 2.0, soft: frozenset[str] = frozenset()) -> None:
         self._checks = dict(checks)
+        self._soft = soft  # the checks whose failure leaves the gateway serving: "degraded", not "unavailable"
         self._timeout = timeout
         self._draining = False
-        self._last_failure: str | None = None
+        self._last: tuple[str, str | None] = ("ready", None)
+        self.state: str | None = None  # the last answer's status; None before the first
         self.routes: dict[str, ASGIApp] = {healthz_path: self.healthz, readyz_path: self.readyz}
         # Precomputed: the liveness answer never changes.
         self._ok = _body({"status": "ok"})
@@ -69,6 +82,7 @@ class Health:
         if not self._draining:
             log.info("draining: readiness now answers 503")
         self._draining = True
+        self.state = "draining"
 
     async def healthz(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["method"] not in _METHODS:
@@ -91,19 +105,24 @@ class Health:
         names = list(self._checks)
         results = await asyncio.gather(*(self._run(n) for n in names))
         checks = {n: (r or "ok") for n, r in zip(names, results, strict=True)}
-        failed = [f"{n}: {r}" for n, r in zip(names, results, strict=True) if r is not None]
+        failed = [(n, r) for n, r in zip(names, results, strict=True) if r is not None]
         if self._draining:  # shutdown began while the checks ran
+            self.state = "draining"
             return 503, {"status": "draining", "reason": "the gateway is shutting down", "checks": checks}
-        reason = "; ".join(failed) if failed else None
-        if reason != self._last_failure:
-            if reason is None:
+        reason = "; ".join(f"{n}: {r}" for n, r in failed) or None
+        state = "ready" if not failed else "degraded" if all(n in self._soft for n, _ in failed) else "unavailable"
+        if (state, reason) != self._last:
+            if state == "ready":
                 log.info("ready again")
+            elif state == "degraded":
+                log.warning("degraded: %s (still serving)", reason)
             else:
                 log.warning("not ready: %s", reason)
-            self._last_failure = reason
-        if failed:
-            return 503, {"status": "unavailable", "reason": reason, "checks": checks}
-        return 200, {"status": "ready", "checks": checks}
+            self._last = (state, reason)
+        self.state = state
+        if state == "ready":
+            return 200, {"status": "ready", "checks": checks}
+        return (200 if state == "degraded" else 503), {"status": state, "reason": reason, "checks": checks}
 
     async def _run(self, name: str) -> str | None:
         try:
@@ -188,3 +207,9 @@ def readiness_checks(store: Any, policy: Callable[[], Any], limiter: Any = None)
     if rl is not None:
         checks["rate_limiter"] = rl
     return checks
+
+
+def soft_checks(on_store_error: str) -> frozenset[str]:
+    """The checks the gateway serves without: the rate limiter's Redis, unless ``on_store_error`` is ``deny``
+    (then every limited request would be refused while it is away)."""
+    return frozenset() if on_store_error == "deny" else frozenset({"rate_limiter"})

@@ -1,7 +1,8 @@
 """JSON logs: one object per line for every event, and one access line per request.
 
 Every log record of ``gateway serve`` goes through :class:`JSONFormatter`: ``ts`` (UTC, milliseconds),
-``level``, ``logger``, ``event`` and ``message``, plus the fields given as ``extra={"fields": {...}}``. A
+``level``, ``logger``, ``pid`` (which process wrote it: with ``--workers``, which worker), ``event`` and
+``message``, plus the fields given as ``extra={"fields": {...}}``. A
 message that is itself a JSON object (the brute-force guard writes those) is merged in rather than quoted.
 
 The access line is built by :func:`access_line` once, when the request has ended, and written through the
@@ -39,7 +40,7 @@ class JSONFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         message = record.getMessage()
         doc: dict[str, Any] = {"ts": _timestamp(record.created), "level": record.levelname.lower(),
-                               "logger": record.name}
+                               "logger": record.name, "pid": record.process}
         if message.startswith("{") and message.endswith("}") and len(message) > 2:
             try:
                 parsed = json.loads(message)
@@ -153,6 +154,8 @@ class AccessLog:
         self._second = -1
         self._prefix = ""
         self._quoted: dict[str | None, str] = {None: "null"}
+        # The constant part after the timestamp, this process's pid included (each worker builds its own).
+        self._head = f'","level":"info","event":"request","pid":{os.getpid()},"request_id":"'
         self._pending: list[str] = []
         self._loop: asyncio.AbstractEventLoop | None = None  # asyncio.get_running_loop() costs a getpid()
         if handler is not None:
@@ -176,8 +179,7 @@ class AccessLog:
             self._prefix = time.strftime('{"ts":"%Y-%m-%dT%H:%M:%S', time.gmtime(second))
         q, known = self._q, self._quoted.get  # known(v) or q(v): a Python call only for a value not yet quoted
         line = (
-            f'{self._prefix}{_MILLIS[int((now - second) * 1000)]}","level":"info","event":"request",'
-            f'"request_id":"{request_id}",'
+            f'{self._prefix}{_MILLIS[int((now - second) * 1000)]}{self._head}{request_id}",'
             f'"method":{known(method) or q(method)},"route":{known(route) or q(route)},"path":{_quoted(path)},'
             f'"status":{status},"duration_ms":{duration * 1000:.3f},"upstream_ms":'
             f'{"null" if upstream is None else format(upstream * 1000, ".3f")},'

@@ -7,9 +7,10 @@ takes a lock and looks the child up each time, which is several times dearer. At
 keep (the key cache's hits and misses, the failed-authentication guard, the rate limiter's Redis errors)
 instead of counting them twice.
 
-Each app has a registry of its own (:attr:`Metrics.registry`), so several apps in one process do not
-collide. Labels never carry a key id or a client address unless ``ops.metrics_key_labels`` is on (each key
-would be a new time series).
+Each app has a registry of its own (:attr:`Metrics.registry`: these families and prometheus_client's
+``process_*``), so several apps in one process do not collide. With ``--workers N`` every worker counts the
+same way and gateway/observability/multiprocess.py adds the workers up for one answer. Labels never carry a key id or a
+client address unless ``ops.metrics_key_labels`` is on (each key would be a new time series).
 
 Exported (all prefixed ``gateway_``):
 
@@ -24,25 +25,33 @@ Exported (all prefixed ``gateway_``):
 ``redis_errors_total``                    component (rate_limiter/key_store)
 ``auth_failures_total``                   failed authentications counted by the brute-force guard
 ``auth_failure_blocks_total``             addresses blocked by it; ``auth_failure_refusals_total``
+``readiness``                             gauge, state (ready/degraded/unavailable/draining): 1 for
+                                          the state ``/readyz`` answers now, 0 for the others
+``build_info``                            gauge, version and python: always 1
 ========================================  =======================================================
+
+and ``process_*`` (CPU, memory, file descriptors, start time; per worker with a ``pid`` label).
 """
 
 from __future__ import annotations
 
+import platform
 from bisect import bisect_left
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, ProcessCollector
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
-from prometheus_client.metrics_core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from starlette.types import Receive, Scope, Send
 
+from gateway import __version__
 from gateway.errors import GatewayError, render
 
 # Seconds. The gateway's own cost is sub-millisecond; upstreams range from milliseconds to a minute.
 BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 UNMATCHED = "<unmatched>"  # the route label of a request no policy rule matched (or an unreadable one)
+READINESS_STATES = ("ready", "degraded", "unavailable", "draining")  # gateway/observability/health.py
 
 
 class Histogram:
@@ -79,6 +88,10 @@ class Metrics:
         self.sources: list[Callable[[], Iterator[Metric]]] = []
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self)  # a Collector: anything with collect()
+        ProcessCollector(registry=self.registry)  # this process's CPU, memory and file descriptors
+        self._build_info = GaugeMetricFamily("gateway_build_info", "The gateway's version and Python's",
+                                             labels=["version", "python"])
+        self._build_info.add_metric([__version__, platform.python_version()], 1)
 
     # --- the hot path ------------------------------------------------------------------------------------------
 
@@ -144,6 +157,7 @@ class Metrics:
         yield fam
         for source in self.sources:
             yield from source()
+        yield self._build_info
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
@@ -156,8 +170,10 @@ def counter(name: str, doc: str, value: float, labels: dict[str, str] | None = N
     return fam
 
 
-def gateway_sources(metrics: Metrics, cache: Any, guard: Any, limiter: Any, redis_store: bool) -> None:
-    """Attach the counters the key cache, the brute-force guard and the Redis limiter keep themselves."""
+def gateway_sources(metrics: Metrics, cache: Any, guard: Any, limiter: Any, redis_store: bool,
+                    readiness: Callable[[], str | None] = lambda: None) -> None:
+    """Attach the counters the key cache, the brute-force guard and the Redis limiter keep themselves, and the
+    readiness state (``readiness`` returns what ``/readyz`` said last: one of :data:`READINESS_STATES`)."""
 
     def cache_families() -> Iterator[Metric]:
         yield counter("gateway_key_cache_hits", "Key lookups answered from the cache", cache.hits)
@@ -176,7 +192,16 @@ def gateway_sources(metrics: Metrics, cache: Any, guard: Any, limiter: Any, redi
         fam.add_metric(["key_store"], float(metrics.store_errors if redis_store else 0))
         yield fam
 
-    metrics.sources.extend((cache_families, guard_families, redis_families))
+    def readiness_families() -> Iterator[Metric]:
+        # One series per state, 1 for the current one: a state set, as Prometheus conventions have it.
+        fam = GaugeMetricFamily("gateway_readiness", "1 for the state /readyz answers (ready, degraded: serving "
+                                "without a part, unavailable, draining), 0 for the others", labels=["state"])
+        state = readiness()
+        for name in READINESS_STATES:
+            fam.add_metric([name], 1.0 if name == state else 0.0)
+        yield fam
+
+    metrics.sources.extend((cache_families, guard_families, redis_families, readiness_families))
 
 
 _HEADERS_BASE = [(b"content-type", CONTENT_TYPE_LATEST.encode()), (b"cache-control", b"no-store")]
@@ -185,11 +210,15 @@ Authorize = Callable[[Scope, str], Any]  # async (scope, needed scope) -> princi
 
 
 class MetricsEndpoint:
-    """``GET {ops.metrics_path}``: the text exposition format, optionally only for keys holding a scope."""
+    """``GET {ops.metrics_path}``: the text exposition format, optionally only for keys holding a scope.
 
-    def __init__(self, metrics: Metrics, required_scope: str | None, authorize: Authorize | None,
-                 error_format: str) -> None:
-        self.metrics = metrics
+    ``render`` makes the body (:meth:`Metrics.render` in one process, the sum over the workers with several);
+    ``refresh`` runs first when given (the readiness checks, so ``gateway_readiness`` is current)."""
+
+    def __init__(self, render: Callable[[], bytes], required_scope: str | None, authorize: Authorize | None,
+                 error_format: str, refresh: Callable[[], Awaitable[Any]] | None = None) -> None:
+        self._render = render
+        self._refresh = refresh
         self.required_scope = required_scope
         self._authorize = authorize
         self._format = error_format
@@ -210,7 +239,9 @@ class MetricsEndpoint:
                 await send({"type": "http.response.start", "status": status, "headers": headers})
                 await send({"type": "http.response.body", "body": err})
                 return
-        body = self.metrics.render()
+        if self._refresh is not None:
+            await self._refresh()
+        body = self._render()
         headers = [*_HEADERS_BASE, (b"content-length", str(len(body)).encode())]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else body})

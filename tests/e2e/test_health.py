@@ -22,6 +22,7 @@ import yaml
 from gateway.app import GatewayApp, create_app
 from gateway.config.settings import ConfigError, load_settings
 from gateway.observability.health import Health, policy_check, store_check
+from tests.e2e.test_metrics import scrape, value
 from tests.support.procs import ROOT, SECRET, Gateway, RedisServer, Upstream, free_port, raw_request, status_of
 
 
@@ -99,32 +100,91 @@ def test_readyz_503_when_the_sqlite_directory_is_removed(make_gateway: Callable[
     assert "not ready: store: the key store's database file" in gw.log()
 
 
-def test_readyz_follows_the_rate_limiter_redis(make_gateway: Callable[..., Gateway], fresh_upstream: Upstream,
-                                               own_redis: RedisServer) -> None:
-    gw = make_gateway(fresh_upstream.url, settings={"rate_limits": {"url": own_redis.url}})
-    ok = _get(gw, "/readyz")
-    assert ok.status_code == 200 and ok.json()["checks"]["rate_limiter"] == "ok"
+def test_readyz_follows_the_rate_limiter_redis_as_on_store_error_says(
+        make_gateway: Callable[..., Gateway], fresh_upstream: Upstream, own_redis: RedisServer) -> None:
+    """Limits in a Redis the test stops and starts again, keys in SQLite. Readiness means "can serve": with
+    ``on_store_error: deny`` the gateway refuses limited requests while Redis is away, so it is not ready
+    (503); with ``allow`` or ``local`` it keeps serving, so it stays ready (200) and says ``degraded``, with
+    the reason, in its body and in ``gateway_readiness``."""
+    gws = {mode: make_gateway(fresh_upstream.url, name=mode,
+                              settings={"rate_limits": {"url": own_redis.url, "on_store_error": mode}})
+           for mode in ("deny", "allow", "local")}
+    keys = {mode: gw.create_key(mode, "servers:read")["value"] for mode, gw in gws.items()}
+    reason = "the rate limiter's Redis does not answer"
+    for gw in gws.values():
+        ok = _get(gw, "/readyz")
+        assert (ok.status_code, ok.json()["status"], ok.json()["checks"]["rate_limiter"]) == (200, "ready", "ok")
+        assert readiness_states(gw) == {"ready": 1, "degraded": 0, "unavailable": 0, "draining": 0}
+
     own_redis.stop()
-    down = _get(gw, "/readyz")
+    down = _get(gws["deny"], "/readyz")
     assert down.status_code == 503
-    assert down.json()["checks"]["rate_limiter"] == "the rate limiter's Redis does not answer"
-    assert _get(gw, "/healthz").status_code == 200
+    assert down.json() == {"status": "unavailable", "reason": f"rate_limiter: {reason}",
+                           "checks": {"store": "ok", "policy": "ok", "rate_limiter": reason}}
+    assert readiness_states(gws["deny"])["unavailable"] == 1
+    for mode in ("allow", "local"):
+        degraded = _get(gws[mode], "/readyz")
+        assert degraded.status_code == 200, mode
+        assert degraded.json() == {"status": "degraded", "reason": f"rate_limiter: {reason}",
+                                   "checks": {"store": "ok", "policy": "ok", "rate_limiter": reason}}
+        assert readiness_states(gws[mode]) == {"ready": 0, "degraded": 1, "unavailable": 0, "draining": 0}
+        with gws[mode].client() as c:  # and it does serve
+            assert c.get("/v1/servers", headers={"Authorization": f"Bearer {keys[mode]}"}).status_code == 200
+    for gw in gws.values():
+        assert _get(gw, "/healthz").status_code == 200
+
     own_redis.start()
-    deadline = time.monotonic() + 15
-    while _get(gw, "/readyz").status_code != 200:  # the client reconnects on its own
-        assert time.monotonic() < deadline, "readyz did not recover after Redis came back"
-        time.sleep(0.2)
+    for gw in gws.values():
+        deadline = time.monotonic() + 15
+        while _get(gw, "/readyz").status_code != 200 or _get(gw, "/readyz").json()["status"] != "ready":
+            assert time.monotonic() < deadline, "readyz did not recover after Redis came back"
+            time.sleep(0.2)
+        assert readiness_states(gw)["ready"] == 1
+    assert "degraded: rate_limiter: " in gws["allow"].log() and "ready again" in gws["allow"].log()
 
 
+def readiness_states(gw: Gateway) -> dict[str, float]:
+    """``gateway_readiness{state=...}``: 1 for the state the gateway is in, 0 for the others."""
+    samples = scrape(gw)
+    return {state: value(samples, "gateway_readiness", state=state)
+            for state in ("ready", "degraded", "unavailable", "draining")}
+
+
+def test_healthz_never_waits_on_redis(make_gateway: Callable[..., Gateway], fresh_upstream: Upstream,
+                                      own_redis: RedisServer) -> None:
+    """Keys and limits in a Redis that hangs (SIGSTOP) and then is gone: liveness answers at once, every
+    time, because it asks nothing of Redis."""
+    gw = make_gateway(fresh_upstream.url, settings={"store": {"url": own_redis.url},
+                                                    "ops": {"readyz_timeout_seconds": 1.0}})
+    own_redis.pause()
+    try:
+        for _ in range(5):
+            started = time.monotonic()
+            live = _get(gw, "/healthz")
+            assert (live.status_code, live.json()) == (200, {"status": "ok"})
+            assert time.monotonic() - started < 0.5
+    finally:
+        own_redis.resume()
+    own_redis.stop()
+    for _ in range(3):
+        assert _get(gw, "/healthz").status_code == 200
+
+
+@pytest.mark.parametrize("on_store_error", ["deny", "allow"])
 def test_readyz_follows_a_redis_key_store(make_gateway: Callable[..., Gateway], fresh_upstream: Upstream,
-                                         own_redis: RedisServer) -> None:
-    gw = make_gateway(fresh_upstream.url, settings={"store": {"url": own_redis.url}})
+                                         own_redis: RedisServer, on_store_error: str) -> None:
+    """A Redis key store away is not ready, whatever ``on_store_error`` says: a key not in the cache cannot be
+    checked (503 ``store_unavailable``), so the gateway cannot do its job for new callers."""
+    gw = make_gateway(fresh_upstream.url, settings={"store": {"url": own_redis.url},
+                                                    "rate_limits": {"on_store_error": on_store_error}})
     ok = _get(gw, "/readyz")
     assert ok.status_code == 200 and ok.json()["checks"]["store"] == "ok"
     own_redis.stop()
     down = _get(gw, "/readyz")
     assert down.status_code == 503
+    assert down.json()["status"] == "unavailable"
     assert down.json()["checks"]["store"] == "the key store does not answer"
+    assert readiness_states(gw)["unavailable"] == 1
     assert _get(gw, "/healthz").status_code == 200
 
 

@@ -6,10 +6,12 @@ scrapes again and checks that exactly the expected series moved.
 
 from __future__ import annotations
 
+import platform
 from collections.abc import Callable
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from gateway import __version__
 from tests.support.procs import Gateway, Upstream
 
 
@@ -72,6 +74,16 @@ def test_requests_auth_cache_and_latency_series_move(gateway: Gateway, fresh_ups
     assert key["id"] not in text and key["value"] not in text and "127.0.0.1" not in text
     # the metrics endpoint itself is not counted as a gated request, and nothing reached the upstream for it
     assert all("/metrics" not in r["target"] for r in fresh_upstream.records())
+
+
+def test_build_info_and_process_metrics(gateway: Gateway) -> None:
+    """``gateway_build_info`` (version and Python, value 1) and prometheus_client's ``process_*`` families of
+    the serving process, in one process as with workers (tests/e2e/test_workers.py)."""
+    samples = scrape(gateway)
+    assert value(samples, "gateway_build_info", version=__version__, python=platform.python_version()) == 1
+    assert value(samples, "process_resident_memory_bytes") > 0
+    assert value(samples, "process_start_time_seconds") > 0
+    assert ("process_cpu_seconds_total", ()) in samples
 
 
 def test_brute_force_blocks_are_counted(make_gateway: Callable[..., Gateway], fresh_upstream: Upstream) -> None:
