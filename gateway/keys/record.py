@@ -48,6 +48,12 @@ class KeyRecord:
     last_used_at: datetime | None = None
     last_used_ip: str | None = None
     request_count: int = 0
+    grace_period: int | None = None  # seconds a rotation leaves the old key; None: rotation.grace_period
+    # Personal data: never in a log line, a metric or a repr.
+    notification_email: str | None = dataclasses.field(default=None, repr=False)
+    # The value of a key made by an automatic rotation, sealed (gateway.keys.sealing) until revealed once.
+    held_value: str | None = dataclasses.field(default=None, repr=False)
+    notices: str | None = None  # JSON: the e-mail notices of this key and their delivery (gateway.rotation)
 
     @property
     def rotation_due_at(self) -> datetime | None:
