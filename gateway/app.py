@@ -8,7 +8,6 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 from prometheus_client.metrics_core import CounterMetricFamily, Metric
-
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.admin.api import ManagementAPI
@@ -69,8 +68,9 @@ class GatewayApp:
         if settings.rotation.automatic:
             from gateway.rotation.runner import RotationRunner, RotationTask
 
-            self.rotation = RotationTask(RotationRunner(settings, store, components.pepper),
-                                         settings.rotation.check_seconds)
+            self.rotation = RotationTask(
+                RotationRunner(settings, store, components.pepper, invalidate=self.cache.invalidate),
+                settings.rotation.check_seconds)
         self.health = Health(ops.healthz_path, ops.readyz_path, readiness_checks(
             store, lambda: self.gate.policy, self.limits.limiter), ops.readyz_timeout_seconds,
             soft=soft_checks(settings.rate_limits.on_store_error))

@@ -83,6 +83,8 @@ def format_duration(seconds: int | None) -> str | None:
     """The shortest exact form: 7776000 -> "90d", 43200 -> "12h"."""
     if seconds is None:
         return None
+    if seconds == 0:
+        return "0"
     for unit, size in (("w", 604800), ("d", 86400), ("h", 3600), ("m", 60)):
         if seconds and seconds % size == 0:
             return f"{seconds // size}{unit}"

@@ -190,8 +190,8 @@ async def update_key(
         raise KeyInputError("rotation_period", "is needed when auto_rotate is true (e.g. 90d)")
     details = {k: (to_iso(v) if isinstance(v, datetime) else list(v) if isinstance(v, tuple) else v)
                for k, v in clean.items()}
-    if details.get("notification_email"):
-        details["notification_email"] = masked(details["notification_email"])  # the trail is logged too
+    if isinstance(clean.get("notification_email"), str):
+        details["notification_email"] = masked(clean["notification_email"])  # the trail is logged too
     event = AuditEvent(action="update", key_id=key_id, actor=actor, details=details)
     updated = await store.update(key_id, clean, event)
     if updated is not None:

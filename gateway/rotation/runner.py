@@ -21,14 +21,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
 from gateway.config.settings import Settings, parse_duration
 from gateway.keys.hashing import Pepper
-from gateway.keys.lease import Lease, lease_for
+from gateway.keys.lease import Lease, lease_for, wait_for_lease
 from gateway.keys.record import AuditEvent, KeyRecord, to_iso, utcnow
 from gateway.keys.sealing import Sealer
 from gateway.keys.service import KeyInputError, grace_for, rotate_key
@@ -77,7 +77,10 @@ class RotationRunner:
     """Rotates due keys and sends notices on ``store``; :meth:`run_once` is one pass."""
 
     def __init__(self, settings: Settings, store: KeyStore, pepper: Pepper, *, actor: str = ACTOR,
-                 mailer: Mailer | None = None, lease: Lease | None = None) -> None:
+                 mailer: Mailer | None = None, lease: Lease | None = None,
+                 invalidate: Callable[[str], None] | None = None) -> None:
+        """``invalidate`` drops a keyed hash from this process's key cache once its key is rotated (the other
+        processes learn it from the store: pub/sub on Redis, ``cache.ttl_seconds`` on SQLite)."""
         self._rotation = settings.rotation
         self._notify = settings.notifications
         self._key_format = settings.key_format
@@ -86,6 +89,7 @@ class RotationRunner:
         self._pepper = pepper
         self._sealer = Sealer(pepper)
         self._actor = actor
+        self._invalidate = invalidate
         self.mailer = mailer if mailer is not None else mailer_for(settings)
         self.lease = lease if lease is not None else lease_for(store)
         self._before = timedelta(seconds=parse_duration(self._notify.notice_before))
@@ -116,6 +120,21 @@ class RotationRunner:
     def _holding(self) -> bool:
         return self.lease.held
 
+    async def run_leased(self, wait: float = 0.0) -> list[Outcome] | None:
+        """:meth:`run_once` under the lease: taken (waiting up to ``wait`` seconds for another process to
+        finish its pass), renewed while the pass runs, released after. None if another process held it."""
+        lease = self.lease
+        if not await wait_for_lease(lease, wait):
+            return None
+        renew = asyncio.get_running_loop().create_task(_renew(lease), name="key-rotation-lease")
+        try:
+            return await self.run_once()
+        finally:
+            renew.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await renew
+            await lease.release()
+
     async def _rotate(self, record: KeyRecord) -> Outcome:
         out = Outcome(key_id=record.id, rotated=False, name=record.name)
         try:
@@ -133,6 +152,8 @@ class RotationRunner:
             out.error = "the key no longer exists"
             return out
         old, value, new = result
+        if self._invalidate is not None:
+            self._invalidate(old.key_hash)
         self.counters.rotations["rotated"] += 1
         out.rotated, out.new_key_id, out.old_key_expires_at = True, new.id, to_iso(old.expires_at)
         out.delivery = notices.HELD
@@ -189,11 +210,13 @@ class RotationRunner:
                     state["state"] = notices.DROPPED  # its event no longer applies (rotated before "rotating")
                     changed = True
             if event is not None and event not in states:
-                states[event] = notices.pending(self._delivery(record) if event == notices.ROTATED else None)
+                # Found rotated with no state of ours: a rotation by a person (its value went to them), unless
+                # the successor holds its value (then _deliver says so).
+                states[event] = notices.pending(notices.CALLER if event == notices.ROTATED else None)
                 changed = True
-            state = states.get(event) if event is not None else None
-            if state is not None and event is not None and notices.ready(state, now):
-                ok = await self._deliver(record, event, state, now)
+            current = states.get(event) if event is not None else None
+            if current is not None and event is not None and notices.ready(current, now):
+                ok = await self._deliver(record, event, current, now)
                 changed = True
                 await self._set(record, states)
                 if not ok:
@@ -201,14 +224,13 @@ class RotationRunner:
             elif changed:
                 await self._set(record, states)
 
-    def _delivery(self, record: KeyRecord) -> str:
-        return notices.CALLER  # found rotated with no state of ours: a rotation by a person (or the CLI)
-
     async def _deliver(self, record: KeyRecord, event: str, state: notices.State, now: datetime) -> bool:
         assert self.mailer is not None
         successor = await self._store.get(record.rotated_to) if record.rotated_to else None
         delivery = state.get("delivery")
-        if delivery == notices.HELD and successor is not None and successor.held_value is None:
+        if successor is not None and successor.held_value is not None:
+            delivery = notices.HELD  # also when this process stopped between the rotation and its notice state
+        elif delivery == notices.HELD:
             delivery = notices.REVEALED
         message = notices.compose(event, record, now=now, default_grace=self._rotation.grace_period,
                                   prefix=self._prefix, successor=successor, delivery=delivery)
@@ -274,24 +296,15 @@ class RotationTask:
                 log.error("automatic rotation pass failed: %s: %s", exc.__class__.__name__, exc)
 
     async def run_pass(self) -> None:
-        lease = self.runner.lease
-        if not await lease.acquire():
-            return
-        renew = asyncio.get_running_loop().create_task(self._renew(lease), name="key-rotation-lease")
-        try:
-            await self.runner.run_once()
+        if await self.runner.run_leased() is not None:
             self.passes += 1
-        finally:
-            renew.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await renew
-            await lease.release()
 
-    @staticmethod
-    async def _renew(lease: Lease) -> None:
-        while lease.held:
-            await asyncio.sleep(3.0)
-            await lease.acquire()
+
+async def _renew(lease: Lease, every: float = 3.0) -> None:
+    """Keep ``lease`` (its expiry is :data:`gateway.keys.lease.TTL_MS`) while a pass runs."""
+    while lease.held:
+        await asyncio.sleep(every)
+        await lease.acquire()
 
 
 def families(counters: Counters) -> Iterator[tuple[str, str, list[str], list[tuple[list[str], float]]]]:
