@@ -85,7 +85,7 @@ def format_duration(seconds: int | None) -> str | None:
         return None
     if seconds == 0:
         return "0"
-    for unit, size in (("w", 604800), ("d", 86400), ("h", 3600), ("m", 60)):
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):  # days, not weeks: the guides' "90d", "7d"
         if seconds and seconds % size == 0:
             return f"{seconds // size}{unit}"
     return f"{seconds}s"
