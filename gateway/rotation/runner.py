@@ -159,12 +159,12 @@ class RotationRunner:
         out.delivery = notices.HELD
         url = self._rotation.webhook_url
         if url is not None:
-            payload: dict[str, Any] = {"event": "key.rotated", "key_id": old.id, "new_key_id": new.id,
-                                       "name": old.name, "old_key_expires_at": to_iso(old.expires_at)}
+            notice: dict[str, Any] = {"event": "key.rotated", "key_id": old.id, "new_key_id": new.id,
+                                      "name": old.name, "old_key_expires_at": to_iso(old.expires_at)}
             if self._rotation.deliver_value:
-                payload["value"] = value
-            problem = await post_notice(url, payload)
-            del payload, value
+                notice["value"] = value
+            problem = await post_notice(url, notice)
+            del notice, value
             self.counters.notified("webhook", "failed" if problem else "sent")
             if problem:
                 out.error = problem
