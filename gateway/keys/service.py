@@ -155,7 +155,8 @@ async def update_key(
     caller_permissions: frozenset[str] | None = None,
 ) -> KeyRecord | None:
     """Check what needs state and apply ``changes`` (a ``KeyUpdate``'s fields: name, permissions, allowed_ips,
-    rate_limit_tier, expires_at, description, auto_rotate, rotation_period). Returns the new record, or None
+    rate_limit_tier, expires_at, description, auto_rotate, rotation_period, grace_period, notification_email; the
+    audit trail shows the address masked). Returns the new record, or None
     for an unknown id.
 
     Raises :class:`Conflict` for a revoked key, and for a rotated key whose end of grace would move later:

@@ -18,7 +18,6 @@ from urllib.parse import unquote, urlsplit
 import aiosmtplib
 
 from gateway.config.settings import ConfigError, Settings, resolve_path
-from gateway.mailaddr import redacted_url
 
 _PORTS = {"smtp": 25, "smtps": 465}
 
@@ -48,7 +47,8 @@ class SMTPServer:
                    timeout=timeout, ca_file=ca_file)
 
     def __str__(self) -> str:
-        return redacted_url(f"{'smtps' if self.implicit_tls else 'smtp'}://{self.host}:{self.port}")
+        """The server without its credentials (what messages and logs name)."""
+        return f"{'smtps' if self.implicit_tls else 'smtp'}://{self.host}:{self.port}"
 
 
 class Mailer:
