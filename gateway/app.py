@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import gc
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
+from prometheus_client.metrics_core import CounterMetricFamily, Metric
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.admin.api import ManagementAPI
@@ -23,6 +24,7 @@ from gateway.policy.rules import Policy
 
 if TYPE_CHECKING:
     from gateway.observability.multiprocess import SharedMetrics
+    from gateway.rotation.runner import RotationTask
 
 log = logging.getLogger("gateway")
 
@@ -59,6 +61,16 @@ class GatewayApp:
         )
         self.gateway = Gateway(settings, self.gate, self.forwarders, management=management, metrics=self.metrics,
                                access_log=AccessLog() if ops.access_log else None)
+        # Automatic rotation and its notices (gateway/rotation): a pass every rotation.check_seconds, by one
+        # process at a time of those sharing the store. The ASGI middleware does not run it (a `gateway serve`
+        # or `gateway keys rotate-due` beside it does).
+        self.rotation: RotationTask | None = None
+        if settings.rotation.automatic:
+            from gateway.rotation.runner import RotationRunner, RotationTask
+
+            self.rotation = RotationTask(
+                RotationRunner(settings, store, components.pepper, invalidate=self.cache.invalidate),
+                settings.rotation.check_seconds)
         self.health = Health(ops.healthz_path, ops.readyz_path, readiness_checks(
             store, lambda: self.gate.policy, self.limits.limiter), ops.readyz_timeout_seconds,
             soft=soft_checks(settings.rate_limits.on_store_error))
@@ -71,6 +83,8 @@ class GatewayApp:
             health = self.health
             gateway_sources(self.metrics, self.cache, self.gate.auth_failures, self.limits.limiter,
                             is_redis_url(settings.store.url), readiness=lambda: health.state)
+            if self.rotation is not None:
+                self.metrics.sources.append(_rotation_families(self.rotation))
             render = self.metrics.render
             if metrics_dir is not None:
                 from gateway.observability.multiprocess import SharedMetrics
@@ -139,6 +153,8 @@ class GatewayApp:
                         if f is not None:
                             await f.start()
                     await self.service.start()
+                    if self.rotation is not None:
+                        self.rotation.start()
                     self.reloader.start()
                     if self.shared_metrics is not None:
                         self.shared_metrics.start()
@@ -150,6 +166,8 @@ class GatewayApp:
             elif message["type"] == "lifespan.shutdown":
                 self.health.start_draining()
                 await self.reloader.stop()
+                if self.rotation is not None:
+                    await self.rotation.stop()
                 for f in self.forwarders.values():
                     if f is not None:
                         await f.close()
@@ -158,6 +176,20 @@ class GatewayApp:
                     await self.shared_metrics.stop()  # the last counts, after the last request
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+
+
+def _rotation_families(task: RotationTask) -> Callable[[], Iterator[Metric]]:
+    """gateway_key_rotations_total and gateway_notifications_total, from the counts the rotation task keeps."""
+    from gateway.rotation.runner import families
+
+    def collect() -> Iterator[Metric]:
+        for name, doc, labels, samples in families(task.runner.counters):
+            fam = CounterMetricFamily(name, doc, labels=labels)
+            for values, n in samples:
+                fam.add_metric(values, n)
+            yield fam
+
+    return collect
 
 
 def _settle_heap() -> None:

@@ -24,10 +24,13 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from gateway import __version__
 from gateway.config.settings import ConfigError, Settings, load_settings
 from gateway.keys.record import KeyRecord, to_iso, utcnow
+from gateway.keys.sealing import SealError
 from gateway.keys.service import (
     KeyInputError,
+    NothingHeld,
     create_key,
-    due_for_rotation,
+    grace_for,
+    reveal_value,
     revoke_key,
     rotate_key,
     update_key,
@@ -312,37 +315,6 @@ def _out(args: argparse.Namespace, doc: Any, text: str) -> None:
     print(json.dumps(doc, indent=2) if args.json else text)
 
 
-# Pauses before the 2nd and 3rd delivery attempt of a rotation notice. The key is already rotated when the
-# notice is sent (and with rotation.deliver_value the notice is the only place its value exists), so a
-# passing network hiccup or a restarting receiver is worth a retry.
-_NOTIFY_BACKOFF = (0.2, 1.0)
-
-
-async def _notify(settings: Settings, payload: dict[str, Any]) -> str | None:
-    """POST one rotation notice to rotation.webhook_url, retrying on 5xx or no answer; returns an error
-    message (never the payload) or None."""
-    import httpx
-
-    url = settings.rotation.webhook_url
-    if url is None:
-        return None
-    problem: str | None = None
-    async with httpx.AsyncClient(timeout=10.0) as client:
-        for pause in (0.0, *_NOTIFY_BACKOFF):
-            await asyncio.sleep(pause)
-            try:
-                resp = await client.post(url, json=payload)
-            except httpx.HTTPError as exc:
-                problem = f"webhook failed: {exc.__class__.__name__}"
-                continue
-            if resp.status_code < 300:
-                return None
-            problem = f"webhook answered {resp.status_code}"
-            if resp.status_code < 500:
-                break  # the receiver refuses this notice: asking again will not change its mind
-    return problem
-
-
 async def _keys(args: argparse.Namespace) -> int:
     settings = _settings(args)
     components = _components(settings)
@@ -357,7 +329,8 @@ async def _keys(args: argparse.Namespace) -> int:
             options = {"name": args.name, "permissions": _split_permissions(args.permissions),
                        "ip_whitelist": args.allow_ip or [], "expires_at": args.expires_at, "environment": args.env,
                        "description": args.description, "rate_limit_tier": args.tier,
-                       "auto_rotate": args.auto_rotate, "rotation_period": args.rotation_period}
+                       "auto_rotate": args.auto_rotate, "rotation_period": args.rotation_period,
+                       "grace_period": args.grace_period, "notification_email": args.notification_email}
             body = _checked(models.create, {k: v for k, v in options.items() if v is not None})
             value, record = await create_key(store, components.pepper, settings.key_format,
                                              **body.model_dump(exclude_unset=True), policy=components.policy)
@@ -393,6 +366,10 @@ async def _keys(args: argparse.Namespace) -> int:
                 changes["auto_rotate"] = args.auto_rotate
             if args.rotation_period is not None:
                 changes["rotation_period"] = args.rotation_period
+            if args.grace_period is not None:
+                changes["grace_period"] = None if args.grace_period == "default" else args.grace_period
+            if args.notification_email is not None:
+                changes["notification_email"] = args.notification_email or None
             if not changes:
                 raise CLIError("nothing to change: give at least one option (see --help)", status=2)
             update = _checked(models.update, changes)
@@ -412,8 +389,11 @@ async def _keys(args: argparse.Namespace) -> int:
             _out(args, _public(models, revoked),
                  f"Revoked {revoked.id} ({revoked.name}). Running gateways refuse it within {bound}.")
         elif cmd == "rotate":
+            current = await store.get(args.id)
+            if current is None:
+                raise CLIError(f"no key with id {args.id!r}")
             grace = (_checked(KeyRotate, {"grace_period": args.grace_period}).grace_period
-                     if args.grace_period else settings.rotation.grace_period)
+                     if args.grace_period else grace_for(current, settings.rotation.grace_period))
             result = await rotate_key(store, components.pepper, settings.key_format, args.id, grace_period=grace)
             if result is None:
                 raise CLIError(f"no key with id {args.id!r}")
@@ -422,6 +402,17 @@ async def _keys(args: argparse.Namespace) -> int:
                    "new_key": {"id": new.id, "value": value, "created_at": to_iso(new.created_at)}}
             _out(args, doc, f"Rotated {old.id} -> {new.id}. The old key works until {to_iso(old.expires_at)}.\n"
                             f"The new key is shown this once:\n  {value}")
+        elif cmd == "reveal":
+            try:
+                revealed = await reveal_value(store, components.pepper, args.id)
+            except NothingHeld:
+                raise CLIError(f"no value is held for {args.id}: it was revealed already, delivered to the rotation "
+                               "webhook, or returned when the key was made") from None
+            if revealed is None:
+                raise CLIError(f"no key with id {args.id!r}")
+            record, value = revealed
+            _out(args, {"id": record.id, "value": value, "created_at": to_iso(record.created_at)},
+                 f"The value of {record.id} ({record.name}), shown this once and erased from the store:\n  {value}")
         elif cmd == "rotate-due":
             return await _rotate_due(args, settings, components)
         return 0
@@ -429,6 +420,8 @@ async def _keys(args: argparse.Namespace) -> int:
         raise _invalid(exc.field, exc.field, exc.problem) from None
     except Conflict as exc:
         raise CLIError(f"cannot do that: {exc}") from None
+    except SealError as exc:
+        raise CLIError(f"cannot reveal it: {exc}; it is erased") from None
     finally:
         await store.close()
 
@@ -438,50 +431,42 @@ _FLAGS = {
     "name": "--name", "permissions": "--permissions", "ip_whitelist": "--allow-ip", "expires_at": "--expires-at",
     "environment": "--env", "description": "--description", "rate_limit_tier": "--tier",
     "rotation_period": "--rotation-period", "grace_period": "--grace-period",
+    "notification_email": "--notification-email",
 }
 
 
 async def _rotate_due(args: argparse.Namespace, settings: Settings, components: Components) -> int:
-    store = components.store
-    due = await due_for_rotation(store)
-    if due and not args.dry_run and settings.rotation.webhook_url is None:
-        print("gateway: rotation.webhook_url is not set: nobody is notified of these rotations", file=sys.stderr)
-    results: list[dict[str, Any]] = []
-    failures = 0
-    for record in due:
-        if args.dry_run:
-            results.append({"key_id": record.id, "name": record.name,
-                            "rotation_due_at": to_iso(record.rotation_due_at), "rotated": False})
-            continue
-        try:
-            result = await rotate_key(store, components.pepper, settings.key_format, record.id,
-                                      grace_period=settings.rotation.grace_period, actor="cli")
-        except Conflict as exc:
-            results.append({"key_id": record.id, "rotated": False, "error": str(exc)})
-            failures += 1
-            continue
-        if result is None:
-            continue
-        old, value, new = result
-        notice: dict[str, Any] = {"event": "key.rotated", "key_id": old.id, "new_key_id": new.id,
-                                  "name": old.name, "old_key_expires_at": to_iso(old.expires_at)}
-        if settings.rotation.deliver_value:
-            notice["value"] = value
-        problem = await _notify(settings, notice)
-        if problem:
-            failures += 1
-        results.append({"key_id": old.id, "new_key_id": new.id, "old_key_expires_at": to_iso(old.expires_at),
-                        "rotated": True, "notified": settings.rotation.webhook_url is not None and not problem,
-                        **({"error": problem} if problem else {})})
+    """One pass of the automatic rotation (gateway/rotation/runner.py), as `gateway serve` makes them: for cron,
+    or with `rotation.automatic: false`."""
+    from gateway.rotation.runner import RotationRunner
+
+    runner = RotationRunner(settings, components.store, components.pepper, actor="cli")
+    if args.dry_run:
+        due = await runner.due()
+        results = [{"key_id": r.id, "name": r.name, "rotation_due_at": to_iso(r.rotation_due_at), "rotated": False}
+                   for r in due]
+    else:
+        # A gateway's pass in progress is waited for (then this one finds its keys rotated).
+        outcomes = await runner.run_leased(wait=30.0)
+        if outcomes is None:
+            raise CLIError("another gateway process has been rotating keys for 30 s (the rotation lease is "
+                           "taken); try again later")
+        results = [o.doc() for o in outcomes]
+        if outcomes and settings.rotation.webhook_url is None:
+            print("gateway: rotation.webhook_url is not set: the new values are held until revealed once "
+                  "(gateway keys reveal ID)", file=sys.stderr)
+    failures = sum(1 for r in results if r.get("error"))
     if args.json:
         print(json.dumps(results, indent=2))
     else:
         verb = "would rotate" if args.dry_run else "rotated"
-        print(f"{len(due)} key(s) due for rotation; {verb}:" if due else "No key is due for rotation.")
+        print(f"{len(results)} key(s) due for rotation; {verb}:" if results else "No key is due for rotation.")
         for r in results:
             line = f"  {r['key_id']}"
             if r.get("new_key_id"):
                 line += f" -> {r['new_key_id']} (old key works until {r['old_key_expires_at']})"
+                if r.get("delivery") == "held":
+                    line += f"; reveal the new key once: gateway keys reveal {r['new_key_id']}"
             if r.get("error"):
                 line += f"  [{r['error']}]"
             print(line)
@@ -604,8 +589,13 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--env", choices=("live", "test"), default="live")
     create.add_argument("--description")
     create.add_argument("--tier", help="rate-limit tier: standard, high_volume, limited, unlimited")
-    create.add_argument("--auto-rotate", action="store_true", help="mark for rotation by 'keys rotate-due'")
+    create.add_argument("--auto-rotate", action="store_true",
+                        help="rotate it automatically once --rotation-period has passed")
     create.add_argument("--rotation-period", metavar="PERIOD", help="e.g. 90d (needed with --auto-rotate)")
+    create.add_argument("--grace-period", metavar="PERIOD",
+                        help="how long the old key works after a rotation (default: rotation.grace_period)")
+    create.add_argument("--notification-email", metavar="ADDRESS",
+                        help="where notices go: before the key expires or rotates, and once it has rotated")
     lst = action("list", "list keys (never their values)")
     lst.add_argument("--env", choices=("live", "test"))
     lst.add_argument("--status", choices=("active", "expired", "revoked"))
@@ -622,12 +612,17 @@ def build_parser() -> argparse.ArgumentParser:
     update.add_argument("--description")
     update.add_argument("--auto-rotate", action=argparse.BooleanOptionalAction, default=None)
     update.add_argument("--rotation-period", metavar="PERIOD")
+    update.add_argument("--grace-period", metavar="PERIOD", help="e.g. 7d, or 'default' for rotation.grace_period")
+    update.add_argument("--notification-email", metavar="ADDRESS", help="an address, or '' for no notices")
     revoke = action("revoke", "revoke a key (the record stays, for the audit trail)")
     revoke.add_argument("id")
     rotate = action("rotate", "replace a key; the old one works for a grace period")
     rotate.add_argument("id")
     rotate.add_argument("--grace-period", metavar="PERIOD", help="e.g. 7d, 12h, 0 (default: rotation.grace_period)")
-    due = action("rotate-due", "rotate every auto-rotate key past its period, and notify rotation.webhook_url")
+    reveal = action("reveal", "show, once, the value an automatic rotation held for a key (then it is erased)")
+    reveal.add_argument("id")
+    due = action("rotate-due", "rotate every auto-rotate key past its period and send the notices due (what "
+                 "'gateway serve' does every rotation.check_seconds)")
     due.add_argument("--dry-run", action="store_true", help="only list what would be rotated")
     keys.set_defaults(func=cmd_keys)
 

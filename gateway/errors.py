@@ -329,3 +329,14 @@ class TooManyFailures(GatewayError):
         super().__init__()
         self.retry_after = max(1, int(retry_after + 0.999))
         self.extra_headers = ((b"retry-after", str(self.retry_after).encode()),)
+
+
+class ValueNotHeld(GatewayError):
+    """``POST .../api-keys/{id}/reveal`` of a key whose value is not held: revealed already (a value is revealed
+    once), delivered to the rotation webhook, or never held (a key made by a person got its value then)."""
+
+    status, code, ally_code = 410, "value_not_held", "GONE"
+    message = ("No value is held for this key: it was revealed already, delivered to the rotation webhook, or "
+               "returned when the key was made")
+    ally_message = ("Nenhum valor guardado para esta key: já foi revelado, entregue ao webhook de rotação ou "
+                    "devolvido quando a key foi criada")

@@ -61,8 +61,13 @@ def _leaves(cls: type[BaseModel], path: tuple[str, ...] = ()) -> list[tuple[str,
         if isinstance(tp, type) and issubclass(tp, BaseModel):
             out.extend(_leaves(tp, (*path, name)))
         else:
-            out.append((*path, name))
+            out.append((*path, f.alias or name))  # notifications.smtp.from: a Python keyword, so an alias
     return out
+
+
+def _field(model: type[BaseModel], part: str) -> typing.Any:
+    """The field a setting's path part names (by its name or its alias)."""
+    return next(f for name, f in model.model_fields.items() if part in (name, f.alias))
 
 
 def _env_values(environ: dict[str, str]) -> dict[str, typing.Any]:
@@ -100,8 +105,8 @@ def test_every_setting_is_described_by_its_field() -> None:
     for leaf in _leaves(Settings):
         model: type[BaseModel] = Settings
         for part in leaf[:-1]:
-            model = model.model_fields[part].annotation  # type: ignore[assignment]
-        description = model.model_fields[leaf[-1]].description
+            model = _field(model, part).annotation
+        description = _field(model, leaf[-1]).description
         assert description, f"{'.'.join(leaf)} has no description"
         assert rows[".".join(leaf)] == description.replace("|", "\\|"), ".".join(leaf)
     assert not hasattr(config_doc, "DESCRIPTIONS")  # one source: the model
@@ -207,13 +212,16 @@ def test_the_readme_test_command_is_the_one_ci_runs() -> None:
     assert "-e sdk/python" in ci
 
 
-def test_rotation_webhook_notice_is_the_one_the_cli_sends() -> None:
+def test_rotation_webhook_notice_is_the_one_the_gateway_sends() -> None:
+    """The runbook's webhook notice has the fields gateway/rotation/runner.py sends (the gateway and
+    `keys rotate-due` alike), ``value`` being the one added with rotation.deliver_value."""
     doc = _read("rotation.md")
     (notice,) = [b for b in _blocks(doc, "json") if "key.rotated" in b]
-    cli = (ROOT / "gateway" / "cli.py").read_text()
-    sent = re.search(r"notice: dict\[str, Any\] = \{(.*?)\}", cli, re.S)
+    source = (ROOT / "gateway" / "rotation" / "runner.py").read_text()
+    sent = re.search(r"notice: dict\[str, Any\] = \{(.*?)\}", source, re.S)
     assert sent is not None
-    assert set(yaml.safe_load(notice)) == set(re.findall(r'"(\w+)":', sent.group(1)))
+    assert 'notice["value"] = value' in source
+    assert set(yaml.safe_load(notice)) == set(re.findall(r'"(\w+)":', sent.group(1))) | {"value"}
 
 
 # --- troubleshooting.md ---------------------------------------------------------------------------------------

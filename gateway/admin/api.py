@@ -51,14 +51,19 @@ from gateway.errors import (
     NotFound,
     StoreUnavailable,
     ValidationFailed,
+    ValueNotHeld,
 )
 from gateway.keys.cache import KeyCache
 from gateway.keys.hashing import Pepper
 from gateway.keys.record import KeyRecord
+from gateway.keys.sealing import SealError
 from gateway.keys.service import (
     KeyInputError,
+    NothingHeld,
     PermissionDenied,
     create_key,
+    grace_for,
+    reveal_value,
     revoke_key,
     rotate_key,
     update_key,
@@ -83,6 +88,7 @@ ENDPOINTS: tuple[tuple[str, str, str | None, str], ...] = (
     ("/api-keys/{id}", "PATCH", WRITE, "update"),
     ("/api-keys/{id}", "DELETE", WRITE, "revoke"),
     ("/api-keys/{id}/rotate", "POST", WRITE, "rotate"),
+    ("/api-keys/{id}/reveal", "POST", WRITE, "reveal"),
 )
 
 _NO_STORE = {"cache-control": "no-store"}
@@ -294,7 +300,8 @@ class ManagementAPI:
         record = await self._record(request)
         body = await self._body(request, KeyRotate)
         actor, perms, _ = self._caller(request)
-        grace = body.grace_period if "grace_period" in body.model_fields_set else self._settings.rotation.grace_period
+        grace = (body.grace_period if "grace_period" in body.model_fields_set
+                 else grace_for(record, self._settings.rotation.grace_period))
         result = await rotate_key(self._store, self._pepper, self._settings.key_format, record.id,
                                   grace_period=grace, actor=actor, caller_permissions=perms)
         if result is None:
@@ -303,6 +310,22 @@ class ManagementAPI:
         self._invalidate(record)
         return self._answer(Rotation(old_key=RetiredKey(id=old.id, expires_at=old.expires_at),
                                      new_key=NewKey(id=new.id, value=value, created_at=new.created_at)))
+
+
+    async def reveal(self, request: Request) -> Response:
+        """The value an automatic rotation held for this key, once: then it is erased."""
+        record = await self._record(request)
+        actor, perms, _ = self._caller(request)
+        try:
+            result = await reveal_value(self._store, self._pepper, record.id, actor=actor, caller_permissions=perms)
+        except (NothingHeld, SealError) as exc:
+            if isinstance(exc, SealError):
+                log.error("held value of %s could not be opened (erased): %s", record.id, exc)
+            raise ValueNotHeld() from None
+        if result is None:
+            raise NotFound("No API key with this id")
+        revealed, value = result
+        return self._answer(NewKey(id=revealed.id, value=value, created_at=revealed.created_at))
 
 
 async def _not_found(scope: Scope, receive: Receive, send: Send) -> None:

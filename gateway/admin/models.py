@@ -3,7 +3,7 @@
     requests   KeyCreate (POST /api-keys), KeyUpdate (PATCH /api-keys/{id}), KeyRotate (POST .../rotate),
                KeyQuery (the query of GET /api-keys)
     answers    ApiKey (a key as listed and shown), KeyCreated (with its value, shown once), KeyPage,
-               Rotation (old_key/new_key), AuthTest (with RateLimit)
+               Rotation (old_key/new_key), NewKey (also a value revealed by POST .../reveal), AuthTest
     errors     Error (deployERP: ``{"error": {...}}``), AllyError (DeployAlly: ``{"success": false, ...}``)
 
 Every constraint on a field (lengths, the scope and duration patterns, networks, the configured tiers, unknown
@@ -42,6 +42,7 @@ from pydantic import (
 from gateway.config.settings import Settings, parse_duration
 from gateway.keys.record import KeyRecord, format_duration
 from gateway.keys.service import MAX_PERIOD_SECONDS
+from gateway.mailaddr import check_address
 from gateway.network import parse_network
 from gateway.policy.rules import SCOPE_RE
 
@@ -117,6 +118,13 @@ def _one_duration(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
         raise Refused("must be a duration like 7d, 12h or 0, or a whole number of seconds") from None
 
 
+def _email(text: str) -> str:
+    try:
+        return check_address(text)
+    except ValueError as exc:
+        raise Refused(str(exc)) from None
+
+
 def _unique(items: list[str]) -> list[str]:
     return list(dict.fromkeys(items))
 
@@ -139,6 +147,10 @@ Grace = Annotated[
     | Annotated[int, Field(ge=0, le=MAX_PERIOD_SECONDS, description="seconds")],
     WrapValidator(_one_duration),
 ]
+# Personal data: shown to those who can read the key, never logged (gateway.mailaddr.masked) or made a label.
+Email = Annotated[str, AfterValidator(_email), Field(
+    description="where the key's notices go (expiry, rotation): a plain address, at most 254 characters",
+    examples=["ops@example.com"], json_schema_extra={"format": "email"})]
 Environment = Literal["live", "test"]
 Status = Literal["active", "expired", "revoked"]
 RotationStatus = Literal["ok", "due", "grace_period"]
@@ -214,8 +226,12 @@ class KeyCreate(_Request):
     environment: Environment = _optional("`test` keys reach the test upstream only; by default the caller's")
     rate_limit_tier: str | None = Field(None, description="null: the default tier")
     auto_rotate: bool = Field(False, validation_alias=ROTATE_ALIASES,
-                              description="report the key as due for rotation after `rotation_period`")
+                              description="rotate the key by itself once `rotation_period` has passed")
     rotation_period: Period | None = None
+    grace_period: Grace | None = Field(
+        None, description="how long the old key keeps working after a rotation (null: `rotation.grace_period`)")
+    notification_email: Email | None = Field(None, description=(
+        "where notices go: before the key expires or rotates, and once it has rotated (never a key value)"))
     description: Description | None = None
 
 
@@ -229,6 +245,8 @@ class KeyUpdate(_Request):
     rate_limit_tier: str | None = Field(None, description="null: the default tier")
     auto_rotate: bool = _optional(validation_alias=ROTATE_ALIASES)
     rotation_period: Period | None = None
+    grace_period: Grace | None = Field(None, description="null: `rotation.grace_period`")
+    notification_email: Email | None = Field(None, description="null: no notices")
     description: Description | None = None
 
 
@@ -236,7 +254,8 @@ class KeyRotate(_Request):
     """A rotation: a successor with the same everything but its value."""
 
     grace_period: Grace = _optional(
-        "how long the old key keeps working (`7d`, `12h`, `0`, or seconds); by default `rotation.grace_period`")
+        "how long the old key keeps working (`7d`, `12h`, `0`, or seconds); by default the key's own "
+        "`grace_period`, else `rotation.grace_period`")
 
 
 class KeyQuery(BaseModel):
@@ -272,10 +291,15 @@ class ApiKey(_Answer):
     revoked_at: Instant | None
     auto_rotate: bool
     rotation_period: str | None = Field(examples=["90d"])
+    grace_period: str | None = Field(examples=["7d"], description="null: `rotation.grace_period`")
+    notification_email: str | None = Field(examples=["ops@example.com"])
     rotation_due_at: Instant | None
     rotation_status: RotationStatus
     rotated_from: str | None
     replaced_by: str | None
+    revealable: bool = Field(description=(
+        "true: an automatic rotation made this key and holds its value until it is revealed, once "
+        "(`POST .../api-keys/{id}/reveal`)"))
     last_used_at: Instant | None
     last_used_ip: str | None
     request_count: int = Field(ge=0)
@@ -290,6 +314,8 @@ class ApiKey(_Answer):
             "status": record.status(now), "created_at": record.created_at, "created_by": record.created_by,
             "expires_at": record.expires_at, "revoked_at": record.revoked_at, "auto_rotate": record.auto_rotate,
             "rotation_period": format_duration(record.rotation_period), "rotation_due_at": record.rotation_due_at,
+            "grace_period": format_duration(record.grace_period), "notification_email": record.notification_email,
+            "revealable": record.held_value is not None,
             "rotation_status": record.rotation_state(now), "rotated_from": record.rotated_from,
             "replaced_by": record.rotated_to, "last_used_at": record.last_used_at,
             "last_used_ip": record.last_used_ip, "request_count": record.request_count,

@@ -36,6 +36,7 @@ from gateway.admin.models import (
     KeyId,
     KeyQuery,
     KeyRotate,
+    NewKey,
     Rotation,
     models_for,
 )
@@ -49,6 +50,8 @@ _ERROR_STATUSES = {
     "403": "The credential lacks the scope, the client address is not allowed, or no rule allows the call",
     "404": "No API key with this id (test keys never see live keys)",
     "409": "The change conflicts with the key's state (for example rotating a revoked key)",
+    "410": "No value is held for this key: revealed already (once only), delivered to the rotation webhook, or "
+           "returned when the key was made (`value_not_held`)",
     "413": "The body is larger than allowed",
     "422": "A field is missing, unknown or not what it may hold, or the body is not a JSON object (or not JSON at "
            "all): `error.field` names the field (`body` for the body as a whole)",
@@ -93,6 +96,13 @@ _OPERATIONS = {
     "rotate": _Operation("rotateApiKey", "Issue a replacement; the old key keeps working for the grace period",
                          ("200", "The old key's end and the new key (its value only here)", "Rotation"),
                          ("404", "409", "422"), body="KeyRotate"),
+    "reveal": _Operation(
+        "revealApiKey", "Reveal, once, the value an automatic rotation made for this key",
+        ("200", "The key's value: shown in this answer only, then erased", "NewKey"), ("404", "410"),
+        description="An automatic rotation (`auto_rotate`) makes a new key whose value nobody was there to "
+                    "receive: the gateway holds it encrypted (`revealable: true`) until it is revealed here, "
+                    "once. The caller needs `api-keys:write` and every permission of the key (it could rotate "
+                    "it). A second call is 410 `value_not_held`."),
 }
 
 
@@ -111,7 +121,8 @@ def schemas(settings: Settings) -> dict[str, Any]:
     targets: list[tuple[type[BaseModel], JsonSchemaMode]] = [
         (m.create, "validation"), (m.update, "validation"), (KeyRotate, "validation"),
         (m.key, "serialization"), (m.created, "serialization"), (m.page, "serialization"),
-        (Rotation, "serialization"), (AuthTest, "serialization"), (error, "serialization"),
+        (Rotation, "serialization"), (NewKey, "serialization"), (AuthTest, "serialization"),
+        (error, "serialization"),
     ]
     _, top = models_json_schema(targets, ref_template=REF, schema_generator=_Schema)
     defs: dict[str, Any] = top["$defs"]

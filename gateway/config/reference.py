@@ -85,7 +85,7 @@ def _walk(cls: type[BaseModel], path: list[str], default: Any) -> Iterator[Row]:
         if f.exclude:  # base_dir: where the file was, not a setting
             continue
         tp = bare_type(f.annotation)
-        here = [*path, name]
+        here = [*path, f.alias or name]  # notifications.smtp.from: a Python keyword, so an alias
         dotted = ".".join(here)
         value = getattr(default, name)
         desc = f.description or ""

@@ -38,6 +38,7 @@ from gateway import redisurl
 from gateway.config.problems import ConfigError as ConfigError  # what every reader catches
 from gateway.config.problems import Invalid, problems_of
 from gateway.config.sources import EnvironmentSource, YamlFile
+from gateway.mailaddr import check_address, redacted_url
 
 ENV_PREFIX = "GATEWAY_"
 
@@ -282,10 +283,82 @@ def _webhook(url: str) -> str:
 
 class RotationSettings(Section):
     grace_period: Annotated[str, AfterValidator(_duration)] = Field("7d", description=(
-        "How long a rotated key keeps working (`90d`, `12h`, `30m`, `45s`, `2w`); `0` for immediately."))
+        "How long a rotated key keeps working (`90d`, `12h`, `30m`, `45s`, `2w`); `0` for immediately. A key's own "
+        "`grace_period` overrides it."))
+    check_seconds: Seconds = Field(60.0, description=(
+        "How often `gateway serve` rotates the keys past their `rotation_period` and sends the notices due "
+        "(docs/rotation.md). One process at a time does it: a lock in the store (Redis) or beside the file "
+        "(SQLite)."))
+    automatic: Bool = Field(True, description=(
+        "Let `gateway serve` rotate due keys itself; off, only `gateway keys rotate-due` (cron) does."))
     webhook_url: Annotated[str, AfterValidator(_webhook)] | None = Field(None, description=(
-        "Notified by `gateway keys rotate-due`."))
-    deliver_value: Bool = Field(False, description="Include the new key's value in that notification.")
+        "POSTed a JSON notice for every automatic rotation (by the gateway or `gateway keys rotate-due`)."))
+    deliver_value: Bool = Field(False, description=(
+        "Include the new key's value in that notice (a secret manager's webhook, over HTTPS). Without it, or when "
+        "the webhook fails, the value is held encrypted until revealed once (`POST .../api-keys/{id}/reveal`)."))
+
+
+_SMTP_SCHEMES = {"smtp": 25, "smtps": 465}
+
+
+def _smtp_url(url: str) -> str:
+    """``smtp://[user:password@]host[:port]`` or ``smtps://...``; the problem named never shows the password."""
+    shown = redacted_url(url)
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        raise Invalid(f"has an invalid port (got {shown!r})") from None
+    if parts.scheme not in _SMTP_SCHEMES or not parts.hostname:
+        raise Invalid(f"must be smtp://host:port or smtps://host:port, with an optional user:password@ (got {shown!r})")
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise Invalid(f"must name only the server: no path, query or fragment (got {shown!r})")
+    if port == 0 or (parts.password is not None and not parts.username):
+        raise Invalid(f"must give a port in 1..65535 and a user with a password (got {shown!r})")
+    return url
+
+
+def _address(value: str) -> str:
+    try:
+        return check_address(value)
+    except ValueError as exc:
+        raise Invalid(str(exc)) from None
+
+
+class SMTPSettings(Section):
+    """The mail server the notices go through (aiosmtplib)."""
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    url: Annotated[str, AfterValidator(_smtp_url)] | None = Field(None, repr=False, description=(
+        "`smtp://host:port` (STARTTLS whenever the server offers it) or `smtps://host:port` (TLS from the first "
+        "byte), with an optional `user:password@` (percent-encoded). Unset: no e-mail is sent. The password is "
+        "never logged or shown."))
+    sender: Annotated[str, AfterValidator(_address)] | None = Field(None, alias="from", description=(
+        "The `From` address of the notices (needed with `url`)."))
+    ca_file: str | None = Field(None, description=(
+        "A PEM file of the certificate authorities to trust for the server's certificate (a private relay); "
+        "default: the system's."))
+    timeout_seconds: Seconds = Field(10.0, description="Connecting and each exchange with the server.")
+
+
+class NotificationSettings(Section):
+    """E-mail notices to a key's `notification_email`: before it expires or rotates, and once it has rotated.
+    They never contain a key value."""
+
+    smtp: SMTPSettings = Field(default_factory=SMTPSettings)
+    notice_before: Annotated[str, AfterValidator(_duration)] = Field("7d", description=(
+        "How long before a key expires or is due for rotation its notice is sent."))
+    retry_seconds: Seconds = Field(30.0, description=(
+        "The pause after a failed delivery; it doubles with each further failure (at most 1 h)."))
+    max_attempts: Int = Field(8, ge=1, le=100, description=(
+        "Delivery attempts per notice before it is given up (counted as `failed`)."))
+
+    @model_validator(mode="after")
+    def _sender_with_url(self) -> NotificationSettings:
+        if self.smtp.url is not None and self.smtp.sender is None:
+            raise Invalid("is needed with notifications.smtp.url", "smtp.from")
+        return self
 
 
 class UsageSettings(Section):
@@ -532,6 +605,8 @@ class Settings(BaseSettings):
     management: ManagementSettings = Field(default_factory=ManagementSettings, description=(
         "The key-management API."))
     rotation: RotationSettings = Field(default_factory=RotationSettings, description="Key rotation.")
+    notifications: NotificationSettings = Field(default_factory=NotificationSettings, description=(
+        "E-mail notices to a key's `notification_email` (docs/rotation.md)."))
     usage: UsageSettings = Field(default_factory=UsageSettings, description="Per-key usage records.")
     ops: OpsSettings = Field(default_factory=OpsSettings, description=(
         "Probes, metrics, logs and shutdown, for orchestrators."))

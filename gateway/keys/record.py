@@ -48,6 +48,12 @@ class KeyRecord:
     last_used_at: datetime | None = None
     last_used_ip: str | None = None
     request_count: int = 0
+    grace_period: int | None = None  # seconds a rotation leaves the old key; None: rotation.grace_period
+    # Personal data: never in a log line, a metric or a repr.
+    notification_email: str | None = dataclasses.field(default=None, repr=False)
+    # The value of a key made by an automatic rotation, sealed (gateway.keys.sealing) until revealed once.
+    held_value: str | None = dataclasses.field(default=None, repr=False)
+    notices: str | None = None  # JSON: the e-mail notices of this key and their delivery (gateway.rotation)
 
     @property
     def rotation_due_at(self) -> datetime | None:
@@ -77,7 +83,9 @@ def format_duration(seconds: int | None) -> str | None:
     """The shortest exact form: 7776000 -> "90d", 43200 -> "12h"."""
     if seconds is None:
         return None
-    for unit, size in (("w", 604800), ("d", 86400), ("h", 3600), ("m", 60)):
+    if seconds == 0:
+        return "0"
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):  # days, not weeks: the guides' "90d", "7d"
         if seconds and seconds % size == 0:
             return f"{seconds // size}{unit}"
     return f"{seconds}s"

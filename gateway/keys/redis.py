@@ -52,13 +52,14 @@ _AUDIT = f"{NS}:audit"
 _FIELDS = (
     "id", "key_hash", "hint", "name", "permissions", "allowed_ips", "environment", "created_at", "expires_at",
     "revoked_at", "rate_limit_tier", "description", "created_by", "auto_rotate", "rotation_period",
-    "rotated_from", "rotated_to", "last_used_at", "last_used_ip", "request_count",
+    "rotated_from", "rotated_to", "last_used_at", "last_used_ip", "request_count", "grace_period",
+    "notification_email", "held_value", "notices",
 )
 _JSON_FIELDS = frozenset({"permissions", "allowed_ips"})
 _TIME_FIELDS = frozenset({"created_at", "expires_at", "revoked_at", "last_used_at"})
-_INT_FIELDS = frozenset({"rotation_period", "request_count"})
+_INT_FIELDS = frozenset({"rotation_period", "request_count", "grace_period"})
 UPDATABLE = frozenset({"name", "permissions", "allowed_ips", "rate_limit_tier", "expires_at", "description",
-                       "auto_rotate", "rotation_period"})
+                       "auto_rotate", "rotation_period", "grace_period", "notification_email"})
 
 # --- scripts --------------------------------------------------------------------------------------------------
 # Shared prologue: ARGV[1] is the invalidation channel.
@@ -160,6 +161,23 @@ redis.call('RPUSH', KEYS[6], ARGV[7])
 redis.call('PUBLISH', ARGV[1], old[4])
 redis.call('PUBLISH', ARGV[1], ARGV[5])
 return {'ok'}
+""")
+
+# KEYS: key, audit, key audit. ARGV: audit json. The held value, erased as it is read: one caller gets it.
+_TAKE_HELD = _typed("hash list list", """
+local held = redis.call('HGET', KEYS[1], 'held_value')
+if not held then return false end
+redis.call('HDEL', KEYS[1], 'held_value')
+redis.call('RPUSH', KEYS[2], ARGV[1])
+redis.call('RPUSH', KEYS[3], ARGV[1])
+return held
+""")
+
+# KEYS: key. ARGV: the notices (JSON; '' for none). Only a key that exists (a deleted one is not made again).
+_SET_NOTICES = _typed("hash", """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+if ARGV[1] == '' then redis.call('HDEL', KEYS[1], 'notices') else redis.call('HSET', KEYS[1], 'notices', ARGV[1]) end
+return 1
 """)
 
 # KEYS: one key per update. ARGV: triples of count, last_used_at (ISO), last_used_ip ('' for none).
@@ -284,6 +302,8 @@ class RedisStore:
         self._rotate = self.redis.register_script(_ROTATE)
         self._usage = self.redis.register_script(_USAGE)
         self._append_audit = self.redis.register_script(_APPEND_AUDIT)
+        self._take_held = self.redis.register_script(_TAKE_HELD)
+        self._set_notices = self.redis.register_script(_SET_NOTICES)
 
     def __repr__(self) -> str:
         return f"RedisStore({self._where!r})"
@@ -406,6 +426,17 @@ class RedisStore:
         if verdict == "exists":
             raise StoreError("a key with this id or value already exists")
         return await self.get(old_id)
+
+    async def take_held_value(self, key_id: str, audit: AuditEvent) -> str | None:
+        """The sealed value held for ``key_id``, erased by the same script (so only one caller ever gets it),
+        with ``audit``; None when none is held."""
+        held = await self._call("write", self._take_held(
+            keys=[_key(key_id), _AUDIT, _key_audit(key_id)], args=[_event_json(audit)]))
+        return held.decode() if held else None
+
+    async def set_notices(self, key_id: str, notices: str | None) -> None:
+        """Record the state of a key's notices (no audit event, no invalidation: the gate never reads them)."""
+        await self._call("write", self._set_notices(keys=[_key(key_id)], args=[notices or ""]))
 
     async def record_usage(self, updates: Sequence[UsageUpdate]) -> None:
         if not updates:

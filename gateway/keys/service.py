@@ -21,7 +21,9 @@ from gateway.config.settings import KeyFormat, parse_duration
 from gateway.keys.format import generate_key, generate_key_id
 from gateway.keys.hashing import Pepper
 from gateway.keys.record import AuditEvent, KeyRecord, to_iso, utcnow
+from gateway.keys.sealing import Sealer
 from gateway.keys.store import Conflict, KeyStore
+from gateway.mailaddr import masked
 from gateway.policy.rules import Policy, grants
 
 audit_log = logging.getLogger("gateway.audit")
@@ -87,6 +89,8 @@ async def create_key(
     rate_limit_tier: str | None = None,
     auto_rotate: bool = False,
     rotation_period: str | int | None = None,
+    grace_period: str | int | None = None,
+    notification_email: str | None = None,
     policy: Policy | None = None,
     created_by: str = "cli",
     caller_permissions: frozenset[str] | None = None,
@@ -114,6 +118,8 @@ async def create_key(
         rate_limit_tier=rate_limit_tier,
         auto_rotate=auto_rotate,
         rotation_period=period,
+        grace_period=seconds(grace_period) if grace_period is not None else None,
+        notification_email=notification_email,
         created_at=now,
         created_by=created_by,
     )
@@ -149,7 +155,8 @@ async def update_key(
     caller_permissions: frozenset[str] | None = None,
 ) -> KeyRecord | None:
     """Check what needs state and apply ``changes`` (a ``KeyUpdate``'s fields: name, permissions, allowed_ips,
-    rate_limit_tier, expires_at, description, auto_rotate, rotation_period). Returns the new record, or None
+    rate_limit_tier, expires_at, description, auto_rotate, rotation_period, grace_period, notification_email; the
+    audit trail shows the address masked). Returns the new record, or None
     for an unknown id.
 
     Raises :class:`Conflict` for a revoked key, and for a rotated key whose end of grace would move later:
@@ -163,7 +170,7 @@ async def update_key(
     now = utcnow()
     clean: dict[str, Any] = {}
     for field, value in changes.items():
-        if field in ("name", "rate_limit_tier", "description", "auto_rotate"):
+        if field in ("name", "rate_limit_tier", "description", "auto_rotate", "notification_email"):
             clean[field] = value
         elif field == "permissions":
             clean[field] = check_permissions(value, policy)
@@ -172,7 +179,7 @@ async def update_key(
             clean[field] = tuple(value)
         elif field == "expires_at":
             clean[field] = check_expires_at(value, now)
-        elif field == "rotation_period":
+        elif field in ("rotation_period", "grace_period"):
             clean[field] = seconds(value) if value is not None else None
         else:
             raise KeyInputError(field, "is not a field that can be changed")
@@ -184,6 +191,8 @@ async def update_key(
         raise KeyInputError("rotation_period", "is needed when auto_rotate is true (e.g. 90d)")
     details = {k: (to_iso(v) if isinstance(v, datetime) else list(v) if isinstance(v, tuple) else v)
                for k, v in clean.items()}
+    if isinstance(clean.get("notification_email"), str):
+        details["notification_email"] = masked(clean["notification_email"])  # the trail is logged too
     event = AuditEvent(action="update", key_id=key_id, actor=actor, details=details)
     updated = await store.update(key_id, clean, event)
     if updated is not None:
@@ -213,8 +222,12 @@ async def rotate_key(
     grace_period: str | int,
     actor: str = "cli",
     caller_permissions: frozenset[str] | None = None,
+    hold: Sealer | None = None,
 ) -> tuple[KeyRecord, str, KeyRecord] | None:
     """Make a successor that inherits everything but the value; the old key works until now + grace.
+
+    With ``hold`` (an automatic rotation, whose value nobody is there to receive) the new value is also kept
+    sealed on the new record, written with it, until :func:`reveal_value` takes it.
 
     Returns (old record as updated, new value, new record), or None for an unknown id. Raises
     :class:`gateway.keys.store.Conflict` for a revoked, expired or already rotated key."""
@@ -229,12 +242,15 @@ async def rotate_key(
     check_manageable(old, caller_permissions)
     now = utcnow()
     value = generate_key(key_format.prefix(old.environment))
+    new_id = generate_key_id()
     new = KeyRecord(
-        id=generate_key_id(), key_hash=pepper.hash(value), hint=value[-4:], name=old.name,
+        id=new_id, key_hash=pepper.hash(value), hint=value[-4:], name=old.name,
         permissions=old.permissions, allowed_ips=old.allowed_ips, environment=old.environment,
         created_at=now, expires_at=old.expires_at, rate_limit_tier=old.rate_limit_tier,
         description=old.description, created_by=actor, auto_rotate=old.auto_rotate,
-        rotation_period=old.rotation_period, rotated_from=old.id,
+        rotation_period=old.rotation_period, rotated_from=old.id, grace_period=old.grace_period,
+        notification_email=old.notification_email,
+        held_value=hold.seal(new_id, value) if hold is not None else None,
     )
     old_expires = now + timedelta(seconds=grace)
     audit = AuditEvent(action="rotate", key_id=old.id, actor=actor,
@@ -245,6 +261,40 @@ async def rotate_key(
         return None
     _emit(audit)
     return updated, value, new
+
+
+def grace_for(record: KeyRecord, default: str | int) -> str | int:
+    """The grace period of a rotation of ``record`` that names none: the key's own, else ``default``
+    (``rotation.grace_period``)."""
+    return record.grace_period if record.grace_period is not None else default
+
+
+class NothingHeld(LookupError):
+    """No value is held for the key: never made by an automatic rotation, delivered to the webhook, or revealed
+    already."""
+
+
+async def reveal_value(
+    store: KeyStore, pepper: Pepper, key_id: str, *, actor: str = "cli",
+    caller_permissions: frozenset[str] | None = None,
+) -> tuple[KeyRecord, str] | None:
+    """The value an automatic rotation held for ``key_id``, erased as it is read (one caller ever gets it).
+
+    Only a caller that could rotate the key may (it holds every permission the key holds). Returns (record,
+    value), or None for an unknown id; raises :class:`NothingHeld` when no value is held, and
+    :class:`gateway.keys.sealing.SealError` when the held one does not open (another server secret)."""
+    record = await store.get(key_id)
+    if record is None:
+        return None
+    check_manageable(record, caller_permissions)
+    if record.held_value is None:
+        raise NothingHeld(key_id)
+    sealed = await store.take_held_value(key_id, AuditEvent(action="reveal", key_id=key_id, actor=actor))
+    if sealed is None:
+        raise NothingHeld(key_id)  # another caller took it between the two reads
+    value = Sealer(pepper).open(key_id, sealed)
+    _emit(AuditEvent(action="reveal", key_id=key_id, actor=actor))
+    return record, value
 
 
 async def due_for_rotation(store: KeyStore, now: datetime | None = None) -> list[KeyRecord]:

@@ -28,7 +28,8 @@ from gateway.keys.files import create_private_file, make_private_dirs, tighten
 from gateway.keys.record import AuditEvent, KeyRecord, parse_iso, to_iso, utcnow
 from gateway.keys.store import Conflict, StoreError, UsageUpdate
 
-SCHEMA_VERSION = 1
+# 1: the first; 2: grace_period, notification_email, held_value and notices (added to a 1 when it is opened).
+SCHEMA_VERSION = 2
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS api_keys (
     id              TEXT PRIMARY KEY,
@@ -50,7 +51,11 @@ CREATE TABLE IF NOT EXISTS api_keys (
     rotated_to      TEXT,
     last_used_at    TEXT,
     last_used_ip    TEXT,
-    request_count   INTEGER NOT NULL DEFAULT 0
+    request_count   INTEGER NOT NULL DEFAULT 0,
+    grace_period    INTEGER,
+    notification_email TEXT,
+    held_value      TEXT,
+    notices         TEXT
 );
 CREATE INDEX IF NOT EXISTS api_keys_created ON api_keys (created_at, id);
 CREATE TABLE IF NOT EXISTS audit_log (
@@ -66,8 +71,12 @@ CREATE INDEX IF NOT EXISTS audit_log_key ON audit_log (key_id, seq);
 _FIELDS = (
     "id", "key_hash", "hint", "name", "permissions", "allowed_ips", "environment", "created_at", "expires_at",
     "revoked_at", "rate_limit_tier", "description", "created_by", "auto_rotate", "rotation_period",
-    "rotated_from", "rotated_to", "last_used_at", "last_used_ip", "request_count",
+    "rotated_from", "rotated_to", "last_used_at", "last_used_ip", "request_count", "grace_period",
+    "notification_email", "held_value", "notices",
 )
+# Columns a store of schema 1 lacks, added when it is opened (ALTER TABLE ... ADD COLUMN keeps every row).
+_ADDED_IN_2 = (("grace_period", "INTEGER"), ("notification_email", "TEXT"), ("held_value", "TEXT"),
+               ("notices", "TEXT"))
 _COLUMNS = ", ".join(_FIELDS)
 _JSON_FIELDS = frozenset({"permissions", "allowed_ips"})
 _TIME_FIELDS = frozenset({"created_at", "expires_at", "revoked_at", "last_used_at"})
@@ -79,7 +88,7 @@ _USAGE_SQL = (
 )
 # Fields an update may change (the rest are fixed at creation or owned by rotate/revoke/usage).
 UPDATABLE = frozenset({"name", "permissions", "allowed_ips", "rate_limit_tier", "expires_at", "description",
-                       "auto_rotate", "rotation_period"})
+                       "auto_rotate", "rotation_period", "grace_period", "notification_email"})
 
 
 def _to_db(name: str, value: Any) -> Any:
@@ -179,8 +188,8 @@ class SQLiteStore:
             version = self._db.execute("PRAGMA user_version").fetchone()[0]
             if version > SCHEMA_VERSION:
                 raise StoreError(f"{path}: made by a newer gateway (schema {version}); upgrade the gateway")
-            self._db.executescript(_SCHEMA)
-            self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            if version < SCHEMA_VERSION:
+                self._migrate()
         except sqlite3.Error as exc:
             raise StoreError(f"{path}: cannot open the SQLite store: {exc}") from None
         except OSError as exc:
@@ -188,6 +197,26 @@ class SQLiteStore:
 
     def __repr__(self) -> str:
         return f"SQLiteStore({str(self.path)!r})"
+
+    def _migrate(self) -> None:
+        """Bring the file to :data:`SCHEMA_VERSION` in one IMMEDIATE transaction: the tables if there are none,
+        the columns a schema-1 store lacks. Another process opening the same file at the same moment waits
+        for the lock and then finds the work done."""
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    db.execute(statement)
+            have = {row[1] for row in db.execute("PRAGMA table_info(api_keys)")}
+            for column, kind in _ADDED_IN_2:
+                if column not in have:
+                    db.execute(f"ALTER TABLE api_keys ADD COLUMN {column} {kind}")
+            db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
@@ -306,6 +335,22 @@ class SQLiteStore:
                        (to_iso(old_expires_at), new.id, old_id))
             self._audit(db, audit)
         return await self.get(old_id)
+
+    async def take_held_value(self, key_id: str, audit: AuditEvent) -> str | None:
+        """The sealed value held for ``key_id``, erased in the same transaction (so only one caller ever gets
+        it), with ``audit``; None when none is held."""
+        with self._write() as db:
+            row = db.execute("SELECT held_value FROM api_keys WHERE id = ?", (key_id,)).fetchone()
+            if row is None or row[0] is None:
+                return None
+            db.execute("UPDATE api_keys SET held_value = NULL WHERE id = ?", (key_id,))
+            self._audit(db, audit)
+            return str(row[0])
+
+    async def set_notices(self, key_id: str, notices: str | None) -> None:
+        """Record the state of a key's notices (no audit event: they change no key)."""
+        with self._write() as db:
+            db.execute("UPDATE api_keys SET notices = ? WHERE id = ?", (notices, key_id))
 
     async def audit_log(self, key_id: str | None = None, limit: int = 1000) -> builtins.list[AuditEvent]:
         if key_id is None:

@@ -3,7 +3,9 @@ gateway.keys.backends from the scheme of ``store.url``).
 
 The protocol is narrow: look a key up by its keyed hash; add, read, list, update, revoke and rotate keys,
 each change written together with its audit event (all or nothing); read the audit trail; add usage counts in
-batches. A store never sees a key value, only its keyed hash.
+batches; take (read and erase at once) the sealed value an automatic rotation held; record the state of a key's
+e-mail notices. A store never sees a key value, only its keyed hash and, for a value held until revealed, the
+value sealed with a key derived from the server secret (gateway.keys.sealing).
 """
 
 from __future__ import annotations
@@ -38,6 +40,8 @@ class KeyStore(Protocol):
     async def rotate(
         self, old_id: str, new: KeyRecord, old_expires_at: datetime, audit: AuditEvent
     ) -> KeyRecord | None: ...
+    async def take_held_value(self, key_id: str, audit: AuditEvent) -> str | None: ...
+    async def set_notices(self, key_id: str, notices: str | None) -> None: ...
     async def audit_log(self, key_id: str | None = None, limit: int = 1000) -> builtins.list[AuditEvent]: ...
     async def record_usage(self, updates: Sequence[UsageUpdate]) -> None: ...
     async def append_audit(self, events: Sequence[AuditEvent]) -> None: ...

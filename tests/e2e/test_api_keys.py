@@ -19,7 +19,7 @@ RECORD_FIELDS = {
     "id", "name", "hint", "permissions", "ip_whitelist", "environment", "rate_limit_tier", "description",
     "status", "created_at", "created_by", "expires_at", "revoked_at", "auto_rotate", "rotation_period",
     "rotation_due_at", "rotation_status", "rotated_from", "replaced_by", "last_used_at", "last_used_ip",
-    "request_count",
+    "request_count", "grace_period", "notification_email", "revealable",
 }
 
 
@@ -117,6 +117,75 @@ def test_create_tier_environment_rotation_description(api: KeysAPI) -> None:
     assert alias["auto_rotate"] is True and alias["rotation_period"] == "12h"
     assert_validation(api.create({"name": "x", "permissions": ["servers:read"], "auto_rotate": True}),
                       "rotation_period")
+    assert (doc["grace_period"], doc["notification_email"], doc["revealable"]) == (None, None, False)
+
+
+# The deployERP guide's "Automatic Rotation" body. Its address reads "[email protected] " on the published page (the
+# page's e-mail obfuscation, with a space after it); a real address stands in for it, the space kept.
+GUIDE_ROTATION = {"rotation_enabled": True, "rotation_period": "90d", "notification_email": "admin@deployerp.com ",
+                  "grace_period": "7d"}
+
+
+def test_the_guides_automatic_rotation_body_is_taken_as_it_is(api: KeysAPI, gw: tuple[Gateway, str]) -> None:
+    doc = api.created(name="guided")
+    changed = api.patch(doc["id"], GUIDE_ROTATION)
+    assert changed.status_code == 200, changed.text
+    got = changed.json()
+    assert (got["auto_rotate"], got["rotation_period"], got["grace_period"]) == (True, "90d", "7d")
+    assert got["notification_email"] == "admin@deployerp.com"
+    assert parse_time(got["rotation_due_at"]) - parse_time(got["created_at"]) == timedelta(days=90)
+    assert api.get(doc["id"]).json()["notification_email"] == "admin@deployerp.com"  # who can read the key sees it
+    made = api.created(name="guided-new", permissions=["servers:read"], **GUIDE_ROTATION)
+    assert (made["auto_rotate"], made["grace_period"], made["notification_email"]) == (
+        True, "7d", "admin@deployerp.com")
+    # A rotation that names no grace period takes the key's own (7 days, not rotation.grace_period's default).
+    grace = api.created(name="own-grace", grace_period="36h")
+    rotated = api.rotate(grace["id"]).json()
+    ends = parse_time(rotated["old_key"]["expires_at"]) - parse_time(rotated["new_key"]["created_at"])
+    assert ends == timedelta(hours=36)
+    assert api.get(rotated["new_key"]["id"]).json()["grace_period"] == "36h"  # inherited
+    # Cleared with null: back to rotation.grace_period, no notices.
+    cleared = api.patch(doc["id"], {"grace_period": None, "notification_email": None}).json()
+    assert (cleared["grace_period"], cleared["notification_email"]) == (None, None)
+    # The address is personal data: never in the log (the audit line masks it).
+    assert "admin@deployerp.com" not in gw[0].log()
+
+
+def test_notification_email_and_grace_period_are_checked(api: KeysAPI) -> None:
+    doc = api.created(name="checked")
+    for bad in ("not-an-address", "two@@example.com", "a b@example.com", "me@localhost", "x@exa_mple.com",
+                "line\r\nBcc: evil@example.com", "me@example.com\nBcc: evil@example.com", 7, "a" * 250 + "@ex.com",
+                "@example.com", "me@"):
+        resp = api.patch(doc["id"], {"notification_email": bad})
+        assert_validation(resp, "notification_email")
+        if isinstance(bad, str) and len(bad) < 100:
+            assert bad not in resp.text.replace("like ops@example.com", "")  # never echoed
+        assert_validation(api.create({"name": "x", "permissions": ["servers:read"], "notification_email": bad}),
+                          "notification_email")
+    for bad in ("7days", "-1d", "1y", 3153600001):
+        assert_validation(api.patch(doc["id"], {"grace_period": bad}), "grace_period")
+    assert api.patch(doc["id"], {"grace_period": 90}).json()["grace_period"] == "90s"
+    assert api.patch(doc["id"], {"grace_period": "0"}).json()["grace_period"] == "0"
+
+
+def test_reveal_needs_a_held_value_and_the_right_to_rotate_the_key(api: KeysAPI) -> None:
+    """Only an automatic rotation holds a value (tests/e2e/test_auto_rotation.py reveals one); a key made by a
+    person got its value in the answer that made it: 410 ``value_not_held``. Revealing needs api-keys:write and
+    every permission of the key, as rotating it does; an unknown key is 404."""
+    strong = api.created(name="strong-reveal", permissions=["*"])
+    gone = api.call("POST", f"/api-keys/{strong['id']}/reveal")
+    assert gone.status_code == 410 and gone.json()["error"]["code"] == "value_not_held", gone.text
+    assert gone.json()["error"]["status"] == 410
+    assert api.call("POST", "/api-keys/key_nope/reveal").status_code == 404
+    weak = api.as_key(api.created(name="weak", permissions=["api-keys:*", "servers:read"])["value"])
+    reader = api.as_key(api.created(name="reader-only", permissions=["api-keys:read", "servers:read"])["value"])
+    try:
+        for caller in (weak, reader):
+            resp = caller.call("POST", f"/api-keys/{strong['id']}/reveal")
+            assert resp.status_code == 403 and resp.json()["error"]["code"] == "insufficient_permissions"
+    finally:
+        weak.close()
+        reader.close()
 
 
 def test_create_without_permissions_inherits_the_callers(api: KeysAPI) -> None:

@@ -21,9 +21,11 @@ Env = tuple[Gateway, str, Receiver]
 def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     up = Upstream(tmp_path_factory.mktemp("cli-up"))
     hook = Receiver()
-    # A short cache TTL: the CLI writes the store directly, and a running gateway sees it within the TTL.
+    # A short cache TTL: the CLI writes the store directly, and a running gateway sees it within the TTL. The
+    # gateway does not rotate by itself here (rotation.automatic: false): `keys rotate-due` is what is tested.
     gw, admin = admin_gateway(tmp_path_factory.mktemp("cli-gw"), up.url,
-                              {"cache": {"ttl_seconds": 0.3}, "rotation": {"webhook_url": hook.url}})
+                              {"cache": {"ttl_seconds": 0.3},
+                               "rotation": {"webhook_url": hook.url, "automatic": False}})
     yield gw, admin, hook
     gw.stop()
     hook.stop()
@@ -58,8 +60,10 @@ def test_create_list_show_in_table_and_json(env: Env) -> None:
     key_id = proc.stdout.split()[1]
     assert key_id.startswith("key_") and "shown this once" in proc.stdout
     doc = cli_json(gw, "keys", "create", "--name", "json-key", "--permissions", "servers:read", "--env", "test",
-                   "--auto-rotate", "--rotation-period", "90d", "--expires-at", "2031-01-01T00:00:00Z")
+                   "--auto-rotate", "--rotation-period", "90d", "--expires-at", "2031-01-01T00:00:00Z",
+                   "--grace-period", "7d", "--notification-email", "Ops@Example.COM")
     assert doc["value"].startswith("dep_test_") and doc["environment"] == "test"
+    assert doc["grace_period"] == "7d" and doc["notification_email"] == "Ops@example.com"
     assert doc["rotation_due_at"] and doc["expires_at"] == "2031-01-01T00:00:00Z"
     # Table by default: a header and one row per key; never a value.
     table = cli(gw, "keys", "list").stdout
@@ -95,6 +99,10 @@ def test_update_in_table_and_json(env: Env, api: KeysAPI) -> None:
     wait_for(lambda: use(gw, key["value"], "/v1/instances").status_code == 200, timeout=5)
     cleared = cli_json(gw, "keys", "update", key["id"], "--clear-allow-ip", "--tier", "none", "--expires-at", "never")
     assert cleared["ip_whitelist"] == [] and cleared["rate_limit_tier"] is None and cleared["expires_at"] is None
+    noticed = cli_json(gw, "keys", "update", key["id"], "--grace-period", "12h", "--notification-email", "a@b.example")
+    assert (noticed["grace_period"], noticed["notification_email"]) == ("12h", "a@b.example")
+    plain = cli_json(gw, "keys", "update", key["id"], "--grace-period", "default", "--notification-email", "")
+    assert (plain["grace_period"], plain["notification_email"]) == (None, None)
 
 
 BAD_ARGS: list[tuple[list[str], str]] = [
@@ -105,6 +113,9 @@ BAD_ARGS: list[tuple[list[str], str]] = [
     (["keys", "create", "--name", "x", "--permissions", "servers:read", "--tier", "gold"], "tier"),
     (["keys", "rotate", "KEYID", "--grace-period", "1y"], "grace-period"),
     (["keys", "update", "KEYID"], "nothing to change"),
+    (["keys", "create", "--name", "x", "--permissions", "servers:read", "--notification-email", "ops at example"],
+     "--notification-email"),
+    (["keys", "update", "KEYID", "--grace-period", "soon"], "--grace-period"),
 ]
 
 
@@ -192,7 +203,7 @@ def test_rotate_due_dry_run_then_rotates_and_notifies(env: Env, api: KeysAPI) ->
     results = cli_json(gw, "keys", "rotate-due")
     mine = {r["key_id"]: r for r in results if r["key_id"] in {k["id"] for k in due}}
     assert set(mine) == {k["id"] for k in due}
-    assert all(r["rotated"] and r["notified"] for r in mine.values())
+    assert all(r["rotated"] and r["notified"] and r["delivery"] == "held" for r in mine.values())
     notices = {b["key_id"]: b for b in hook.bodies}
     for k in due:
         n = notices[k["id"]]
@@ -206,6 +217,14 @@ def test_rotate_due_dry_run_then_rotates_and_notifies(env: Env, api: KeysAPI) ->
     assert "value" not in json.dumps(results)
     events = cli_json(gw, "audit", "--key", due[0]["id"])
     assert [(e["action"], e["actor"]) for e in events] == [("create", api.created_by), ("rotate", "cli")]
+    # Nobody received the new values: the store holds them, sealed, until revealed once.
+    new_id = mine[due[0]["id"]]["new_key_id"]
+    assert api.get(new_id).json()["revealable"] is True
+    shown = cli(gw, "keys", "reveal", new_id).stdout
+    value = next(w for w in shown.split() if w.startswith("dep_live_"))
+    assert "shown this once" in shown and use(gw, value).status_code == 200
+    assert "no value is held" in cli(gw, "keys", "reveal", new_id, status=1).stderr
+    assert api.get(new_id).json()["revealable"] is False
 
     # With rotation.deliver_value the notice carries the new value, and that value works.
     extra = api.created(name="due-deliver", auto_rotate=True, rotation_period="1s")
@@ -226,6 +245,9 @@ def test_rotate_due_dry_run_then_rotates_and_notifies(env: Env, api: KeysAPI) ->
     assert [b["key_id"] for b in hook.bodies].count(failing["id"]) == 3  # a 5xx is retried twice
     assert [b["key_id"] for b in hook.bodies].count(extra["id"]) == 1
     assert api.get(failing["id"]).json()["replaced_by"] is not None
+    # The webhook took the one value (delivered once: nothing held); the failed one is held, not lost.
+    assert api.get(notice["new_key_id"]).json()["revealable"] is False
+    assert api.get(api.get(failing["id"]).json()["replaced_by"]).json()["revealable"] is True
 
 
 def test_audit_lists_every_change_with_its_actor(env: Env, api: KeysAPI) -> None:

@@ -49,7 +49,10 @@ def test_document_describes_the_management_api(make_gateway: Callable[..., Gatew
     doc = r.json()
     assert doc["openapi"].startswith("3.")
     assert set(doc["paths"]) == {"/api/v2/auth/test", "/api/v2/api-keys", "/api/v2/api-keys/{id}",
-                                 "/api/v2/api-keys/{id}/rotate"}
+                                 "/api/v2/api-keys/{id}/rotate", "/api/v2/api-keys/{id}/reveal"}
+    reveal = doc["paths"]["/api/v2/api-keys/{id}/reveal"]["post"]
+    assert reveal["security"] == [{"bearerAuth": ["api-keys:write"]}] and "410" in reveal["responses"]
+    assert {"grace_period", "notification_email"} <= set(doc["components"]["schemas"]["KeyCreate"]["properties"])
     assert set(doc["paths"]["/api/v2/api-keys/{id}"]) == {"parameters", "get", "patch", "delete"}
     assert doc["components"]["securitySchemes"]["bearerAuth"] == {
         "type": "http", "scheme": "bearer", "bearerFormat": "API key (dep_live_...) or JWT"}

@@ -265,7 +265,7 @@ def test_management_routes_take_jwts_only_when_allowed_and_auth_test_always(allo
         expected = {"api_key", "jwt"} if allow_jwt or route.template == "/v1/auth/test" else {"api_key"}
         assert route.credentials == expected, route
     assert {r.template for r in routes} == {"/v1/auth/test", "/v1/api-keys", "/v1/api-keys/{id}",
-                                            "/v1/api-keys/{id}/rotate"}
+                                            "/v1/api-keys/{id}/rotate", "/v1/api-keys/{id}/reveal"}
     assert internal_routes("/v1") == internal_routes("/v1", allow_jwt=False)  # the default: API keys only
 
 
