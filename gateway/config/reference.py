@@ -155,20 +155,29 @@ def _import_all() -> None:
             continue
 
 
-def error_classes() -> list[type]:
+def error_classes_all() -> list[type]:
+    """Every GatewayError subclass of the package (every module imported first), variants included."""
     from gateway.errors import GatewayError
 
     _import_all()
-    seen: dict[tuple[int, str], type] = {}
+    out: list[type] = []
     stack = list(GatewayError.__subclasses__())
     while stack:
         cls = stack.pop()
         stack.extend(cls.__subclasses__())
         if cls.__module__.startswith("gateway.") and not cls.__name__.startswith("_"):
-            key = (cls.status, cls.code)
-            # A subclass that only specialises the message: document the most general class of the code.
-            if key not in seen or _generality(cls) < _generality(seen[key]):
-                seen[key] = cls
+            out.append(cls)
+    return out
+
+
+def error_classes() -> list[type]:
+    """One class per (status, code): the most general (a variant only changes the message)."""
+    seen: dict[tuple[int, str], type] = {}
+    for cls in error_classes_all():
+        c: Any = cls
+        key = (c.status, c.code)
+        if key not in seen or _generality(cls) < _generality(seen[key]):
+            seen[key] = cls
     return [seen[k] for k in sorted(seen)]
 
 
@@ -199,7 +208,8 @@ def error_reference() -> str:
     out = ["| Status | deployERP `code` | DeployAlly `code` | Message id | deployERP message (English) "
            "| DeployAlly message (Portuguese) |", "|---|---|---|---|---|---|"]
     for status, code, message_id, ally_code, text, ally in sorted(rows, key=lambda r: r[:3]):
-        out.append(f"| {status} | `{code}` | `{ally_code}` | `{message_id}` | {_html_cell(text)} | {_html_cell(ally)} |")
+        out.append(f"| {status} | `{code}` | `{ally_code}` | `{message_id}` | {_html_cell(text)} "
+                   f"| {_html_cell(ally)} |")
     return "\n".join(out) + "\n"
 
 
