@@ -106,7 +106,24 @@ class ErrorFormat:
             self._prepare(cls)
 
     def text(self, error: GatewayError) -> str:
-        return messages.fill(self.texts[error.message_id], error.params)
+        template = self.texts.get(error.message_id)
+        if template is None:
+            template = self._foreign(type(error))
+        return messages.fill(template, error.params)
+
+    def _foreign(self, cls: type[GatewayError]) -> str:
+        """The words of an application's own subclass (``AuthMiddleware`` answers those too) whose id no
+        catalogue has: its own ``message`` / ``ally_message`` texts when it gives them, else its nearest
+        ancestor's catalogue entry."""
+        for name in ("ally_message", "message") if self.ally else ("message",):
+            own = getattr(cls, name, None)
+            if isinstance(own, str) and own:
+                return own
+        for base in cls.__mro__[1:]:
+            found = self.texts.get(getattr(base, "message_id", ""))
+            if found is not None:
+                return found
+        return self.texts["internal_error"]
 
     def body(self, error: GatewayError) -> bytes:
         message = self.text(error)

@@ -275,3 +275,23 @@ def test_error_format_is_made_once_per_configuration() -> None:
     assert error_format("deployally") is error_format("deployally", {})
     assert error_format("deployally", {"invalid_token": "x"}) is not error_format("deployally")
     assert isinstance(error_format("deployerp"), ErrorFormat)
+
+
+def test_an_applications_own_error_class_keeps_its_words() -> None:
+    """``AuthMiddleware`` answers any GatewayError the application raises: a subclass of its own, with a code no
+    catalogue has, is answered with the words it gives, else with its gateway ancestor's."""
+
+    class QuotaExceeded(errors.GatewayError):
+        status, code, ally_code = 429, "quota_exceeded", "QUOTA_EXCEEDED"
+        message = "The monthly quota is used up"
+        ally_message = "A cota mensal acabou"
+
+    class Mine(errors.InsufficientPermissions):
+        code = "not_the_owner"
+
+    assert json.loads(render(QuotaExceeded(), "deployerp")[2])["error"]["message"] == "The monthly quota is used up"
+    assert json.loads(render(QuotaExceeded(), "deployally")[2]) == {
+        "success": False, "error": {"code": "QUOTA_EXCEEDED", "message": "A cota mensal acabou"}}
+    assert json.loads(render(Mine(), "deployally")[2])["error"] == {"code": "FORBIDDEN",
+                                                                   "message": PT["insufficient_permissions"]}
+    assert str(Mine()) == EN["insufficient_permissions"]
