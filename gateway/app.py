@@ -16,6 +16,7 @@ from gateway.doors.assembly import Components, GateService, build_components
 from gateway.doors.forward_auth import ForwardAuth
 from gateway.doors.proxy.forwarder import Forwarder
 from gateway.doors.proxy.pipeline import Gateway
+from gateway.errors import error_format
 from gateway.keys.backends import is_redis_url
 from gateway.observability.health import Health, readiness_checks, soft_checks
 from gateway.observability.logging import AccessLog, logged
@@ -38,6 +39,8 @@ class GatewayApp:
         self.components = components
         store = components.store
         ops = settings.ops
+        # The error format and its words (the catalogue, the `messages` overrides), rendered once for every door.
+        errors = error_format(settings.error_format, settings.messages)
         # One registry per app: several apps (tests, workers) never share a time series.
         self.metrics = Metrics(ops.metrics_key_labels) if ops.metrics_enabled else None
         self.service = GateService(settings, components, self.metrics)
@@ -92,7 +95,7 @@ class GatewayApp:
                 self.shared_metrics = SharedMetrics(self.metrics, metrics_dir)
                 render = self.shared_metrics.render
             self._probes[ops.metrics_path] = MetricsEndpoint(
-                render, ops.metrics_scope, self.gateway.authorize, settings.error_format, refresh=health.readiness)
+                render, ops.metrics_scope, self.gateway.authorize, errors, refresh=health.readiness)
         if ops.openapi_enabled:
             from gateway.admin.openapi import openapi_routes
 
@@ -109,7 +112,7 @@ class GatewayApp:
         fa = settings.forward_auth
         if fa.enabled:
             self.forward_auth = ForwardAuth(
-                self.gate, fa.path, settings.error_format, test_keys=fa.test_keys,
+                self.gate, fa.path, errors, test_keys=fa.test_keys,
                 forward_authorization=settings.forward_authorization, metrics=self.metrics,
                 access_log=AccessLog() if ops.access_log else None)
             self._probes[fa.path] = self.forward_auth

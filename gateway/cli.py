@@ -140,11 +140,25 @@ def _serve_workers(args: argparse.Namespace, settings: Settings, components: Com
 
 # --- demo -----------------------------------------------------------------------------------------------------
 
-DEMO_KEYS: tuple[tuple[str, list[str], list[str], str], ...] = (
-    ("monitoring-key", ["servers:read", "instances:read", "backups:read"], [], "read-only"),
-    ("deployment-key", ["servers:read", "instances:*", "backups:*"], ["127.0.0.0/8", "::1"], "deployment"),
-    ("admin-key", ["*"], [], "admin"),
-)
+# (kind, name, permissions, allowlist, environment) of the keys each demo makes.
+DemoKey = tuple[str, str, list[str], list[str], str]
+DEMO_KEYS: dict[str, tuple[DemoKey, ...]] = {
+    "deployerp": (
+        ("read-only", "monitoring-key", ["servers:read", "instances:read", "backups:read"], [], "live"),
+        ("deployment", "deployment-key", ["servers:read", "instances:*", "backups:*"], ["127.0.0.0/8", "::1"], "live"),
+        ("admin", "admin-key", ["*"], [], "live"),
+    ),
+    # The DeployAlly guide's examples: its "CI/CD Pipeline" key, its "Servidor Produção" key with an IP allowlist,
+    # an admin, and a test key (da_test_), which goes to the test upstream.
+    "deployally": (
+        ("ci-cd", "CI/CD Pipeline", ["templates:read", "definitions:read", "definitions:write", "deployments:create"],
+         [], "live"),
+        ("server", "Servidor Produção", ["instances:read", "instances:manage", "servers:manage"],
+         ["127.0.0.0/8", "::1"], "live"),
+        ("admin", "admin-key", ["*"], [], "live"),
+        ("test", "dev-key", ["templates:read"], [], "test"),
+    ),
+}
 
 
 def _listen(host: str, port: int) -> socket.socket:
@@ -160,7 +174,53 @@ def _listen(host: str, port: int) -> socket.socket:
     return sock
 
 
-async def _demo(port: int, data_dir: Path) -> None:
+def _demo_settings(platform: str, port: int, upstream_url: str, data_dir: Path, jwt_secret: str) -> dict[str, Any]:
+    """The demo's configuration: deployERP's defaults, or the DeployAlly format, keys, paths and policy with the
+    dashboard's JWTs (signed by the sample upstream's login) and a test upstream for da_test_ keys."""
+    settings: dict[str, Any] = {
+        "listen": {"host": "127.0.0.1", "port": port},
+        "upstream": {"url": upstream_url},
+        "store": {"url": f"sqlite:///{data_dir / 'keys.db'}"},
+    }
+    if platform == "deployally":
+        settings["upstream"]["environments"] = {"test": upstream_url}
+        settings |= {"error_format": "deployally", "key_format": "deployally", "management": {"prefix": "/api/v1"},
+                     "policies": "policies/deployally.yaml",
+                     "jwt": {"enabled": True, "algorithms": ["HS256"], "secret": jwt_secret}}
+    return settings
+
+
+def _demo_lines(platform: str, base: str, values: dict[str, str]) -> list[str]:
+    if platform == "deployally":
+        ci, srv, adm, test = values["ci-cd"], values["server"], values["admin"], values["test"]
+        login = '{"email": "usuario@exemplo.com", "password": "senha"}'
+        return [
+            f"  curl -s {base}/api/v1/templates",
+            f"  curl -s {base}/api/v1/templates -H 'Authorization: Bearer {ci}'",
+            f"  curl -si {base}/api/v1/instances -H 'Authorization: Bearer {srv}' -H 'X-Debug-Auth: true'",
+            f"  curl -s {base}/api/v1/servers -H 'Authorization: Bearer {ci}'",
+            f"  curl -s -X POST {base}/api/v1/deployments -H 'Authorization: Bearer {ci}'"
+            " -H 'Content-Type: application/json' -d '{\"template_id\": \"tpl_01\"}'",
+            f"  curl -s {base}/api/v1/templates -H 'Authorization: Bearer {test}'",
+            f"  curl -s {base}/api/v1/auth/test -H 'Authorization: Bearer {adm}'",
+            f"  curl -s -X POST {base}/api/v1/auth/login -H 'Content-Type: application/json' -d '{login}'",
+        ]
+    ro, dep, adm = values["read-only"], values["deployment"], values["admin"]
+    return [
+        f"  curl -s {base}/v1/servers",
+        f"  curl -s {base}/v1/servers -H 'Authorization: Bearer {ro}'",
+        f"  curl -si {base}/v1/servers -H 'Authorization: Bearer {ro}' -H 'X-Debug-Auth: true'",
+        f"  curl -s -X POST {base}/v1/instances -H 'Authorization: Bearer {ro}'",
+        f"  curl -s -X POST {base}/v1/instances -H 'Authorization: Bearer {dep}'"
+        " -H 'Content-Type: application/json' -d '{\"app\": \"shop\"}'",
+        f"  curl -s {base}/v1/invoices -H 'Authorization: Bearer {adm}'",
+        f"  curl -s {base}/v1/auth/test -H 'Authorization: Bearer {adm}'",
+    ]
+
+
+async def _demo(port: int, data_dir: Path, platform: str = "deployerp") -> None:
+    import secrets
+
     import uvicorn
 
     from gateway.app import create_app
@@ -170,36 +230,34 @@ async def _demo(port: int, data_dir: Path) -> None:
 
     sock = _listen("127.0.0.1", port)
     port = int(sock.getsockname()[1])  # --port 0 picks a free one
+    jwt_secret = secrets.token_urlsafe(32)  # the dashboard's JWTs (DeployAlly): the upstream signs, the gateway checks
     try:
-        runner, upstream_port = await upstream.start("127.0.0.1", 0)
+        runner, upstream_port = await upstream.start("127.0.0.1", 0, platform, jwt_secret)
     except BaseException:
         sock.close()
         raise
     try:
-        settings = load_settings(
-            None,
-            environ={},
-            overrides={
-                "listen": {"host": "127.0.0.1", "port": port},
-                "upstream": {"url": f"http://127.0.0.1:{upstream_port}"},
-                "store": {"url": f"sqlite:///{data_dir / 'keys.db'}"},
-            },
-        )
+        settings = load_settings(None, environ={}, overrides=_demo_settings(
+            platform, port, f"http://127.0.0.1:{upstream_port}", data_dir, jwt_secret))
         components = build_components(settings)
         base = f"http://127.0.0.1:{port}"
+        keys = DEMO_KEYS[platform]
+        title = "DeployAlly" if platform == "deployally" else "deployERP"
         lines = [
             "",
-            f"gateway demo: sample deployERP upstream on 127.0.0.1:{upstream_port}, gateway on {base}",
+            f"gateway demo: sample {title} upstream on 127.0.0.1:{upstream_port}, gateway on {base}",
             f"store: {data_dir / 'keys.db'} (removed when the demo stops)",
-            "",
-            "Three keys, shown this once:",
         ]
+        if platform == "deployally":
+            lines.append("DeployAlly format: paths under /api/v1, da_ keys, answers in Portuguese; dashboard login "
+                         "usuario@exemplo.com / senha gives a JWT")
+        lines += ["", f"{('Three', 'Four')[len(keys) - 3]} keys, shown this once:"]
         values: dict[str, str] = {}
         from gateway.admin.models import key_models
 
         create = key_models(tuple(settings.rate_limits.tiers)).create
-        for name, perms, ips, kind in DEMO_KEYS:
-            body = create.model_validate({"name": name, "permissions": perms, "allowed_ips": ips})
+        for kind, name, perms, ips, env in keys:
+            body = create.model_validate({"name": name, "permissions": perms, "allowed_ips": ips, "environment": env})
             value, record = await create_key(
                 components.store, components.pepper, settings.key_format, **body.model_dump(exclude_unset=True),
                 policy=components.policy, created_by="demo",
@@ -207,22 +265,7 @@ async def _demo(port: int, data_dir: Path) -> None:
             values[kind] = value
             allow = f", allowed from {', '.join(ips)}" if ips else ""
             lines.append(f"  {kind:<10} {record.id}  {value}  ({', '.join(perms)}{allow})")
-        ro, dep, adm = values["read-only"], values["deployment"], values["admin"]
-        lines += [
-            "",
-            "Try:",
-            f"  curl -s {base}/v1/servers",
-            f"  curl -s {base}/v1/servers -H 'Authorization: Bearer {ro}'",
-            f"  curl -si {base}/v1/servers -H 'Authorization: Bearer {ro}' -H 'X-Debug-Auth: true'",
-            f"  curl -s -X POST {base}/v1/instances -H 'Authorization: Bearer {ro}'",
-            f"  curl -s -X POST {base}/v1/instances -H 'Authorization: Bearer {dep}'"
-            " -H 'Content-Type: application/json' -d '{\"app\": \"shop\"}'",
-            f"  curl -s {base}/v1/invoices -H 'Authorization: Bearer {adm}'",
-            f"  curl -s {base}/v1/auth/test -H 'Authorization: Bearer {adm}'",
-            "",
-            "Press Ctrl-C to stop.",
-            "",
-        ]
+        lines += ["", "Try:", *_demo_lines(platform, base, values), "", "Press Ctrl-C to stop.", ""]
         print("\n".join(lines), flush=True)
         app = create_app(settings, components)
         # The server `gateway serve` runs (client address from the socket, guarded protocol, limits), only
@@ -245,7 +288,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     # (and its server secret) is removed.
     previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
-        asyncio.run(_demo(args.port, data_dir))
+        asyncio.run(_demo(args.port, data_dir, args.platform))
     except KeyboardInterrupt:
         pass
     finally:
@@ -569,8 +612,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="worker processes (overrides listen.workers; more than 1 wants a Redis store)")
     serve.set_defaults(func=cmd_serve)
 
-    demo = sub.add_parser("demo", help="run a sample upstream and the gateway in front of it, with three keys")
+    demo = sub.add_parser("demo", help="run a sample upstream and the gateway in front of it, with its keys")
     demo.add_argument("--port", type=int, default=8080, help="gateway port (default 8080; 0 picks a free one)")
+    demo.add_argument("--platform", choices=("deployerp", "deployally"), default="deployerp",
+                      help="deployerp (default), or deployally: the DeployAlly format, da_ keys, paths under /api/v1, "
+                           "answers in Portuguese, a dashboard login issuing JWTs")
     demo.set_defaults(func=cmd_demo)
 
     keys = sub.add_parser("keys", help="manage API keys (directly on the store)")

@@ -33,6 +33,7 @@ from starlette.types import Message, Receive, Scope, Send
 
 from gateway.admin.models import (
     AuthTest,
+    KeyPage,
     KeyQuery,
     KeyRotate,
     NewKey,
@@ -45,9 +46,11 @@ from gateway.admin.models import (
 )
 from gateway.config.settings import ManagementSettings, Settings
 from gateway.errors import (
-    BadRequest,
+    CannotGrant,
+    ClientGone,
     ConflictError,
-    InsufficientPermissions,
+    KeyNotFound,
+    LiveKeyFromTestKey,
     NotFound,
     StoreUnavailable,
     ValidationFailed,
@@ -153,11 +156,11 @@ class ManagementAPI:
         try:
             await self._router(inner, receive, send_with_headers)
         except KeyInputError as exc:
-            raise ValidationFailed(f"{exc.field}: {exc.problem}", field=exc.field) from None
+            raise ValidationFailed(exc.message_id, field=exc.field, where=exc.field, **exc.params) from None
         except PermissionDenied as exc:
-            raise InsufficientPermissions(str(exc)) from None
+            raise CannotGrant(exc.scope) from None
         except Conflict as exc:
-            raise ConflictError(str(exc)) from None
+            raise ConflictError(exc.message_id, **exc.params) from None
         except StoreError as exc:
             # Every endpoint's store calls end here, so none can answer 500. A StoreError's message names the
             # store (redacted URL or file) and what failed, never a key; the client gets only the fixed text.
@@ -179,18 +182,22 @@ class ManagementAPI:
         _, _, env = self._caller(request)
         # A test key never sees or touches live keys; to it they do not exist.
         if record is None or (env == "test" and record.environment != "test"):
-            raise NotFound("No API key with this id")
+            raise KeyNotFound()
         return record
 
     def _now(self) -> datetime:
         return datetime.fromtimestamp(self.clock(), UTC).replace(microsecond=0)
 
-    def _answer(self, model: BaseModel, status: int = 200, envelope: bool = True) -> Response:
-        """``model`` as the JSON answer (in DeployAlly's ``{"success": true, "data": ...}`` if configured).
-        Fields a model leaves unset (what only a key, or only a JWT, has) are left out."""
+    def _answer(self, model: BaseModel, status: int = 200) -> Response:
+        """``model`` as the JSON answer. Fields a model leaves unset (what only a key, or only a JWT, has) are left
+        out. In the DeployAlly format every answer is ``{"success": true, "data": ...}``; a page of keys is
+        ``{"success": true, "data": [keys...], "meta": {"pagination": {...}}}`` (the list itself is ``data``)."""
         doc: Any = model.model_dump(mode="json", by_alias=True, exclude_unset=True)
-        if self._envelope and envelope:
-            doc = {"success": True, "data": doc}
+        if self._envelope:
+            if isinstance(model, KeyPage):
+                doc = {"success": True, "data": doc["data"], "meta": {"pagination": doc["pagination"]}}
+            else:
+                doc = {"success": True, "data": doc}
         return JSONResponse(doc, status, headers=_NO_STORE)
 
     async def _body(self, request: Request, model: type[M]) -> M:
@@ -200,16 +207,17 @@ class ManagementAPI:
             async for chunk in request.stream():
                 size += len(chunk)
                 if size > MAX_BODY:
-                    raise ValidationFailed(f"body: is larger than {MAX_BODY} bytes", field="body")
+                    raise ValidationFailed("validation_error.body_too_large", field="body", where="body",
+                                           limit=MAX_BODY)
                 chunks.append(chunk)
         except ClientDisconnect:
-            raise BadRequest("The client went away") from None
+            raise ClientGone() from None
         raw = b"".join(chunks)
         try:
             return model.model_validate_json(raw if raw.strip() else b"{}")
         except ValidationError as exc:
             found = problem(exc, model)
-            raise ValidationFailed(found.message, field=found.field) from None
+            raise ValidationFailed(found.message_id, field=found.field, **found.values) from None
 
     def _invalidate(self, *records: KeyRecord) -> None:
         for r in records:
@@ -233,14 +241,14 @@ class ManagementAPI:
         else:
             doc = AuthTest(authenticated=True, key_id=None, subject=p.subject, permissions=list(p.permissions_list),
                            credential="jwt", expires_at=datetime.fromtimestamp(p.expires_ts, UTC), rate_limit=rate)
-        return self._answer(doc, envelope=False)
+        return self._answer(doc)
 
     async def list_keys(self, request: Request) -> Response:
         try:
             query = KeyQuery.model_validate(dict(request.query_params))
         except ValidationError as exc:
-            found = problem(exc, KeyQuery, unknown="unknown query parameter")
-            raise ValidationFailed(found.message, field=found.field) from None
+            found = problem(exc, KeyQuery, unknown="validation_error.unknown_query")
+            raise ValidationFailed(found.message_id, field=found.field, **found.values) from None
         limit, offset = query.limit, query.offset
         env = query.environment if "environment" in query.model_fields_set else None
         status = query.status if "status" in query.model_fields_set else None
@@ -267,7 +275,7 @@ class ManagementAPI:
         fields = body.model_dump(exclude_unset=True)
         env = fields.pop("environment", caller_env)
         if caller_env == "test" and env != "test":
-            raise InsufficientPermissions("A test key can only create test keys")
+            raise LiveKeyFromTestKey()
         value, record = await create_key(
             self._store, self._pepper, self._settings.key_format,
             **{"permissions": sorted(perms), **fields}, environment=env,
@@ -283,7 +291,7 @@ class ManagementAPI:
         updated = await update_key(self._store, record.id, body.model_dump(exclude_unset=True), policy=self._policy(),
                                    actor=actor, caller_permissions=perms)
         if updated is None:
-            raise NotFound("No API key with this id")
+            raise KeyNotFound()
         self._invalidate(record)
         return self._answer(self.models.key.of(updated, self._now()))
 
@@ -292,7 +300,7 @@ class ManagementAPI:
         actor, perms, _ = self._caller(request)
         revoked = await revoke_key(self._store, record.id, actor=actor, caller_permissions=perms)
         if revoked is None:
-            raise NotFound("No API key with this id")
+            raise KeyNotFound()
         self._invalidate(record)
         return self._answer(self.models.key.of(revoked, self._now()))
 
@@ -305,7 +313,7 @@ class ManagementAPI:
         result = await rotate_key(self._store, self._pepper, self._settings.key_format, record.id,
                                   grace_period=grace, actor=actor, caller_permissions=perms)
         if result is None:
-            raise NotFound("No API key with this id")
+            raise KeyNotFound()
         old, value, new = result
         self._invalidate(record)
         return self._answer(Rotation(old_key=RetiredKey(id=old.id, expires_at=old.expires_at),

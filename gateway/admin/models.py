@@ -4,6 +4,7 @@
                KeyQuery (the query of GET /api-keys)
     answers    ApiKey (a key as listed and shown), KeyCreated (with its value, shown once), KeyPage,
                Rotation (old_key/new_key), NewKey (also a value revealed by POST .../reveal), AuthTest
+               (with RateLimit); PageMeta (beside a DeployAlly list)
     errors     Error (deployERP: ``{"error": {...}}``), AllyError (DeployAlly: ``{"success": false, ...}``)
 
 Every constraint on a field (lengths, the scope and duration patterns, networks, the configured tiers, unknown
@@ -22,8 +23,11 @@ may spell two fields either way (``ip_whitelist`` or ``allowed_ips``, ``auto_rot
 from __future__ import annotations
 
 import functools
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from types import MappingProxyType
 from typing import Annotated, Any, Literal, NamedTuple, Self
 
 from pydantic import (
@@ -42,7 +46,8 @@ from pydantic import (
 from gateway.config.settings import Settings, parse_duration
 from gateway.keys.record import KeyRecord, format_duration
 from gateway.keys.service import MAX_PERIOD_SECONDS
-from gateway.mailaddr import check_address
+from gateway.mailaddr import MAX_ADDRESS, check_address
+from gateway.messages import english, problem_text
 from gateway.network import parse_network
 from gateway.policy.rules import SCOPE_RE
 
@@ -51,7 +56,7 @@ MAX_DESCRIPTION = 1000
 MAX_PERIOD = "36500d"  # MAX_PERIOD_SECONDS as a duration
 
 # Patterns, each enforced by pydantic (so exactly as the OpenAPI document states it) and explained to the client
-# by _PATTERN_PROBLEMS when it does not match.
+# by the message _PATTERN_PROBLEMS names when it does not match.
 NAME_PATTERN = r"^[^\x00-\x1f\x7f]*[^\x00-\x20\x7f][^\x00-\x1f\x7f]*$"  # printable, not only spaces
 SCOPE_PATTERN = SCOPE_RE.pattern  # what a key may hold (gateway.policy.rules.valid_scope)
 # gateway.config.settings.parse_duration reads these (it takes a little more: capitals, surrounding spaces).
@@ -60,10 +65,10 @@ PERIOD_PATTERN = r"^[0-9]{1,10}[smhdw]$"
 KEY_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
 
 _PATTERN_PROBLEMS = {
-    NAME_PATTERN: "must be printable characters, not only spaces",
-    SCOPE_PATTERN: "must be a scope: resource:action, resource:* or *",
-    DURATION_PATTERN: "must be a duration like 7d, 12h, 30m or 0",
-    PERIOD_PATTERN: "must be a duration like 90d, 12h or 30m",
+    NAME_PATTERN: "validation_error.pattern_name",
+    SCOPE_PATTERN: "validation_error.pattern_scope",
+    DURATION_PATTERN: "validation_error.pattern_duration",
+    PERIOD_PATTERN: "validation_error.pattern_period",
 }
 
 
@@ -71,19 +76,25 @@ _PATTERN_PROBLEMS = {
 
 
 class Refused(ValueError):
-    """What a validator here says of a value: a fixed text that never repeats it."""
+    """What a validator here says of a value: a message of the catalogues (``validation_error.network``...) that
+    never repeats it, with its values; the exception's own text is the English one."""
+
+    def __init__(self, message_id: str, **params: object) -> None:
+        self.message_id = message_id
+        self.params = params
+        super().__init__(problem_text(message_id, "value", params))
 
 
 class TooLong(Refused):
     def __init__(self) -> None:
-        super().__init__(f"must be at most {MAX_PERIOD}")
+        super().__init__("validation_error.period_too_long", limit=MAX_PERIOD)
 
 
 def _network(text: str) -> str:
     try:
         return str(parse_network(text))
     except ValueError:
-        raise Refused("must be an IP address or CIDR network like 203.0.113.0/24") from None
+        raise Refused("validation_error.network") from None
 
 
 def _utc(moment: datetime) -> datetime:
@@ -103,7 +114,7 @@ def _at_most_max(text: str) -> str:
 
 def _period(text: str) -> str:
     if parse_duration(text) == 0:
-        raise Refused("must be longer than zero")
+        raise Refused("validation_error.period_zero")
     return _at_most_max(text)
 
 
@@ -115,14 +126,14 @@ def _one_duration(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
         if any(e["type"] == "less_than_equal" or isinstance((e.get("ctx") or {}).get("error"), TooLong)
                for e in exc.errors()):
             raise TooLong() from None
-        raise Refused("must be a duration like 7d, 12h or 0, or a whole number of seconds") from None
+        raise Refused("validation_error.grace") from None
 
 
 def _email(text: str) -> str:
     try:
         return check_address(text)
-    except ValueError as exc:
-        raise Refused(str(exc)) from None
+    except ValueError:
+        raise Refused("validation_error.email", limit=MAX_ADDRESS) from None
 
 
 def _unique(items: list[str]) -> list[str]:
@@ -347,6 +358,12 @@ class KeyPage(_Answer):
     pagination: Pagination
 
 
+class PageMeta(_Answer):
+    """What a DeployAlly page of keys says beside its list: ``{"success": true, "data": [...], "meta": {...}}``."""
+
+    pagination: Pagination
+
+
 class RetiredKey(_Answer):
     """The key rotated out."""
 
@@ -499,68 +516,94 @@ def models_for(settings: Settings) -> KeyModels:
 
 class Problem(NamedTuple):
     """The first thing wrong with a request: the field as documented (``body`` for the body as a whole),
-    where in it (``permissions[1]``) and what is wrong, in words that never repeat the value."""
+    where in it (``permissions[1]``) and what is wrong: a ``validation_error.*`` message of the catalogues
+    (gateway/messages/) and its values, none of them the value sent. The API answers it in the language of its
+    error format; :attr:`message` and :attr:`text` are the English words (the CLI's)."""
 
     field: str
     where: str
-    text: str
+    message_id: str
+    params: Mapping[str, object] = MappingProxyType({})
+
+    @property
+    def values(self) -> dict[str, object]:
+        """Every value of the message, ``where`` included."""
+        return {**self.params, "where": self.where}
 
     @property
     def message(self) -> str:
-        return f"{self.where}: {self.text}"
+        return english(self.message_id, self.values)
+
+    @property
+    def text(self) -> str:
+        """The English words without the field."""
+        return problem_text(self.message_id, self.where, self.params)
 
 
+# pydantic's error types -> the catalogue's messages; their values come from pydantic's context (the limits the
+# model declares), never from the input.
 _PROBLEMS = {
-    "missing": "is required",
-    "extra_forbidden": "unknown field",
-    "string_type": "must be a string",
-    "bool_type": "must be true or false",
-    "list_type": "must be a list",
-    "int_type": "must be a whole number",
-    "int_parsing": "must be a whole number",
-    "int_from_float": "must be a whole number",
-    "string_too_short": "must not be empty",
-    "string_too_long": "must be at most {max_length} characters",
-    "too_short": "must have at least {min_length} item(s)",
-    "greater_than_equal": "must be at least {ge}",
-    "less_than_equal": "must be at most {le}",
-    "literal_error": "must be {expected}",
-    "enum": "must be {expected}",
+    "missing": "validation_error.missing",
+    "string_type": "validation_error.string_type",
+    "bool_type": "validation_error.bool_type",
+    "list_type": "validation_error.list_type",
+    "int_type": "validation_error.int_type",
+    "int_parsing": "validation_error.int_type",
+    "int_from_float": "validation_error.int_type",
+    "string_too_short": "validation_error.string_too_short",
+    "string_too_long": "validation_error.string_too_long",
+    "too_short": "validation_error.too_short",
+    "too_long": "validation_error.too_long",
+    "greater_than_equal": "validation_error.greater_than_equal",
+    "less_than_equal": "validation_error.less_than_equal",
+    "literal_error": "validation_error.literal_error",
+    "enum": "validation_error.literal_error",
 }
+_CONTEXT = ("max_length", "min_length", "ge", "le")
 
 
-def problem(exc: ValidationError, model: type[BaseModel], unknown: str = "unknown field") -> Problem:
-    """The :class:`Problem` of the first error pydantic found validating ``model``. ``unknown`` says what a
-    name the model does not have is (a field, a query parameter)."""
+def _expected(ctx: Mapping[str, Any]) -> str:
+    """The values a literal may take, listed without pydantic's English ``or`` (``'live' or 'test'``)."""
+    return ", ".join(re.findall(r"'([^']*)'", str(ctx.get("expected", "")))) or "?"
+
+
+def problem(exc: ValidationError, model: type[BaseModel], unknown: str = "validation_error.extra_forbidden") -> Problem:
+    """The :class:`Problem` of the first error pydantic found validating ``model``. ``unknown`` is the message
+    for a name the model does not have (a field; ``validation_error.unknown_query`` for a query parameter)."""
     err = exc.errors(include_url=False)[0]
     loc, kind, ctx = err["loc"], err["type"], err.get("ctx") or {}
     if not loc:
         if kind == "json_invalid":
-            return Problem("body", "body", "is not valid JSON")
+            return Problem("body", "body", "validation_error.json_invalid")
         if kind == "model_type":
-            return Problem("body", "body", "must be a JSON object")
+            return Problem("body", "body", "validation_error.not_object")
         field = str(ctx.get("field", "body"))
-        return Problem(field, field, err["msg"])
+        return Problem(field, field, "validation_error.invalid")
     spelled = {str(c): public_name(model, name) for name, info in model.model_fields.items()
                if isinstance(info.validation_alias, AliasChoices) for c in info.validation_alias.choices}
     field = spelled.get(str(loc[0]), str(loc[0]))
     where = field + "".join(f"[{p}]" for p in loc[1:] if isinstance(p, int))
+    params: dict[str, object] = {}
     if kind == "extra_forbidden":
         if str(loc[0]) in spelled:
             first, *others = (s for s, f in spelled.items() if f == field)
-            return Problem(field, field, f"give {first} or {' or '.join(others)}, not both")
+            return Problem(field, field, "validation_error.both_spellings",
+                           {"first": first, "second": " / ".join(others)})
         return Problem(field, where, unknown)
     if kind == "string_pattern_mismatch":
-        text = _PATTERN_PROBLEMS.get(str(ctx.get("pattern")), "is not in the documented form")
+        message_id = _PATTERN_PROBLEMS.get(str(ctx.get("pattern")), "validation_error.pattern")
     elif kind.startswith(("datetime", "date_")):
-        text = "must be an ISO 8601 time like 2026-12-31T23:59:59Z"
+        message_id = "validation_error.datetime"
     elif kind in _PROBLEMS:
-        text = _PROBLEMS[kind].format(**ctx)
+        message_id = _PROBLEMS[kind]
+        params = {k: ctx[k] for k in _CONTEXT if k in ctx}
+        if message_id == "validation_error.literal_error":
+            params["expected"] = _expected(ctx)
     elif isinstance(ctx.get("error"), Refused):
-        text = str(ctx["error"])  # our own validators' words (networks, durations)
+        refused: Refused = ctx["error"]  # our own validators' words (networks, durations)
+        message_id, params = refused.message_id, dict(refused.params)
     else:
-        text = err["msg"]
+        message_id = "validation_error.invalid"
     if kind == "too_short" and field == "permissions":
-        text = "give at least one permission (for example servers:read)"
-    return Problem(field, where, text)
-
+        message_id, params = "validation_error.permissions_empty", {}
+    return Problem(field, where, message_id, params)

@@ -4,7 +4,8 @@
 answered before the auth gate, without a credential, like the probes; ``ops.openapi_enabled: false`` turns
 both off. The document follows the running configuration: paths under ``management.prefix``, the error
 shape of ``error_format`` (deployERP ``{"error": {...}}`` or DeployAlly ``{"success": false, ...}``, whose
-successful answers are also wrapped in ``{"success": true, "data": ...}``), the name of the IP allowlist
+successful answers are all wrapped in ``{"success": true, "data": ...}``, a page of keys as
+``{"success": true, "data": [...], "meta": {"pagination": ...}}``), the name of the IP allowlist
 field and the rate-limit tiers a key may be given. Both bodies are built once, when the app is built.
 
 Every schema in it is the JSON Schema of a model of :mod:`gateway.admin.models` (pydantic writes JSON Schema
@@ -37,10 +38,12 @@ from gateway.admin.models import (
     KeyQuery,
     KeyRotate,
     NewKey,
+    PageMeta,
     Rotation,
     models_for,
 )
 from gateway.config.settings import Settings
+from gateway.errors import ErrorFormat, ReadOnlyEndpoint, error_format
 
 REF = "#/components/schemas/{model}"
 
@@ -70,7 +73,6 @@ class _Operation:
     body: str | None = None  # the model of the request body
     body_required: bool = False
     query: type[BaseModel] | None = None
-    envelope: bool = True  # DeployAlly wraps the answer in {"success": true, "data": ...}
     tag: str = "api-keys"
     description: str | None = None
 
@@ -78,7 +80,7 @@ class _Operation:
 _OPERATIONS = {
     "auth_test": _Operation(
         "authTest", "Who am I: the calling key (or JWT), its scopes and rate limit",
-        ("200", "The credential is valid", "AuthTest"), envelope=False, tag="auth",
+        ("200", "The credential is valid", "AuthTest"), tag="auth",
         description="Checks the credential without spending a request: a key's id, scopes, environment, expiry "
                     "and rotation state (or a JWT's subject), and its rate limit: the hourly window "
                     "(`rate_limit.limit`, `remaining`, `reset`; `999/1000` after one request of a standard key) "
@@ -124,6 +126,8 @@ def schemas(settings: Settings) -> dict[str, Any]:
         (Rotation, "serialization"), (NewKey, "serialization"), (AuthTest, "serialization"),
         (error, "serialization"),
     ]
+    if settings.error_format == "deployally":
+        targets.append((PageMeta, "serialization"))
     _, top = models_json_schema(targets, ref_template=REF, schema_generator=_Schema)
     defs: dict[str, Any] = top["$defs"]
     defs["Error"] = defs.pop(error.__name__)
@@ -150,9 +154,16 @@ def build_openapi(settings: Settings) -> dict[str, Any]:
     def responses(op: _Operation) -> dict[str, Any]:
         status, description, model = op.answer
         schema: dict[str, Any] = {"$ref": REF.format(model=model)}
-        if ally and op.envelope:
-            schema = {"type": "object", "required": ["success", "data"], "additionalProperties": False,
-                      "properties": {"success": {"type": "boolean", "enum": [True]}, "data": schema}}
+        if ally:
+            success = {"type": "boolean", "enum": [True]}
+            if model == "KeyPage":  # the list is `data` itself, its pagination beside it
+                schema = {"type": "object", "required": ["success", "data", "meta"], "additionalProperties": False,
+                          "properties": {"success": success, "data": {
+                              "type": "array", "items": {"$ref": REF.format(model="ApiKey")}},
+                              "meta": {"$ref": REF.format(model="PageMeta")}}}
+            else:
+                schema = {"type": "object", "required": ["success", "data"], "additionalProperties": False,
+                          "properties": {"success": success, "data": schema}}
         out: dict[str, Any] = {status: {"description": description, "content": {"application/json": {
             "schema": schema}}}}
         for code in ("400", "401", "403", *op.errors, "413", "429", "503"):
@@ -240,16 +251,14 @@ def docs_html(doc: dict[str, Any], spec_path: str) -> str:
     return "".join(parts)
 
 
-def _static(body: bytes, content_type: bytes) -> ASGIApp:
+def _static(body: bytes, content_type: bytes, errors: ErrorFormat) -> ASGIApp:
     headers = [(b"content-type", content_type), (b"content-length", str(len(body)).encode()),
                (b"cache-control", b"no-cache")]
-    refused = b'{"status":"error","reason":"use GET or HEAD"}'
+    status, refused_headers, refused = errors.render(ReadOnlyEndpoint())
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["method"] not in ("GET", "HEAD"):
-            await send({"type": "http.response.start", "status": 405, "headers": [
-                (b"content-type", b"application/json"), (b"allow", b"GET, HEAD"),
-                (b"content-length", str(len(refused)).encode())]})
+            await send({"type": "http.response.start", "status": status, "headers": refused_headers})
             await send({"type": "http.response.body", "body": refused})
             return
         await send({"type": "http.response.start", "status": 200, "headers": headers})
@@ -264,5 +273,6 @@ def openapi_routes(settings: Settings) -> dict[str, ASGIApp]:
     ops = settings.ops
     spec = json.dumps(doc, separators=(",", ":")).encode()
     page = docs_html(doc, ops.openapi_path).encode()
-    return {ops.openapi_path: _static(spec, b"application/json"),
-            ops.docs_path: _static(page, b"text/html; charset=utf-8")}
+    errors = error_format(settings.error_format, settings.messages)
+    return {ops.openapi_path: _static(spec, b"application/json", errors),
+            ops.docs_path: _static(page, b"text/html; charset=utf-8", errors)}

@@ -3,8 +3,8 @@
 * :func:`configuration_reference`: every setting of :class:`gateway.config.settings.Settings`, walked from the
   pydantic model, with its environment variable, type, default and description (the field's
   ``Field(description=...)``; a section's description heads its table);
-* :func:`error_reference`: every answer the gateway gives on its own behalf (each :class:`GatewayError`
-  subclass): status, both platforms' codes and the message.
+* :func:`error_reference`: every answer the gateway gives on its own behalf (each message id of the catalogues
+  in gateway/messages/): status, both platforms' codes, the id and both languages' messages.
 
 Each lives in a doc between ``<!-- BEGIN GENERATED ... -->`` and ``<!-- END GENERATED -->`` markers;
 ``python -m gateway.config.reference --write`` rewrites them and ``--check`` (run by tests/test_docs.py) fails
@@ -155,20 +155,29 @@ def _import_all() -> None:
             continue
 
 
-def error_classes() -> list[type]:
+def error_classes_all() -> list[type]:
+    """Every GatewayError subclass of the package (every module imported first), variants included."""
     from gateway.errors import GatewayError
 
     _import_all()
-    seen: dict[tuple[int, str], type] = {}
+    out: list[type] = []
     stack = list(GatewayError.__subclasses__())
     while stack:
         cls = stack.pop()
         stack.extend(cls.__subclasses__())
         if cls.__module__.startswith("gateway.") and not cls.__name__.startswith("_"):
-            key = (cls.status, cls.code)
-            # A subclass that only specialises the message: document the most general class of the code.
-            if key not in seen or _generality(cls) < _generality(seen[key]):
-                seen[key] = cls
+            out.append(cls)
+    return out
+
+
+def error_classes() -> list[type]:
+    """One class per (status, code): the most general (a variant only changes the message)."""
+    seen: dict[tuple[int, str], type] = {}
+    for cls in error_classes_all():
+        c: Any = cls
+        key = (c.status, c.code)
+        if key not in seen or _generality(cls) < _generality(seen[key]):
+            seen[key] = cls
     return [seen[k] for k in sorted(seen)]
 
 
@@ -176,12 +185,31 @@ def _generality(cls: type) -> tuple[int, bool, str]:
     return len(cls.__mro__), cls.__module__ != "gateway.errors", cls.__qualname__
 
 
+def _html_cell(text: str) -> str:
+    """A table cell that shows ``<key>`` as written (Markdown would read it as an HTML tag)."""
+    return _cell(text).replace("<", "&lt;").replace(">", "&gt;")
+
+
 def error_reference() -> str:
-    """The Markdown table of every error answer."""
-    out = ["| Status | deployERP `code` | DeployAlly `code` | Message |", "|---|---|---|---|"]
+    """The Markdown table of every answer: one row per message id of the catalogues (gateway/messages/), with
+    the status and both platforms' codes of the error class that uses it, and both languages' texts."""
+    from gateway import messages
+
+    by_code: dict[str, Any] = {}
     for cls in error_classes():
-        c: Any = cls
-        out.append(f"| {c.status} | `{c.code}` | `{c.ally_code}` | {_cell(c.message)} |")
+        by_code.setdefault(cls.code, cls)  # type: ignore[attr-defined]
+    english, portuguese = messages.catalogue("deployerp"), messages.catalogue("deployally")
+    rows = []
+    for message_id, text in english.items():
+        c = by_code.get(message_id.split(".", 1)[0])
+        if c is None:  # internal_error: the base class's, never answered
+            continue
+        rows.append((c.status, c.code, message_id, c.ally_code, text, portuguese[message_id]))
+    out = ["| Status | deployERP `code` | DeployAlly `code` | Message id | deployERP message (English) "
+           "| DeployAlly message (Portuguese) |", "|---|---|---|---|---|---|"]
+    for status, code, message_id, ally_code, text, ally in sorted(rows, key=lambda r: r[:3]):
+        out.append(f"| {status} | `{code}` | `{ally_code}` | `{message_id}` | {_html_cell(text)} "
+                   f"| {_html_cell(ally)} |")
     return "\n".join(out) + "\n"
 
 

@@ -39,6 +39,7 @@ from gateway.config.problems import ConfigError as ConfigError  # what every rea
 from gateway.config.problems import Invalid, problems_of
 from gateway.config.sources import EnvironmentSource, YamlFile
 from gateway.mailaddr import check_address, redacted_url
+from gateway.messages import override_problems
 
 ENV_PREFIX = "GATEWAY_"
 
@@ -588,6 +589,12 @@ class Settings(BaseSettings):
         "The policy file (docs/policies.md); relative to the configuration file."))
     error_format: Literal["deployerp", "deployally"] = Field("deployerp", description=(
         "`deployerp` (`{\"error\": {...}}`) or `deployally` (`{\"success\": false, \"error\": {...}}`)."))
+    messages: dict[str, str] = Field(default_factory=dict, description=(
+        "Your own words for answers the gateway writes itself, by message id (`invalid_token`, "
+        "`invalid_token.revoked`, `validation_error.missing`...: every id, with both languages' texts, is in "
+        "docs/troubleshooting.md). They replace the catalogue of `error_format` (English for deployERP, Portuguese "
+        "for DeployAlly); a text may use the placeholders of the one it replaces (`{where}`), never others. An "
+        "unknown id stops the gateway naming it. Read at start."))
     key_format: KeyFormat = Field(default_factory=KeyFormat, description=(
         "Key prefixes: the preset `deployerp` (`dep_live_`/`dep_test_`) or `deployally` (`da_`/`da_test_`), or a "
         "mapping with `live` and `test`."))
@@ -626,6 +633,15 @@ class Settings(BaseSettings):
     @classmethod
     def _comma_separated(cls, value: Any) -> Any:
         return _listed(value)
+
+    @field_validator("messages")
+    @classmethod
+    def _known_messages(cls, value: dict[str, str]) -> dict[str, str]:
+        problems = override_problems(value)
+        if problems:
+            message_id, why = problems[0]
+            raise Invalid(why, message_id)
+        return value
 
     @model_validator(mode="after")
     def _forward_auth_path_free(self) -> Settings:

@@ -38,7 +38,7 @@ from time import perf_counter
 from starlette.types import Receive, Scope, Send
 
 from gateway.doors.proxy.protocol import CLOSE
-from gateway.errors import BadRequest, EnvironmentUnavailable, GatewayError, render
+from gateway.errors import BadRequest, EnvironmentUnavailable, ErrorFormat, GatewayError, render
 from gateway.gate import Allow, Gate
 from gateway.keys.cache import AuthKey
 from gateway.network import address_text, parse_address
@@ -63,22 +63,16 @@ _EMPTY_OK: tuple[Header, ...] = ((b"content-length", b"0"), (b"cache-control", b
 
 class ForwardAuthUntrusted(GatewayError):
     status, code, ally_code = 403, "forward_auth_untrusted", "FORBIDDEN"
-    message = "Forward-auth requests are answered only for the proxies in trusted_proxies"
-    ally_message = "Pedidos de forward-auth são atendidos apenas para os proxies em trusted_proxies"
 
 
 class ForwardAuthMalformed(BadRequest):
     code = "forward_auth_malformed"
-    message = ("The forward-auth request must name the original request once: X-Original-Method and "
-               "X-Original-URI, or X-Forwarded-Method and X-Forwarded-Uri, or a path below the endpoint")
-    ally_message = ("O pedido de forward-auth deve indicar o pedido original uma vez: X-Original-Method e "
-                    "X-Original-URI, ou X-Forwarded-Method e X-Forwarded-Uri, ou um caminho abaixo do endpoint")
 
 
 class ForwardAuth:
     """The pure-ASGI forward-auth endpoint: ``path`` itself (nginx, Traefik) and every path below it (Envoy)."""
 
-    def __init__(self, gate: Gate, path: str, error_format: str, *, test_keys: bool = False,
+    def __init__(self, gate: Gate, path: str, error_format: ErrorFormat | str, *, test_keys: bool = False,
                  forward_authorization: bool = False, metrics: Metrics | None = None,
                  access_log: AccessLog | None = None) -> None:
         self.gate = gate

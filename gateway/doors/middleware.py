@@ -63,6 +63,7 @@ from gateway.errors import (
     GatewayError,
     InsufficientPermissions,
     PayloadTooLarge,
+    error_format,
     render,
 )
 from gateway.gate import UNMATCHED, Deny
@@ -197,7 +198,7 @@ class AuthMiddleware:
         self.settings = settings
         self.unmatched = unmatched
         self.allow_test_keys = allow_test_keys
-        self._format = settings.error_format
+        self._format = error_format(settings.error_format, settings.messages)
         self._components: Components | None = build_components(settings)
         if self._components.pepper_created:
             log.warning("created a new server secret in %s (mode 600): keep it and back it up, keys cannot be"

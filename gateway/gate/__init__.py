@@ -38,14 +38,18 @@ from gateway.config.settings import Settings
 from gateway.errors import (
     APIKeyNotAccepted,
     AuthenticationRequired,
+    ErrorFormat,
     ExpiredToken,
     GatewayError,
     InsufficientPermissions,
     InvalidToken,
     IPRestricted,
+    JWTLacksScope,
     JWTNotAccepted,
     MethodNotAllowed,
+    NoPolicyRule,
     PayloadTooLarge,
+    RevokedKey,
     StoreUnavailable,
     TooManyFailures,
     TwoAuthorizations,
@@ -157,7 +161,7 @@ class Deny:
     def code(self) -> str:
         return self.error.code
 
-    def render(self, error_format: str, extra: Iterable[Header] = ()) -> tuple[int, list[Header], bytes]:
+    def render(self, error_format: ErrorFormat | str, extra: Iterable[Header] = ()) -> tuple[int, list[Header], bytes]:
         return render(self.error, error_format, [*self.headers, *extra])
 
 
@@ -265,9 +269,9 @@ class Gate:
                 perms = principal.permissions
                 for needed in route.scopes:
                     if not grants(perms, needed):
-                        raise InsufficientPermissions()
+                        raise InsufficientPermissions() if principal.__class__ is AuthKey else JWTLacksScope()
             elif not self.authenticate_unmatched:
-                raise InsufficientPermissions("No policy rule allows this method and path")
+                raise NoPolicyRule()
             authorized = True
             if body_length > body_limit:
                 # Refused on Content-Length before a byte is read (or a request is spent).
@@ -320,7 +324,7 @@ class Gate:
             if not in_networks(client, principal.networks):
                 raise IPRestricted()
         if not grants(principal.permissions, needed):
-            raise InsufficientPermissions()
+            raise InsufficientPermissions() if principal.__class__ is AuthKey else JWTLacksScope()
         return principal
 
     def client_key(self, peer: str | None, forwarded_for: list[bytes]) -> str:
@@ -382,8 +386,10 @@ class Gate:
         return self._usable(key, key_hash)
 
     def _usable(self, key: AuthKey | None, key_hash: str) -> AuthKey:
-        if key is None or key.revoked or not Pepper.same(key.record.key_hash, key_hash):
+        if key is None or not Pepper.same(key.record.key_hash, key_hash):
             raise InvalidToken()
+        if key.revoked:
+            raise RevokedKey()
         if key.expires_ts is not None and key.expires_ts <= self.clock():
             raise ExpiredToken()
         return key

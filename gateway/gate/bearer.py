@@ -15,7 +15,7 @@ and are read again without them. A token that turns out to be neither a key nor 
 :func:`token_error`, which names what is wrong with it. So a good credential in the usual spelling costs what it
 did before the general parse existed, and only spellings that are rare or wrong pay for it.
 
-Every error is a fixed string (gateway.errors): none echoes any part of the header.
+Every error is a fixed message of the catalogues (gateway/messages/): none echoes any part of the header.
 """
 
 from __future__ import annotations

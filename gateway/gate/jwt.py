@@ -37,7 +37,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
 from gateway.config.settings import ConfigError, JWTSettings
-from gateway.errors import ExpiredToken, InvalidToken
+from gateway.errors import ExpiredJWT, InvalidJWT, JWTAlgorithm, JWTNoKey, JWTNoKeyId, JWTNotYetValid
 from gateway.policy.rules import valid_scope
 
 HMAC_ALGORITHMS = frozenset({"HS256", "HS384", "HS512"})
@@ -193,44 +193,44 @@ class JWTVerifier:
     # --- per request -------------------------------------------------------------------------------------------
 
     def verify(self, token: str, now: float | None = None) -> JWTPrincipal:
-        """The principal of a valid token. Raises ExpiredToken (past ``exp``) or InvalidToken (anything else)."""
+        """The principal of a valid token. Raises ExpiredJWT (past ``exp``) or an InvalidJWT (anything else)."""
         now = time.time() if now is None else now
         principal = self._cache.get(token)
         if principal is None:
             principal = self._verify(token)
             self._cache[token] = principal
         if now - self._leeway >= principal.expires_ts:
-            raise ExpiredToken()
+            raise ExpiredJWT()
         if principal.not_before_ts is not None and now + self._leeway < principal.not_before_ts:
-            raise InvalidToken("The token is not valid yet")
+            raise JWTNotYetValid()
         return principal
 
     def _verify(self, token: str) -> JWTPrincipal:
         try:
             header = jwt.get_unverified_header(token)
         except (jwt.PyJWTError, ValueError, TypeError):
-            raise InvalidToken() from None
+            raise InvalidJWT() from None
         alg = header.get("alg")
         if not isinstance(alg, str) or alg not in self._algorithms:
-            raise InvalidToken("The token's algorithm is not accepted")
+            raise JWTAlgorithm()
         key = self._key_for(alg, header.get("kid"))
         try:
             claims = jwt.decode(token, key, algorithms=[alg], audience=self._audience, issuer=self._issuer,
                                 options=self._options)  # type: ignore[arg-type]
         except (jwt.PyJWTError, ValueError, TypeError):
             # Every way a token can be bad is the same answer; the reason is never echoed.
-            raise InvalidToken() from None
+            raise InvalidJWT() from None
         exp: Any = claims.get("exp")  # a number, checked below
         nbf: Any = claims.get("nbf")
         if not _number(exp) or (nbf is not None and not _number(nbf)):
-            raise InvalidToken()
+            raise InvalidJWT()
         subject = claims.get(self._subject_claim)
         if not isinstance(subject, str) or not subject or len(subject) > 256 or not subject.isprintable():
-            raise InvalidToken()
+            raise InvalidJWT()
         try:
             subject_header = subject.encode("ascii")
         except UnicodeEncodeError:
-            raise InvalidToken() from None
+            raise InvalidJWT() from None
         scopes = self._scopes(claims.get(self._scopes_claim))
         joined = ",".join(scopes)
         return JWTPrincipal(
@@ -250,9 +250,9 @@ class JWTVerifier:
             fitting = [(k, key) for k, key in fitting if k == kid] or [(k, key) for k, key in fitting if k is None]
         elif len(fitting) > 1:
             # Several candidates and no kid: refuse rather than try each one.
-            raise InvalidToken("The token names no key id")
+            raise JWTNoKeyId()
         if not fitting:
-            raise InvalidToken("No configured key fits the token")
+            raise JWTNoKey()
         return fitting[0][1]
 
     @staticmethod
@@ -264,11 +264,11 @@ class JWTVerifier:
         elif isinstance(raw, list):
             items = raw
         else:
-            raise InvalidToken()
+            raise InvalidJWT()
         out: list[str] = []
         for item in items:
             if not isinstance(item, str):
-                raise InvalidToken()
+                raise InvalidJWT()
             # Claims an identity provider adds for itself (openid, email, ...) may not be scope-shaped:
             # they grant nothing here, so they are left out rather than refused.
             if valid_scope(item) and item not in out:

@@ -418,11 +418,11 @@ class RedisStore:
         if verdict == "missing":
             return None
         if verdict == "revoked":
-            raise Conflict("the key is revoked")
+            raise Conflict("conflict.revoked")
         if verdict == "rotated":
-            raise Conflict(f"the key was already rotated; rotate {out[1].decode()} instead")
+            raise Conflict("conflict.rotated", key_id=out[1].decode())
         if verdict == "expired":
-            raise Conflict("the key has expired")
+            raise Conflict("conflict.expired")
         if verdict == "exists":
             raise StoreError("a key with this id or value already exists")
         return await self.get(old_id)

@@ -24,6 +24,7 @@ from gateway.keys.record import AuditEvent, KeyRecord, to_iso, utcnow
 from gateway.keys.sealing import Sealer
 from gateway.keys.store import Conflict, KeyStore
 from gateway.mailaddr import masked
+from gateway.messages import english, problem_text
 from gateway.policy.rules import Policy, grants
 
 audit_log = logging.getLogger("gateway.audit")
@@ -34,30 +35,40 @@ MAX_PERIOD_SECONDS = 36500 * 86400
 
 
 class PermissionDenied(Exception):
-    """The caller may not do this to that key (it would grant more than the caller holds)."""
+    """The caller may not do this to that key (it would grant more than the caller holds): ``scope`` is the
+    first scope it does not hold."""
+
+    def __init__(self, scope: str) -> None:
+        self.scope = scope
+        super().__init__(english("insufficient_permissions.cannot_grant", {"scope": scope}))
 
 
 class KeyInputError(ValueError):
-    def __init__(self, field: str, problem: str) -> None:
+    """A field the key's state refuses: ``message_id`` names the words (``validation_error.in_the_past``...) in
+    the message catalogues, ``params`` their values; ``problem`` is the English text without the field."""
+
+    def __init__(self, field: str, message_id: str, **params: object) -> None:
         self.field = field
-        self.problem = problem
-        super().__init__(f"{field}: {problem}")
+        self.message_id = message_id
+        self.params = params
+        self.problem = problem_text(message_id, field, params)
+        super().__init__(f"{field}: {self.problem}")
 
 
 def check_permissions(permissions: Sequence[str], policy: Policy | None) -> tuple[str, ...]:
     """The scopes, each one the policy knows (a policy reload can change which)."""
     if not permissions:
-        raise KeyInputError("permissions", "give at least one permission (for example servers:read)")
+        raise KeyInputError("permissions", "validation_error.permissions_empty")
     for i, p in enumerate(permissions):
         if policy is not None and not policy.knows_scope(p):
             # Which one, not what it says: a key pasted into the wrong field has the form of a scope.
-            raise KeyInputError("permissions", f"item {i + 1} is not a scope the policy knows")
+            raise KeyInputError("permissions", "validation_error.unknown_scope", item=i + 1)
     return tuple(permissions)
 
 
 def check_expires_at(value: datetime | None, now: datetime) -> datetime | None:
     if value is not None and value <= now:
-        raise KeyInputError("expires_at", "must be in the future")
+        raise KeyInputError("expires_at", "validation_error.in_the_past")
     return value
 
 
@@ -72,7 +83,7 @@ def check_within(caller_permissions: frozenset[str] | None, permissions: Sequenc
         return
     for p in permissions:
         if not grants(caller_permissions, p):
-            raise PermissionDenied(f"cannot grant {p!r}: the calling key does not hold it")
+            raise PermissionDenied(p)
 
 
 async def create_key(
@@ -103,7 +114,7 @@ async def create_key(
     check_within(caller_permissions, perms)
     period = seconds(rotation_period) if rotation_period is not None else None
     if auto_rotate and period is None:
-        raise KeyInputError("rotation_period", "is needed when auto_rotate is true (e.g. 90d)")
+        raise KeyInputError("rotation_period", "validation_error.rotation_period_needed")
     value = generate_key(key_format.prefix(environment))
     record = KeyRecord(
         id=generate_key_id(),
@@ -166,7 +177,7 @@ async def update_key(
         return None
     check_manageable(record, caller_permissions)
     if record.revoked_at is not None:
-        raise Conflict("the key is revoked")
+        raise Conflict("conflict.revoked")
     now = utcnow()
     clean: dict[str, Any] = {}
     for field, value in changes.items():
@@ -182,13 +193,13 @@ async def update_key(
         elif field in ("rotation_period", "grace_period"):
             clean[field] = seconds(value) if value is not None else None
         else:
-            raise KeyInputError(field, "is not a field that can be changed")
+            raise KeyInputError(field, "validation_error.not_changeable")
     if record.rotated_to is not None and "expires_at" in clean:
         new_end = clean["expires_at"]
         if record.expires_at is not None and (new_end is None or new_end > record.expires_at):
-            raise Conflict(f"the key was rotated to {record.rotated_to}; its grace period can end sooner, not later")
+            raise Conflict("conflict.grace_later", key_id=record.rotated_to)
     if clean.get("auto_rotate", record.auto_rotate) and not clean.get("rotation_period", record.rotation_period):
-        raise KeyInputError("rotation_period", "is needed when auto_rotate is true (e.g. 90d)")
+        raise KeyInputError("rotation_period", "validation_error.rotation_period_needed")
     details = {k: (to_iso(v) if isinstance(v, datetime) else list(v) if isinstance(v, tuple) else v)
                for k, v in clean.items()}
     if isinstance(clean.get("notification_email"), str):
@@ -235,7 +246,7 @@ async def rotate_key(
     if not 0 <= grace <= MAX_PERIOD_SECONDS:
         # A KeyRotate checked the API's and the CLI's; this guards rotation.grace_period from the configuration
         # (`keys rotate-due`), which no model reads: an end of grace past year 9999 cannot be stored.
-        raise KeyInputError("grace_period", "must be at most 36500d")
+        raise KeyInputError("grace_period", "validation_error.period_too_long", limit="36500d")
     old = await store.get(key_id)
     if old is None:
         return None

@@ -323,11 +323,11 @@ class SQLiteStore:
                 return None
             revoked_at, rotated_to, expires_at = row
             if revoked_at is not None:
-                raise Conflict("the key is revoked")
+                raise Conflict("conflict.revoked")
             if rotated_to is not None:
-                raise Conflict(f"the key was already rotated; rotate {rotated_to} instead")
+                raise Conflict("conflict.rotated", key_id=rotated_to)
             if expires_at is not None and parse_iso(expires_at) <= utcnow():
-                raise Conflict("the key has expired")
+                raise Conflict("conflict.expired")
             if expires_at is not None and parse_iso(expires_at) < old_expires_at:
                 old_expires_at = parse_iso(expires_at)  # rotation never extends a key's life
             self._insert(db, new)

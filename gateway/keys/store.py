@@ -17,6 +17,7 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from gateway.keys.record import AuditEvent, KeyRecord
+from gateway.messages import english
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,4 +55,11 @@ class StoreError(Exception):
 
 
 class Conflict(StoreError):
-    """The change does not apply to the key as it is now (revoked, already rotated)."""
+    """The change does not apply to the key as it is now (revoked, already rotated). ``message_id`` names its
+    words in the message catalogues (``conflict.revoked``, ``conflict.rotated``...), ``params`` their values (the
+    successor's id); the exception's own message is the English text, for the CLI and the logs."""
+
+    def __init__(self, message_id: str, **params: str) -> None:
+        self.message_id = message_id
+        self.params = params
+        super().__init__(english(message_id, params))

@@ -46,7 +46,7 @@ from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamil
 from starlette.types import Receive, Scope, Send
 
 from gateway import __version__
-from gateway.errors import GatewayError, render
+from gateway.errors import ErrorFormat, GatewayError, ReadOnlyEndpoint, render
 
 # Seconds. The gateway's own cost is sub-millisecond; upstreams range from milliseconds to a minute.
 BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
@@ -216,7 +216,7 @@ class MetricsEndpoint:
     ``refresh`` runs first when given (the readiness checks, so ``gateway_readiness`` is current)."""
 
     def __init__(self, render: Callable[[], bytes], required_scope: str | None, authorize: Authorize | None,
-                 error_format: str, refresh: Callable[[], Awaitable[Any]] | None = None) -> None:
+                 error_format: ErrorFormat | str, refresh: Callable[[], Awaitable[Any]] | None = None) -> None:
         self._render = render
         self._refresh = refresh
         self.required_scope = required_scope
@@ -225,10 +225,8 @@ class MetricsEndpoint:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["method"] not in ("GET", "HEAD"):
-            body = b'{"status":"error","reason":"use GET or HEAD"}'
-            await send({"type": "http.response.start", "status": 405, "headers": [
-                (b"content-type", b"application/json"), (b"allow", b"GET, HEAD"),
-                (b"content-length", str(len(body)).encode())]})
+            status, headers, body = render(ReadOnlyEndpoint(), self._format)
+            await send({"type": "http.response.start", "status": status, "headers": headers})
             await send({"type": "http.response.body", "body": body})
             return
         if self.required_scope is not None and self._authorize is not None:

@@ -57,7 +57,7 @@ NFKC_SEPARATORS = _nfkc_separators()
 
 
 class PathError(BadRequest):
-    message = "The request path is malformed or ambiguous"
+    message_id = "invalid_request.path"
 
 
 def _decode(seg: str) -> str:

@@ -599,8 +599,15 @@ def test_deployally_format_wraps_answers(tmp_path: Path, up: Upstream) -> None:
         data = doc["data"]
         assert data["value"].startswith("da_") and not data["value"].startswith("da_test_")
         assert data["allowed_ips"] == ["203.0.113.10/32", "203.0.113.11/32"]
-        listed = api.list().json()
-        assert listed["success"] is True and data["id"] in [r["id"] for r in listed["data"]["data"]]
+        # A list is `data` itself, its pagination beside it (not `data: {data: [...]}`).
+        listed = api.list(limit=1).json()
+        assert set(listed) == {"success", "data", "meta"} and listed["success"] is True
+        assert isinstance(listed["data"], list) and len(listed["data"]) == 1
+        assert listed["meta"] == {"pagination": {"limit": 1, "offset": 0, "next_offset": 1}}
+        assert data["id"] in [r["id"] for r in api.list(limit=500).json()["data"]]
+        # auth/test is wrapped like every other answer.
+        me = api.call("GET", "/auth/test").json()
+        assert set(me) == {"success", "data"} and me["success"] is True and me["data"]["authenticated"] is True
         got = api.get(data["id"]).json()
         assert got["success"] is True and got["data"]["id"] == data["id"]
         rotated = api.rotate(data["id"], {"grace_period": "1h"}).json()
@@ -612,11 +619,18 @@ def test_deployally_format_wraps_answers(tmp_path: Path, up: Upstream) -> None:
         assert test_key["data"]["value"].startswith("da_test_")
         bad = api.create({"name": "x", "permissions": ["servers:read"]})
         assert bad.status_code == 422
-        assert bad.json() == {"success": False, "error": {"code": "VALIDATION_ERROR",
-                                                          "message": bad.json()["error"]["message"],
-                                                          "field": "permissions"}}
+        assert bad.json() == {"success": False, "error": {
+            "code": "VALIDATION_ERROR", "message": "permissions: o item 1 não é uma permissão que a política conhece",
+            "field": "permissions"}}
+        # pydantic's own checks answer in Portuguese too, naming the field and its limit, never the value
+        long = api.create({"name": "n" * 201, "permissions": ["templates:read"]})
+        assert long.status_code == 422 and long.json()["error"] == {
+            "code": "VALIDATION_ERROR", "message": "name: deve ter no máximo 200 caracteres", "field": "name"}
+        unknown = api.create({"name": "x", "colour": "blue"})
+        assert unknown.json()["error"]["message"] == "colour: campo desconhecido"
         missing = api.get("key_missing000000")
-        assert missing.status_code == 404 and missing.json()["error"]["code"] == "NOT_FOUND"
+        assert missing.status_code == 404 and missing.json() == {"success": False, "error": {
+            "code": "NOT_FOUND", "message": "Nenhuma API Key com este id"}}
     finally:
         api.close()
         gw.stop()

@@ -182,6 +182,9 @@ def test_bad_checksum_unknown_and_revoked_keys_are_invalid_token(gw: Gateway, up
     assert_deployerp_error(resp, "invalid_token")
     assert bearer_error(resp) == "invalid_token"
     assert value not in resp.text and value not in str(resp.headers)
+    # Same code, its own words: only the key's holder can send it, so saying it was revoked tells no one else.
+    assert resp.json()["error"]["message"] == "The API key has been revoked"
+    assert get(gw, "/v1/servers", unknown).json()["error"]["message"] == "The authentication token is invalid"
 
 
 def test_expired_key_is_expired_token(gw: Gateway, upstream: Upstream) -> None:

@@ -17,7 +17,6 @@ import signal
 import socket
 import stat
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,54 +24,15 @@ import httpx
 import pytest
 
 from tests.support.core import assert_deployerp_error, bearer
-from tests.support.procs import PYTHON, body_json, free_port, raw_request, status_of, wait_port
-
-
-class Demo:
-    def __init__(self, port: int, umask: int = -1) -> None:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
-        self.port = port
-        self.proc = subprocess.Popen([PYTHON, "-m", "gateway", "demo", "--port", str(port)], stdout=subprocess.PIPE,
-                                     stderr=subprocess.STDOUT, text=True, env=env, umask=umask)
-        assert self.proc.stdout is not None
-        self.out = ""
-        deadline = time.monotonic() + 30
-        while "Press Ctrl-C" not in self.out:
-            line = self.proc.stdout.readline()
-            if not line or time.monotonic() > deadline:
-                raise AssertionError(f"the demo did not start:\n{self.out}")
-            self.out += line
-        wait_port(port, self.proc)
-
-    def stop(self, sig: int = signal.SIGINT) -> tuple[int, str]:
-        """SIGINT, as Ctrl-C sends (or ``sig``): returns the exit status and the rest of the output."""
-        self.proc.send_signal(sig)
-        try:
-            rest, _ = self.proc.communicate(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            rest, _ = self.proc.communicate()
-            raise AssertionError(f"the demo did not stop on SIGINT:\n{self.out}{rest}") from None
-        self.out += rest
-        return self.proc.returncode, rest
-
-
-def _end(d: Demo) -> None:
-    if d.proc.poll() is None:
-        # A test failed before stopping it: SIGTERM, so the demo still removes its temporary store.
-        d.proc.terminate()
-        try:
-            d.proc.communicate(timeout=15)
-        except subprocess.TimeoutExpired:
-            d.proc.kill()
-            d.proc.communicate()
+from tests.support.demo import Demo, end_demo
+from tests.support.procs import PYTHON, body_json, free_port, raw_request, status_of
 
 
 @pytest.fixture
 def demo() -> Iterator[Demo]:
     d = Demo(free_port())
     yield d
-    _end(d)
+    end_demo(d)
 
 
 def _store(out: str) -> Path:
@@ -234,4 +194,4 @@ def test_demo_store_is_private_whatever_the_umask(umask: int) -> None:
                          "gateway.secret": "600"}
         assert d.stop()[0] == 0
     finally:
-        _end(d)
+        end_demo(d)

@@ -348,7 +348,7 @@ def test_deployally_refuses_a_jwt_on_the_management_api_in_portuguese(env: Env) 
         listed = api.list()
         assert listed.status_code == 401 and listed.json() == refused.json()
         me = api.call("GET", "/auth/test")
-        assert me.status_code == 200 and me.json()["subject"] == "user-42"
+        assert me.status_code == 200 and me.json()["success"] is True and me.json()["data"]["subject"] == "user-42"
         assert get(gw, token, "/api/v1/templates/t-1").status_code == 200
     finally:
         api.close()

@@ -100,6 +100,17 @@ def test_deployally_shapes_and_configurable_paths(make_gateway: Callable[..., Ga
     assert "allowed_ips" in doc["components"]["schemas"]["ApiKey"]["properties"]
     listed = doc["paths"]["/v1/api-keys"]["get"]["responses"]["200"]["content"]["application/json"]["schema"]
     assert listed["properties"]["success"] == {"type": "boolean", "enum": [True]}
+    # a list is `data` itself, its pagination in `meta`; auth/test is wrapped too
+    assert listed["required"] == ["success", "data", "meta"] and listed["properties"]["data"]["type"] == "array"
+    assert resolved(doc, listed["properties"]["meta"])["required"] == ["pagination"]
+    me = doc["paths"]["/v1/auth/test"]["get"]["responses"]["200"]["content"]["application/json"]["schema"]
+    assert me["required"] == ["success", "data"]
+    assert me["properties"]["data"] == {"$ref": "#/components/schemas/AuthTest"}
+    # the document's read-only endpoints refuse other methods in the format's error shape
+    refused = get(gw, "/-/openapi.json", "POST")
+    assert refused.status_code == 405 and refused.headers["allow"] == "GET, HEAD"
+    assert refused.json() == {"success": False, "error": {"code": "METHOD_NOT_ALLOWED",
+                                                          "message": "Este endpoint aceita apenas GET e HEAD"}}
     assert get(gw, "/-/docs").status_code == 200
     assert get(gw, "/openapi.json").status_code == 401  # an ordinary path again: the gate answers
 

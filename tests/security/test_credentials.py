@@ -27,7 +27,7 @@ PROBLEM = {
     "one-token": "one key after Bearer",
     "characters": "characters",
     "length": "longer than 8192 bytes",
-    "unknown": "invalid or has been revoked",
+    "unknown": "The authentication token is invalid",
 }
 
 # name -> (Authorization value as a function of the real key value, the problem the answer must name)

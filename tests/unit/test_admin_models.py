@@ -63,7 +63,7 @@ def test_problems_name_the_documented_field_whatever_the_spelling() -> None:
     assert refusal(create, {**base, "ip_whitelist": [], "allowed_ips": []}) == (
         "ip_whitelist", "ip_whitelist: give ip_whitelist or allowed_ips, not both")
     assert refusal(create, {**base, "rate_limit_tier": "gold"}) == (
-        "rate_limit_tier", "rate_limit_tier: must be 'standard' or 'limited'")
+        "rate_limit_tier", "rate_limit_tier: must be one of: standard, limited")
     assert refusal(create, ["not", "an", "object"]) == ("body", "body: must be a JSON object")
     assert refusal(KeyRotate, {"grace_period": True})[0] == "grace_period"
 

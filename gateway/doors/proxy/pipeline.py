@@ -30,11 +30,12 @@ from gateway.doors.proxy.forwarder import Forwarder
 from gateway.doors.proxy.protocol import CLOSE
 from gateway.errors import (
     EnvironmentUnavailable,
+    ErrorFormat,
     FramingError,
     GatewayError,
     MethodNotAllowed,
     ServiceUnavailable,
-    render,
+    error_format,
 )
 from gateway.gate import Allow, Deny, Gate
 from gateway.gate.bearer import OWS
@@ -65,7 +66,6 @@ _IDENTITY_PREFIXES = frozenset({b"x-auth-", b"x_auth_", b"x-auth_", b"x_auth-"})
 
 class ShuttingDown(ServiceUnavailable):
     code = "shutting_down"
-    message = "The gateway is shutting down; retry"
 
 
 _REQUEST_ID = b"x-request-id"
@@ -137,7 +137,7 @@ class Gateway:
         self.access_log = access_log
         self.forwarders = forwarders
         self.management = management
-        self._format = settings.error_format
+        self._format = error_format(settings.error_format, settings.messages)
         self._forward_authorization = settings.forward_authorization
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -354,7 +354,7 @@ def _peer(scope: Scope) -> str | None:
     return client[0] if client else None
 
 
-async def _send_error(send: Send, error: GatewayError, error_format: str, extra: list[Header] | tuple[()]) -> None:
-    status, headers, body = render(error, error_format, extra)
+async def _send_error(send: Send, error: GatewayError, errors: ErrorFormat, extra: list[Header] | tuple[()]) -> None:
+    status, headers, body = errors.render(error, extra)
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})

@@ -44,17 +44,18 @@ from uvicorn.protocols.utils import get_client_addr, get_path_with_query_string
 
 from gateway.config.settings import LimitsSettings, Settings
 from gateway.errors import (
-    BadRequest,
-    FramingError,
+    ConnectNotAllowed,
+    ErrorFormat,
     GatewayError,
     Header,
     HeadersTooLarge,
-    MethodNotAllowed,
+    HTTPVersionNotSupported,
+    NotHTTP,
     Overloaded,
     RequestTimeout,
     TargetNotOriginForm,
     URITooLong,
-    render,
+    error_format,
 )
 
 log = logging.getLogger("gateway.security")
@@ -242,7 +243,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     Configured by :func:`http_protocol`, which sets the class attributes below from the settings."""
 
     limits: LimitsSettings = LimitsSettings()
-    error_format: str = "deployerp"
+    errors: ErrorFormat = error_format("deployerp")
     # The most bytes a head may take on the wire (target + headers + slack for the request line and line
     # ends). Counted per read while a head is incomplete, so a never-ending header line cannot grow in memory.
     raw_head_limit: int = 0
@@ -338,10 +339,10 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
                 self._stop(HeadersTooLarge())
         if url[:1] != b"/" or b"#" in url:
             if self.parser.get_method() == b"CONNECT":
-                self._stop(MethodNotAllowed("The gateway is not a proxy: CONNECT is not supported"))
+                self._stop(ConnectNotAllowed())
             self._stop(TargetNotOriginForm())
         if self.parser.get_http_version() not in ("1.1", "1.0"):
-            self._stop(BadRequest("Only HTTP/1.0 and HTTP/1.1 are supported"))
+            self._stop(HTTPVersionNotSupported())
         cap = self.max_connections
         if len(self.connections) > cap or len(self.tasks) >= cap:
             # uvicorn's limit_concurrency does the same, but answers in plain text and counts the connection
@@ -378,7 +379,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def send_400_response(self, msg: str) -> None:
         # Every parser error ends here (llhttp's own and the _Refused raised by the callbacks above).
         error, self._refusal = self._refusal, None
-        self._refuse(error or FramingError("The request is not valid HTTP/1.1"))
+        self._refuse(error or NotHTTP())
 
     def _refuse(self, error: GatewayError) -> None:
         """Answer ``error`` as JSON and close the connection: the rest of the stream cannot be trusted."""
@@ -397,7 +398,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
                 cycle.keep_alive = False
                 self.flow.pause_reading()
                 return
-        status, headers, body = render(error, self.error_format, (CLOSE,))
+        status, headers, body = self.errors.render(error, (CLOSE,))
         out = [STATUS_LINE[status]]
         for name, value in headers:
             out += [name, b": ", value, b"\r\n"]
@@ -411,7 +412,7 @@ def http_protocol(settings: Settings) -> type[GuardedHttpToolsProtocol]:
     lim = settings.limits
     attrs = {
         "limits": lim,
-        "error_format": settings.error_format,
+        "errors": error_format(settings.error_format, settings.messages),
         "raw_head_limit": lim.max_header_bytes + lim.max_target_bytes + 2 * lim.max_headers + 1024,
         "max_target": lim.max_target_bytes,
         "max_headers": lim.max_headers,

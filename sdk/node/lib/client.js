@@ -75,6 +75,17 @@ function parseRetryAfter(value) {
 }
 
 /** Arguments as the API spells them: camelCase to snake_case, Dates as ISO 8601, undefined left out. */
+/**
+ * A success body without the DeployAlly wrapper: `{success: true, data}` gives `data`, and a list
+ * (`{success: true, data: [...], meta: {pagination}}`) gives `{data: [...], pagination}`, the deployERP shape.
+ */
+function unwrap(doc) {
+  if (doc === null || typeof doc !== 'object' || doc.success !== true || !('data' in doc)) return doc;
+  const { meta } = doc;
+  if (Array.isArray(doc.data) && meta !== null && typeof meta === 'object') return { ...meta, data: doc.data };
+  return doc.data;
+}
+
 function body(fields) {
   const out = {};
   for (const [name, value] of Object.entries(fields || {})) {
@@ -168,7 +179,7 @@ class DeployERPClient {
     for (let retry = 0; ; retry++) {
       const { response, doc } = await this.#send(url, init);
       if (response.ok) {
-        return doc !== null && typeof doc === 'object' && doc.success === true && 'data' in doc ? doc.data : doc;
+        return unwrap(doc);
       }
       const retryAfter = parseRetryAfter(response.headers.get('retry-after'));
       const again = response.status === 429 || (response.status === 503 && IDEMPOTENT.has(method));

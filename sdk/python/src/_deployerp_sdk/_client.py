@@ -158,13 +158,19 @@ class _BaseClient(Generic[_R]):
         return APIConnectionError(f"cannot reach {where}: {reason}")
 
     def _result(self, response: httpx.Response) -> Any:
-        """The parsed JSON body of a success (DeployAlly wrapper removed), or the typed error raised."""
+        """The parsed JSON body of a success (DeployAlly wrapper removed), or the typed error raised.
+
+        DeployAlly answers ``{"success": true, "data": ...}``; a list comes as ``{"success": true, "data": [...],
+        "meta": {"pagination": ...}}``, returned as deployERP gives it: ``{"data": [...], "pagination": ...}``."""
         try:
             doc: Any = response.json() if response.content else None
         except ValueError:
             doc = None
         if response.is_success:
             if isinstance(doc, dict) and doc.get("success") is True and "data" in doc:
+                meta = doc.get("meta")
+                if isinstance(doc["data"], list) and isinstance(meta, dict):
+                    return {**meta, "data": doc["data"]}
                 return doc["data"]
             return doc
         raise self._error(response, doc)
