@@ -331,7 +331,7 @@ class ManagementAPI:
                 log.error("held value of %s could not be opened (erased): %s", record.id, exc)
             raise ValueNotHeld() from None
         if result is None:
-            raise NotFound("No API key with this id")
+            raise KeyNotFound()
         revealed, value = result
         return self._answer(NewKey(id=revealed.id, value=value, created_at=revealed.created_at))
 
