@@ -128,7 +128,8 @@ class JWKSFetcher:
         except (aiohttp.ClientError, TimeoutError, JWKSError, ValueError, UnicodeDecodeError) as exc:
             self._last_ok = False
             self._count("failure")
-            reason = str(exc) if isinstance(exc, JWKSError | _Refused) else exc.__class__.__name__
+            name = exc.__class__.__name__
+            reason = str(exc) if isinstance(exc, JWKSError | _Refused) else f"{name}: {exc}" if str(exc) else name
             event(log, "jwks_fetch_failed", f"JWKS fetch from {self.url} failed ({reason}); serving the "
                   f"{len(self.verifier.remote_keys)} keys fetched before", logging.WARNING, url=self.url,
                   reason=reason, keys=len(self.verifier.remote_keys))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import threading
 import time
 import uuid
@@ -255,3 +256,34 @@ def test_sighup_with_a_bad_jwt_section_keeps_the_running_verifier(start: Callabl
     assert wait_for(lambda: bool(events(gw, "reload_failed")))
     assert "jwt.jwks_url" in events(gw, "reload_failed")[0]["reason"]
     assert status(gw, token(KEY_A, "key-a")) == 200
+
+
+def test_a_hung_provider_is_bounded_and_blocks_no_other_request(start: Callable[..., Gateway],
+                                                                provider: Provider) -> None:
+    """A provider that accepts the connection and never answers: the token waiting for the fetch is refused
+    after ``jwt.jwks_timeout_seconds``, and requests with known keys are answered meanwhile."""
+    gw = start(jwks_timeout_seconds=1.5)
+    provider.stop()
+    listener = socket.create_server(("127.0.0.1", provider.port))  # accepts (backlog), never answers
+    try:
+        time.sleep(FLOOR)
+        result: dict[str, Any] = {}
+
+        def unknown() -> None:
+            began = time.monotonic()
+            with httpx.Client(base_url=gw.url, timeout=20) as c:
+                result["status"] = c.get("/v1/servers", headers=bearer(token(KEY_B, "key-b"))).status_code
+            result["took"] = time.monotonic() - began
+
+        waiting = threading.Thread(target=unknown)
+        waiting.start()
+        time.sleep(0.3)  # the fetch is under way
+        began = time.monotonic()
+        assert status(gw, token(KEY_A, "key-a")) == 200
+        assert time.monotonic() - began < 1.0, "a known key must not wait for the provider"
+        waiting.join(20)
+        assert result["status"] == 401 and 1.0 < result["took"] < 5.0, result
+        assert wait_for(lambda: bool(events(gw, "jwks_fetch_failed")))
+        assert "Timeout" in events(gw, "jwks_fetch_failed")[0]["reason"]
+    finally:
+        listener.close()
