@@ -17,6 +17,7 @@ from gateway.doors.forward_auth import ForwardAuth
 from gateway.doors.proxy.forwarder import Forwarder
 from gateway.doors.proxy.pipeline import Gateway
 from gateway.errors import error_format
+from gateway.gate import Verifier
 from gateway.keys.backends import is_redis_url
 from gateway.observability.health import Health, readiness_checks, soft_checks
 from gateway.observability.logging import AccessLog, logged
@@ -133,6 +134,11 @@ class GatewayApp:
         verify = self.forward_auth
         if verify is not None and settings.ops.access_log != (verify.access_log is not None):
             verify.access_log = AccessLog() if settings.ops.access_log else None
+
+    def swap_jwt(self, verifier: Verifier | None, settings: Settings) -> None:
+        """Verify JWTs with ``verifier`` (the reloaded ``jwt`` section) from now on: one assignment in the gate
+        every front door shares."""
+        self.service.swap_jwt(verifier, settings)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":

@@ -107,6 +107,23 @@ def _http_url(value: str) -> str:
     return value
 
 
+def _jwks_url(value: str) -> str:
+    """An https:// URL; http:// only to a loopback host (a provider on this machine, or a test's)."""
+    _http_url(value)
+    parts = urlsplit(value)
+    if parts.username or parts.password:
+        raise Invalid("must not carry credentials")
+    if parts.scheme == "http":
+        host = parts.hostname or ""
+        try:
+            loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            loopback = False
+        if not loopback:
+            raise Invalid(f"must be an https:// URL (http:// only to a loopback host; got {value!r})")
+    return value
+
+
 def _plain_path(value: str) -> str:
     if not value.startswith("/") or any(c in value for c in "?#% ") or not value.isascii():
         raise Invalid(f"must be a plain path starting with '/' (got {value!r})")
@@ -429,12 +446,29 @@ class JWTSettings(Section):
     public_key_file: str | None = Field(None, description="A PEM public key, for RS256 / ES256.")
     jwks_file: str | None = Field(None, description=(
         "A JWKS document on disk, for RS256 / ES256 with key ids."))
+    jwks_url: Annotated[str, AfterValidator(_jwks_url)] | None = Field(None, description=(
+        "The identity provider's JWKS URL (https://; http:// only to loopback), for RS256 / ES256 with key ids. "
+        "Keys are fetched at start-up and in the background, kept by `kid`, and served from that cache while the "
+        "provider is away; a token naming an unknown `kid` sets off one fetch (at most one per "
+        "`jwks_min_refresh_seconds`) and waits for it."))
+    jwks_refresh_seconds: Seconds = Field(300.0, description=(
+        "How often the JWKS URL is fetched again (a provider rotating keys is followed within this)."))
+    jwks_min_refresh_seconds: Seconds = Field(30.0, description=(
+        "The least time between two fetches of the JWKS URL, whatever unknown key ids tokens name."))
+    jwks_timeout_seconds: Annotated[Seconds, Field(le=60)] = Field(5.0, description=(
+        "The bound on one fetch of the JWKS URL (connect and read together)."))
     issuer: str | None = Field(None, description="Required `iss` claim, when set.")
     audience: str | None = Field(None, description="Required `aud` claim, when set.")
     scopes_claim: str = Field("permissions", description=(
         "The claim holding the scopes: a list claim, or `scope` for a space-separated string."))
     subject_claim: str = Field("sub", description="The claim naming the user.")
     leeway_seconds: Number = Field(0.0, description="Clock skew allowed on `exp` / `nbf`.")
+
+    @model_validator(mode="after")
+    def _refresh_floor(self) -> JWTSettings:
+        if self.jwks_min_refresh_seconds > self.jwks_refresh_seconds:
+            raise Invalid("must not be longer than jwt.jwks_refresh_seconds", "jwks_min_refresh_seconds")
+        return self
 
 
 class TierSettings(Section):

@@ -7,8 +7,10 @@ the two decide alike.
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Coroutine
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from gateway.admin.api import build_policy
 from gateway.config.settings import Settings
@@ -23,6 +25,7 @@ from gateway.policy.rules import Policy
 from gateway.ratelimit.stage import RateLimits, open_limiter
 
 if TYPE_CHECKING:
+    from gateway.doors.jwks import JWKSFetcher
     from gateway.keys.redis import InvalidationListener
 
 
@@ -39,13 +42,18 @@ def build_components(settings: Settings) -> Components:
     """Everything that can fail on bad configuration, built before any socket is opened."""
     policy = build_policy(settings)  # the same function a reload uses (gateway/admin/api.py)
     pepper, created = load_pepper(settings)
-    jwt: Verifier | None = None
-    if settings.jwt.enabled:
-        from gateway.gate.jwt import JWTVerifier
-
-        jwt = JWTVerifier(settings.jwt, settings.base_dir)
+    jwt = build_verifier(settings)
     store = open_store(settings)
     return Components(store=store, pepper=pepper, pepper_created=created, policy=policy, jwt=jwt)
+
+
+def build_verifier(settings: Settings) -> Verifier | None:
+    """The JWT verifier of ``settings`` (None when JWTs are off); ConfigError names a bad setting."""
+    if not settings.jwt.enabled:
+        return None
+    from gateway.gate.jwt import JWTVerifier
+
+    return JWTVerifier(settings.jwt, settings.base_dir)
 
 
 class GateService:
@@ -69,17 +77,63 @@ class GateService:
         self.limits = RateLimits(rl, open_limiter(settings) if rl.enabled else None)
         self.gate = Gate(settings, components.policy, self.cache, components.pepper, usage=self.usage,
                          jwt=components.jwt, limits=self.limits, metrics=metrics, unmatched=unmatched)
+        self.metrics = metrics
+        self.jwt_settings = settings.jwt
+        self.jwks: JWKSFetcher | None = self._fetcher(components.jwt, settings)
+        self._retired: set[asyncio.Task[None]] = set()
+
+    def _fetcher(self, verifier: Verifier | None, settings: Settings) -> JWKSFetcher | None:
+        if verifier is None or settings.jwt.jwks_url is None:
+            return None
+        from gateway.doors.jwks import JWKSFetcher
+        from gateway.gate.jwt import JWTVerifier
+
+        assert isinstance(verifier, JWTVerifier)
+        return JWKSFetcher(verifier, settings.jwt, self.metrics)
+
+    def swap_jwt(self, verifier: Verifier | None, settings: Settings) -> None:
+        """Serve ``verifier`` (built from the reloaded ``settings.jwt``) from now on. A JWKS URL fetched before
+        keeps its fetcher and keys; a new one is fetched in the background (a token meanwhile waits for it, as
+        for an unknown key id)."""
+        old = self.jwks
+        if old is not None and verifier is not None and old.same_source(settings.jwt):
+            from gateway.gate.jwt import JWTVerifier
+
+            assert isinstance(verifier, JWTVerifier)
+            old.adopt(verifier)
+            old.settings = settings.jwt
+        else:
+            self.jwks = self._fetcher(verifier, settings)
+            if old is not None:
+                self._background(old.stop())
+            if self.jwks is not None:
+                fetcher = self.jwks
+                # Started before the swap: a token arriving before the first fetch lands joins it.
+                self._background(fetcher.start())
+        self.gate.jwt = verifier
+        self.jwt_settings = settings.jwt
+
+    def _background(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(work)
+        self._retired.add(task)
+        task.add_done_callback(self._retired.discard)
 
     async def start(self) -> None:
         self.usage.start()
         await self.limits.start()
         if self.invalidations is not None:
             self.invalidations.start()
+        if self.jwks is not None:
+            await self.jwks.start()
 
     async def stop(self) -> None:
         """Flush usage, close the limiter, the invalidation listener and the store."""
         await self.usage.stop()
         await self.limits.close()
+        if self.jwks is not None:
+            await self.jwks.stop()
+        for task in list(self._retired):
+            task.cancel()
         if self.invalidations is not None:
             await self.invalidations.stop()
         await self.store.close()

@@ -45,6 +45,7 @@ from gateway.errors import (
     InvalidToken,
     IPRestricted,
     JWTLacksScope,
+    JWTNoKey,
     JWTNotAccepted,
     MethodNotAllowed,
     NoPolicyRule,
@@ -83,19 +84,29 @@ def looks_like_jwt(token: str) -> bool:
     return shape(token)
 
 
+class KeyIdUnknown(JWTNoKey):
+    """A JWT naming a ``kid`` the JWKS URL's key set does not hold (yet): the gate fetches the set again (at
+    most once per ``jwt.jwks_min_refresh_seconds``) and tries once more; still unknown, the client gets the
+    answer of :class:`~gateway.errors.JWTNoKey`."""
+
+
 class Verifier(Protocol):
     """What the gate needs of the JWT verifier (gateway.gate.jwt.JWTVerifier)."""
 
     def verify(self, token: str, now: float | None = None) -> Any: ...
 
+    async def verify_refreshed(self, token: str, now: float | None = None) -> Any: ...
+
 
 class _Load:
-    """What authentication returns when the key cache does not know a (well-formed) key: read the store."""
+    """What authentication returns when only an await can tell: the key cache does not know a (well-formed) key
+    (read the store), or a JWT names a key id not fetched yet (``token``: fetch the JWKS URL again)."""
 
-    __slots__ = ("key_hash",)
+    __slots__ = ("key_hash", "token")
 
-    def __init__(self, key_hash: str) -> None:
+    def __init__(self, key_hash: str, token: str | None = None) -> None:
         self.key_hash = key_hash
+        self.token = token
 
 
 class Allow:
@@ -258,7 +269,7 @@ class Gate:
                     raise TooManyFailures(wait)
             principal = self.authenticate_now(authorization, route)
             if principal.__class__ is _Load:
-                principal = await self.load_key(principal.key_hash)
+                principal = await self.load(principal)
             if principal.networks:
                 client = self.resolver.resolve(peer, forwarded_for)
                 if not in_networks(client, principal.networks):
@@ -315,7 +326,7 @@ class Gate:
         try:
             principal = self.authenticate_now(authorization, None)
             if principal.__class__ is _Load:
-                principal = await self.load_key(principal.key_hash)
+                principal = await self.load(principal)
         except InvalidToken:
             self.auth_failures.failure(self.client_key(peer, forwarded_for), self.clock())
             raise
@@ -360,7 +371,10 @@ class Gate:
             if self._jwt is not None and looks_like_jwt(token):
                 if route is not None and "jwt" not in route.credentials:
                     raise JWTNotAccepted()
-                return self._jwt.verify(token, self.clock())
+                try:
+                    return self._jwt.verify(token, self.clock())
+                except KeyIdUnknown:
+                    return _Load("", token)
             raise token_error(raw)
         if route is not None and "api_key" not in route.credentials:
             raise APIKeyNotAccepted()
@@ -374,6 +388,21 @@ class Gate:
                 raise InvalidToken()
             return _Load(key_hash)
         return self._usable(key, key_hash)  # type: ignore[arg-type]
+
+    async def load(self, pending: _Load) -> Any:
+        """The principal :meth:`authenticate_now` could not give without an await."""
+        if pending.token is not None and self._jwt is not None:
+            return await self._jwt.verify_refreshed(pending.token, self.clock())
+        return await self.load_key(pending.key_hash)
+
+    @property
+    def jwt(self) -> Verifier | None:
+        return self._jwt
+
+    @jwt.setter
+    def jwt(self, verifier: Verifier | None) -> None:
+        """Replaced whole on a reload that changed the ``jwt`` settings (gateway/serving/reload.py)."""
+        self._jwt = verifier
 
     async def load_key(self, key_hash: str) -> AuthKey:
         try:

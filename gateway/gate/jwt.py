@@ -9,8 +9,9 @@ Verification, in order:
 1. the header's ``alg`` must be one of ``jwt.algorithms`` (``none`` can never be configured);
 2. the key is chosen by the *algorithm's family*, never by what the token offers: HS* tokens are checked
    only against the shared secret, RS*/PS*/ES* tokens only against public keys of the matching type (and
-   curve) from ``public_key_file`` or ``jwks_file`` (by ``kid``). So an HS256 token "signed" with the
-   public key as HMAC secret (algorithm confusion) can never verify;
+   curve) from ``public_key_file``, ``jwks_file`` or ``jwks_url`` (by ``kid``; a JWK that names an ``alg``
+   verifies only that algorithm). So an HS256 token "signed" with the public key as HMAC secret (algorithm
+   confusion) can never verify;
 3. PyJWT checks the signature, and ``iss`` / ``aud`` when they are configured;
 4. ``exp`` is required and, with ``nbf``, checked here against the gateway's clock (so tests can move
    time); expired gives ``expired_token``, anything else ``invalid_token``;
@@ -18,6 +19,12 @@ Verification, in order:
 
 Nothing here logs, echoes or keeps a token in an error; a verified token's principal is cached (bounded,
 short TTL) so a dashboard session does not pay for a signature check on every request.
+
+Keys from ``jwt.jwks_url`` are not fetched here (the gate has no transport): the fetcher
+(gateway.doors.jwks.JWKSFetcher) hands them to :meth:`JWTVerifier.set_remote_keys` and gives the verifier its
+``refresh`` (one fetch, at most one per ``jwks_min_refresh_seconds``). A token naming a ``kid`` not in the set
+raises :class:`gateway.gate.KeyIdUnknown` from :meth:`JWTVerifier.verify`; the gate then awaits
+:meth:`JWTVerifier.verify_refreshed` for that request alone, as it awaits the store on a key-cache miss.
 """
 
 from __future__ import annotations
@@ -26,7 +33,7 @@ import json
 import math
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,6 +45,7 @@ from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
 from gateway.config.settings import ConfigError, JWTSettings
 from gateway.errors import ExpiredJWT, InvalidJWT, JWTAlgorithm, JWTNoKey, JWTNoKeyId, JWTNotYetValid
+from gateway.gate import KeyIdUnknown
 from gateway.policy.rules import valid_scope
 
 HMAC_ALGORITHMS = frozenset({"HS256", "HS384", "HS512"})
@@ -51,6 +59,55 @@ MIN_SECRET_BYTES = 32  # RFC 7518 3.2: an HS256 key must be at least as long as 
 _SHAPE = re.compile(r"^eyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*$")
 _CACHE_SIZE = 10_000
 _CACHE_TTL = 60.0
+
+# One public key: its id (None for the PEM file, or a JWK without one), the key, and the JWK's "alg" (None: any
+# algorithm of the key's family).
+PublicKey = tuple[str | None, Any, str | None]
+
+
+class JWKSError(ValueError):
+    """A JWKS document that cannot be used; the text names the problem, never a key."""
+
+
+def parse_jwks(doc: object, strict: bool = True) -> list[PublicKey]:
+    """The signing keys of a JWKS document (RFC 7517 5). ``strict`` (a file given by the operator): any entry
+    that is not a usable public key is an error. Otherwise (a provider's URL, which may also publish encryption
+    keys or key types this gateway does not verify with) such entries are left out; a document with no usable key
+    at all is still an error. Private and symmetric keys are never taken."""
+    entries = doc.get("keys") if isinstance(doc, Mapping) else None
+    if not isinstance(entries, list) or not entries:
+        raise JWKSError("must be a JWKS document with a non-empty 'keys' list")
+    keys: list[PublicKey] = []
+    for i, entry in enumerate(entries):
+        if not isinstance(entry, Mapping):
+            raise JWKSError(f"keys[{i}] is not an object")
+        if "d" in entry or entry.get("kty") == "oct":
+            if strict:
+                raise JWKSError(f"keys[{i}] is a private or symmetric key; give public keys")
+            continue
+        alg = entry.get("alg")
+        kid = entry.get("kid")
+        use = entry.get("use")
+        usable = (alg is None or (isinstance(alg, str) and alg in SUPPORTED - HMAC_ALGORITHMS)) and use in (None, "sig")
+        if usable:
+            try:
+                jwk = jwt.PyJWK.from_dict(dict(entry))
+            except (jwt.PyJWKError, jwt.InvalidKeyError, ValueError, TypeError):
+                usable = False
+            else:
+                usable = isinstance(jwk.key, rsa.RSAPublicKey | ec.EllipticCurvePublicKey)
+        if not usable:
+            if strict:
+                raise JWKSError(f"keys[{i}] is not a usable public key")
+            continue
+        if alg is not None and not _fits(alg, jwk.key):
+            if strict:
+                raise JWKSError(f"keys[{i}] is not a key for its alg {alg}")
+            continue
+        keys.append((kid if isinstance(kid, str) else None, jwk.key, alg))
+    if not keys:
+        raise JWKSError("has no usable signing key (RSA or EC public keys, use 'sig')")
+    return keys
 
 
 def looks_like_jwt(token: str) -> bool:
@@ -94,11 +151,15 @@ class JWTVerifier:
                 raise ConfigError(f"jwt.algorithms: {alg!r}: {why} (use {', '.join(sorted(SUPPORTED))})")
         self._algorithms = frozenset(algorithms)
         self._secret = self._load_secret(settings, base_dir) if self._algorithms & HMAC_ALGORITHMS else None
-        self._public_keys: list[tuple[str | None, Any]] = []  # (kid, cryptography public key)
+        self._public_keys: list[PublicKey] = []  # from the files, fixed
+        # From jwt.jwks_url, by kid: replaced whole by set_remote_keys (one assignment), read by requests.
+        self._remote: dict[str | None, tuple[Any, str | None]] = {}
+        self.jwks_url = settings.jwks_url
+        self._refresh: Callable[[], Awaitable[object]] | None = None
         if self._algorithms - HMAC_ALGORITHMS:
             self._public_keys = self._load_public_keys(settings, base_dir)
-            self._check_key_types()
-        elif settings.public_key_file or settings.jwks_file:
+            self._check_key_types(settings.jwks_url is None)
+        elif settings.public_key_file or settings.jwks_file or settings.jwks_url:
             raise ConfigError("jwt.algorithms: a public key is configured but only HS* algorithms are allowed")
         if not settings.scopes_claim:
             raise ConfigError("jwt.scopes_claim: must name a claim (permissions, or scope)")
@@ -122,7 +183,8 @@ class JWTVerifier:
         self._cache: TTLCache[str, JWTPrincipal] = TTLCache(maxsize=_CACHE_SIZE, ttl=_CACHE_TTL)
 
     def __repr__(self) -> str:
-        return f"JWTVerifier(algorithms={sorted(self._algorithms)!r}, keys={len(self._public_keys)})"
+        return (f"JWTVerifier(algorithms={sorted(self._algorithms)!r}, "
+                f"keys={len(self._public_keys) + len(self._remote)})")
 
     # --- start-up ----------------------------------------------------------------------------------------------
 
@@ -146,12 +208,12 @@ class JWTVerifier:
         return secret
 
     @staticmethod
-    def _load_public_keys(settings: JWTSettings, base_dir: str) -> list[tuple[str | None, Any]]:
-        keys: list[tuple[str | None, Any]] = []
+    def _load_public_keys(settings: JWTSettings, base_dir: str) -> list[PublicKey]:
+        keys: list[PublicKey] = []
         if settings.public_key_file:
             path = _resolve(base_dir, settings.public_key_file)
             try:
-                keys.append((None, load_pem_public_key(path.read_bytes())))
+                keys.append((None, load_pem_public_key(path.read_bytes()), None))
             except OSError as exc:
                 raise ConfigError(f"jwt.public_key_file: cannot read {path}: {exc.strerror}") from None
             except (ValueError, TypeError):
@@ -164,31 +226,57 @@ class JWTVerifier:
                 raise ConfigError(f"jwt.jwks_file: cannot read {path}: {exc.strerror}") from None
             except (ValueError, UnicodeDecodeError):
                 raise ConfigError(f"jwt.jwks_file: {path} is not JSON") from None
-            entries = doc.get("keys") if isinstance(doc, Mapping) else None
-            if not isinstance(entries, list) or not entries:
-                raise ConfigError(f"jwt.jwks_file: {path} must be a JWKS document with a non-empty 'keys' list")
-            for i, entry in enumerate(entries):
-                if not isinstance(entry, Mapping):
-                    raise ConfigError(f"jwt.jwks_file: keys[{i}] is not an object")
-                if "d" in entry or entry.get("kty") == "oct":
-                    raise ConfigError(f"jwt.jwks_file: keys[{i}] is a private or symmetric key; give public keys")
-                try:
-                    jwk = jwt.PyJWK.from_dict(dict(entry))
-                except (jwt.PyJWKError, jwt.InvalidKeyError, ValueError, TypeError):
-                    raise ConfigError(f"jwt.jwks_file: keys[{i}] is not a usable public key") from None
-                kid = entry.get("kid")
-                keys.append((kid if isinstance(kid, str) else None, jwk.key))
-        if not keys:
-            raise ConfigError("jwt.public_key_file: RS*/ES* algorithms need jwt.public_key_file or jwt.jwks_file")
+            try:
+                keys += parse_jwks(doc)
+            except JWKSError as exc:
+                raise ConfigError(f"jwt.jwks_file: {path}: {exc}") from None
+        if not keys and not settings.jwks_url:
+            raise ConfigError("jwt.public_key_file: RS*/ES* algorithms need jwt.public_key_file, jwt.jwks_file or"
+                              " jwt.jwks_url")
         return keys
 
-    def _check_key_types(self) -> None:
-        for _, key in self._public_keys:
+    def _check_key_types(self, every_algorithm: bool) -> None:
+        for _, key, _ in self._public_keys:
             if not isinstance(key, rsa.RSAPublicKey | ec.EllipticCurvePublicKey):
                 raise ConfigError("jwt.public_key_file: only RSA and EC public keys are supported")
+        if not every_algorithm:
+            return  # the JWKS URL's keys are known only once fetched
         for alg in self._algorithms - HMAC_ALGORITHMS:
-            if not any(_fits(alg, key) for _, key in self._public_keys):
+            if not any(_fits(alg, key) for _, key, _ in self._public_keys):
                 raise ConfigError(f"jwt.algorithms: {alg} is allowed but no configured public key fits it")
+
+    # --- keys from the JWKS URL (gateway.doors.jwks) -------------------------------------------------------------
+
+    def set_remote_keys(self, keys: list[PublicKey]) -> bool:
+        """Serve ``keys`` (a fetched JWKS, see :func:`parse_jwks`) from now on; True when the set changed. A
+        changed set also empties the verified-token cache, so a token of a key the provider withdrew is refused
+        from now on, not when its cache entry expires."""
+        remote = {kid: (key, alg) for kid, key, alg in keys}
+        if remote.keys() == self._remote.keys() and all(
+                _same_key(key, self._remote[kid][0]) and alg == self._remote[kid][1]
+                for kid, (key, alg) in remote.items()):
+            return False
+        self._remote = remote
+        self._cache.clear()
+        return True
+
+    @property
+    def remote_keys(self) -> list[PublicKey]:
+        return [(kid, key, alg) for kid, (key, alg) in self._remote.items()]
+
+    def set_refresh(self, refresh: Callable[[], Awaitable[object]] | None) -> None:
+        """What :meth:`verify_refreshed` awaits: one fetch of the JWKS URL (or none, inside the floor)."""
+        self._refresh = refresh
+
+    async def verify_refreshed(self, token: str, now: float | None = None) -> JWTPrincipal:
+        """:meth:`verify`, after the JWKS URL was fetched again (for a token whose ``kid`` was not known).
+        Still unknown: JWTNoKey (invalid_token)."""
+        if self._refresh is not None:
+            await self._refresh()
+        try:
+            return self.verify(token, now)
+        except KeyIdUnknown:
+            raise JWTNoKey() from None
 
     # --- per request -------------------------------------------------------------------------------------------
 
@@ -244,14 +332,28 @@ class JWTVerifier:
         if alg in HMAC_ALGORITHMS:
             # Only ever the shared secret: a public key is never used as an HMAC secret.
             return self._secret
-        fitting = [(k, key) for k, key in self._public_keys if _fits(alg, key)]
+        remote = self._remote
+        if kid is not None and remote:
+            found = remote.get(kid) if isinstance(kid, str) else None
+            if found is not None:
+                key, key_alg = found
+                if (key_alg is None or key_alg == alg) and _fits(alg, key):
+                    return key
+                raise JWTNoKey()
+        fitting = [(k, key) for k, key, key_alg in self._public_keys if (key_alg is None or key_alg == alg)
+                   and _fits(alg, key)]
         if kid is not None:
             # The JWKS key with that id; failing that, a key that has no id (the PEM file).
             fitting = [(k, key) for k, key in fitting if k == kid] or [(k, key) for k, key in fitting if k is None]
-        elif len(fitting) > 1:
-            # Several candidates and no kid: refuse rather than try each one.
-            raise JWTNoKeyId()
+        else:
+            fitting += [(None, key) for key, key_alg in remote.values() if (key_alg is None or key_alg == alg)
+                        and _fits(alg, key)]
+            if len(fitting) > 1:
+                # Several candidates and no kid: refuse rather than try each one.
+                raise JWTNoKeyId()
         if not fitting:
+            if kid is not None and self.jwks_url is not None:
+                raise KeyIdUnknown()  # perhaps a key the provider has just published: the gate fetches again
             raise JWTNoKey()
         return fitting[0][1]
 
@@ -281,6 +383,10 @@ def _fits(alg: str, key: Any) -> bool:
         return isinstance(key, rsa.RSAPublicKey)
     curve = EC_CURVES.get(alg)
     return curve is not None and isinstance(key, ec.EllipticCurvePublicKey) and key.curve.name == curve
+
+
+def _same_key(a: Any, b: Any) -> bool:
+    return bool(a.public_numbers() == b.public_numbers())
 
 
 def _number(value: object) -> bool:

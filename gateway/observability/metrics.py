@@ -82,6 +82,7 @@ class Metrics:
         self.rate_limit: dict[str, int] = {}
         self.reloads: dict[str, int] = {"success": 0, "failure": 0}
         self.store_errors = 0  # key-store lookups that failed with a Redis store
+        self.jwks: dict[str, int] = {}  # fetches of jwt.jwks_url by result (gateway/doors/jwks.py), when set
         self.total: dict[str, Histogram] = {}
         self.upstream: dict[str, Histogram] = {}
         # Families read from counters kept elsewhere: callables yielding metric families at scrape time.
@@ -155,6 +156,12 @@ class Metrics:
         for result, n in self.reloads.items():
             fam.add_metric([result], n)
         yield fam
+        if self.jwks:
+            fam = CounterMetricFamily("gateway_jwks_fetches", "Fetches of the JWKS URL (jwt.jwks_url) by result",
+                                      labels=["result"])
+            for result, n in list(self.jwks.items()):
+                fam.add_metric([result], n)
+            yield fam
         for source in self.sources:
             yield from source()
         yield self._build_info

@@ -5,8 +5,9 @@ What is reloaded:
 * the policy file (``policies``), compiled exactly as at start-up (the management API's internal routes are
   added again);
 * when the gateway was started from a configuration file: which policy file to use (``policies``),
-  ``debug_headers`` and ``ops.access_log``. Other settings differ only after a restart; a reload that finds
-  them changed says so in its log event and keeps the running values.
+  ``debug_headers``, ``ops.access_log`` and the ``jwt`` section (a new verifier is built and swapped in; a
+  JWKS URL that did not change keeps the keys fetched). Other settings differ only after a restart; a reload
+  that finds them changed says so in its log event and keeps the running values.
 
 The swap is one attribute assignment per holder (the pipeline and the management API), made between two
 awaits on the event loop: a request that already matched its route finishes under the old policy (it holds
@@ -27,6 +28,8 @@ from typing import Protocol
 
 from gateway.admin.api import build_policy
 from gateway.config.settings import ConfigError, Settings
+from gateway.doors.assembly import build_verifier
+from gateway.gate import Verifier
 from gateway.observability.logging import event
 from gateway.observability.metrics import Metrics
 from gateway.policy.rules import Policy, PolicyError, policy_path
@@ -34,14 +37,14 @@ from gateway.policy.rules import Policy, PolicyError, policy_path
 log = logging.getLogger("gateway.reload")
 
 # The settings a reload applies; any other change is reported and waits for a restart.
-RELOADABLE = ("policies", "debug_headers", "ops.access_log")
+RELOADABLE = ("policies", "debug_headers", "ops.access_log", "jwt")
 
 
 def _restart_only(old: Settings, new: Settings) -> list[str]:
     """Settings (sections, or ``ops`` fields) that differ outside :data:`RELOADABLE`."""
     changed: list[str] = []
     for name in type(old).model_fields:
-        if name in ("base_dir", "policies", "debug_headers", "secret"):
+        if name in ("base_dir", "policies", "debug_headers", "secret", "jwt"):
             continue
         if name == "ops":
             changed += [f"ops.{f}" for f in type(old.ops).model_fields
@@ -59,6 +62,9 @@ class Reloadable(Protocol):
 
     def swap_policy(self, policy: Policy, settings: Settings) -> None:
         """Serve ``policy`` and the reloadable ``settings`` from now on."""
+
+    def swap_jwt(self, verifier: Verifier | None, settings: Settings) -> None:
+        """Serve ``verifier``, built from the reloaded ``settings.jwt``, from now on."""
 
 
 class Reloader:
@@ -81,6 +87,9 @@ class Reloader:
         try:
             settings = self._load_settings() if self._load_settings is not None else self.settings
             policy = build_policy(settings, self._management)
+            # A bad jwt section refuses the whole reload, before anything is swapped.
+            jwt_changed = settings.jwt != self.settings.jwt
+            verifier = build_verifier(settings) if jwt_changed else None
         except (PolicyError, ConfigError, OSError, ValueError) as exc:
             event(log, "reload_failed", f"reload refused, the running policy stays: {exc}", logging.ERROR,
                   trigger=trigger, reason=str(exc))
@@ -89,13 +98,15 @@ class Reloader:
             return False
         restart = _restart_only(self.settings, settings)
         self.app.swap_policy(policy, settings)
+        if jwt_changed:
+            self.app.swap_jwt(verifier, settings)
         self.settings = settings
         self.reloads += 1
         if metrics is not None:
             metrics.reload(True)
         event(log, "reload", f"policy reloaded from {policy.source} ({len(policy.routes)} routes)",
               trigger=trigger, source=str(policy.source), routes=len(policy.routes),
-              restart_needed_for=restart or None)
+              restart_needed_for=restart or None, jwt_reloaded=jwt_changed or None)
         return True
 
     # --- triggers ------------------------------------------------------------------------------------------------

@@ -610,3 +610,32 @@ def test_any_document_loads_or_is_refused_with_a_config_error(tmp_path_factory: 
         load_settings(path, environ=env)
     except ConfigError as exc:
         assert exc.problems and all(": " in p and "Traceback" not in p for p in exc.problems), exc.problems
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://idp.example/.well-known/jwks.json",  # plain http off loopback: keys an attacker on the path could swap
+        "http://10.0.0.5/jwks.json",
+        "https://user:pw@idp.example/jwks.json",
+        "ftp://idp.example/jwks.json",
+        "https://idp.example/jwks.json?x=1",
+        "idp.example/jwks.json",
+    ],
+)
+def test_bad_jwks_url(url: str) -> None:
+    refused("jwt.jwks_url", env={"GATEWAY_JWT__JWKS_URL": url})
+
+
+@pytest.mark.parametrize("url", ["https://idp.example/.well-known/jwks.json", "http://127.0.0.1:8000/jwks",
+                                 "http://localhost/jwks.json", "http://[::1]:9/k"])
+def test_good_jwks_urls(url: str) -> None:
+    assert load_settings(None, environ={"GATEWAY_JWT__JWKS_URL": url}).jwt.jwks_url == url
+
+
+def test_jwks_refresh_floor_must_not_exceed_the_interval() -> None:
+    refused("jwt.jwks_min_refresh_seconds", env={"GATEWAY_JWT__JWKS_REFRESH_SECONDS": "10",
+                                                 "GATEWAY_JWT__JWKS_MIN_REFRESH_SECONDS": "60"})
+    refused("jwt.jwks_timeout_seconds", env={"GATEWAY_JWT__JWKS_TIMEOUT_SECONDS": "0"})
+    s = load_settings(None, environ={}).jwt
+    assert (s.jwks_refresh_seconds, s.jwks_min_refresh_seconds, s.jwks_timeout_seconds) == (300, 30, 5)
