@@ -42,6 +42,7 @@ from gateway.keys.cache import AuthKey
 from gateway.network import IPAddress, address_text, parse_address
 from gateway.observability.logging import AccessLog, new_request_id, valid_request_id
 from gateway.observability.metrics import UNMATCHED, Metrics
+from gateway.observability.tracing import TRACEPARENT, TRACESTATE, propagate
 
 log = logging.getLogger("gateway.doors.proxy.pipeline")
 
@@ -57,6 +58,7 @@ _CONSUMED = frozenset(
         b"forwarded", b"x-real-ip", b"true-client-ip", b"cf-connecting-ip", b"x-client-ip", b"x-cluster-client-ip",
         b"fastly-client-ip",
         b"x-request-id",  # checked, then forwarded (or replaced by a generated one)
+        b"traceparent", b"tracestate",  # continued or replaced (W3C Trace Context: gateway.observability.tracing)
     }
 )
 # Every spelling of the identity-header prefix a server might hand over (names arrive lower-cased).
@@ -81,12 +83,13 @@ class Exchange:
     (``status``, ``t_head``, ``bytes_out``), one coroutine less per message."""
 
     __slots__ = ("raw_send", "_receive", "request_id", "status", "bytes_in", "bytes_out", "route", "principal",
-                 "deny", "gated", "authorized", "rate", "t_forward", "t_head", "client")
+                 "deny", "gated", "authorized", "rate", "t_forward", "t_head", "client", "trace_id")
 
     def __init__(self, send: Send, receive: Receive) -> None:
         self.raw_send = send
         self._receive = receive
         self.request_id = ""
+        self.trace_id = ""
         self.status = 0
         self.bytes_in = 0
         self.bytes_out = 0
@@ -179,8 +182,9 @@ class Gateway:
         if self.access_log is not None:
             client = address_text(ex.client) if ex.client is not None else _peer(scope)
             raw_path: bytes = scope.get("raw_path") or scope["path"].encode("utf-8")
-            self.access_log.write(time.time(), ex.request_id, method, ex.route, raw_path.decode("latin-1"),
-                                  status, duration, upstream, key_id, client, ex.bytes_in, ex.bytes_out, ex.deny)
+            self.access_log.write(time.time(), ex.request_id, ex.trace_id, method, ex.route,
+                                  raw_path.decode("latin-1"), status, duration, upstream, key_id, client, ex.bytes_in,
+                                  ex.bytes_out, ex.deny)
 
     async def _serve(self, scope: Scope, receive: Receive, send: Send, ex: Exchange) -> None:
         # 1. One pass over the headers.
@@ -196,6 +200,8 @@ class Gateway:
         chunked = False
         bad_frame = False  # framing the HTTP server let through but two parsers could read differently
         forward: list[tuple[str, str]] = []
+        traceparent: list[bytes] = []
+        tracestate: list[bytes] = []
         for name, value in scope["headers"]:
             if name in _CONSUMED:
                 if name == b"authorization":
@@ -224,6 +230,10 @@ class Gateway:
                     # it from 0.55 on; both are read alike here.
                     bad_frame |= chunked or length >= 0 or value.strip(OWS).lower() != b"chunked"
                     chunked = True
+                elif name == TRACEPARENT:
+                    traceparent.append(value)
+                elif name == TRACESTATE:
+                    tracestate.append(value)
                 continue
             if name[:7] in _IDENTITY_PREFIXES or b"_" in name:
                 # Names with "_" are dropped (nginx's default): CGI-style upstreams read Transfer_Encoding or
@@ -242,6 +252,7 @@ class Gateway:
             forward.append((name.decode("latin-1"), value.decode("latin-1")))
         has_body = chunked or length > 0
         ex.request_id = rid = request_id.decode() if request_id is not None else new_request_id()
+        ex.trace_id, parent, state = propagate(traceparent, tracestate)
         if has_body:
             receive = ex.receive
         if chunked or host is None:
@@ -317,7 +328,10 @@ class Gateway:
             host = forwarded_host or host
         else:
             chain = peer
-        forward += (("x-forwarded-for", chain), ("x-forwarded-proto", proto), ("x-request-id", rid))
+        forward += (("x-forwarded-for", chain), ("x-forwarded-proto", proto), ("x-request-id", rid),
+                    ("traceparent", parent))
+        if state is not None:
+            forward.append(("tracestate", state))
         if host is not None:
             forward.append(("x-forwarded-host", host.decode("latin-1")))
         if principal is not None:
