@@ -26,6 +26,7 @@ from typing import Any
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.config.settings import Settings
+from gateway.doors.cors import ORIGIN, REQUEST_HEADERS, REQUEST_METHOD, Cors
 from gateway.doors.proxy.forwarder import Forwarder
 from gateway.doors.proxy.protocol import CLOSE
 from gateway.errors import (
@@ -59,6 +60,7 @@ _CONSUMED = frozenset(
         b"fastly-client-ip",
         b"x-request-id",  # checked, then forwarded (or replaced by a generated one)
         b"traceparent", b"tracestate",  # continued or replaced (W3C Trace Context: gateway.observability.tracing)
+        b"origin", b"access-control-request-method", b"access-control-request-headers",  # read, then forwarded
     }
 )
 # Every spelling of the identity-header prefix a server might hand over (names arrive lower-cased).
@@ -83,13 +85,14 @@ class Exchange:
     (``status``, ``t_head``, ``bytes_out``), one coroutine less per message."""
 
     __slots__ = ("raw_send", "_receive", "request_id", "status", "bytes_in", "bytes_out", "route", "principal",
-                 "deny", "gated", "authorized", "rate", "t_forward", "t_head", "client", "trace_id")
+                 "deny", "gated", "authorized", "rate", "t_forward", "t_head", "client", "trace_id", "cors")
 
     def __init__(self, send: Send, receive: Receive) -> None:
         self.raw_send = send
         self._receive = receive
         self.request_id = ""
         self.trace_id = ""
+        self.cors: tuple[Header, ...] = ()  # the CORS headers of the answer (gateway.doors.cors)
         self.status = 0
         self.bytes_in = 0
         self.bytes_out = 0
@@ -111,8 +114,10 @@ class Exchange:
             rid = (_REQUEST_ID, self.request_id.encode())
             if type(headers) is list:
                 headers.append(rid)
+                if self.cors:
+                    headers += self.cors
             else:
-                message["headers"] = [*headers, rid]
+                message["headers"] = [*headers, rid, *self.cors]
         else:
             self.bytes_out += len(message.get("body", b""))
         await self.raw_send(message)
@@ -142,6 +147,7 @@ class Gateway:
         self.management = management
         self._format = settings.error_format
         self._forward_authorization = settings.forward_authorization
+        self._cors = Cors(settings.cors, settings.error_format) if settings.cors.allow_origins else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -202,6 +208,9 @@ class Gateway:
         forward: list[tuple[str, str]] = []
         traceparent: list[bytes] = []
         tracestate: list[bytes] = []
+        origin: bytes | None = None
+        preflight: bytes | None = None  # Access-Control-Request-Method
+        preflight_headers: list[bytes] = []
         for name, value in scope["headers"]:
             if name in _CONSUMED:
                 if name == b"authorization":
@@ -234,6 +243,14 @@ class Gateway:
                     traceparent.append(value)
                 elif name == TRACESTATE:
                     tracestate.append(value)
+                else:  # Origin and a CORS preflight's own headers: the upstream sees them too
+                    if name == ORIGIN:
+                        origin = value if origin is None else b""  # two: no origin the gateway allows
+                    elif name == REQUEST_METHOD:
+                        preflight = value
+                    elif name == REQUEST_HEADERS:
+                        preflight_headers.append(value)
+                    forward.append((name.decode("latin-1"), value.decode("latin-1")))
                 continue
             if name[:7] in _IDENTITY_PREFIXES or b"_" in name:
                 # Names with "_" are dropped (nginx's default): CGI-style upstreams read Transfer_Encoding or
@@ -262,9 +279,25 @@ class Gateway:
 
         method = scope["method"]
         raw_path: bytes = scope.get("raw_path") or scope["path"].encode("utf-8")
+        cors = self._cors
+        if cors is not None:
+            ex.cors = cors.actual(origin)
         if bad_frame:
             ex.deny = FramingError.code
             await _send_error(send, FramingError(), self._format, [CLOSE])
+            return
+        if preflight is not None and origin is not None and cors is not None and method == "OPTIONS":
+            # A CORS preflight: answered here, without a key (gateway.doors.cors).
+            ex.cors = ()
+            allowed = cors.preflight(origin, preflight, preflight_headers)
+            if allowed is None:
+                ex.deny = "cors_preflight_refused"
+                status, headers, body = cors.refused
+                headers = [*headers, CLOSE] if has_body else [*headers]
+            else:
+                status, headers, body = 204, [*allowed, CLOSE] if has_body else allowed, b""
+            await send({"type": "http.response.start", "status": status, "headers": headers})
+            await send({"type": "http.response.body", "body": body})
             return
         peer = _peer(scope)
         decision = await self.gate.decide(method, raw_path, authorization, peer, forwarded_for, debug,
@@ -336,7 +369,7 @@ class Gateway:
             forward.append(("x-forwarded-host", host.decode("latin-1")))
         if principal is not None:
             forward += principal.upstream_headers
-        extra = [*allow.response_headers, (_REQUEST_ID, rid.encode())]
+        extra = [*allow.response_headers, *ex.cors, (_REQUEST_ID, rid.encode())]
         ex.t_forward = perf_counter()
         try:
             await forwarder.forward(
@@ -345,7 +378,7 @@ class Gateway:
             )
         except GatewayError as exc:
             ex.deny = exc.code
-            extra.pop()  # the request id: ex.send adds it to an error answer
+            extra = [*allow.response_headers]  # ex.send adds the request id and the CORS headers
             await _send_error(send, exc, self._format, [*extra, CLOSE] if has_body else extra)
 
     async def _refuse(self, send: Send, ex: Exchange, error: GatewayError, allow: Allow, has_body: bool) -> None:
