@@ -325,10 +325,11 @@ class CorsSettings(Section):
         "`allow_credentials`). Empty: CORS off."))
     allow_methods: Annotated[StrList, AfterValidator(_tokens)] = Field(
         ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"), description=(
-            "Methods a preflight may ask for; `*` for any."))
+            "Methods a preflight may ask for (GET, HEAD and POST always pass, as in browsers); `*` for any."))
     allow_headers: Annotated[StrList, AfterValidator(_tokens)] = Field(
         ("Authorization", "Content-Type", "X-Request-ID", "traceparent", "tracestate"), description=(
-            "Request headers a preflight may ask for (besides the CORS-safelisted ones); `*` for any."))
+            "Request headers a preflight may ask for (browsers ask for `Content-Type` when it is not a form or plain "
+            "text type); `*` for any (echoes what was asked)."))
     expose_headers: Annotated[StrList, AfterValidator(_tokens)] = Field(_EXPOSED, description=(
         "Response headers a page may read besides the CORS-safelisted ones."))
     max_age: Int = Field(600, ge=0, le=86_400, description=(
