@@ -243,14 +243,16 @@ class Gateway:
                     traceparent.append(value)
                 elif name == TRACESTATE:
                     tracestate.append(value)
-                else:  # Origin and a CORS preflight's own headers: the upstream sees them too
-                    if name == ORIGIN:
-                        origin = value if origin is None else b""  # two: no origin the gateway allows
-                    elif name == REQUEST_METHOD:
-                        preflight = value
-                    elif name == REQUEST_HEADERS:
-                        preflight_headers.append(value)
-                    forward.append((name.decode("latin-1"), value.decode("latin-1")))
+                # Origin and a CORS preflight's own headers: read, and the upstream sees them too.
+                elif name == ORIGIN:
+                    origin = value if origin is None else b""  # two: no origin the gateway allows
+                    forward.append(("origin", value.decode("latin-1")))
+                elif name == REQUEST_METHOD:
+                    preflight = value
+                    forward.append(("access-control-request-method", value.decode("latin-1")))
+                elif name == REQUEST_HEADERS:
+                    preflight_headers.append(value)
+                    forward.append(("access-control-request-headers", value.decode("latin-1")))
                 continue
             if name[:7] in _IDENTITY_PREFIXES or b"_" in name:
                 # Names with "_" are dropped (nginx's default): CGI-style upstreams read Transfer_Encoding or
