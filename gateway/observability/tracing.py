@@ -11,8 +11,8 @@ passes on to the upstream:
   traceparent, it MUST NOT attempt to parse tracestate"), its header lines combined into one (3.3.1.1), and
   dropped when it holds more than 32 list members or more than 512 characters (3.3.1.1, 3.3.1.5).
 
-The trace id goes into every access line (``trace_id``). The cost per request is one ``os.urandom`` and a few
-string checks.
+The trace id goes into every access line (``trace_id``). The cost per request is a slice of pre-drawn random
+bytes and, when a ``traceparent`` came, one regular-expression match.
 """
 
 from __future__ import annotations
@@ -51,12 +51,38 @@ def parse_traceparent(value: str) -> tuple[str, str] | None:
     return trace_id, flags
 
 
-def propagate(traceparent: list[bytes], tracestate: list[bytes]) -> tuple[str, str, str | None]:
-    """``(trace_id, traceparent, tracestate)`` to send upstream for a request that carried these header lines
-    (``tracestate`` None: send none)."""
-    parsed = parse_traceparent(traceparent[0].decode("latin-1").strip(" \t")) if len(traceparent) == 1 else None
+# Random bytes are drawn from os.urandom a batch at a time: one system call per 256 new traces, not one per
+# request. Each process draws its own (the batch is emptied in a forked child).
+_BATCH = 24 * 256
+_random = b""
+_used = _BATCH
+
+
+def _reset() -> None:
+    global _random, _used
+    _random, _used = b"", _BATCH
+
+
+os.register_at_fork(after_in_child=_reset)
+
+
+def random_hex(size: int) -> str:
+    """``size`` random bytes (at most 24) as lower-case hex."""
+    global _random, _used
+    start = _used
+    end = start + size
+    if end > len(_random):
+        _random, start, end = os.urandom(_BATCH), 0, size
+    _used = end
+    return _random[start:end].hex()
+
+
+def propagate(traceparent: bytes | None, tracestate: list[bytes] | None) -> tuple[str, str, str | None]:
+    """``(trace_id, traceparent, tracestate)`` to send upstream for a request that carried this ``traceparent``
+    (None: none; ``b""``: more than one) and these ``tracestate`` lines (``tracestate`` None: send none)."""
+    parsed = parse_traceparent(traceparent.decode("latin-1").strip(" \t")) if traceparent else None
     if parsed is None:
-        new = os.urandom(24).hex()
+        new = random_hex(24)
         trace_id = new[:32]
         return trace_id, f"00-{trace_id}-{new[32:]}-00", None
     trace_id, flags = parsed
@@ -67,7 +93,7 @@ def propagate(traceparent: list[bytes], tracestate: list[bytes]) -> tuple[str, s
         if (text and len(text) <= MAX_TRACESTATE_CHARS and text.isascii() and text.replace("\t", " ").isprintable()
                 and (text.count(",") < MAX_TRACESTATE_MEMBERS or _members(text) <= MAX_TRACESTATE_MEMBERS)):
             state = text
-    return trace_id, f"00-{trace_id}-{os.urandom(8).hex()}-{flags}", state
+    return trace_id, f"00-{trace_id}-{random_hex(8)}-{flags}", state
 
 
 def _members(text: str) -> int:
@@ -79,4 +105,4 @@ def trace_id_of(traceparent: list[bytes] | None) -> str:
     """The trace id a request's ``traceparent`` lines continue, or a new random one (for an access line)."""
     parsed = parse_traceparent(traceparent[0].decode("latin-1").strip(" \t")) if traceparent and len(
         traceparent) == 1 else None
-    return parsed[0] if parsed is not None else os.urandom(16).hex()
+    return parsed[0] if parsed is not None else random_hex(16)

@@ -206,11 +206,11 @@ class Gateway:
         chunked = False
         bad_frame = False  # framing the HTTP server let through but two parsers could read differently
         forward: list[tuple[str, str]] = []
-        traceparent: list[bytes] = []
-        tracestate: list[bytes] = []
+        traceparent: bytes | None = None  # b"": more than one
+        tracestate: list[bytes] | None = None
         origin: bytes | None = None
         preflight: bytes | None = None  # Access-Control-Request-Method
-        preflight_headers: list[bytes] = []
+        preflight_headers: list[bytes] | None = None
         for name, value in scope["headers"]:
             if name in _CONSUMED:
                 if name == b"authorization":
@@ -240,9 +240,9 @@ class Gateway:
                     bad_frame |= chunked or length >= 0 or value.strip(OWS).lower() != b"chunked"
                     chunked = True
                 elif name == TRACEPARENT:
-                    traceparent.append(value)
+                    traceparent = value if traceparent is None else b""
                 elif name == TRACESTATE:
-                    tracestate.append(value)
+                    tracestate = [value] if tracestate is None else [*tracestate, value]
                 # Origin and a CORS preflight's own headers: read, and the upstream sees them too.
                 elif name == ORIGIN:
                     origin = value if origin is None else b""  # two: no origin the gateway allows
@@ -251,7 +251,7 @@ class Gateway:
                     preflight = value
                     forward.append(("access-control-request-method", value.decode("latin-1")))
                 elif name == REQUEST_HEADERS:
-                    preflight_headers.append(value)
+                    preflight_headers = [value] if preflight_headers is None else [*preflight_headers, value]
                     forward.append(("access-control-request-headers", value.decode("latin-1")))
                 continue
             if name[:7] in _IDENTITY_PREFIXES or b"_" in name:
@@ -291,7 +291,7 @@ class Gateway:
         if preflight is not None and origin is not None and cors is not None and method == "OPTIONS":
             # A CORS preflight: answered here, without a key (gateway.doors.cors).
             ex.cors = ()
-            allowed = cors.preflight(origin, preflight, preflight_headers)
+            allowed = cors.preflight(origin, preflight, preflight_headers or [])
             if allowed is None:
                 ex.deny = "cors_preflight_refused"
                 status, headers, body = cors.refused
