@@ -112,6 +112,21 @@ def test_actual_requests_and_error_answers_carry_the_cors_headers(cors_gateway: 
     assert sent and all(s["origin"] == APP for s in sent)
 
 
+def test_the_upstreams_own_cors_headers_are_replaced(cors_gateway: Gateway, fresh_upstream: Upstream) -> None:
+    """Fetch 4.9 (CORS check): one Access-Control-Allow-Origin, the gateway's; an upstream's `*` next to it
+    would fail the check (two values), and its own -Allow-Credentials must not reach a disallowed origin."""
+    key = cors_gateway.create_key("reader", "servers:read")
+    auth = {"Authorization": f"Bearer {key['value']}"}
+    with cors_gateway.client() as c:
+        mine = c.get("/v1/servers/__cors", headers={**auth, "Origin": APP})
+        other = c.get("/v1/servers/__cors", headers={**auth, "Origin": OTHER})
+    assert mine.status_code == other.status_code == 200 and mine.headers["x-upstream"] == "recording"
+    assert mine.headers.get_list("access-control-allow-origin") == [APP]
+    assert "access-control-allow-credentials" not in mine.headers
+    assert "x-upstream" not in mine.headers["access-control-expose-headers"].lower()
+    assert _cors_headers(other) == {}
+
+
 def test_a_disallowed_or_missing_origin_gets_no_cors_headers_but_vary(cors_gateway: Gateway) -> None:
     """Fetch 3.2.5: a server whose answer depends on Origin sends Vary: Origin in all its answers, those to
     requests without Origin included; a disallowed origin gets no Access-Control-Allow-Origin (the browser
