@@ -13,6 +13,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from gateway.admin.api import ManagementAPI
 from gateway.config.settings import Settings
 from gateway.doors.assembly import Components, GateService, build_components
+from gateway.doors.cors import UPSTREAM_CORS
 from gateway.doors.forward_auth import ForwardAuth
 from gateway.doors.proxy.forwarder import Forwarder
 from gateway.doors.proxy.pipeline import Gateway
@@ -53,7 +54,8 @@ class GatewayApp:
 
         def forwarder(url: str) -> Forwarder:
             return Forwarder(url, connect_timeout=up.connect_timeout, read_timeout=up.read_timeout,
-                             pool_size=up.pool_size, body_timeout=settings.limits.body_timeout_seconds)
+                             pool_size=up.pool_size, body_timeout=settings.limits.body_timeout_seconds,
+                             drop_response=UPSTREAM_CORS if settings.cors.allow_origins else frozenset())
 
         self.forwarders: dict[str, Forwarder | None] = {
             "live": forwarder(up.url),

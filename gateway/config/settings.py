@@ -293,6 +293,78 @@ class ForwardAuthSettings(Section):
         "Off, they get 403 `environment_unavailable`, as in proxy mode without a test upstream."))
 
 
+_TCHAR = frozenset("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+
+
+def _tokens(values: tuple[str, ...]) -> tuple[str, ...]:
+    """Method names and header names are tokens (RFC 9110 5.1, 9.1); ``*`` means any."""
+    for value in values:
+        if not value or not _TCHAR.issuperset(value):
+            raise Invalid(f"{value!r} is not a method or header name (a token, RFC 9110 5.6.2), nor *")
+    return values
+
+
+def _origins(values: tuple[str, ...]) -> tuple[str, ...]:
+    """``*``, or origins as browsers serialise them (Fetch 3.2.1, RFC 6454 6.1): scheme://host[:port], lower
+    case, no path; the default port left out."""
+    out = []
+    for value in values:
+        if value == "*":
+            out.append(value)
+            continue
+        parts = urlsplit(value.strip())
+        try:
+            port = parts.port
+        except ValueError:
+            port = -1
+        if (parts.scheme not in ("http", "https") or not parts.hostname or parts.path not in ("", "/")
+                or parts.query or parts.fragment or parts.username is not None or port == -1
+                or not value.isascii()):
+            raise Invalid(f"{value!r} is not an origin: scheme://host[:port] (https://app.example.com), or *")
+        default = 443 if parts.scheme == "https" else 80
+        host = parts.hostname if ":" not in parts.hostname else f"[{parts.hostname}]"
+        out.append(f"{parts.scheme}://{host}" + (f":{port}" if port not in (None, default) else ""))
+    return tuple(out)
+
+
+# What a page may read of every answer besides the CORS-safelisted headers: the rate-limit state, when to retry
+# and the request id (the gateway's own headers).
+_EXPOSED = ("X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset", "RateLimit-Policy", "RateLimit",
+            "Retry-After", "X-Request-ID")
+
+
+class CorsSettings(Section):
+    """Browser pages on other origins calling through the gateway (the Fetch standard's CORS protocol, docs/cors.md).
+
+    Off while ``allow_origins`` is empty. On, the gateway answers CORS preflights itself (no key needed) and puts
+    the CORS headers on every answer to an allowed origin, its own refusals (401, 403, 429) included."""
+
+    allow_origins: Annotated[StrList, AfterValidator(_origins)] = Field((), description=(
+        "Origins whose pages may call the gateway (`https://app.example.com`), or `*` for any (not with "
+        "`allow_credentials`). Empty: CORS off."))
+    allow_methods: Annotated[StrList, AfterValidator(_tokens)] = Field(
+        ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"), description=(
+            "Methods a preflight may ask for (GET, HEAD and POST always pass, as in browsers); `*` for any."))
+    allow_headers: Annotated[StrList, AfterValidator(_tokens)] = Field(
+        ("Authorization", "Content-Type", "X-Request-ID", "traceparent", "tracestate"), description=(
+            "Request headers a preflight may ask for (browsers ask for `Content-Type` when it is not a form or plain "
+            "text type); `*` for any (echoes what was asked)."))
+    expose_headers: Annotated[StrList, AfterValidator(_tokens)] = Field(_EXPOSED, description=(
+        "Response headers a page may read besides the CORS-safelisted ones."))
+    max_age: Int = Field(600, ge=0, le=86_400, description=(
+        "Seconds a browser may cache a preflight's answer (`Access-Control-Max-Age`)."))
+    allow_credentials: Bool = Field(False, description=(
+        "Let pages send cookies and HTTP authentication (`Access-Control-Allow-Credentials: true`)."))
+
+    @model_validator(mode="after")
+    def _no_wildcard_with_credentials(self) -> CorsSettings:
+        if self.allow_credentials and "*" in self.allow_origins:
+            # Fetch 3.2.3: browsers refuse `*` on a credentialed answer; echoing any origin instead would let
+            # every site read what the user's credentials unlock.
+            raise Invalid("`*` cannot be used with allow_credentials: name the origins", "allow_origins")
+        return self
+
+
 def _webhook(url: str) -> str:
     if urlsplit(url).scheme not in ("http", "https"):
         raise Invalid("must be an http:// or https:// URL")
@@ -660,6 +732,8 @@ class Settings(BaseSettings):
         "What one request and one client may cost the gateway (docs/security.md)."))
     forward_auth: ForwardAuthSettings = Field(default_factory=ForwardAuthSettings, description=(
         "The forward-auth endpoint for nginx `auth_request`, Traefik ForwardAuth and Envoy `ext_authz`."))
+    cors: CorsSettings = Field(default_factory=CorsSettings, description=(
+        "Cross-origin requests from browsers (CORS), answered by the proxy: off unless `allow_origins` is set."))
     # Where relative paths in the file were resolved from: set by load_settings, not a setting.
     base_dir: str = Field(".", exclude=True)
 

@@ -44,6 +44,7 @@ from gateway.keys.cache import AuthKey
 from gateway.network import address_text, parse_address
 from gateway.observability.logging import AccessLog, new_request_id, valid_request_id
 from gateway.observability.metrics import UNMATCHED, Metrics
+from gateway.observability.tracing import TRACEPARENT, trace_id_of
 from gateway.policy.paths import PathError
 from gateway.policy.rules import KNOWN_METHODS
 
@@ -56,7 +57,7 @@ _REMOVE = b"x-envoy-auth-headers-to-remove"
 _NGINX = (b"x-original-method", b"x-original-uri")
 _TRAEFIK = (b"x-forwarded-method", b"x-forwarded-uri")
 _READ = frozenset({*_NGINX, *_TRAEFIK, b"authorization", b"x-forwarded-for", b"x-request-id", b"content-length",
-                   b"transfer-encoding"})
+                   b"transfer-encoding", TRACEPARENT})
 _ALLOWED = ("allowed", "ok")
 _EMPTY_OK: tuple[Header, ...] = ((b"content-length", b"0"), (b"cache-control", b"no-store"))
 
@@ -103,6 +104,8 @@ class ForwardAuth:
                     seen.setdefault(name, []).append(value)
         rid = seen.get(b"x-request-id")
         request_id = rid[0].decode() if rid and valid_request_id(rid[0]) else new_request_id()
+        # The trace of the request the proxy asks about (W3C Trace Context), for the access line.
+        trace_id = trace_id_of(seen.get(TRACEPARENT))
         # Envoy's with_request_body, Traefik's forwardBody: the body is never read, so the connection closes.
         has_body = b"transfer-encoding" in seen or any(v != b"0" for v in seen.get(b"content-length", ()))
         nginx = b"x-original-uri" in seen or b"x-original-method" in seen
@@ -122,7 +125,8 @@ class ForwardAuth:
         except GatewayError as exc:
             status, headers, body = render(exc, self._format)
             await self._answer(send, status, headers, body, nginx, has_body, request_id)
-            self._finish(method, None, path, status, start, None, peer, request_id, exc.code, None, len(body))
+            self._finish(method, None, path, status, start, None, peer, request_id, trace_id, exc.code, None,
+                         len(body))
             return
 
         decision = await self.gate.decide(method, path, authorization, peer, forwarded_for)
@@ -133,7 +137,7 @@ class ForwardAuth:
             if principal is not None and principal.environment == "test" and not self._test_keys:
                 status, headers, body = render(EnvironmentUnavailable(), self._format, decision.response_headers)
                 await self._answer(send, status, headers, body, nginx, has_body, request_id)
-                self._finish(method, route, path, status, start, principal, client_ip, request_id,
+                self._finish(method, route, path, status, start, principal, client_ip, request_id, trace_id,
                              EnvironmentUnavailable.code, decision.rate, len(body))
                 return
             headers = [*_EMPTY_OK]
@@ -145,14 +149,14 @@ class ForwardAuth:
             if envoy:
                 headers.append(self._removal(names))
             await self._answer(send, 200, headers, b"", False, has_body, request_id)
-            self._finish(method, route, path, 200, start, principal, client_ip, request_id, None, decision.rate, 0,
-                         auth=_ALLOWED if principal is not None else None)
+            self._finish(method, route, path, 200, start, principal, client_ip, request_id, trace_id, None,
+                         decision.rate, 0, auth=_ALLOWED if principal is not None else None)
             return
         status, headers, body = decision.render(self._format)
         await self._answer(send, status, headers, body, nginx, has_body, request_id)
         auth = (_ALLOWED if decision.authorized else ("denied", decision.error.code)) if decision.gated else None
-        self._finish(method, route, path, status, start, principal, client_ip, request_id, decision.error.code,
-                     decision.rate, len(body), auth=auth)
+        self._finish(method, route, path, status, start, principal, client_ip, request_id, trace_id,
+                     decision.error.code, decision.rate, len(body), auth=auth)
 
     def _removal(self, names: tuple[str, ...]) -> Header:
         header = self._removals.get(names)
@@ -174,7 +178,7 @@ class ForwardAuth:
         await send({"type": "http.response.body", "body": body})
 
     def _finish(self, method: str, route: str | None, path: bytes, status: int, start: float, principal: object,
-                client: str | None, request_id: str, deny: str | None, rate: str | None, bytes_out: int,
+                client: str | None, request_id: str, trace_id: str, deny: str | None, rate: str | None, bytes_out: int,
                 auth: tuple[str, str] | None = None) -> None:
         """Count and log the decision as the request it was about (its method, path and route)."""
         duration = perf_counter() - start
@@ -185,8 +189,8 @@ class ForwardAuth:
         if self.metrics is not None:
             self.metrics.request(route or UNMATCHED, method, status, duration, None, key_id, auth, rate)
         if self.access_log is not None:
-            self.access_log.write(time.time(), request_id, method, route, path.decode("latin-1"), status, duration,
-                                  None, key_id, client, 0, bytes_out, deny)
+            self.access_log.write(time.time(), request_id, trace_id, method, route, path.decode("latin-1"), status,
+                                  duration, None, key_id, client, 0, bytes_out, deny)
 
 
 def _original(seen: dict[bytes, list[bytes]]) -> tuple[str, bytes]:

@@ -25,6 +25,8 @@ import sys
 import time
 from typing import Any
 
+from gateway.observability.tracing import TRACEPARENT, trace_id_of
+
 ACCESS_LOGGER = "gateway.access"
 
 _STANDARD = frozenset(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime"}
@@ -170,7 +172,7 @@ class AccessLog:
                 self._quoted[value] = quoted
         return quoted
 
-    def write(self, now: float, request_id: str, method: str, route: str | None, path: str, status: int,
+    def write(self, now: float, request_id: str, trace_id: str, method: str, route: str | None, path: str, status: int,
               duration: float, upstream: float | None, key_id: str | None, client: str | None, bytes_in: int,
               bytes_out: int, deny_reason: str | None) -> None:
         second = int(now)
@@ -179,7 +181,7 @@ class AccessLog:
             self._prefix = time.strftime('{"ts":"%Y-%m-%dT%H:%M:%S', time.gmtime(second))
         q, known = self._q, self._quoted.get  # known(v) or q(v): a Python call only for a value not yet quoted
         line = (
-            f'{self._prefix}{_MILLIS[int((now - second) * 1000)]}{self._head}{request_id}",'
+            f'{self._prefix}{_MILLIS[int((now - second) * 1000)]}{self._head}{request_id}","trace_id":"{trace_id}",'
             f'"method":{known(method) or q(method)},"route":{known(route) or q(route)},"path":{_quoted(path)},'
             f'"status":{status},"duration_ms":{duration * 1000:.3f},"upstream_ms":'
             f'{"null" if upstream is None else format(upstream * 1000, ".3f")},'
@@ -231,7 +233,8 @@ def logged(app: Any, access: AccessLog, route: str) -> Any:
             await app(scope, receive, observe)
         finally:
             client = scope.get("client")
-            access.write(time.time(), new_request_id(), scope["method"], route, scope["path"],
+            trace = trace_id_of([v for n, v in scope["headers"] if n == TRACEPARENT])
+            access.write(time.time(), new_request_id(), trace, scope["method"], route, scope["path"],
                          seen["status"] or 499, time.perf_counter() - start, None, None,
                          client[0] if client else None, 0, seen["out"], None)
 

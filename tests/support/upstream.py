@@ -9,6 +9,7 @@ directly, never through the gateway):
 Special paths (reachable through the gateway when the policy allows them):
     GET    .../__download?bytes=N   streams N bytes in 64 KiB chunks
     GET    .../__slow?seconds=S     answers after S seconds
+    GET    .../__cors               answers with CORS headers of its own (Access-Control-Allow-Origin: *)
 Request bodies are counted while they stream in, never held in memory.
 
 Run: python tests/support/upstream.py --port N
@@ -62,6 +63,10 @@ async def anything(request: web.Request) -> web.StreamResponse:
         return resp
     if path.endswith("/__slow"):
         await asyncio.sleep(float(request.query.get("seconds", "1")))
+    if path.endswith("/__cors"):
+        return web.json_response(record, headers={"X-Upstream": "recording", "Access-Control-Allow-Origin": "*",
+                                                  "Access-Control-Allow-Credentials": "true",
+                                                  "Access-Control-Expose-Headers": "X-Upstream"})
     return web.json_response(record, headers={"X-Upstream": "recording"})
 
 

@@ -92,8 +92,11 @@ _MAX_URLS = 1024  # request URLs remembered per forwarder (most traffic is a few
 
 class Forwarder:
     def __init__(self, url: str, *, connect_timeout: float, read_timeout: float, pool_size: int,
-                 body_timeout: float | None = None) -> None:
+                 body_timeout: float | None = None, drop_response: frozenset[bytes] = frozenset()) -> None:
         parts = urlsplit(url)
+        # Response headers never passed on: the hop-by-hop ones, and those the gateway sets itself (the CORS
+        # headers, when it answers for CORS).
+        self._not_passed = _NOT_PASSED | drop_response
         self._body_timeout = body_timeout
         self._origin = f"{parts.scheme}://{parts.netloc}"
         self._base_path = parts.path.rstrip("/")
@@ -212,7 +215,7 @@ class Forwarder:
         status = resp.status
         sent = 0
         try:
-            out = _response_headers(resp.raw_headers)
+            out = _response_headers(resp.raw_headers, self._not_passed)
             out.extend(extra_response_headers)
             if tally is not None:
                 tally.status = status
@@ -283,13 +286,13 @@ async def _body(receive: Receive, limit: int | None = None, timeout: float | Non
             return
 
 
-def _response_headers(raw: Sequence[tuple[bytes, bytes]]) -> list[Header]:
+def _response_headers(raw: Sequence[tuple[bytes, bytes]], not_passed: frozenset[bytes] = _NOT_PASSED) -> list[Header]:
     """The upstream's headers less the hop-by-hop ones, and less those its ``Connection`` header names."""
     out: list[Header] = []
     named: set[bytes] | None = None
     for header in raw:
         low = header[0].lower()
-        if low in _NOT_PASSED:
+        if low in not_passed:
             if low == b"connection" and header[1].lower() not in _CONNECTION_OPTIONS:
                 # Anything but "Connection: keep-alive" (or close), the usual values, may name more to drop.
                 tokens = {t.strip().lower() for t in header[1].split(b",")} - _CONNECTION_OPTIONS

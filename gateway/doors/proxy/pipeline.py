@@ -26,6 +26,7 @@ from typing import Any
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.config.settings import Settings
+from gateway.doors.cors import ORIGIN, REQUEST_HEADERS, REQUEST_METHOD, Cors
 from gateway.doors.proxy.forwarder import Forwarder
 from gateway.doors.proxy.protocol import CLOSE
 from gateway.errors import (
@@ -43,6 +44,7 @@ from gateway.keys.cache import AuthKey
 from gateway.network import IPAddress, address_text, parse_address
 from gateway.observability.logging import AccessLog, new_request_id, valid_request_id
 from gateway.observability.metrics import UNMATCHED, Metrics
+from gateway.observability.tracing import TRACEPARENT, TRACESTATE, propagate
 
 log = logging.getLogger("gateway.doors.proxy.pipeline")
 
@@ -58,6 +60,8 @@ _CONSUMED = frozenset(
         b"forwarded", b"x-real-ip", b"true-client-ip", b"cf-connecting-ip", b"x-client-ip", b"x-cluster-client-ip",
         b"fastly-client-ip",
         b"x-request-id",  # checked, then forwarded (or replaced by a generated one)
+        b"traceparent", b"tracestate",  # continued or replaced (W3C Trace Context: gateway.observability.tracing)
+        b"origin", b"access-control-request-method", b"access-control-request-headers",  # read, then forwarded
     }
 )
 # Every spelling of the identity-header prefix a server might hand over (names arrive lower-cased).
@@ -81,12 +85,14 @@ class Exchange:
     (``status``, ``t_head``, ``bytes_out``), one coroutine less per message."""
 
     __slots__ = ("raw_send", "_receive", "request_id", "status", "bytes_in", "bytes_out", "route", "principal",
-                 "deny", "gated", "authorized", "rate", "t_forward", "t_head", "client")
+                 "deny", "gated", "authorized", "rate", "t_forward", "t_head", "client", "trace_id", "cors")
 
     def __init__(self, send: Send, receive: Receive) -> None:
         self.raw_send = send
         self._receive = receive
         self.request_id = ""
+        self.trace_id = ""
+        self.cors: tuple[Header, ...] = ()  # the CORS headers of the answer (gateway.doors.cors)
         self.status = 0
         self.bytes_in = 0
         self.bytes_out = 0
@@ -108,8 +114,10 @@ class Exchange:
             rid = (_REQUEST_ID, self.request_id.encode())
             if type(headers) is list:
                 headers.append(rid)
+                if self.cors:
+                    headers += self.cors
             else:
-                message["headers"] = [*headers, rid]
+                message["headers"] = [*headers, rid, *self.cors]
         else:
             self.bytes_out += len(message.get("body", b""))
         await self.raw_send(message)
@@ -139,6 +147,7 @@ class Gateway:
         self.management = management
         self._format = error_format(settings.error_format, settings.messages)
         self._forward_authorization = settings.forward_authorization
+        self._cors = Cors(settings.cors, settings.error_format) if settings.cors.allow_origins else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -179,8 +188,9 @@ class Gateway:
         if self.access_log is not None:
             client = address_text(ex.client) if ex.client is not None else _peer(scope)
             raw_path: bytes = scope.get("raw_path") or scope["path"].encode("utf-8")
-            self.access_log.write(time.time(), ex.request_id, method, ex.route, raw_path.decode("latin-1"),
-                                  status, duration, upstream, key_id, client, ex.bytes_in, ex.bytes_out, ex.deny)
+            self.access_log.write(time.time(), ex.request_id, ex.trace_id, method, ex.route,
+                                  raw_path.decode("latin-1"), status, duration, upstream, key_id, client, ex.bytes_in,
+                                  ex.bytes_out, ex.deny)
 
     async def _serve(self, scope: Scope, receive: Receive, send: Send, ex: Exchange) -> None:
         # 1. One pass over the headers.
@@ -196,6 +206,11 @@ class Gateway:
         chunked = False
         bad_frame = False  # framing the HTTP server let through but two parsers could read differently
         forward: list[tuple[str, str]] = []
+        traceparent: bytes | None = None  # b"": more than one
+        tracestate: list[bytes] | None = None
+        origin: bytes | None = None
+        preflight: bytes | None = None  # Access-Control-Request-Method
+        preflight_headers: list[bytes] | None = None
         for name, value in scope["headers"]:
             if name in _CONSUMED:
                 if name == b"authorization":
@@ -224,6 +239,20 @@ class Gateway:
                     # it from 0.55 on; both are read alike here.
                     bad_frame |= chunked or length >= 0 or value.strip(OWS).lower() != b"chunked"
                     chunked = True
+                elif name == TRACEPARENT:
+                    traceparent = value if traceparent is None else b""
+                elif name == TRACESTATE:
+                    tracestate = [value] if tracestate is None else [*tracestate, value]
+                # Origin and a CORS preflight's own headers: read, and the upstream sees them too.
+                elif name == ORIGIN:
+                    origin = value if origin is None else b""  # two: no origin the gateway allows
+                    forward.append(("origin", value.decode("latin-1")))
+                elif name == REQUEST_METHOD:
+                    preflight = value
+                    forward.append(("access-control-request-method", value.decode("latin-1")))
+                elif name == REQUEST_HEADERS:
+                    preflight_headers = [value] if preflight_headers is None else [*preflight_headers, value]
+                    forward.append(("access-control-request-headers", value.decode("latin-1")))
                 continue
             if name[:7] in _IDENTITY_PREFIXES or b"_" in name:
                 # Names with "_" are dropped (nginx's default): CGI-style upstreams read Transfer_Encoding or
@@ -242,6 +271,7 @@ class Gateway:
             forward.append((name.decode("latin-1"), value.decode("latin-1")))
         has_body = chunked or length > 0
         ex.request_id = rid = request_id.decode() if request_id is not None else new_request_id()
+        ex.trace_id, parent, state = propagate(traceparent, tracestate)
         if has_body:
             receive = ex.receive
         if chunked or host is None:
@@ -251,9 +281,25 @@ class Gateway:
 
         method = scope["method"]
         raw_path: bytes = scope.get("raw_path") or scope["path"].encode("utf-8")
+        cors = self._cors
+        if cors is not None:
+            ex.cors = cors.actual(origin)
         if bad_frame:
             ex.deny = FramingError.code
             await _send_error(send, FramingError(), self._format, [CLOSE])
+            return
+        if preflight is not None and origin is not None and cors is not None and method == "OPTIONS":
+            # A CORS preflight: answered here, without a key (gateway.doors.cors).
+            ex.cors = ()
+            allowed = cors.preflight(origin, preflight, preflight_headers or [])
+            if allowed is None:
+                ex.deny = "cors_preflight_refused"
+                status, headers, body = cors.refused
+                headers = [*headers, CLOSE] if has_body else [*headers]
+            else:
+                status, headers, body = 204, [*allowed, CLOSE] if has_body else allowed, b""
+            await send({"type": "http.response.start", "status": status, "headers": headers})
+            await send({"type": "http.response.body", "body": body})
             return
         peer = _peer(scope)
         decision = await self.gate.decide(method, raw_path, authorization, peer, forwarded_for, debug,
@@ -317,12 +363,15 @@ class Gateway:
             host = forwarded_host or host
         else:
             chain = peer
-        forward += (("x-forwarded-for", chain), ("x-forwarded-proto", proto), ("x-request-id", rid))
+        forward += (("x-forwarded-for", chain), ("x-forwarded-proto", proto), ("x-request-id", rid),
+                    ("traceparent", parent))
+        if state is not None:
+            forward.append(("tracestate", state))
         if host is not None:
             forward.append(("x-forwarded-host", host.decode("latin-1")))
         if principal is not None:
             forward += principal.upstream_headers
-        extra = [*allow.response_headers, (_REQUEST_ID, rid.encode())]
+        extra = [*allow.response_headers, *ex.cors, (_REQUEST_ID, rid.encode())]
         ex.t_forward = perf_counter()
         try:
             await forwarder.forward(
@@ -331,7 +380,7 @@ class Gateway:
             )
         except GatewayError as exc:
             ex.deny = exc.code
-            extra.pop()  # the request id: ex.send adds it to an error answer
+            extra = [*allow.response_headers]  # ex.send adds the request id and the CORS headers
             await _send_error(send, exc, self._format, [*extra, CLOSE] if has_body else extra)
 
     async def _refuse(self, send: Send, ex: Exchange, error: GatewayError, allow: Allow, has_body: bool) -> None:
