@@ -217,3 +217,25 @@ def _json(line: str) -> dict[str, Any] | None:
     except ValueError:
         return None
     return doc if isinstance(doc, dict) else None
+
+
+def test_a_key_revoked_while_its_socket_is_open_closes_it(make_gateway: Callable[..., Gateway],
+                                                           ws_upstream: WsUpstream) -> None:
+    """A key revoked elsewhere is refused within ``cache.ttl_seconds`` on every request; an open WebSocket is
+    held to the same bound: both sides are closed with 1008, policy violation (RFC 6455 7.4.1)."""
+    g = make_gateway(ws_upstream.url, settings={"cache": {"ttl_seconds": 1}})
+    key = g.create_key("reader", "servers:read")
+    with connect(ws_url(g, "/v1/servers/echo"), additional_headers=bearer(key["value"]), open_timeout=10) as ws:
+        ws.send("before")
+        assert ws.recv(timeout=10) == "before"
+        g.cli("keys", "revoke", key["id"])
+        revoked = time.monotonic()
+        with pytest.raises(ConnectionClosed):
+            while time.monotonic() - revoked < 10:
+                ws.send("still here?")
+                ws.recv(timeout=10)
+                time.sleep(0.2)
+        assert ws.close_code == 1008
+    assert time.monotonic() - revoked < 6
+    rec = ws_upstream.wait_for(lambda r: "closed" in r)
+    assert rec["closed"] == 1008

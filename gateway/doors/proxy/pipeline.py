@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from time import perf_counter
 from typing import Any
 
@@ -34,6 +34,7 @@ from gateway.errors import (
     ErrorFormat,
     FramingError,
     GatewayError,
+    InvalidToken,
     MethodNotAllowed,
     ServiceUnavailable,
     error_format,
@@ -141,6 +142,7 @@ class Gateway:
         self._format = error_format(settings.error_format, settings.messages)
         self._forward_authorization = settings.forward_authorization
         self._websocket_idle = settings.limits.websocket_idle_seconds
+        self._websocket_check = max(settings.cache.ttl_seconds, 1.0)  # how often an open socket's key is checked
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -425,10 +427,30 @@ class Gateway:
                         "headers": [*allow.response_headers, rid_header]})
             ex.status = 101
             ex.t_head = perf_counter()
-            await relay(receive, send, upstream, self._websocket_idle, ex)
+            still_valid = self._key_check(authorization) if isinstance(principal, AuthKey) else None
+            await relay(receive, send, upstream, self._websocket_idle, ex, still_valid, self._websocket_check)
         finally:
             if not upstream.closed:
                 await upstream.close()
+
+    def _key_check(self, authorization: list[bytes]) -> Callable[[], Awaitable[bool]]:
+        """Whether an open WebSocket's key still holds, as the gate sees it now: a revoked or expired key is
+        refused once its cache entry runs out (``cache.ttl_seconds``, the revocation bound of every request). A
+        store that cannot answer closes nothing."""
+        gate = self.gate
+
+        async def still_valid() -> bool:
+            try:
+                found = gate.authenticate_now(authorization, None)
+                if found.__class__ is not AuthKey:
+                    await gate.load_key(found.key_hash)
+            except InvalidToken:
+                return False
+            except GatewayError:
+                return True
+            return True
+
+        return still_valid
 
     async def _refuse(self, send: Send, ex: Exchange, error: GatewayError, allow: Allow, has_body: bool) -> None:
         """Answer ``error`` for a request the gate let through (its rate-limit and debug headers kept); a body

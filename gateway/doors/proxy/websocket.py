@@ -6,13 +6,15 @@ which servers answer 403. Both front doors refuse this way (the reverse proxy an
 
 An accepted one is relayed by :func:`relay`: text and binary messages both ways, each send awaited (a slow reader
 slows the writer down, nothing piles up here), until either side closes; its close code and reason are passed
-to the other side. No message either way for ``idle`` seconds closes both sides with 1001 (going away).
+to the other side. No message either way for ``idle`` seconds closes both sides with 1001 (going away); a key
+revoked while its socket is open closes both with 1008 once the key's cache entry runs out (``cache.ttl_seconds``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 import aiohttp
@@ -57,12 +59,15 @@ def _sendable(code: int | None, abnormal: int) -> int:
 
 
 async def relay(receive: Receive, send: Send, upstream: aiohttp.ClientWebSocketResponse, idle: float,
-                tally: Tally) -> str:
+                tally: Tally, still_valid: Callable[[], Awaitable[bool]] | None = None,
+                check_every: float = 5.0) -> str:
     """Relay messages between the accepted client (ASGI ``receive``/``send``) and ``upstream`` until one side
-    closes or both are idle for ``idle`` seconds. Returns who ended it: ``"client"``, ``"upstream"`` or
-    ``"idle"``."""
+    closes or both are idle for ``idle`` seconds. ``still_valid`` (when given) is asked every ``check_every``
+    seconds whether the credential still holds (a revoked key): when it does not, both sides are closed with
+    1008 (policy violation). Returns who ended it: ``"client"``, ``"upstream"``, ``"idle"`` or ``"revoked"``."""
     loop = asyncio.get_running_loop()
     last = loop.time()
+    next_check = last + check_every if still_valid is not None else float("inf")
 
     async def from_client() -> tuple[int, str]:
         nonlocal last
@@ -104,10 +109,16 @@ async def relay(receive: Receive, send: Send, upstream: aiohttp.ClientWebSocketR
     ended = "idle"
     try:
         while True:
-            done, _ = await asyncio.wait((client, server), timeout=max(0.0, last + idle - loop.time()),
+            wake = min(last + idle, next_check)
+            done, _ = await asyncio.wait((client, server), timeout=max(0.0, wake - loop.time()),
                                          return_when=asyncio.FIRST_COMPLETED)
             if done or loop.time() - last >= idle:
                 break
+            if still_valid is not None and loop.time() >= next_check:
+                if not await still_valid():
+                    ended = "revoked"
+                    break
+                next_check = loop.time() + check_every
     finally:
         for task in (client, server):
             task.cancel()
@@ -129,6 +140,10 @@ async def relay(receive: Receive, send: Send, upstream: aiohttp.ClientWebSocketR
         log.info("websocket relay ended: %s", failed.__class__.__name__)
         await upstream.close(code=_GOING_AWAY)
         await _close_client(send, _INTERNAL_ERROR, "")
+        return ended
+    if ended == "revoked":
+        await upstream.close(code=POLICY_VIOLATION, message=b"credential revoked")
+        await _close_client(send, POLICY_VIOLATION, "credential revoked")
         return ended
     await upstream.close(code=_GOING_AWAY, message=b"idle timeout")
     await _close_client(send, _GOING_AWAY, "idle timeout")
