@@ -119,7 +119,8 @@ def test_echo_text_and_binary_with_identity_headers_and_subprotocol(gw: Gateway,
     Authorization; the subprotocol the upstream chose from the client's list (RFC 6455 4.1, 4.2.2
     Sec-WebSocket-Protocol) is the one the client gets."""
     key = gw.create_key("reader", "servers:read")
-    with connect(ws_url(gw, "/v1/servers/echo?tail=1"), additional_headers=bearer(key["value"]),
+    forged = {**bearer(key["value"]), "X-Auth-Key-ID": "forged", "X-Auth-Permissions": "*"}
+    with connect(ws_url(gw, "/v1/servers/echo?tail=1"), additional_headers=forged,
                  subprotocols=["logs.v2", "logs.v1"], open_timeout=10) as ws:  # type: ignore[list-item]
         assert ws.subprotocol == "logs.v1"
         assert ws.response is not None and ws.response.headers.get("x-request-id")
@@ -135,6 +136,7 @@ def test_echo_text_and_binary_with_identity_headers_and_subprotocol(gw: Gateway,
     for name, value in rec["headers"]:
         headers.setdefault(name, []).append(value)
     assert headers["x-auth-key-id"] == [key["id"]]
+    assert headers["x-auth-permissions"] == ["servers:read"]
     assert "authorization" not in headers
     assert headers["x-forwarded-for"] == ["127.0.0.1"]
     assert headers["x-forwarded-proto"] == ["http"]
@@ -239,3 +241,13 @@ def test_a_key_revoked_while_its_socket_is_open_closes_it(make_gateway: Callable
     assert time.monotonic() - revoked < 6
     rec = ws_upstream.wait_for(lambda r: "closed" in r)
     assert rec["closed"] == 1008
+
+
+def test_unreachable_upstream_refuses_the_handshake_502(make_gateway: Callable[..., Gateway]) -> None:
+    """When the upstream's handshake cannot be made, the client's is answered with an HTTP error instead of 101
+    (RFC 6455 4.2.2): 502 ``upstream_unavailable``, as for any request."""
+    g = make_gateway(f"http://127.0.0.1:{free_port()}")
+    key = g.create_key("reader", "servers:read")
+    status, _, body = raw_handshake(g, "/v1/servers/echo", f"Authorization: Bearer {key['value']}\r\n")
+    assert status == 502
+    assert json.loads(body)["error"]["code"] == "upstream_unavailable"
