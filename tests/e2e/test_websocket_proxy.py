@@ -19,6 +19,7 @@ import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
+from tests.e2e.test_metrics import scrape, value
 from tests.support.core import bearer
 from tests.support.procs import PYTHON, ROOT, Gateway, _stop, free_port, wait_port
 
@@ -195,10 +196,13 @@ def test_one_rate_limit_spend_per_handshake(gw: Gateway, ws_upstream: WsUpstream
     assert json.loads(refused.value.response.body)["error"]["code"] == "rate_limit_exceeded"
 
 
-def test_access_log_line_when_the_socket_closes(gw: Gateway, ws_upstream: WsUpstream) -> None:
+def test_access_log_line_and_metrics_when_the_socket_closes(gw: Gateway, ws_upstream: WsUpstream) -> None:
     """One access-log line per WebSocket, written when it closes, with the 101 of the handshake (RFC 6455
-    4.2.2) and the bytes relayed."""
+    4.2.2) and the bytes relayed; counted once in ``gateway_requests_total`` with status 101, and a refused
+    handshake with its denial's status."""
     key = gw.create_key("reader", "servers:read")
+    before = scrape(gw)
+    assert raw_handshake(gw, "/v1/servers/echo")[0] == 401
     with connect(ws_url(gw, "/v1/servers/echo"), additional_headers=bearer(key["value"]), open_timeout=10) as ws:
         ws.send("x" * 100)
         assert ws.recv(timeout=10) == "x" * 100
@@ -211,6 +215,11 @@ def test_access_log_line_when_the_socket_closes(gw: Gateway, ws_upstream: WsUpst
     line = lines[0]
     assert line["path"] == "/v1/servers/echo"
     assert line["bytes_in"] == 100 and line["bytes_out"] == 100
+    after = scrape(gw)
+    for status in ("101", "401"):
+        labels = {"route": "/v1/servers/**", "method": "GET", "status": status}
+        assert value(after, "gateway_requests_total", **labels) - value(before, "gateway_requests_total",
+                                                                          **labels) == 1
 
 
 def _json(line: str) -> dict[str, Any] | None:
