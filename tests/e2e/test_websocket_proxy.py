@@ -19,7 +19,8 @@ import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
-from tests.e2e.test_metrics import scrape, value
+from tests.e2e.test_metrics import scrape
+from tests.e2e.test_metrics import value as sample
 from tests.support.core import bearer
 from tests.support.procs import PYTHON, ROOT, Gateway, _stop, free_port, wait_port
 
@@ -218,7 +219,7 @@ def test_access_log_line_and_metrics_when_the_socket_closes(gw: Gateway, ws_upst
     after = scrape(gw)
     for status in ("101", "401"):
         labels = {"route": "/v1/servers/**", "method": "GET", "status": status}
-        assert value(after, "gateway_requests_total", **labels) - value(before, "gateway_requests_total",
+        assert sample(after, "gateway_requests_total", **labels) - sample(before, "gateway_requests_total",
                                                                           **labels) == 1
 
 
