@@ -628,6 +628,8 @@ class LimitsSettings(Section):
     body_timeout_seconds: Seconds = Field(60.0, description=(
         "Longest wait for the next piece of a request body (slow uploads; 408)."))
     keep_alive_seconds: Seconds = Field(5.0, description="An idle keep-alive connection is closed after this.")
+    websocket_idle_seconds: Seconds = Field(300.0, description=(
+        "A proxied WebSocket with no message either way for this long is closed on both sides (1001)."))
     max_connections: Int = Field(1_024, ge=1, description=(
         "Concurrent connections + requests per process; beyond it 503."))
     auth_failures_per_minute: Int = Field(30, ge=0, description=(

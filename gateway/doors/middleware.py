@@ -57,6 +57,7 @@ from gateway.config.settings import Settings, load_settings
 from gateway.doors.assembly import Components, GateService, build_components
 from gateway.doors.proxy.pipeline import ShuttingDown
 from gateway.doors.proxy.protocol import CLOSE
+from gateway.doors.proxy.websocket import refuse_handshake
 from gateway.errors import (
     AuthenticationRequired,
     EnvironmentUnavailable,
@@ -78,8 +79,6 @@ Header = tuple[bytes, bytes]
 
 _HANDLED = frozenset({"http", "websocket", "lifespan"})
 _READ = frozenset({b"authorization", b"x-forwarded-for", b"x-debug-auth", b"content-length", b"transfer-encoding"})
-_DENIAL_EXTENSION = "websocket.http.response"
-_POLICY_VIOLATION = 1008  # RFC 6455 7.4.1: the close code for a refused handshake without a denial response
 _SCOPES_MEMO = 4096
 
 
@@ -348,11 +347,8 @@ class AuthMiddleware:
         if scope["type"] == "http":
             await send({"type": "http.response.start", "status": status, "headers": headers})
             await send({"type": "http.response.body", "body": body})
-        elif _DENIAL_EXTENSION in (scope.get("extensions") or {}):
-            await send({"type": "websocket.http.response.start", "status": status, "headers": headers})
-            await send({"type": "websocket.http.response.body", "body": body})
         else:
-            await send({"type": "websocket.close", "code": _POLICY_VIOLATION})
+            await refuse_handshake(scope, send, status, headers, body)
 
     async def error_handler(self, conn: HTTPConnection, exc: Exception) -> Response | None:
         """A Starlette exception handler answering a :class:`~gateway.errors.GatewayError` in the gateway's

@@ -87,6 +87,7 @@ _NO_TIMER = TimerNoop()  # no whole-request deadline: the connect and read timeo
 # What a closed pooled connection raises (a connection refused is a ClientConnectorError, and not retried).
 _STALE = (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError)
 _READ_BUFSIZE = 2**18  # how far aiohttp reads a response body ahead: its session's default in 3.14 (64 KiB before)
+_WS_MAX_MESSAGE = 2**24  # an upstream WebSocket message: uvicorn's default limit for the client's (16 MiB)
 _MAX_URLS = 1024  # request URLs remembered per forwarder (most traffic is a few targets)
 
 
@@ -104,6 +105,7 @@ class Forwarder:
         self._read_timeout = read_timeout
         self._pool_size = pool_size
         self._session: aiohttp.ClientSession | None = None
+        self._ws_session: aiohttp.ClientSession | None = None  # made at the first WebSocket
         self._connector: aiohttp.TCPConnector | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._urls: dict[tuple[bytes, bytes], URL] = {}  # (raw path, query) -> the upstream URL
@@ -121,7 +123,30 @@ class Forwarder:
             cookie_jar=aiohttp.DummyCookieJar(),  # never keeps cookies between different clients' requests
         )
 
+    async def websocket(self, raw_path: bytes, query: bytes, headers: Sequence[tuple[str, str]],
+                        protocols: Sequence[str]) -> aiohttp.ClientWebSocketResponse:
+        """Open a WebSocket to the upstream at the same target (``ws_connect`` on a session of its own: aiohttp's
+        handshake, with the client's subprotocols offered). Raises :class:`GatewayError` (502/504) when the
+        upstream cannot be reached or does not accept."""
+        session = self._ws_session
+        if session is None:
+            session = self._ws_session = aiohttp.ClientSession(
+                timeout=self._timeout, cookie_jar=aiohttp.DummyCookieJar(), auto_decompress=False)
+        try:
+            return await session.ws_connect(
+                self._url(raw_path, query), headers=list(headers), protocols=tuple(protocols), autoping=True,
+                max_msg_size=_WS_MAX_MESSAGE, compress=0,
+                timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=self._read_timeout))
+        except (TimeoutError, aiohttp.ServerTimeoutError):
+            raise UpstreamTimeout() from None
+        except (aiohttp.ClientError, OSError) as exc:
+            log.warning("upstream websocket handshake failed: %s", exc.__class__.__name__)
+            raise UpstreamUnavailable() from None
+
     async def close(self) -> None:
+        if self._ws_session is not None:
+            await self._ws_session.close()
+            self._ws_session = None
         if self._session is not None:
             await self._session.close()
             self._session = None

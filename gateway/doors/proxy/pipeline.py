@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from time import perf_counter
 from typing import Any
 
@@ -29,11 +29,13 @@ from gateway.config.settings import Settings
 from gateway.doors.cors import ORIGIN, REQUEST_HEADERS, REQUEST_METHOD, Cors
 from gateway.doors.proxy.forwarder import Forwarder
 from gateway.doors.proxy.protocol import CLOSE
+from gateway.doors.proxy.websocket import refuse_handshake, relay
 from gateway.errors import (
     EnvironmentUnavailable,
     ErrorFormat,
     FramingError,
     GatewayError,
+    InvalidToken,
     MethodNotAllowed,
     ServiceUnavailable,
     error_format,
@@ -148,11 +150,13 @@ class Gateway:
         self._format = error_format(settings.error_format, settings.messages)
         self._forward_authorization = settings.forward_authorization
         self._cors = Cors(settings.cors, settings.error_format) if settings.cors.allow_origins else None
+        self._websocket_idle = settings.limits.websocket_idle_seconds
+        self._websocket_check = max(settings.cache.ttl_seconds, 1.0)  # how often an open socket's key is checked
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             if scope["type"] == "websocket":
-                await send({"type": "websocket.close", "code": 1008})
+                await self._websocket(scope, receive, send)
             return
         ex = Exchange(send, receive)
         start = perf_counter()
@@ -180,7 +184,7 @@ class Gateway:
         principal = ex.principal
         key_id = principal.record.id if isinstance(principal, AuthKey) else None
         route = ex.route or UNMATCHED
-        method = scope["method"]
+        method = scope.get("method", "GET")  # a WebSocket handshake is a GET (RFC 6455 4.1)
         m = self.metrics
         if m is not None:
             auth = (_ALLOWED if ex.authorized else ("denied", ex.deny or "error")) if ex.gated else None
@@ -382,6 +386,120 @@ class Gateway:
             ex.deny = exc.code
             extra = [*allow.response_headers]  # ex.send adds the request id and the CORS headers
             await _send_error(send, exc, self._format, [*extra, CLOSE] if has_body else extra)
+
+    async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """A WebSocket: its handshake asked of the gate like a GET (one rate-limit spend), refused with the
+        denial's answer, or relayed to the same target on the key's upstream until either side closes. Counted
+        and logged once, when it ends (status 101 for a relayed one)."""
+        ex = Exchange(send, receive)
+        start = perf_counter()
+        try:
+            await self._serve_websocket(scope, receive, send, ex)
+        finally:
+            self._finish(scope, ex, perf_counter() - start)
+
+    async def _serve_websocket(self, scope: Scope, receive: Receive, send: Send, ex: Exchange) -> None:
+        message = await receive()
+        if message["type"] != "websocket.connect":
+            return  # gone before the handshake was answered
+        request_id: bytes | None = None
+        authorization: list[bytes] = []
+        forwarded_for: list[bytes] = []
+        forwarded_proto: bytes | None = None
+        debug = False
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                authorization.append(value)
+            elif name == b"x-forwarded-for":
+                forwarded_for.append(value)
+            elif name == b"x-forwarded-proto":
+                forwarded_proto = value
+            elif name == b"x-debug-auth":
+                debug = value.strip().lower() == b"true"
+            elif name == _REQUEST_ID and valid_request_id(value):
+                request_id = value
+        ex.request_id = rid = request_id.decode() if request_id is not None else new_request_id()
+        rid_header = (_REQUEST_ID, rid.encode())
+        raw_path: bytes = scope.get("raw_path") or scope["path"].encode("utf-8")
+        peer = _peer(scope)
+        decision = await self.gate.decide("GET", raw_path, authorization, peer, forwarded_for, debug, -1)
+        route = decision.route
+        if route is not None:
+            ex.route = route.template
+        principal = decision.principal
+        ex.principal = principal
+        ex.client = decision.client
+        ex.rate = decision.rate
+        if isinstance(decision, Deny):
+            ex.gated = decision.gated
+            ex.authorized = decision.authorized
+            ex.deny = decision.error.code
+            ex.status = await refuse_handshake(scope, send, *decision.render(self._format, [rid_header]))
+            return
+        allow: Allow = decision
+        if principal is not None:
+            ex.gated = ex.authorized = True
+        forwarder = self.forwarders.get(principal.environment if principal is not None else "live")
+        if forwarder is None or route is not None and route.internal:
+            # The management API has no WebSocket endpoints.
+            error: GatewayError = EnvironmentUnavailable() if forwarder is None else MethodNotAllowed()
+            ex.deny = error.code
+            ex.status = await refuse_handshake(
+                scope, send, *self._format.render(error, [*allow.response_headers, rid_header]))
+            return
+        peer = peer or ""
+        # The scheme of the handshake's HTTP request (uvicorn reports ws/wss).
+        proto = "https" if scope["scheme"] in ("wss", "https") else "http"
+        if forwarded_for and self.gate.resolver.is_trusted(parse_address(peer)):
+            chain = b", ".join(forwarded_for).decode("latin-1") + ", " + peer
+            if forwarded_proto:
+                proto = forwarded_proto.decode("latin-1")
+        else:
+            chain = peer
+        headers: list[tuple[str, str]] = [("x-forwarded-for", chain), ("x-forwarded-proto", proto),
+                                          ("x-request-id", rid)]
+        if self._forward_authorization:
+            headers += (("authorization", v.decode("latin-1")) for v in authorization)
+        if principal is not None:
+            headers += principal.upstream_headers
+        ex.t_forward = perf_counter()
+        try:
+            upstream = await forwarder.websocket(raw_path, scope["query_string"], headers,
+                                                 scope.get("subprotocols") or ())
+        except GatewayError as exc:
+            ex.deny = exc.code
+            ex.status = await refuse_handshake(
+                scope, send, *self._format.render(exc, [*allow.response_headers, rid_header]))
+            return
+        try:
+            await send({"type": "websocket.accept", "subprotocol": upstream.protocol,
+                        "headers": [*allow.response_headers, rid_header]})
+            ex.status = 101
+            ex.t_head = perf_counter()
+            still_valid = self._key_check(authorization) if isinstance(principal, AuthKey) else None
+            await relay(receive, send, upstream, self._websocket_idle, ex, still_valid, self._websocket_check)
+        finally:
+            if not upstream.closed:
+                await upstream.close()
+
+    def _key_check(self, authorization: list[bytes]) -> Callable[[], Awaitable[bool]]:
+        """Whether an open WebSocket's key still holds, as the gate sees it now: a revoked or expired key is
+        refused once its cache entry runs out (``cache.ttl_seconds``, the revocation bound of every request). A
+        store that cannot answer closes nothing."""
+        gate = self.gate
+
+        async def still_valid() -> bool:
+            try:
+                found = gate.authenticate_now(authorization, None)
+                if found.__class__ is not AuthKey:
+                    await gate.load_key(found.key_hash)
+            except InvalidToken:
+                return False
+            except GatewayError:
+                return True
+            return True
+
+        return still_valid
 
     async def _refuse(self, send: Send, ex: Exchange, error: GatewayError, allow: Allow, has_body: bool) -> None:
         """Answer ``error`` for a request the gate let through (its rate-limit and debug headers kept); a body
