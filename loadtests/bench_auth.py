@@ -124,7 +124,7 @@ async def main() -> None:
     comps = app.components
     key, _record = await create_key(comps.store, comps.pepper, settings.key_format, name="bench",
                                     permissions=["servers:read"], allowed_ips=["127.0.0.0/8"],
-                                    rate_limit_tier="bench", tiers=tuple(settings.rate_limits.tiers))
+                                    rate_limit_tier="bench")
     gw = app.gateway
     gw.forwarders = {"live": NoopForwarder(), "test": None}  # type: ignore[dict-item]
     scope = scope_for(key)
