@@ -154,9 +154,9 @@ def _private(path: Path) -> None:
 
     SQLite creates the -wal and -shm files itself, with the database file's permissions (os_unix.c,
     findCreateFileMode and robust_open, which fchmods a new file past the umask). So a database created here
-    mode 600 makes them 600 too, whichever process or thread (the usage connection, the CLI, the sqlite3 tool)
+    mode 600 makes them 600 too, whichever process or thread (the writer connection, the CLI, the sqlite3 tool)
     creates them later. Setting the umask around the open instead would not do: it is process-wide, so it
-    would race with the usage thread's open and anything else creating files, and would not cover
+    would race with the writer thread's open and anything else creating files, and would not cover
     connections of other programs."""
     make_private_dirs(path.parent)
     fd = create_private_file(path)
