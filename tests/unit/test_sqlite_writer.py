@@ -36,7 +36,8 @@ def test_a_write_waiting_on_the_lock_leaves_the_loop_free_and_completes_after(tm
         await store.add(record("first"))
         with closing(sqlite3.connect(str(path), isolation_level=None, timeout=10)) as other:
             other.execute("BEGIN EXCLUSIVE")
-            add = asyncio.ensure_future(store.add(record("second"), AuditEvent(action="create", key_id="second", actor="test")))
+            event = AuditEvent(action="create", key_id="second", actor="test")
+            add = asyncio.ensure_future(store.add(record("second"), event))
             # The loop keeps turning (10 ms ticks) and reads keep answering while the add waits for the lock.
             ticks, start, late = 0, time.monotonic(), 0.0
             while time.monotonic() - start < 0.6:
