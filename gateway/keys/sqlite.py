@@ -1,13 +1,15 @@
 """SQLite key store: one file, WAL mode, synchronous=FULL so a kill -9 loses nothing committed.
 
 Lookups are single indexed reads, fast enough (tens of microseconds) to run on the event loop; in WAL mode
-readers never wait for the writer (the CLI, another process). Every change and its audit event are written in
-one transaction.
+readers never wait for the writer (the CLI, another process, the writer thread below).
 
-Usage counts are the exception: a flush updates one row per key used since the last one (12,000 rows took
-~260 ms with its fsyncs on a 100,000-key store), so :meth:`SQLiteStore.record_usage` writes them on a
-connection of its own in one dedicated worker thread. WAL lets the loop's reads go on meanwhile; the single
-thread keeps flushes one at a time and in order, and :meth:`SQLiteStore.close` waits for the one in flight.
+Writes never run on the event loop: a write takes the file's write lock (BEGIN IMMEDIATE), may wait up to the
+busy timeout (5 s) for another process to let it go, and fsyncs its commit (synchronous=FULL); on the loop
+that would stall every proxied request of the process meanwhile. So every write (a management change with its
+audit event in one transaction, a usage flush: one row per key used since the last, 12,000 rows took ~260 ms
+on a 100,000-key store) runs in one dedicated writer thread, on a connection of its own that only that thread
+uses, and the loop awaits it. The single thread keeps writes one at a time and in order; a write that has
+begun is finished even if its caller is cancelled, and :meth:`SQLiteStore.close` waits for the ones queued.
 """
 
 from __future__ import annotations
@@ -17,16 +19,18 @@ import builtins  # the stores have a list() method: annotations after it name th
 import json
 import os
 import sqlite3
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from gateway.keys.files import create_private_file, make_private_dirs, tighten
 from gateway.keys.record import AuditEvent, KeyRecord, parse_iso, to_iso, utcnow
 from gateway.keys.store import Conflict, StoreError, UsageUpdate
+
+T = TypeVar("T")
 
 # 1: the first; 2: grace_period, notification_email, held_value and notices (added to a 1 when it is opened).
 SCHEMA_VERSION = 2
@@ -150,9 +154,9 @@ def _private(path: Path) -> None:
 
     SQLite creates the -wal and -shm files itself, with the database file's permissions (os_unix.c,
     findCreateFileMode and robust_open, which fchmods a new file past the umask). So a database created here
-    mode 600 makes them 600 too, whichever process or thread (the usage connection, the CLI, the sqlite3 tool)
+    mode 600 makes them 600 too, whichever process or thread (the writer connection, the CLI, the sqlite3 tool)
     creates them later. Setting the umask around the open instead would not do: it is process-wide, so it
-    would race with the usage thread's open and anything else creating files, and would not cover
+    would race with the writer thread's open and anything else creating files, and would not cover
     connections of other programs."""
     make_private_dirs(path.parent)
     fd = create_private_file(path)
@@ -179,9 +183,9 @@ def _connect(path: Path) -> sqlite3.Connection:
 class SQLiteStore:
     def __init__(self, path: Path) -> None:
         self.path = path
-        # The usage writer: its thread and connection, both made at the first flush (the CLI never needs them).
-        self._usage_thread: ThreadPoolExecutor | None = None
-        self._usage_db: sqlite3.Connection | None = None
+        # The writer: its thread and connection, both made at the first write (a read-only use never needs them).
+        self._writer: ThreadPoolExecutor | None = None
+        self._write_db: sqlite3.Connection | None = None
         self._closed = False
         try:
             self._db = _connect(path)
@@ -218,18 +222,42 @@ class SQLiteStore:
             db.execute("ROLLBACK")
             raise
 
+    async def _in_writer(self, work: Callable[..., T], *args: Any) -> T:
+        """``work(*args)`` run in the writer thread, awaited."""
+        if self._closed:
+            raise StoreError(f"{self.path}: write failed: the store is closed")
+        if self._writer is None:
+            self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-writer")
+        return await asyncio.get_running_loop().run_in_executor(self._writer, work, *args)
+
+    def _writer_db(self, what: str) -> sqlite3.Connection:
+        """In the writer thread: its connection, opened at the first write."""
+        if self._write_db is None:
+            try:
+                self._write_db = _connect(self.path)
+            except sqlite3.Error as exc:
+                raise StoreError(f"{self.path}: {what} failed: {exc}") from None
+            except OSError as exc:
+                raise StoreError(f"{self.path}: {what} failed: {_os_problem(exc)}") from None
+        return self._write_db
+
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
-        """One IMMEDIATE transaction: the write lock is taken up front, so check-then-write is atomic."""
+        """In the writer thread: one IMMEDIATE transaction on its connection. The write lock is taken up front,
+        so check-then-write is atomic."""
+        db = self._writer_db("write")
         try:
-            self._db.execute("BEGIN IMMEDIATE")
+            db.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
             raise StoreError(f"{self.path}: write failed: {exc}") from None
         try:
-            yield self._db
-            self._db.execute("COMMIT")
+            yield db
+            db.execute("COMMIT")
         except BaseException as exc:
-            self._db.execute("ROLLBACK")
+            try:
+                db.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass  # the failed statement may have ended the transaction already
             if isinstance(exc, sqlite3.IntegrityError):
                 raise StoreError("a key with this id or value already exists") from None
             if isinstance(exc, sqlite3.Error):
@@ -245,6 +273,14 @@ class SQLiteStore:
     def _get(self, where: str, arg: str) -> KeyRecord | None:
         rows = self._read(f"SELECT {_COLUMNS} FROM api_keys WHERE {where} = ?", (arg,))
         return _from_db(rows[0]) if rows else None
+
+    @staticmethod
+    def _row(db: sqlite3.Connection, key_id: str) -> Sequence[Any] | None:
+        """In the writer thread, inside its transaction: the key's row as written (made a record on the loop:
+        :func:`_from_db` shares values through a dict the loop owns)."""
+        row: Sequence[Any] | None = db.execute(f"SELECT {_COLUMNS} FROM api_keys WHERE id = ?",
+                                               (key_id,)).fetchone()
+        return row
 
     @staticmethod
     def _insert(db: sqlite3.Connection, record: KeyRecord) -> None:
@@ -267,6 +303,9 @@ class SQLiteStore:
         return self._get("id", key_id)
 
     async def add(self, record: KeyRecord, audit: AuditEvent | None = None) -> None:
+        await self._in_writer(self._add, record, audit)
+
+    def _add(self, record: KeyRecord, audit: AuditEvent | None) -> None:
         with self._write() as db:
             self._insert(db, record)
             if audit is not None:
@@ -293,6 +332,10 @@ class SQLiteStore:
         bad = set(changes) - UPDATABLE
         if bad:
             raise StoreError(f"cannot update field {sorted(bad)[0]!r}")
+        row = await self._in_writer(self._update, key_id, dict(changes), audit)
+        return _from_db(row) if row else None
+
+    def _update(self, key_id: str, changes: dict[str, Any], audit: AuditEvent) -> Sequence[Any] | None:
         with self._write() as db:
             if not db.execute("SELECT 1 FROM api_keys WHERE id = ?", (key_id,)).fetchone():
                 return None
@@ -301,9 +344,13 @@ class SQLiteStore:
                 db.execute(f"UPDATE api_keys SET {sets} WHERE id = ?",
                            [*(_to_db(n, v) for n, v in changes.items()), key_id])
             self._audit(db, audit)
-        return await self.get(key_id)
+            return self._row(db, key_id)
 
     async def revoke(self, key_id: str, actor: str = "cli") -> KeyRecord | None:
+        row = await self._in_writer(self._revoke, key_id, actor)
+        return _from_db(row) if row else None
+
+    def _revoke(self, key_id: str, actor: str) -> Sequence[Any] | None:
         with self._write() as db:
             row = db.execute("SELECT revoked_at FROM api_keys WHERE id = ?", (key_id,)).fetchone()
             if row is None:
@@ -311,11 +358,17 @@ class SQLiteStore:
             if row[0] is None:
                 db.execute("UPDATE api_keys SET revoked_at = ? WHERE id = ?", (to_iso(utcnow()), key_id))
                 self._audit(db, AuditEvent(action="revoke", key_id=key_id, actor=actor))
-        return await self.get(key_id)
+            return self._row(db, key_id)
 
     async def rotate(
         self, old_id: str, new: KeyRecord, old_expires_at: datetime, audit: AuditEvent
     ) -> KeyRecord | None:
+        row = await self._in_writer(self._rotate, old_id, new, old_expires_at, audit)
+        return _from_db(row) if row else None
+
+    def _rotate(
+        self, old_id: str, new: KeyRecord, old_expires_at: datetime, audit: AuditEvent
+    ) -> Sequence[Any] | None:
         with self._write() as db:
             row = db.execute("SELECT revoked_at, rotated_to, expires_at FROM api_keys WHERE id = ?",
                              (old_id,)).fetchone()
@@ -334,11 +387,14 @@ class SQLiteStore:
             db.execute("UPDATE api_keys SET expires_at = ?, rotated_to = ? WHERE id = ?",
                        (to_iso(old_expires_at), new.id, old_id))
             self._audit(db, audit)
-        return await self.get(old_id)
+            return self._row(db, old_id)
 
     async def take_held_value(self, key_id: str, audit: AuditEvent) -> str | None:
         """The sealed value held for ``key_id``, erased in the same transaction (so only one caller ever gets
         it), with ``audit``; None when none is held."""
+        return await self._in_writer(self._take_held_value, key_id, audit)
+
+    def _take_held_value(self, key_id: str, audit: AuditEvent) -> str | None:
         with self._write() as db:
             row = db.execute("SELECT held_value FROM api_keys WHERE id = ?", (key_id,)).fetchone()
             if row is None or row[0] is None:
@@ -349,6 +405,9 @@ class SQLiteStore:
 
     async def set_notices(self, key_id: str, notices: str | None) -> None:
         """Record the state of a key's notices (no audit event: they change no key)."""
+        await self._in_writer(self._set_notices, key_id, notices)
+
+    def _set_notices(self, key_id: str, notices: str | None) -> None:
         with self._write() as db:
             db.execute("UPDATE api_keys SET notices = ? WHERE id = ?", (notices, key_id))
 
@@ -363,7 +422,7 @@ class SQLiteStore:
                 for at, actor, action, kid, d in rows]
 
     async def record_usage(self, updates: Sequence[UsageUpdate]) -> None:
-        """Add usage counts in one transaction, written by the usage thread on its own connection.
+        """Add usage counts in one transaction, written by the writer thread.
 
         Returns once the transaction is committed. A write that has begun is finished even if the caller is
         cancelled, and :meth:`close` waits for it.
@@ -372,16 +431,12 @@ class SQLiteStore:
             return
         if self._closed:
             raise StoreError(f"{self.path}: usage write failed: the store is closed")
-        if self._usage_thread is None:
-            self._usage_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-usage")
-        await asyncio.get_running_loop().run_in_executor(self._usage_thread, self._write_usage, list(updates))
+        await self._in_writer(self._write_usage, list(updates))
 
     def _write_usage(self, updates: builtins.list[UsageUpdate]) -> None:
-        """In the usage thread: one IMMEDIATE transaction on the usage connection."""
+        """In the writer thread: one IMMEDIATE transaction on its connection."""
+        db = self._writer_db("usage write")
         try:
-            if self._usage_db is None:
-                self._usage_db = _connect(self.path)
-            db = self._usage_db
             rows = []
             stamps: dict[datetime, str | None] = {}  # a batch holds a handful of distinct seconds
             for u in updates:
@@ -392,8 +447,6 @@ class SQLiteStore:
             db.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
             raise StoreError(f"{self.path}: usage write failed: {exc}") from None
-        except OSError as exc:
-            raise StoreError(f"{self.path}: usage write failed: {_os_problem(exc)}") from None
         try:
             db.executemany(_USAGE_SQL, rows)
             db.execute("COMMIT")
@@ -404,13 +457,16 @@ class SQLiteStore:
                 pass  # the failed statement may have ended the transaction already
             raise StoreError(f"{self.path}: usage write failed: {exc}") from None
 
-    def _close_usage_db(self) -> None:
-        if self._usage_db is not None:
-            self._usage_db.close()
-            self._usage_db = None
+    def _close_write_db(self) -> None:
+        if self._write_db is not None:
+            self._write_db.close()
+            self._write_db = None
 
     async def append_audit(self, events: Sequence[AuditEvent]) -> None:
         """Append audit rows as they are (``gateway store copy``), in one transaction."""
+        await self._in_writer(self._append_audit, list(events))
+
+    def _append_audit(self, events: builtins.list[AuditEvent]) -> None:
         with self._write() as db:
             for event in events:
                 self._audit(db, event)
@@ -419,11 +475,12 @@ class SQLiteStore:
         self._read("SELECT 1")
 
     async def close(self) -> None:
-        """Close both connections, after the usage write in flight (if any) is committed."""
+        """Close both connections, after the writes already submitted (if any) are committed, and end the
+        writer thread."""
         self._closed = True
-        thread, self._usage_thread = self._usage_thread, None
+        thread, self._writer = self._writer, None
         if thread is not None:
             # Queued behind any write already submitted: the thread runs them in order.
-            await asyncio.get_running_loop().run_in_executor(thread, self._close_usage_db)
-            thread.shutdown(wait=False)
+            await asyncio.get_running_loop().run_in_executor(thread, self._close_write_db)
+            thread.shutdown(wait=True)  # nothing is left queued: returns once the thread has ended
         self._db.close()

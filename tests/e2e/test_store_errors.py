@@ -13,6 +13,7 @@ from __future__ import annotations
 import sqlite3
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
 from pathlib import Path
 from typing import Any
@@ -227,3 +228,49 @@ def test_sqlite_store_failing_every_endpoint_503_and_nothing_half_written(tmp_pa
         gw.stop()
 
     assert_logged_without_secrets(gw.log(), secrets)
+
+
+def test_sqlite_write_waiting_on_a_lock_does_not_stall_proxied_requests(tmp_path: Path, up: Upstream) -> None:
+    """Another process holds the SQLite write lock for 2 s (less than the store's 5 s busy timeout) while a key
+    is created through the management API: the create waits for the lock, and meanwhile the proxied requests
+    of the same gateway process keep answering promptly (the write waits off the event loop). Once the lock
+    is let go, the create completes, its audit event with it."""
+    gw, admin = admin_gateway(tmp_path / "gw", up.url)
+    api = KeysAPI(gw, admin)
+    user = gw.create_key("user", "servers:read", "--tier", "unlimited")["value"]  # many requests, no limit
+    hold, prompt = 2.0, 0.5  # seconds: the lock is held this long; every proxied answer comes within prompt
+    try:
+        with gw.client() as c:
+            assert c.get("/v1/servers", headers=bearer(user)).status_code == 200  # key cached, pool warm
+        with closing(_sqlite(gw.work / "keys.db")) as db, ThreadPoolExecutor(max_workers=1) as pool:
+            db.execute("BEGIN EXCLUSIVE")
+            held_at = time.monotonic()
+            try:
+                create = pool.submit(api.call, "POST", "/api-keys", {"name": "behind-lock",
+                                                                     "permissions": ["servers:read"]})
+                time.sleep(0.3)
+                assert not create.done(), "the create should be waiting for the lock"
+                slowest, answered = 0.0, 0
+                with gw.client() as c:
+                    while time.monotonic() - held_at < hold:
+                        start = time.monotonic()
+                        resp = c.get("/v1/servers", headers=bearer(user))
+                        slowest = max(slowest, time.monotonic() - start)
+                        assert resp.status_code == 200, resp.text
+                        answered += 1
+                waited_through = not create.done()
+            finally:
+                db.execute("ROLLBACK")
+            resp = create.result(timeout=10)
+        assert slowest < prompt, f"a proxied request took {slowest:.2f} s while a write waited on the lock"
+        assert answered > 10
+        assert waited_through, "the create should have waited for the lock as long as it was held"
+        assert resp.status_code == 201, resp.text
+        made = resp.json()
+        assert api.call("GET", f"/api-keys/{made['id']}").status_code == 200
+        with closing(_sqlite(gw.work / "keys.db")) as db:
+            actions = [row[0] for row in db.execute("SELECT action FROM audit_log WHERE key_id = ?", (made["id"],))]
+        assert actions == ["create"]
+    finally:
+        api.close()
+        gw.stop()
