@@ -108,6 +108,21 @@ class Exchange:
         self.t_head = 0.0
         self.client: IPAddress | None = None
 
+    def note(self, decision: Allow | Deny) -> None:
+        """What the gate decided, for the metrics and the access line."""
+        route = decision.route
+        if route is not None:
+            self.route = route.template
+        self.principal = decision.principal
+        self.client = decision.client
+        self.rate = decision.rate
+        if isinstance(decision, Deny):
+            self.gated = decision.gated
+            self.authorized = decision.authorized
+            self.deny = decision.error.code
+        elif decision.principal is not None:
+            self.gated = self.authorized = True
+
     async def send(self, message: Any) -> None:
         if message["type"] == "http.response.start":
             self.status = message["status"]
@@ -308,17 +323,10 @@ class Gateway:
         peer = _peer(scope)
         decision = await self.gate.decide(method, raw_path, authorization, peer, forwarded_for, debug,
                                           length if has_body else -1)
+        ex.note(decision)
         route = decision.route
-        if route is not None:
-            ex.route = route.template
         principal = decision.principal
-        ex.principal = principal
-        ex.client = decision.client
-        ex.rate = decision.rate
         if isinstance(decision, Deny):
-            ex.gated = decision.gated
-            ex.authorized = decision.authorized
-            ex.deny = decision.error.code
             extra: list[Header] = []
             if has_body or decision.error.__class__ is MethodNotAllowed:
                 # The body was not read: close rather than let the server drain it (or misread it). After a
@@ -330,7 +338,6 @@ class Gateway:
             return
         allow: Allow = decision
         if principal is not None:
-            ex.gated = ex.authorized = True
             if route is not None and route.internal and self.management is not None:
                 limits = self.gate.limits
                 limit_doc = None
@@ -423,22 +430,13 @@ class Gateway:
         raw_path: bytes = scope.get("raw_path") or scope["path"].encode("utf-8")
         peer = _peer(scope)
         decision = await self.gate.decide("GET", raw_path, authorization, peer, forwarded_for, debug, -1)
+        ex.note(decision)
         route = decision.route
-        if route is not None:
-            ex.route = route.template
         principal = decision.principal
-        ex.principal = principal
-        ex.client = decision.client
-        ex.rate = decision.rate
         if isinstance(decision, Deny):
-            ex.gated = decision.gated
-            ex.authorized = decision.authorized
-            ex.deny = decision.error.code
             ex.status = await refuse_handshake(scope, send, *decision.render(self._format, [rid_header]))
             return
         allow: Allow = decision
-        if principal is not None:
-            ex.gated = ex.authorized = True
         forwarder = self.forwarders.get(principal.environment if principal is not None else "live")
         if forwarder is None or route is not None and route.internal:
             # The management API has no WebSocket endpoints.
