@@ -4,8 +4,9 @@ A module that imports a package only because something else happened to install 
 changes its own dependencies; then a fresh install breaks. So: the code under ``gateway/`` may import only the
 standard library, itself and distributions named in ``[project.dependencies]`` (and the one module behind an
 optional extra, its extra: gateway/observability/otel.py, the ``otel`` extra, imported only when tracing is on);
-the tests may also import the ``test`` extra and the load tests the ``load`` extra. Imports are read with ``ast`` (lazy imports inside
-functions count too) and mapped to distributions with ``importlib.metadata.packages_distributions``.
+the tests may also import the ``test`` extra and the load tests the ``load`` extra. Imports are read with
+``ast`` (lazy imports inside functions count too) and mapped to distributions with
+``importlib.metadata.packages_distributions``.
 
 The Python SDK (sdk/python, the ``deployerp-sdk`` distribution: packages ``deployerp``, ``deployally`` and the
 private ``_deployerp_sdk``) is a package of its own with its own pyproject.toml: its code may import only the
