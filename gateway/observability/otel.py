@@ -78,9 +78,10 @@ class Tracing:
         ids, under the caller's span when ``incoming`` was a valid ``traceparent``. Returns the span."""
         _, trace_hex, span_hex, _ = forwarded.split("-")
         context = None
-        parsed = parse_traceparent(incoming.decode("latin-1").strip(" \t")) if incoming else None
+        text = incoming.decode("latin-1").strip(" \t") if incoming else ""
+        parsed = parse_traceparent(text) if text else None
         if parsed is not None:
-            caller = incoming.decode("latin-1").strip(" \t")[36:52]  # type: ignore[union-attr]
+            caller = text[36:52]  # the caller's span id (W3C Trace Context 3.2.2.4)
             remote = SpanContext(int(parsed[0], 16), int(caller, 16), is_remote=True,
                                  trace_flags=TraceFlags(int(parsed[1], 16) & 1))
             context = trace.set_span_in_context(NonRecordingSpan(remote))
@@ -120,7 +121,7 @@ class Tracing:
         now = time.time_ns()
         if forward_ns:
             attributes: dict[str, Any] = {"http.request.method": method}
-            if status:
+            if status and deny is None:  # else the status is the gateway's own error answer
                 attributes["http.response.status_code"] = status
             up = self.tracer.start_span("upstream", context=trace.set_span_in_context(server), kind=SpanKind.CLIENT,
                                         start_time=forward_ns, attributes=attributes)

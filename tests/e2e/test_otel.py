@@ -21,7 +21,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.trace import SpanKind
+from opentelemetry.trace import SpanKind, StatusCode
 
 from tests.support.lifecycle import ThreadedGateway, bearer, wait_for
 from tests.support.procs import ROOT, SECRET, Gateway, Upstream, free_port
@@ -238,3 +238,27 @@ def test_a_real_otlp_receiver_gets_the_batch_when_the_gateway_stops(
             if any(a.key == "service.name" and a.value.string_value == "served" for a in res.attributes)]
     assert sorted(s.name for _, s in mine) == ["GET /v1/servers/**", "GET /v1/servers/**", "gate", "gate",
                                                "upstream"]
+
+
+def test_an_unreachable_upstream_is_an_upstream_span_with_the_error(tmp_path: Any, receiver: Receiver) -> None:
+    """The CLIENT span records the failed call (``error.type``, status ERROR) and the SERVER span the 502."""
+    cfg = Gateway(tmp_path / "gw", f"http://127.0.0.1:{free_port()}", {"tracing": {"otlp_endpoint": receiver.url}},
+                  start=False)
+    key = cfg.create_key("reader", "servers:read")
+    gw = ThreadedGateway(cfg.config, {"GATEWAY_SECRET": SECRET}, time.time)
+    try:
+        memory = InMemorySpanExporter()
+        assert gw.app.tracing is not None
+        gw.app.tracing.provider.add_span_processor(SimpleSpanProcessor(memory))
+        with gw.client() as c:
+            r = c.get("/v1/servers", headers=bearer(key["value"]))
+        assert r.status_code == 502
+        spans = _spans(memory, 3)
+    finally:
+        gw.stop()
+    upstream, server = spans["upstream"], spans["server"]
+    assert upstream.status.status_code == StatusCode.ERROR
+    assert upstream.attributes is not None and upstream.attributes["error.type"] == r.json()["error"]["code"]
+    assert "http.response.status_code" not in upstream.attributes  # the 502 is the gateway's, not an answer
+    assert server.attributes is not None and server.attributes["http.response.status_code"] == 502
+    assert server.status.status_code == StatusCode.ERROR
