@@ -262,3 +262,31 @@ def test_an_unreachable_upstream_is_an_upstream_span_with_the_error(tmp_path: An
     assert "http.response.status_code" not in upstream.attributes  # the 502 is the gateway's, not an answer
     assert server.attributes is not None and server.attributes["http.response.status_code"] == 502
     assert server.status.status_code == StatusCode.ERROR
+
+
+def test_sample_ratio_zero_records_no_new_trace_but_follows_a_sampled_caller(
+        tmp_path: Any, receiver: Receiver, fresh_upstream: Upstream) -> None:
+    """W3C Trace Context 3.2.2.5.1 (the sampled flag): a new trace not sampled is forwarded with the flag unset
+    and its ids still the ones forwarded; a caller's sampled trace is recorded whatever the ratio."""
+    cfg = Gateway(tmp_path / "gw", fresh_upstream.url,
+                  {"tracing": {"otlp_endpoint": receiver.url, "sample_ratio": 0}}, start=False)
+    key = cfg.create_key("reader", "servers:read")
+    gw = ThreadedGateway(cfg.config, {"GATEWAY_SECRET": SECRET}, time.time)
+    try:
+        memory = InMemorySpanExporter()
+        assert gw.app.tracing is not None
+        gw.app.tracing.provider.add_span_processor(SimpleSpanProcessor(memory))
+        with gw.client() as c:
+            assert c.get("/v1/servers", headers=bearer(key["value"])).status_code == 200
+            time.sleep(0.2)
+            assert memory.get_finished_spans() == ()
+            (first,) = [v for n, v in fresh_upstream.records()[0]["headers"] if n.lower() == "traceparent"]
+            assert first.endswith("-00")
+            fresh_upstream.clear()
+            sampled = {**bearer(key["value"]), "traceparent": f"00-{TRACE}-{CALLER}-01"}
+            assert c.get("/v1/servers", headers=sampled).status_code == 200
+        server = _spans(memory, 3)["server"]
+    finally:
+        gw.stop()
+    assert server.context is not None
+    assert _forwarded(fresh_upstream) == f"00-{TRACE}-{server.context.span_id:016x}-01"
