@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
 from collections.abc import Callable, Iterator
@@ -27,6 +28,7 @@ from gateway.policy.rules import Policy
 
 if TYPE_CHECKING:
     from gateway.observability.multiprocess import SharedMetrics
+    from gateway.observability.otel import Tracing
     from gateway.rotation.runner import RotationTask
 
 log = logging.getLogger("gateway")
@@ -65,8 +67,14 @@ class GatewayApp:
             ManagementAPI(settings, store, self.cache, components.pepper, lambda: self.gate.policy)
             if settings.management.enabled else None
         )
+        # OpenTelemetry spans (docs/tracing.md): imported only when an OTLP endpoint is set.
+        self.tracing: Tracing | None = None
+        if settings.tracing.otlp_endpoint is not None:
+            from gateway.observability.otel import Tracing
+
+            self.tracing = Tracing(settings.tracing)
         self.gateway = Gateway(settings, self.gate, self.forwarders, management=management, metrics=self.metrics,
-                               access_log=AccessLog() if ops.access_log else None)
+                               access_log=AccessLog() if ops.access_log else None, tracing=self.tracing)
         # Automatic rotation and its notices (gateway/rotation): a pass every rotation.check_seconds, by one
         # process at a time of those sharing the store. The ASGI middleware does not run it (a `gateway serve`
         # or `gateway keys rotate-due` beside it does).
@@ -185,6 +193,9 @@ class GatewayApp:
                 await self.service.stop()
                 if self.shared_metrics is not None:
                     await self.shared_metrics.stop()  # the last counts, after the last request
+                if self.tracing is not None:
+                    # The last batch of spans, exported (bounded by the exporter's timeout) off the event loop.
+                    await asyncio.to_thread(self.tracing.shutdown)
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 

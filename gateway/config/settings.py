@@ -505,6 +505,34 @@ class OpsSettings(Section):
         return self
 
 
+def _otlp_endpoint(url: str | None) -> str | None:
+    if url is not None:
+        url = _http_url(url)
+        from importlib.util import find_spec
+
+        try:
+            found = all(find_spec(m) is not None for m in ("opentelemetry.sdk.trace",
+                                                          "opentelemetry.exporter.otlp.proto.http"))
+        except ImportError:
+            found = False
+        if not found:
+            raise Invalid("needs the OpenTelemetry packages: pip install 'gateway[otel]'")
+    return url
+
+
+class TracingSettings(Section):
+    """OpenTelemetry spans of the proxy, exported over OTLP/HTTP (docs/tracing.md): off unless `otlp_endpoint` is
+    set. The W3C `traceparent` is continued either way (gateway/observability/tracing.py)."""
+
+    otlp_endpoint: Annotated[str | None, AfterValidator(_otlp_endpoint)] = Field(
+        None, description=(
+            "The OTLP/HTTP collector's base URL (`http://collector:4318`): spans are posted to its `/v1/traces`. "
+            "Unset: no spans and OpenTelemetry is not even imported. Needs `pip install 'gateway[otel]'`."))
+    service_name: str = Field("gateway", min_length=1, description="The `service.name` resource of the spans.")
+    sample_ratio: Number = Field(1.0, ge=0, le=1, description=(
+        "The share of new traces recorded (0 to 1); a continued trace follows its `traceparent`'s sampled flag."))
+
+
 class JWTSettings(Section):
     """JWTs for dashboard users, on routes whose policy allows the ``jwt`` credential."""
 
@@ -736,6 +764,8 @@ class Settings(BaseSettings):
         "The forward-auth endpoint for nginx `auth_request`, Traefik ForwardAuth and Envoy `ext_authz`."))
     cors: CorsSettings = Field(default_factory=CorsSettings, description=(
         "Cross-origin requests from browsers (CORS), answered by the proxy: off unless `allow_origins` is set."))
+    tracing: TracingSettings = Field(default_factory=TracingSettings, description=(
+        "OpenTelemetry spans over OTLP/HTTP (docs/tracing.md): off unless `otlp_endpoint` is set."))
     # Where relative paths in the file were resolved from: set by load_settings, not a setting.
     base_dir: str = Field(".", exclude=True)
 

@@ -6,7 +6,9 @@ passes on to the upstream:
 * a valid ``traceparent`` (section 3.2) is continued: the same trace id and trace flags, and a new parent id,
   the gateway's own span id (section 3.2.2.4, "the ID of this request as known by the caller");
 * one that is missing or invalid (or sent more than once) starts a new trace (section 4.3): a random trace id
-  and span id, and the sampled flag unset, since the gateway records no trace data itself (3.2.2.5.1);
+  and span id, and the sampled flag unset, since the gateway records no trace data itself (3.2.2.5.1) unless
+  ``tracing.otlp_endpoint`` is set: then gateway.observability.otel makes these ids its server span's and
+  forwards its sampling decision;
 * ``tracestate`` is passed on only with a valid ``traceparent`` (3.3: "if the vendor failed to parse
   traceparent, it MUST NOT attempt to parse tracestate"), its header lines combined into one (3.3.1.1), and
   dropped when it holds more than 32 list members or more than 512 characters (3.3.1.1, 3.3.1.5).

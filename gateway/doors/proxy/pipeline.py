@@ -21,7 +21,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from time import perf_counter
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -47,6 +47,9 @@ from gateway.network import IPAddress, address_text, parse_address
 from gateway.observability.logging import AccessLog, new_request_id, valid_request_id
 from gateway.observability.metrics import UNMATCHED, Metrics
 from gateway.observability.tracing import TRACEPARENT, TRACESTATE, propagate
+
+if TYPE_CHECKING:
+    from gateway.observability.otel import Tracing  # imported by the app only when tracing is on
 
 log = logging.getLogger("gateway.doors.proxy.pipeline")
 
@@ -87,7 +90,8 @@ class Exchange:
     (``status``, ``t_head``, ``bytes_out``), one coroutine less per message."""
 
     __slots__ = ("raw_send", "_receive", "request_id", "status", "bytes_in", "bytes_out", "route", "principal",
-                 "deny", "gated", "authorized", "rate", "t_forward", "t_head", "client", "trace_id", "cors")
+                 "deny", "gated", "authorized", "rate", "t_forward", "t_head", "client", "trace_id", "cors",
+                 "span")
 
     def __init__(self, send: Send, receive: Receive) -> None:
         self.raw_send = send
@@ -107,6 +111,7 @@ class Exchange:
         self.t_forward = 0.0
         self.t_head = 0.0
         self.client: IPAddress | None = None
+        self.span: Any = None  # the OpenTelemetry server span, when tracing is on (gateway.observability.otel)
 
     def note(self, decision: Allow | Deny) -> None:
         """What the gate decided, for the metrics and the access line."""
@@ -156,8 +161,10 @@ class Gateway:
         management: ASGIApp | None = None,
         metrics: Metrics | None = None,
         access_log: AccessLog | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
         self.gate = gate
+        self.tracing = tracing
         self.metrics = metrics
         self.access_log = access_log
         self.forwarders = forwarders
@@ -200,6 +207,10 @@ class Gateway:
         key_id = principal.record.id if isinstance(principal, AuthKey) else None
         route = ex.route or UNMATCHED
         method = scope.get("method", "GET")  # a WebSocket handshake is a GET (RFC 6455 4.1)
+        span = ex.span
+        if span is not None:
+            forwarded = time.time_ns() - int((perf_counter() - ex.t_forward) * 1e9) if ex.t_forward else 0
+            self.tracing.finish(span, status, ex.deny, forwarded, method)  # type: ignore[union-attr]
         m = self.metrics
         if m is not None:
             auth = (_ALLOWED if ex.authorized else ("denied", ex.deny or "error")) if ex.gated else None
@@ -291,6 +302,12 @@ class Gateway:
         has_body = chunked or length > 0
         ex.request_id = rid = request_id.decode() if request_id is not None else new_request_id()
         ex.trace_id, parent, state = propagate(traceparent, tracestate)
+        tracing = self.tracing
+        if tracing is not None:
+            # One span per request whose ids are the forwarded traceparent's (gateway.observability.otel).
+            ex.span = tracing.start(scope["method"], scope["path"], _peer(scope), traceparent, parent)
+            parent = tracing.traceparent(ex.span)
+            gate_start = time.time_ns()
         if has_body:
             receive = ex.receive
         if chunked or host is None:
@@ -326,6 +343,10 @@ class Gateway:
         ex.note(decision)
         route = decision.route
         principal = decision.principal
+        if tracing is not None:
+            reason = decision.error.code if isinstance(decision, Deny) else None
+            tracing.gate(ex.span, gate_start, reason is None, reason,
+                         principal.record.id if isinstance(principal, AuthKey) else None, method, ex.route)
         if isinstance(decision, Deny):
             extra: list[Header] = []
             if has_body or decision.error.__class__ is MethodNotAllowed:
