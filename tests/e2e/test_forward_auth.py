@@ -28,8 +28,8 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.e2e.test_metrics import scrape
 from tests.support.attack import Response, exchange, request
+from tests.support.metrics import scrape
 from tests.support.procs import Gateway, Upstream
 
 PATH = "/_gateway/verify"

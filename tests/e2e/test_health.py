@@ -22,7 +22,7 @@ import yaml
 from gateway.app import GatewayApp, create_app
 from gateway.config.settings import ConfigError, load_settings
 from gateway.observability.health import Health, policy_check, store_check
-from tests.e2e.test_metrics import scrape, value
+from tests.support.metrics import scrape, value
 from tests.support.procs import ROOT, SECRET, Gateway, RedisServer, Upstream, free_port, raw_request, status_of
 
 

@@ -13,7 +13,9 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -80,22 +82,31 @@ def receiver() -> Iterator[Receiver]:
 Setup = tuple[ThreadedGateway, InMemorySpanExporter, Upstream, str]
 
 
+@contextmanager
+def traced_gateway(work: Path, upstream_url: str, tracing: dict[str, Any]) -> Iterator[
+        tuple[ThreadedGateway, InMemorySpanExporter, str]]:
+    """A gateway in this process (ThreadedGateway) with ``tracing`` settings, its spans also kept in memory, and
+    a ``servers:read`` key's value."""
+    cfg = Gateway(work, upstream_url, {"tracing": tracing}, start=False)
+    key = cfg.create_key("reader", "servers:read")
+    gw = ThreadedGateway(cfg.config, {"GATEWAY_SECRET": SECRET}, time.time)
+    try:
+        memory = InMemorySpanExporter()
+        assert gw.app.tracing is not None
+        gw.app.tracing.provider.add_span_processor(SimpleSpanProcessor(memory))
+        yield gw, memory, key["value"]
+    finally:
+        gw.stop()
+
+
 @pytest.fixture(scope="module")
 def traced(tmp_path_factory: pytest.TempPathFactory, receiver: Receiver) -> Iterator[Setup]:
     tmp_path = tmp_path_factory.mktemp("otel")
     up = Upstream(tmp_path)
     try:
-        cfg = Gateway(tmp_path / "gw", up.url, {"tracing": {"otlp_endpoint": receiver.url, "service_name": "edge"}},
-                      start=False)
-        key = cfg.create_key("reader", "servers:read")
-        gw = ThreadedGateway(cfg.config, {"GATEWAY_SECRET": SECRET}, time.time)
-        try:
-            memory = InMemorySpanExporter()
-            assert gw.app.tracing is not None
-            gw.app.tracing.provider.add_span_processor(SimpleSpanProcessor(memory))
-            yield gw, memory, up, key["value"]
-        finally:
-            gw.stop()
+        tracing = {"otlp_endpoint": receiver.url, "service_name": "edge"}
+        with traced_gateway(tmp_path / "gw", up.url, tracing) as (gw, memory, key):
+            yield gw, memory, up, key
     finally:
         up.stop()
 
@@ -242,20 +253,12 @@ def test_a_real_otlp_receiver_gets_the_batch_when_the_gateway_stops(
 
 def test_an_unreachable_upstream_is_an_upstream_span_with_the_error(tmp_path: Any, receiver: Receiver) -> None:
     """The CLIENT span records the failed call (``error.type``, status ERROR) and the SERVER span the 502."""
-    cfg = Gateway(tmp_path / "gw", f"http://127.0.0.1:{free_port()}", {"tracing": {"otlp_endpoint": receiver.url}},
-                  start=False)
-    key = cfg.create_key("reader", "servers:read")
-    gw = ThreadedGateway(cfg.config, {"GATEWAY_SECRET": SECRET}, time.time)
-    try:
-        memory = InMemorySpanExporter()
-        assert gw.app.tracing is not None
-        gw.app.tracing.provider.add_span_processor(SimpleSpanProcessor(memory))
+    unreachable = f"http://127.0.0.1:{free_port()}"
+    with traced_gateway(tmp_path / "gw", unreachable, {"otlp_endpoint": receiver.url}) as (gw, memory, key):
         with gw.client() as c:
-            r = c.get("/v1/servers", headers=bearer(key["value"]))
+            r = c.get("/v1/servers", headers=bearer(key))
         assert r.status_code == 502
         spans = _spans(memory, 3)
-    finally:
-        gw.stop()
     upstream, server = spans["upstream"], spans["server"]
     assert upstream.status.status_code == StatusCode.ERROR
     assert upstream.attributes is not None and upstream.attributes["error.type"] == r.json()["error"]["code"]
@@ -268,25 +271,17 @@ def test_sample_ratio_zero_records_no_new_trace_but_follows_a_sampled_caller(
         tmp_path: Any, receiver: Receiver, fresh_upstream: Upstream) -> None:
     """W3C Trace Context 3.2.2.5.1 (the sampled flag): a new trace not sampled is forwarded with the flag unset
     and its ids still the ones forwarded; a caller's sampled trace is recorded whatever the ratio."""
-    cfg = Gateway(tmp_path / "gw", fresh_upstream.url,
-                  {"tracing": {"otlp_endpoint": receiver.url, "sample_ratio": 0}}, start=False)
-    key = cfg.create_key("reader", "servers:read")
-    gw = ThreadedGateway(cfg.config, {"GATEWAY_SECRET": SECRET}, time.time)
-    try:
-        memory = InMemorySpanExporter()
-        assert gw.app.tracing is not None
-        gw.app.tracing.provider.add_span_processor(SimpleSpanProcessor(memory))
+    tracing = {"otlp_endpoint": receiver.url, "sample_ratio": 0}
+    with traced_gateway(tmp_path / "gw", fresh_upstream.url, tracing) as (gw, memory, key):
         with gw.client() as c:
-            assert c.get("/v1/servers", headers=bearer(key["value"])).status_code == 200
+            assert c.get("/v1/servers", headers=bearer(key)).status_code == 200
             time.sleep(0.2)
             assert memory.get_finished_spans() == ()
             (first,) = [v for n, v in fresh_upstream.records()[0]["headers"] if n.lower() == "traceparent"]
             assert first.endswith("-00")
             fresh_upstream.clear()
-            sampled = {**bearer(key["value"]), "traceparent": f"00-{TRACE}-{CALLER}-01"}
+            sampled = {**bearer(key), "traceparent": f"00-{TRACE}-{CALLER}-01"}
             assert c.get("/v1/servers", headers=sampled).status_code == 200
         server = _spans(memory, 3)["server"]
-    finally:
-        gw.stop()
     assert server.context is not None
     assert _forwarded(fresh_upstream) == f"00-{TRACE}-{server.context.span_id:016x}-01"

@@ -17,7 +17,7 @@ import httpx
 import yaml
 
 from gateway.admin.api import internal_routes
-from tests.e2e.test_metrics import scrape, value
+from tests.support.metrics import scrape, value
 from tests.support.procs import Gateway, Upstream
 
 OLD = {"routes": [{"path": "/v1/servers/**", "methods": ["GET"], "scopes": ["servers:read"]}],

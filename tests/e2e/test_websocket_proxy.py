@@ -19,9 +19,9 @@ import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
-from tests.e2e.test_metrics import scrape
-from tests.e2e.test_metrics import value as sample
 from tests.support.core import bearer
+from tests.support.metrics import scrape
+from tests.support.metrics import value as sample
 from tests.support.procs import PYTHON, ROOT, Gateway, _stop, free_port, wait_port
 
 

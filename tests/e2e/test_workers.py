@@ -29,9 +29,9 @@ from typing import Any
 import httpx
 
 from gateway import __version__
-from tests.e2e.test_metrics import scrape, value
 from tests.e2e.test_reload import NEW, OLD, write_policy
 from tests.e2e.test_shutdown import in_background
+from tests.support.metrics import scrape, value
 from tests.support.procs import Gateway, Upstream
 
 TWO = {"listen": {"workers": 2}}
