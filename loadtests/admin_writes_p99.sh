@@ -22,22 +22,10 @@ work=$(mktemp -d /tmp/gw-admin-p99.XXXXXX)
 trap cleanup EXIT
 up=$(free_port) port=$(free_port)
 start_nginx_upstream "$up"
-cat > "$work/config.yaml" <<YAML
-listen: {host: 127.0.0.1, port: $port}
-upstream: {url: "http://127.0.0.1:$up"}
-store: {url: "sqlite:///$work/keys.db"}
-secret_file: $work/gateway.secret
-policies: $here/policies/deployerp.yaml
-rate_limits:
-  tiers:
-    bench: {per_hour: 100000000, per_minute: 10000000}
-YAML
-new_key() {
-  "$py" -m gateway keys create --config "$work/config.yaml" --name "$1" --permissions "$2" \
-    --allow-ip 127.0.0.0/8 --tier bench --json | "$py" -c 'import json,sys; print(json.load(sys.stdin)["value"])'
-}
-key=$(new_key bench servers:read)
-admin=$(new_key admin "*")
+. "$here/loadtests/bench_config.sh"
+bench_config "$port" "http://127.0.0.1:$up" "sqlite:///$work/keys.db"
+key=$(bench_key bench servers:read)
+admin=$(bench_key admin "*")
 setsid taskset -c 0 "$py" -m gateway serve --config "$work/config.yaml" > "$work/gw.log" 2>&1 & gw=$!
 for _ in $(seq 200); do (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.1; done
 url="http://127.0.0.1:$port/v1/servers"

@@ -41,19 +41,9 @@ if [ "${GW_LIMITER:-memory}" = redis ]; then
 else
   store="sqlite:///$work/keys.db"
 fi
-cat > "$work/config.yaml" <<YAML
-listen: {host: 127.0.0.1, port: $GW_PORT}
-upstream: {url: "$GW_UPSTREAM"}
-store: {url: "$store"}
-secret_file: $work/gateway.secret
-policies: $here/policies/deployerp.yaml
-rate_limits:
-  tiers:
-    bench: {per_hour: 100000000, per_minute: 10000000}
-YAML
-"$py" -m gateway keys create --config "$work/config.yaml" --name bench --permissions servers:read \
-  --allow-ip 127.0.0.0/8 --tier bench --json | "$py" -c 'import json,sys; print(json.load(sys.stdin)["value"])' \
-  > "$work/key"
+. "$here/loadtests/bench_config.sh"
+bench_config "$GW_PORT" "$GW_UPSTREAM" "$store"
+bench_key bench servers:read > "$work/key"
 mv "$work/key" "$GW_KEY_FILE"  # whole, before the port opens
 "$py" -m gateway serve --config "$work/config.yaml" & gw_pid=$!
 wait "$gw_pid"
