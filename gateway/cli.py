@@ -540,7 +540,8 @@ async def _audit(args: argparse.Namespace) -> int:
 
 
 async def _store_copy(args: argparse.Namespace) -> int:
-    """Copy every key (hashes only: a store never holds a value) and its audit trail to another store."""
+    """Copy every key (hashes only: a store never holds a value), its audit trail and the dashboard users (password
+    hashes only) to another store."""
     from gateway.keys.backends import open_url
 
     if args.source == args.target:
@@ -563,12 +564,17 @@ async def _store_copy(args: argparse.Namespace) -> int:
             copied.add(record.id)
         events = [e for e in await source.audit_log(None, limit=2**31 - 1) if e.key_id in copied]
         await target.append_audit(events)
+        from gateway.cli_users import copy_users
+
+        users = await copy_users(source, target)  # dashboard users too: a move of stores must not lose them
     finally:
         await source.close()
         await target.close()
-    doc = {"copied_keys": len(copied), "skipped_keys": skipped, "copied_audit_events": len(events)}
+    doc = {"copied_keys": len(copied), "skipped_keys": skipped, "copied_audit_events": len(events),
+           "copied_users": users}
     _out(args, doc, f"Copied {len(copied)} key(s) and {len(events)} audit event(s); {skipped} key(s) were "
-                    "already there. The keys authenticate only with the same server secret (GATEWAY_SECRET).")
+                    f"already there; {users} dashboard user(s) copied. The keys authenticate only with the same "
+                    "server secret (GATEWAY_SECRET).")
     return 0
 
 

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 
+import httpx
 import pytest
 
 from gateway.config.settings import KeyFormat
@@ -205,6 +206,8 @@ def test_store_copy_round_trip_keeps_keys_working(
 ) -> None:
     first = make_gateway(fresh_upstream.url, name="first", start=False)
     made = [first.create_key(f"k{i}", "servers:read") for i in range(3)]
+    # A dashboard user moves with the keys (its password hash; the password itself was never stored).
+    first.cli("users", "create", "ana@example.com", "--role", "viewer", "--password-stdin", input="moved password\n")
     revoked = made[2]
     first.cli("keys", "revoke", revoked["id"])
     sqlite_a = f"sqlite:///{first.work / 'keys.db'}"
@@ -212,11 +215,13 @@ def test_store_copy_round_trip_keeps_keys_working(
     sqlite_b = f"sqlite:///{tmp_path / 'back' / 'keys.db'}"
 
     out = first.cli("store", "copy", "--from", sqlite_a, "--to", redis_url, "--json")
-    assert json.loads(out.stdout) == {"copied_keys": 3, "skipped_keys": 0, "copied_audit_events": 4}
+    assert json.loads(out.stdout) == {"copied_keys": 3, "skipped_keys": 0, "copied_audit_events": 4,
+                                      "copied_users": 1}
     for m in made:
         assert m["value"] not in out.stdout + out.stderr
     again = first.cli("store", "copy", "--from", sqlite_a, "--to", redis_url, "--json")
     assert json.loads(again.stdout)["skipped_keys"] == 3  # idempotent
+    assert json.loads(again.stdout)["copied_users"] == 0
     back = first.cli("store", "copy", "--from", redis_url, "--to", sqlite_b)
     assert "Copied 3 key(s) and 4 audit event(s)" in back.stdout
 
@@ -229,7 +234,14 @@ def test_store_copy_round_trip_keeps_keys_working(
                          headers={"Authorization": f"Bearer {revoked['value']}"}).status_code == 401
         listed = json.loads(gw.cli("audit", "--json").stdout)
         assert [e["action"] for e in listed] == ["create", "create", "create", "revoke"]
+        users = json.loads(gw.cli("users", "list", "--json").stdout)
+        assert [(u["email"], u["role"], u["status"]) for u in users] == [("ana@example.com", "viewer", "active")]
         gw.stop()
+    # ... and logs in on the store it was copied to.
+    moved = make_gateway(fresh_upstream.url, settings={"store": {"url": redis_url}, "accounts": {"enabled": True}})
+    login = httpx.post(f"{moved.url}/v1/auth/login", json={"email": "ana@example.com", "password": "moved password"},
+                       timeout=10)
+    assert login.status_code == 200, login.text
 
 
 def test_store_copy_bad_arguments(tmp_path: Path) -> None:
