@@ -326,6 +326,21 @@ class CannotGrant(InsufficientPermissions):
         super().__init__(scope=scope)
 
 
+class FormNotVerified(InsufficientPermissions):
+    """A dashboard form posted without this browser's CSRF token (a page of another site, or a stale one)."""
+
+    message_id = "insufficient_permissions.csrf"
+
+
+class UserLacksScope(InsufficientPermissions):
+    """A dashboard user whose role does not hold ``scope``, which the page or action needs."""
+
+    message_id = "insufficient_permissions.user"
+
+    def __init__(self, scope: str) -> None:
+        super().__init__(scope=scope)
+
+
 class IPRestricted(GatewayError):
     status, code, ally_code = 403, "ip_restricted", "FORBIDDEN"
 

@@ -49,6 +49,7 @@ from gateway.errors import (
     CannotGrant,
     ClientGone,
     ConflictError,
+    GatewayError,
     KeyNotFound,
     LiveKeyFromTestKey,
     NotFound,
@@ -155,12 +156,8 @@ class ManagementAPI:
 
         try:
             await self._router(inner, receive, send_with_headers)
-        except KeyInputError as exc:
-            raise ValidationFailed(exc.message_id, field=exc.field, where=exc.field, **exc.params) from None
-        except PermissionDenied as exc:
-            raise CannotGrant(exc.scope) from None
-        except Conflict as exc:
-            raise ConflictError(exc.message_id, **exc.params) from None
+        except (KeyInputError, PermissionDenied, Conflict) as exc:
+            raise refusal(exc) from None
         except StoreError as exc:
             # Every endpoint's store calls end here, so none can answer 500. A StoreError's message names the
             # store (redacted URL or file) and what failed, never a key; the client gets only the fixed text.
@@ -334,6 +331,17 @@ class ManagementAPI:
             raise KeyNotFound()
         revealed, value = result
         return self._answer(NewKey(id=revealed.id, value=value, created_at=revealed.created_at))
+
+
+def refusal(exc: KeyInputError | PermissionDenied | Conflict) -> GatewayError:
+    """What the key service refused, as the answer the API gives: a field it refuses (``validation_error``), a
+    scope the caller cannot grant (``insufficient_permissions``), a key whose state forbids the change
+    (``conflict``). The dashboard shows the same words."""
+    if isinstance(exc, KeyInputError):
+        return ValidationFailed(exc.message_id, field=exc.field, where=exc.field, **exc.params)
+    if isinstance(exc, PermissionDenied):
+        return CannotGrant(exc.scope)
+    return ConflictError(exc.message_id, **exc.params)
 
 
 async def _not_found(scope: Scope, receive: Receive, send: Send) -> None:
