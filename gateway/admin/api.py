@@ -31,6 +31,7 @@ from starlette.routing import Route as StarletteRoute
 from starlette.routing import Router
 from starlette.types import Message, Receive, Scope, Send
 
+from gateway.accounts import Principal
 from gateway.admin.models import (
     AuthTest,
     KeyPage,
@@ -53,6 +54,7 @@ from gateway.errors import (
     KeyNotFound,
     LiveKeyFromTestKey,
     NotFound,
+    RoleCannotGrant,
     StoreUnavailable,
     ValidationFailed,
     ValueNotHeld,
@@ -157,7 +159,8 @@ class ManagementAPI:
         try:
             await self._router(inner, receive, send_with_headers)
         except (KeyInputError, PermissionDenied, Conflict) as exc:
-            raise refusal(exc) from None
+            # A dashboard user holds its role's scopes: a refusal to grant names the role, not a key.
+            raise refusal(exc, user=isinstance(scope.get("gateway.principal"), Principal)) from None
         except StoreError as exc:
             # Every endpoint's store calls end here, so none can answer 500. A StoreError's message names the
             # store (redacted URL or file) and what failed, never a key; the client gets only the fixed text.
@@ -333,14 +336,14 @@ class ManagementAPI:
         return self._answer(NewKey(id=revealed.id, value=value, created_at=revealed.created_at))
 
 
-def refusal(exc: KeyInputError | PermissionDenied | Conflict) -> GatewayError:
+def refusal(exc: KeyInputError | PermissionDenied | Conflict, user: bool = False) -> GatewayError:
     """What the key service refused, as the answer the API gives: a field it refuses (``validation_error``), a
-    scope the caller cannot grant (``insufficient_permissions``), a key whose state forbids the change
-    (``conflict``). The dashboard shows the same words."""
+    scope the caller cannot grant (``insufficient_permissions``: a key's, or with ``user`` a dashboard user's
+    role's), a key whose state forbids the change (``conflict``). The dashboard shows the same words."""
     if isinstance(exc, KeyInputError):
         return ValidationFailed(exc.message_id, field=exc.field, where=exc.field, **exc.params)
     if isinstance(exc, PermissionDenied):
-        return CannotGrant(exc.scope)
+        return RoleCannotGrant(exc.scope) if user else CannotGrant(exc.scope)
     return ConflictError(exc.message_id, **exc.params)
 
 
