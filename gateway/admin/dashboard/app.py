@@ -343,10 +343,8 @@ class Dashboard:
         except ValidationError as exc:
             found = problem(exc, model)
             error: GatewayError = ValidationFailed(found.message_id, field=found.field, **found.values)
-        except PermissionDenied as exc:
-            error = UserLacksScope(exc.scope)
-        except (KeyInputError, Conflict) as exc:
-            error = refusal(exc)
+        except (KeyInputError, PermissionDenied, Conflict) as exc:
+            error = refusal(exc, user=True)
         else:
             key = self.models.key.of(record, self._now())
             return self._page(request, "created.html", 201, user=user, key=key, value=value, rotated_from=None)
@@ -376,7 +374,7 @@ class Dashboard:
         try:
             revoked = await revoke_key(self._store, record.id, actor=self._actor(user), caller_permissions=user.scopes)
         except PermissionDenied as exc:
-            raise UserLacksScope(exc.scope) from None
+            raise refusal(exc, user=True) from None
         if revoked is None:
             raise KeyNotFound()
         self._invalidate(record.key_hash)
@@ -398,10 +396,8 @@ class Dashboard:
         except ValidationError as exc:
             found = problem(exc, KeyRotate)
             error: GatewayError = ValidationFailed(found.message_id, field=found.field, **found.values)
-        except PermissionDenied as exc:
-            error = UserLacksScope(exc.scope)
-        except (KeyInputError, Conflict) as exc:
-            error = refusal(exc)
+        except (KeyInputError, PermissionDenied, Conflict) as exc:
+            error = refusal(exc, user=True)
         else:
             if result is None:
                 raise KeyNotFound()

@@ -19,6 +19,7 @@ from __future__ import annotations
 import hmac
 import secrets
 from collections.abc import Mapping
+from ipaddress import IPv4Address
 from urllib.parse import parse_qsl
 
 from starlette.requests import ClientDisconnect, Request
@@ -45,6 +46,7 @@ PAGE_HEADERS: tuple[tuple[bytes, bytes], ...] = (
     (b"cross-origin-opener-policy", b"same-origin"),
 )
 NO_STORE = (b"cache-control", b"no-store")
+_UNKNOWN = IPv4Address("0.0.0.0")
 
 
 class Headers:
@@ -85,7 +87,7 @@ class Browser:
         peer = request.client.host if request.client else None
         forwarded = [v.encode("latin-1") for k, v in request.headers.items() if k == "x-forwarded-for"]
         found = self.resolver.resolve(peer, forwarded)
-        return found if found is not None else parse_address("0.0.0.0")  # type: ignore[return-value]
+        return found if found is not None else _UNKNOWN  # a Unix socket's peer has no address
 
     def set(self, request: Request, response: Response, name: str, value: str) -> None:
         response.set_cookie(name, value, path=self.path, secure=self.secure(request), httponly=True,
