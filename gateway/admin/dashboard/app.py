@@ -24,6 +24,7 @@ import logging
 import re
 from collections.abc import Callable
 from datetime import UTC, date, datetime
+from types import SimpleNamespace
 from typing import Any
 
 import jinja2
@@ -104,6 +105,8 @@ class Dashboard:
         self._usage = usage_by_day
         self._days = settings.dashboard.usage_days
         self._errors = error_format(settings.error_format, settings.messages)
+        # The words as attributes (``t.copy``): on the mapping itself, Jinja would find the method of that name.
+        self._t = SimpleNamespace(**page_texts(settings.error_format))
         self._texts = page_texts(settings.error_format)
         self._ip_field = ip_field(settings.error_format)
         self.models = models_for(settings)
@@ -173,7 +176,7 @@ class Dashboard:
             cookie = fresh = Csrf.new_cookie()
         context.setdefault("user", None)
         response = self._templates.TemplateResponse(request, template, {
-            "t": self._texts, "base": self.path, "csrf": self._csrf.token(cookie), "prefix": self._prefix,
+            "t": self._t, "base": self.path, "csrf": self._csrf.token(cookie), "prefix": self._prefix,
             **context,
         }, status_code=status)
         if fresh is not None:
