@@ -289,6 +289,27 @@ def test_every_asset_is_served_by_the_gateway(browser: Browser) -> None:
     assert browser.http.get("/dashboard/static/../app.py").status_code == 404
 
 
+def test_a_wrong_path_or_method_gets_a_page_with_a_stable_code_never_a_500(browser: Browser) -> None:
+    browser.login()
+    for method, page, status, code in (("GET", "/static/missing.css", 404, "not_found"),
+                                       ("GET", "/no/such/page", 404, "not_found"),
+                                       ("GET", "/logout", 405, "method_not_allowed"),
+                                       ("POST", "/static/dashboard.css", 405, "method_not_allowed"),
+                                       ("DELETE", "/keys", 405, "method_not_allowed")):
+        r = browser.http.request(method, "/dashboard" + page)
+        assert r.status_code == status, (method, page, r.status_code)
+        assert r.headers["content-type"].startswith("text/html")
+        assert f"<code>{code}</code>" in r.text and r.headers["content-security-policy"]
+        if status == 405:
+            assert r.headers["allow"]
+    assert browser.get("/keys/new", headers={"content-type": "text/plain"}).status_code == 200
+    r = browser.post("/keys", {"csrf_token": browser.token("/keys/new"), **{f"f{i}": "x" for i in range(500)}})
+    assert r.status_code == 422 and "validation_error" in r.text  # too many fields: refused, not parsed
+    big = browser.http.post("/dashboard/keys", content=b"name=" + b"x" * (70 * 1024),
+                            headers={"content-type": "application/x-www-form-urlencoded"})
+    assert big.status_code == 422 and "validation_error" in big.text
+
+
 def test_the_dashboard_can_be_moved_and_switched_off(tmp_path: Path, up: Upstream) -> None:
     moved = dashboard_gateway(tmp_path / "moved", up.url, {"dashboard": {"path": "/console"}})
     try:
@@ -347,3 +368,19 @@ def test_no_secret_reaches_the_log(gw: Gateway, browser: Browser) -> None:
     log = gw.log()
     assert_no_secret(log, [value])
     assert PASSWORD not in log and session not in log
+
+
+def test_an_installed_wheel_has_every_template_asset_and_text() -> None:
+    """Every file the dashboard reads at run time is matched by pyproject's package-data, so a wheel has it."""
+    import fnmatch
+    import tomllib
+
+    root = Path(__file__).resolve().parents[2]
+    patterns = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["gateway"]
+    pkg = root / "gateway"
+    needed = [*(pkg / "admin" / "dashboard").glob("templates/*"), *(pkg / "admin" / "dashboard").glob("static/*"),
+              *(pkg / "messages").glob("*.yaml")]
+    assert len(needed) >= 12
+    for path in needed:
+        rel = path.relative_to(pkg).as_posix()
+        assert any(fnmatch.fnmatch(rel, p) for p in patterns), f"{rel} is not package data"

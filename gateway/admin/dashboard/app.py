@@ -29,6 +29,7 @@ from typing import Any
 
 import jinja2
 from pydantic import ValidationError
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Mount, Route, Router
@@ -54,6 +55,7 @@ from gateway.config.settings import Settings
 from gateway.errors import (
     GatewayError,
     KeyNotFound,
+    MethodNotAllowed,
     NotFound,
     StoreUnavailable,
     UserLacksScope,
@@ -146,8 +148,17 @@ class Dashboard:
         await self._app(scope, receive, send)
 
     async def _dispatch(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # With "app" in the scope, Starlette's routes and StaticFiles raise HTTPException for a path or method they
+        # do not serve, rather than answer in plain text: the page below says it in the configured words.
+        scope = {**scope, "app": self}
         try:
             await self._router(scope, receive, send)
+        except HTTPException as exc:
+            error: GatewayError = MethodNotAllowed() if exc.status_code == 405 else NotFound()
+            response = self._error(Request(scope), error)
+            if exc.headers and "Allow" in exc.headers:
+                response.headers["allow"] = exc.headers["Allow"]
+            await response(scope, receive, send)
         except LoginNeeded:
             request = Request(scope)
             response = RedirectResponse(self.path + "/login", 303)
