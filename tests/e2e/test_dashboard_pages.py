@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -142,6 +143,35 @@ def test_a_wrong_password_is_refused_with_the_catalogues_words_and_no_session(br
     assert "gateway_session" not in _cookies(r)
     assert len(alerts(r.text)) == 1 and alerts(r.text)[0]
     assert 'value="admin@example.com"' in r.text and "wrong" not in r.text  # the address kept, never the password
+
+
+def test_login_replaces_the_csrf_cookie_so_a_token_from_before_it_signs_nothing(browser: Browser) -> None:
+    before = browser.token()
+    r = browser.post("/login", {"email": USERS["admin"], "password": PASSWORD, "csrf_token": before})
+    assert r.status_code == 303 and "gateway_csrf" in _cookies(r)
+    assert browser.post("/keys", {"csrf_token": before, "name": "fixed", "permissions": "servers:read"}
+                        ).status_code == 403
+    assert browser.create(name="after-login", permissions="servers:read").status_code == 201
+
+
+def test_an_expired_access_token_is_renewed_with_the_refresh_token(tmp_path: Path, up: Upstream) -> None:
+    short = dashboard_gateway(tmp_path / "short", up.url, {"accounts": {"token_lifetime": "1s"}})
+    b = Browser(short)
+    try:
+        assert b.login().status_code == 303
+        first = b.http.cookies.get("gateway_session", path="/dashboard")
+        time.sleep(2.1)  # the access token has expired (accounts.token_lifetime: 1s)
+        r = b.get("/keys")
+        assert r.status_code == 200  # not sent to the login: renewed
+        renewed = _cookies(r)
+        assert {"gateway_session", "gateway_refresh"} <= set(renewed)
+        assert b.http.cookies.get("gateway_session", path="/dashboard") != first
+        # Refresh tokens are single use: the renewed pair works, and keeps working after the next expiry.
+        time.sleep(2.1)
+        assert b.get("/keys").status_code == 200
+    finally:
+        b.close()
+        short.stop()
 
 
 def test_logout_ends_the_session_and_its_refresh_token(browser: Browser) -> None:

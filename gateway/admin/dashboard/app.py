@@ -281,6 +281,8 @@ class Dashboard:
         response = RedirectResponse(self.path + "/keys", 303)
         self._browser.set(request, response, SESSION, session.token)
         self._browser.set(request, response, REFRESH, session.refresh_token)
+        # A new CSRF cookie with the new session: one planted before the login (fixation) signs nothing after it.
+        self._browser.set(request, response, CSRF, Csrf.new_cookie())
         return response
 
     async def logout(self, request: Request) -> Response:
