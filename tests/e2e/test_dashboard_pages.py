@@ -11,6 +11,7 @@ import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import httpx
 import pytest
@@ -18,8 +19,9 @@ import pytest
 from gateway import messages
 from tests.support.core import assert_no_secret, bearer
 from tests.support.dashboard import PASSWORD, USERS, Assets, Browser, alerts, csrf_of, dashboard_gateway, value_of
+from tests.support.demo import Demo, end_demo
 from tests.support.lifecycle import wait_for
-from tests.support.procs import Gateway, Upstream
+from tests.support.procs import Gateway, Upstream, free_port
 
 
 @pytest.fixture(scope="module")
@@ -414,3 +416,17 @@ def test_an_installed_wheel_has_every_template_asset_and_text() -> None:
     for path in needed:
         rel = path.relative_to(pkg).as_posix()
         assert any(fnmatch.fnmatch(rel, p) for p in patterns), f"{rel} is not package data"
+
+
+def test_the_deployally_demo_prints_its_dashboard_where_its_user_logs_in() -> None:
+    d = Demo(free_port(), platform="deployally")
+    try:
+        found = re.search(r"dashboard in a browser: (http://\S+)", d.out)
+        assert found and found.group(1) == d.base + "/dashboard"
+        b = Browser(SimpleNamespace(url=d.base))  # type: ignore[arg-type]
+        assert b.login("usuario@exemplo.com", "senha").headers["location"] == "/dashboard/keys"
+        listing = b.get("/keys").text
+        assert "CI/CD Pipeline" in listing and "Servidor Produção" in listing and "Situação" in listing
+        b.close()
+    finally:
+        end_demo(d)
