@@ -21,7 +21,8 @@ from tests.support.core import assert_no_secret, bearer
 from tests.support.dashboard import PASSWORD, USERS, Assets, Browser, alerts, csrf_of, dashboard_gateway, value_of
 from tests.support.demo import Demo, end_demo
 from tests.support.lifecycle import wait_for
-from tests.support.procs import Gateway, Upstream, free_port
+from tests.support.procs import Gateway, RedisServer, Upstream, free_port
+from tests.support.redisdb import dump, fresh_db
 
 
 @pytest.fixture(scope="module")
@@ -430,3 +431,33 @@ def test_the_deployally_demo_prints_its_dashboard_where_its_user_logs_in() -> No
         b.close()
     finally:
         end_demo(d)
+
+
+def test_the_dashboard_over_a_redis_store(tmp_path: Path, up: Upstream, redis_server: RedisServer | str) -> None:
+    """The same pages over the Redis store (its users, audit trail and per-day usage): a test key made, used,
+    charted and revoked. With Redis, every gateway refuses a revoked key within a second."""
+    url = fresh_db(redis_server)
+    gw = dashboard_gateway(tmp_path / "redis", up.url, {"store": {"url": url}, "cache": {"ttl_seconds": 60},
+                                                        "upstream": {"environments": {"test": up.url}}})
+    b = Browser(gw)
+    try:
+        b.login()
+        made = b.create(name="on-redis", permissions="servers:read", environment="test")
+        value = value_of(made.text) or ""
+        assert made.status_code == 201 and value.startswith("dep_test_")
+        assert httpx.get(f"{gw.url}/v1/servers", headers=bearer(value)).status_code == 200
+        key_id = re.search(r"/keys/(key_[A-Za-z0-9_-]+)", made.text).group(1)  # type: ignore[union-attr]
+
+        def charted() -> bool:
+            return 'data-count="1"' in b.get(f"/keys/{key_id}").text
+
+        assert wait_for(charted)
+        page = b.get(f"/keys/{key_id}").text
+        assert "<dd>test</dd>" in page and "<td>create</td>" in page
+        done = b.post(f"/keys/{key_id}/revoke", {"csrf_token": csrf_of(b.get(f"/keys/{key_id}/revoke").text)})
+        assert done.status_code == 303
+        assert httpx.get(f"{gw.url}/v1/servers", headers=bearer(value)).status_code == 401
+        assert value.encode() not in dump(url)
+    finally:
+        b.close()
+        gw.stop()
