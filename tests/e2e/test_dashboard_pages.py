@@ -177,6 +177,16 @@ def test_an_expired_access_token_is_renewed_with_the_refresh_token(tmp_path: Pat
         short.stop()
 
 
+def test_too_many_wrong_passwords_are_answered_429_with_retry_after(gw: Gateway, browser: Browser) -> None:
+    gw.cli("users", "create", "locked@example.com", "--role", "viewer", "--password-stdin", input=PASSWORD + "\n")
+    statuses = []
+    for _ in range(7):
+        r = browser.post("/login", {"email": "locked@example.com", "password": "guess", "csrf_token": browser.token()})
+        statuses.append(r.status_code)
+    assert statuses[:5] == [401] * 5 and statuses[-1] == 429  # accounts.login_failures_per_account: 5
+    assert int(r.headers["retry-after"]) > 0 and alerts(r.text) and "gateway_session" not in _cookies(r)
+
+
 def test_logout_ends_the_session_and_its_refresh_token(browser: Browser) -> None:
     assert browser.login().status_code == 303
     refresh = browser.http.cookies.get("gateway_refresh", path="/dashboard")
