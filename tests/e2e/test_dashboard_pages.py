@@ -360,6 +360,7 @@ def test_the_dashboard_can_be_moved_and_switched_off(tmp_path: Path, up: Upstrea
         assert b.login().headers["location"] == "/console/keys"
         assert b.get("/keys").status_code == 200
         assert httpx.get(f"{moved.url}/dashboard/login").status_code == 401  # the gate's: no such page
+        assert httpx.get(f"{moved.url}/consoles").status_code == 401  # only the path and below it are the pages
         b.close()
     finally:
         moved.stop()
