@@ -139,11 +139,8 @@ class Accounts:
         never gives a key more than the user's role holds."""
         held = self.role_scopes(role)
         for scope in permissions:
-            if scope == "*" or scope.endswith(":*"):
-                # A wildcard is granted only by the same or a wider wildcard.
-                if not grants(held, scope):
-                    raise RoleCannotGrant(scope)
-            elif not grants(held, scope):
+            # grants() reads a wildcard asked for literally: only the same or a wider wildcard covers it.
+            if not grants(held, scope):
                 raise RoleCannotGrant(scope)
 
     # --- login, refresh, logout ------------------------------------------------------------------------------
