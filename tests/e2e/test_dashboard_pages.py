@@ -134,6 +134,9 @@ def test_a_form_posted_without_its_csrf_token_is_refused_and_changes_nothing(gw:
     key_id = re.search(r"/keys/(key_[A-Za-z0-9_-]+)", made.text).group(1)  # type: ignore[union-attr]
     assert browser.post(f"/keys/{key_id}/revoke", {"csrf_token": "x" * 64}).status_code == 403
     assert browser.post("/logout", {}).status_code == 403
+    assert browser.post("/logout", {"csrf_token": "é" * 64}).status_code == 403  # not ASCII: refused, not a 500
+    browser.http.cookies.set("gateway_csrf", "%C3%A9", domain="127.0.0.1", path="/dashboard")
+    assert browser.post("/logout", {"csrf_token": "x"}).status_code == 403
     assert httpx.get(f"{gw.url}/v1/servers", headers=bearer(value_of(made.text) or "")).status_code == 200
 
 

@@ -116,7 +116,8 @@ class Csrf:
         """Raise FormNotVerified unless the form's ``csrf_token`` is the token of this browser's cookie."""
         cookie = request.cookies.get(CSRF, "")
         sent = form.get("csrf_token", [""])
-        if not cookie or len(sent) != 1 or not hmac.compare_digest(sent[0], self.token(cookie)):
+        # Compared as bytes: compare_digest refuses a str with a non-ASCII character (TypeError, a 500).
+        if not cookie or len(sent) != 1 or not hmac.compare_digest(sent[0].encode(), self.token(cookie).encode()):
             raise FormNotVerified()
 
 
