@@ -6,7 +6,7 @@ import asyncio
 import gc
 import logging
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from prometheus_client.metrics_core import CounterMetricFamily, Metric
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -21,12 +21,14 @@ from gateway.doors.proxy.pipeline import Gateway
 from gateway.errors import error_format
 from gateway.gate import Verifier
 from gateway.keys.backends import is_redis_url
+from gateway.keys.store import UserStore
 from gateway.observability.health import Health, readiness_checks, soft_checks
 from gateway.observability.logging import AccessLog, logged
 from gateway.observability.metrics import Metrics, MetricsEndpoint, gateway_sources
 from gateway.policy.rules import Policy
 
 if TYPE_CHECKING:
+    from gateway.admin.dashboard import Dashboard
     from gateway.observability.multiprocess import SharedMetrics
     from gateway.observability.otel import Tracing
     from gateway.rotation.runner import RotationTask
@@ -134,6 +136,23 @@ class GatewayApp:
                 access_log=AccessLog() if ops.access_log else None)
             self._probes[fa.path] = self.forward_auth
             self._verify, self._verify_under = self.forward_auth, self.forward_auth.under
+        # The dashboard (gateway/admin/dashboard): every path below dashboard.path, answered before the gate (its
+        # pages authenticate users by their session cookie, not by an Authorization header). The other requests
+        # pay one startswith.
+        self.dashboard: Dashboard | None = None
+        self._dashboard_app: ASGIApp | None = None
+        self._dashboard_under = "\0"
+        if settings.dashboard.enabled and components.accounts is not None:
+            from gateway.admin.dashboard import Dashboard
+
+            self.dashboard = Dashboard(settings, store, components.pepper, components.accounts,
+                                       lambda: self.gate.policy, self.cache.invalidate,
+                                       cast(UserStore, store).usage_by_day,
+                                       self.gate.resolver)
+            self._dashboard_app = self.dashboard
+            if ops.access_log:
+                self._dashboard_app = logged(self.dashboard, AccessLog(), settings.dashboard.path)
+            self._dashboard_under = settings.dashboard.path
         from gateway.serving.reload import Reloader
 
         self.reloader = Reloader(self, reload_settings)
@@ -166,6 +185,11 @@ class GatewayApp:
             return
         if (scope.get("raw_path") or b"").startswith(self._verify_under) and scope["type"] == "http":
             await self._verify(scope, receive, send)
+            return
+        path: str = scope["path"]
+        if path.startswith(self._dashboard_under) and scope["type"] == "http" and self.dashboard is not None \
+                and self.dashboard.owns(path):
+            await self._dashboard_app(scope, receive, send)  # type: ignore[misc]
             return
         await self.gateway(scope, receive, send)
 

@@ -253,6 +253,8 @@ async def _demo(port: int, data_dir: Path, platform: str = "deployerp") -> None:
         if platform == "deployally":
             lines.append("DeployAlly format: paths under /api/v1, da_ keys, answers in Portuguese; dashboard login "
                          "usuario@exemplo.com / senha (role admin) gives a JWT signed by the gateway")
+            if settings.dashboard.enabled:
+                lines.append(f"dashboard in a browser: {base}{settings.dashboard.path} (the same login)")
         lines += ["", f"{('Three', 'Four')[len(keys) - 3]} keys, shown this once:"]
         values: dict[str, str] = {}
         from gateway.admin.models import key_models

@@ -339,6 +339,21 @@ class CannotGrant(InsufficientPermissions):
         super().__init__(scope=scope)
 
 
+class FormNotVerified(InsufficientPermissions):
+    """A dashboard form posted without this browser's CSRF token (a page of another site, or a stale one)."""
+
+    message_id = "insufficient_permissions.csrf"
+
+
+class UserLacksScope(InsufficientPermissions):
+    """A dashboard user whose role does not hold ``scope``, which the page or action needs."""
+
+    message_id = "insufficient_permissions.user"
+
+    def __init__(self, scope: str) -> None:
+        super().__init__(scope=scope)
+
+
 class RoleCannotGrant(InsufficientPermissions):
     """A dashboard user may not give a key a scope the user's role does not hold; ``scope`` names it."""
 

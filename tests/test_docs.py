@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 import shlex
+import shutil
 import typing
 from pathlib import Path
 
@@ -301,6 +302,7 @@ def test_a_renamed_heading_breaks_the_readme_link_to_it(tmp_path: Path) -> None:
     for path in LINKED_DOCS:
         (tmp_path / path.relative_to(ROOT)).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / path.relative_to(ROOT)).write_text(path.read_text(encoding="utf-8"), encoding="utf-8")
+    shutil.copytree(DOCS / "images", tmp_path / "docs" / "images")  # the pictures the README shows
     doc = tmp_path / "docs" / "troubleshooting.md"
     doc.write_text(doc.read_text().replace("## Every error the gateway answers", "## Errors"))
     broken = broken_links([tmp_path / "README.md"], tmp_path)

@@ -50,6 +50,7 @@ from gateway.errors import (
     CannotGrant,
     ClientGone,
     ConflictError,
+    GatewayError,
     KeyNotFound,
     LiveKeyFromTestKey,
     NotFound,
@@ -157,15 +158,9 @@ class ManagementAPI:
 
         try:
             await self._router(inner, receive, send_with_headers)
-        except KeyInputError as exc:
-            raise ValidationFailed(exc.message_id, field=exc.field, where=exc.field, **exc.params) from None
-        except PermissionDenied as exc:
-            # A dashboard user holds its role's scopes: the refusal names the role, not a key.
-            if isinstance(scope.get("gateway.principal"), Principal):
-                raise RoleCannotGrant(exc.scope) from None
-            raise CannotGrant(exc.scope) from None
-        except Conflict as exc:
-            raise ConflictError(exc.message_id, **exc.params) from None
+        except (KeyInputError, PermissionDenied, Conflict) as exc:
+            # A dashboard user holds its role's scopes: a refusal to grant names the role, not a key.
+            raise refusal(exc, user=isinstance(scope.get("gateway.principal"), Principal)) from None
         except StoreError as exc:
             # Every endpoint's store calls end here, so none can answer 500. A StoreError's message names the
             # store (redacted URL or file) and what failed, never a key; the client gets only the fixed text.
@@ -339,6 +334,17 @@ class ManagementAPI:
             raise KeyNotFound()
         revealed, value = result
         return self._answer(NewKey(id=revealed.id, value=value, created_at=revealed.created_at))
+
+
+def refusal(exc: KeyInputError | PermissionDenied | Conflict, user: bool = False) -> GatewayError:
+    """What the key service refused, as the answer the API gives: a field it refuses (``validation_error``), a
+    scope the caller cannot grant (``insufficient_permissions``: a key's, or with ``user`` a dashboard user's
+    role's), a key whose state forbids the change (``conflict``). The dashboard shows the same words."""
+    if isinstance(exc, KeyInputError):
+        return ValidationFailed(exc.message_id, field=exc.field, where=exc.field, **exc.params)
+    if isinstance(exc, PermissionDenied):
+        return RoleCannotGrant(exc.scope) if user else CannotGrant(exc.scope)
+    return ConflictError(exc.message_id, **exc.params)
 
 
 async def _not_found(scope: Scope, receive: Receive, send: Send) -> None:

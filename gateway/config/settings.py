@@ -293,6 +293,18 @@ class ForwardAuthSettings(Section):
         "Off, they get 403 `environment_unavailable`, as in proxy mode without a test upstream."))
 
 
+class DashboardSettings(Section):
+    """The dashboard (docs/dashboard.md): server-rendered pages where a user logs in and manages keys."""
+
+    enabled: Bool = Field(True, description=(
+        "Serve the dashboard at `path`: log in, list, create, rotate and revoke keys, read their audit trail and "
+        "usage. Users are made with `gateway users create`. Read at start."))
+    path: Annotated[str, AfterValidator(_endpoint_path)] = Field("/dashboard", description=(
+        "Where the dashboard is served; every path below it is the dashboard's too. Read at start."))
+    usage_days: int = Field(30, ge=1, le=366, description=(
+        "Days of requests the usage chart of a key shows (one bar a day)."))
+
+
 _TCHAR = frozenset("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
 
 
@@ -817,6 +829,8 @@ class Settings(BaseSettings):
         "What one request and one client may cost the gateway (docs/security.md)."))
     forward_auth: ForwardAuthSettings = Field(default_factory=ForwardAuthSettings, description=(
         "The forward-auth endpoint for nginx `auth_request`, Traefik ForwardAuth and Envoy `ext_authz`."))
+    dashboard: DashboardSettings = Field(default_factory=DashboardSettings, description=(
+        "The dashboard in a browser (docs/dashboard.md)."))
     cors: CorsSettings = Field(default_factory=CorsSettings, description=(
         "Cross-origin requests from browsers (CORS), answered by the proxy: off unless `allow_origins` is set."))
     tracing: TracingSettings = Field(default_factory=TracingSettings, description=(
@@ -848,6 +862,25 @@ class Settings(BaseSettings):
         if self.forward_auth.enabled and (prefix == path or prefix.startswith(path + "/")):
             # Every path below forward_auth.path is the endpoint's (Envoy's form): the key API would be unreachable.
             raise Invalid(f"{path} would hide the management API at {prefix}", "forward_auth.path")
+        return self
+
+    @model_validator(mode="after")
+    def _dashboard_path_free(self) -> Settings:
+        """The dashboard owns every path below its own: none of the gateway's other endpoints may be there."""
+        d = self.dashboard
+        if not d.enabled:
+            return self
+        taken = {f"ops.{n}": getattr(self.ops, n)
+                 for n in ("healthz_path", "readyz_path", "metrics_path", "openapi_path", "docs_path")}
+        if self.management.enabled:
+            base = "" if self.management.prefix == "/" else self.management.prefix
+            taken["management.prefix"] = base + "/api-keys"
+            taken["management.prefix "] = base + "/auth/test"
+        if self.forward_auth.enabled:
+            taken["forward_auth.path"] = self.forward_auth.path
+        for name, other in taken.items():
+            if other == d.path or other.startswith(d.path + "/") or d.path.startswith(other + "/"):
+                raise Invalid(f"{d.path} overlaps {name.strip()} ({other})", "dashboard.path")
         return self
 
     def __eq__(self, other: object) -> bool:

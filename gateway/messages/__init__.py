@@ -117,3 +117,16 @@ def problem_text(message_id: str, where: str, params: Mapping[str, object]) -> s
     field its own way (the CLI names the flag)."""
     full = english(message_id, {**params, "where": where})
     return full[len(where) + 2:] if full.startswith(where + ": ") else full
+
+
+@functools.cache
+def page_texts(error_format: str) -> Mapping[str, str]:
+    """The dashboard's words in the language of ``error_format`` (``dashboard-<format>.yaml`` beside the error
+    catalogues): label id -> text. Its error messages are the error catalogue's, like every other answer's."""
+    if error_format not in FORMATS:
+        raise ValueError(f"no dashboard texts for {error_format!r} (use {' or '.join(FORMATS)})")
+    text = resources.files(__name__).joinpath(f"dashboard-{error_format}.yaml").read_text(encoding="utf-8")
+    doc = yaml.safe_load(text)
+    if not isinstance(doc, dict) or not all(isinstance(k, str) and isinstance(v, str) and v for k, v in doc.items()):
+        raise ValueError(f"gateway/messages/dashboard-{error_format}.yaml: every entry must be `id: non-empty text`")
+    return MappingProxyType(doc)
