@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# The gateway on uvicorn and on granian, the lean peer on both, nginx and the raw peer: one command, runs
+# interleaved, medians written to the data file that loadtests/plot_results.py draws.
+#
+# Usage: loadtests/transports.sh [-d SECONDS] [-r ROUNDS] [-o CSV]      (from the repository root)
+#   Each round runs ../shared/bench/compare.sh three times, -r 1 each:
+#     -n nginx,raw,lean,gateway   gateway: serve_for_bench.sh (uvicorn, the shipped transport)
+#     -n lean,gateway             gateway: GW_SERVER=granian serve_for_bench.sh
+#     -n lean,gateway             gateway: serve_lean_granian.sh (the lean peer on granian)
+#   so every transport meets the same machine in every round. It prints compare.sh's lines, then per contender
+#   the median rps, p50 and p99 over all rounds, the ratios, and the load average before and after; -o FILE
+#   writes those medians as CSV (loadtests/results.csv is the file RESULTS.md and plot_results.py show; - is
+#   stdout). The lean peer on uvicorn runs in every compare.sh call: its figures pool all of them.
+#   GW_LIMITER=redis is passed to both gateway runs. Needs nginx, wrk (see ../shared/bench/README.md).
+set -euo pipefail
+here=$(cd "$(dirname "$0")/.." && pwd)
+bench=${GW_BENCH_DIR:-$here/../shared/bench}
+[ -d "$bench" ] || bench=$here/../../shared/bench
+D=8 R=3 OUT=""
+while getopts "d:r:o:" o; do case $o in d) D=$OPTARG;; r) R=$OPTARG;; o) OUT=$OPTARG;; *) sed -n '2,14p' "$0"; exit 2;; esac; done
+[ -x "$bench/compare.sh" ] || { echo "transports.sh: no compare.sh in $bench (set GW_BENCH_DIR)" >&2; exit 2; }
+cd "$here"
+log=$(mktemp /tmp/gw-transports.XXXXXX)
+trap 'rm -f "$log"' EXIT
+load_before=$(cut -d' ' -f1-3 /proc/loadavg)
+for r in $(seq "$R"); do
+  for server in uvicorn granian lean-granian; do
+    case $server in
+      uvicorn) names=nginx,raw,lean,gateway gw='exec loadtests/serve_for_bench.sh';;
+      granian) names=lean,gateway gw='GW_SERVER=granian exec loadtests/serve_for_bench.sh';;
+      lean-granian) names=lean,gateway gw='exec loadtests/serve_lean_granian.sh';;
+    esac
+    echo "== round $r: gateway slot = $server"
+    "$bench/compare.sh" -d "$D" -c 32 -r 1 -n "$names" -g "$gw" | tee /dev/stderr | sed "s/^/$server /" >> "$log"
+  done
+done 2>&1
+load_after=$(cut -d' ' -f1-3 /proc/loadavg)
+commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+python3 - "$log" "$load_before" "$load_after" "$commit" "${OUT}" <<'PY'
+import csv, re, statistics, sys, time
+log, before, after, commit, out = sys.argv[1:6]
+UNIT = {"us": 0.001, "ms": 1.0, "s": 1000.0}
+LABEL = {("uvicorn", "gateway"): ("gateway", "uvicorn"), ("granian", "gateway"): ("gateway", "granian"),
+         ("lean-granian", "gateway"): ("lean", "granian")}
+rows: dict[tuple[str, str], list[tuple[float, float, float, int]]] = {}
+pat = re.compile(r"^(\S+) round \d+\s+(\S+)\s+rps=(\S+)\s+p50=(\S+)\s+p99=(\S+)\s+non2xx=(\d+)")
+def ms(text):
+    m = re.fullmatch(r"([\d.]+)(us|ms|s)", text)
+    return float(m[1]) * UNIT[m[2]] if m else float("nan")
+for line in open(log):
+    m = pat.match(line)
+    if not m:
+        continue
+    slot, name = m[1], m[2]
+    key = LABEL.get((slot, name), (name, {"nginx": "nginx", "raw": "uvloop"}.get(name, "uvicorn")))
+    rows.setdefault(key, []).append((float(m[3]), ms(m[4]), ms(m[5]), int(m[6])))
+if not rows:
+    sys.exit("transports.sh: compare.sh printed no rounds (see its lines above)")
+med = {k: (statistics.median(v[0] for v in vs), statistics.median(v[1] for v in vs),
+           statistics.median(v[2] for v in vs), sum(v[3] for v in vs), len(vs)) for k, vs in rows.items()}
+print(f"\nload average before {before}, after {after}; commit {commit}")
+print(f"{'contender':10} {'server':8} {'rounds':>6} {'rps':>9} {'p50 ms':>8} {'p99 ms':>8} non2xx")
+for (name, server), (rps, p50, p99, bad, n) in med.items():
+    print(f"{name:10} {server:8} {n:>6} {rps:>9.0f} {p50:>8.2f} {p99:>8.2f} {bad}")
+def ratio(a, b):
+    if a in med and b in med and med[b][0]:
+        print(f"{a[0]}({a[1]}) / {b[0]}({b[1]}) = {med[a][0] / med[b][0]:.2f}")
+gw_u, gw_g, lean_u, lean_g = ("gateway", "uvicorn"), ("gateway", "granian"), ("lean", "uvicorn"), ("lean", "granian")
+for a, b in ((gw_g, gw_u), (lean_g, lean_u), (gw_u, lean_u), (gw_g, lean_u), (gw_u, ("nginx", "nginx")),
+             (gw_u, ("raw", "uvicorn"))):
+    ratio(a, b)
+if any(m[3] for m in med.values()):
+    print("WARNING: non-2xx answers: a figure with errors does not count")
+if out:
+    day = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    fh = sys.stdout if out == "-" else open(out, "w", newline="")
+    w = csv.writer(fh, lineterminator="\n")
+    w.writerow(["contender", "server", "rps", "p50_ms", "p99_ms", "rounds", "load_avg", "measured", "commit"])
+    for (name, server), (rps, p50, p99, bad, n) in med.items():
+        w.writerow([name, server, f"{rps:.0f}", f"{p50:.2f}", f"{p99:.2f}", n, before.split()[0], day, commit])
+    if fh is not sys.stdout:
+        fh.close()
+        print(f"wrote {out}")
+PY
