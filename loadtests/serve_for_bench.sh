@@ -25,6 +25,8 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 py=${GW_PYTHON:-$here/.venv/bin/python}
 : "${GW_PORT:?}" "${GW_UPSTREAM:?}" "${GW_KEY_FILE:?}"
+case ${GW_SERVER:=uvicorn} in uvicorn|granian) ;;
+  *) echo "serve_for_bench.sh: GW_SERVER must be uvicorn or granian, not ${GW_SERVER}" >&2; exit 2 ;; esac
 work=$(mktemp -d /tmp/gw-bench.XXXXXX)
 gw_pid="" redis_pid=""
 cleanup() {
@@ -50,7 +52,7 @@ fi
 bench_config "$GW_PORT" "$GW_UPSTREAM" "$store"
 bench_key bench servers:read > "$work/key"
 mv "$work/key" "$GW_KEY_FILE"  # whole, before the port opens
-case ${GW_SERVER:-uvicorn} in
+case $GW_SERVER in
   uvicorn) "$py" -m gateway serve --config "$work/config.yaml" & gw_pid=$! ;;
   granian)
     # The nearest granian has to the guarded protocol's limits.max_connections and header_timeout_seconds.
@@ -58,6 +60,5 @@ case ${GW_SERVER:-uvicorn} in
       --working-dir "$here/loadtests" --host 127.0.0.1 --port "$GW_PORT" --workers 1 --runtime-threads 1 \
       --loop uvloop --http 1 --no-ws --backpressure 1024 --http1-header-read-timeout 10000 \
       --log-level warning --no-access-log granian_app:app & gw_pid=$! ;;
-  *) echo "serve_for_bench.sh: GW_SERVER must be uvicorn or granian, not ${GW_SERVER}" >&2; exit 2 ;;
 esac
 wait "$gw_pid"

@@ -21,8 +21,10 @@ while getopts "d:r:o:" o; do case $o in d) D=$OPTARG;; r) R=$OPTARG;; o) OUT=$OP
 [ -x "$bench/compare.sh" ] || { echo "transports.sh: no compare.sh in $bench (set GW_BENCH_DIR)" >&2; exit 2; }
 cd "$here"
 log=$(mktemp /tmp/gw-transports.XXXXXX)
-trap 'rm -f "$log"' EXIT
+trap 'rm -f "$log" "$log.one"' EXIT
 load_before=$(cut -d' ' -f1-3 /proc/loadavg)
+commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+[ -n "$(git status --porcelain -- gateway loadtests 2>/dev/null)" ] && commit="$commit+changes"
 for r in $(seq "$R"); do
   for server in uvicorn granian lean-granian; do
     case $server in
@@ -31,11 +33,11 @@ for r in $(seq "$R"); do
       lean-granian) names=lean,gateway gw='exec loadtests/serve_lean_granian.sh';;
     esac
     echo "== round $r: gateway slot = $server"
-    "$bench/compare.sh" -d "$D" -c 32 -r 1 -n "$names" -g "$gw" | tee /dev/stderr | sed "s/^/$server /" >> "$log"
+    "$bench/compare.sh" -d "$D" -c 32 -r 1 -n "$names" -g "$gw" | tee "$log.one"
+    sed "s/^/$server /" "$log.one" >> "$log"
   done
-done 2>&1
+done
 load_after=$(cut -d' ' -f1-3 /proc/loadavg)
-commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
 python3 - "$log" "$load_before" "$load_after" "$commit" "${OUT}" <<'PY'
 import csv, re, statistics, sys, time
 log, before, after, commit, out = sys.argv[1:6]
@@ -77,7 +79,8 @@ if out:
     w = csv.writer(fh, lineterminator="\n")
     w.writerow(["contender", "server", "rps", "p50_ms", "p99_ms", "rounds", "load_avg", "measured", "commit"])
     for (name, server), (rps, p50, p99, bad, n) in med.items():
-        w.writerow([name, server, f"{rps:.0f}", f"{p50:.2f}", f"{p99:.2f}", n, before.split()[0], day, commit])
+        w.writerow([name, server, f"{rps:.0f}", f"{p50:.2f}", f"{p99:.2f}", n,
+                    f"{before.split()[0]}-{after.split()[0]}", day, commit])
     if fh is not sys.stdout:
         fh.close()
         print(f"wrote {out}")
