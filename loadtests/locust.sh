@@ -50,7 +50,8 @@ limits: {auth_failures_per_minute: 0}
 rate_limits: {tiers: {high_volume: {per_hour: 100000000, per_minute: 10000000}}}
 YAML
 "$py" -m gateway.demo.upstream --host 127.0.0.1 --port "$up" > "$work/upstream.log" 2>&1 & up_pid=$!
-GATEWAY_LOAD_KEYS=$work/keys.json "$here/loadtests/make_keys.sh" --config "$work/config.yaml" > /dev/null
+GATEWAY_LOAD_KEYS=$work/keys.json "$here/loadtests/make_keys.sh" --config "$work/config.yaml" > "$work/keys.log" 2>&1 \
+  || { echo "locust.sh: make_keys.sh failed:" >&2; tail -5 "$work/keys.log" >&2; exit 1; }
 "$py" -m gateway serve --config "$work/config.yaml" > "$work/gateway.log" 2>&1 & gw_pid=$!
 wait_port "$up" "$up_pid" "demo upstream" "$work/upstream.log"
 wait_port "$port" "$gw_pid" gateway "$work/gateway.log"
