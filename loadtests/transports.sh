@@ -24,7 +24,8 @@ log=$(mktemp /tmp/gw-transports.XXXXXX)
 trap 'rm -f "$log" "$log.one"' EXIT
 load_before=$(cut -d' ' -f1-3 /proc/loadavg)
 commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
-[ -n "$(git status --porcelain -- gateway loadtests 2>/dev/null)" ] && commit="$commit+changes"
+# Uncommitted changes to what is measured (the data file and its plot aside) are named in the commit column.
+[ -n "$(git status --porcelain -- gateway loadtests ':!loadtests/results.*' 2>/dev/null)" ] && commit="$commit+changes"
 for r in $(seq "$R"); do
   for server in uvicorn granian lean-granian; do
     case $server in
@@ -33,7 +34,9 @@ for r in $(seq "$R"); do
       lean-granian) names=lean,gateway gw='exec loadtests/serve_lean_granian.sh';;
     esac
     echo "== round $r: gateway slot = $server"
-    "$bench/compare.sh" -d "$D" -c 32 -r 1 -n "$names" -g "$gw" | tee "$log.one"
+    if ! "$bench/compare.sh" -d "$D" -c 32 -r 1 -n "$names" -g "$gw" | tee "$log.one"; then
+      echo "transports.sh: compare.sh failed (its message is above); nothing written" >&2; exit 1
+    fi
     sed "s/^/$server /" "$log.one" >> "$log"
   done
 done

@@ -154,6 +154,21 @@ def test_transports_sh_writes_the_medians_plot_results_reads(tmp_path: Path) -> 
     assert drawn.returncode == 0, drawn.stderr
 
 
+def test_transports_sh_stops_with_a_message_when_compare_sh_fails(tmp_path: Path) -> None:
+    bench = tmp_path / "bench"
+    bench.mkdir()
+    (bench / "compare.sh").write_text("#!/usr/bin/env bash\necho 'compare.sh: nginx did not start'; exit 2\n")
+    (bench / "compare.sh").chmod(0o755)
+    out = tmp_path / "results.csv"
+    result = subprocess.run([str(LOAD / "transports.sh"), "-d", "1", "-r", "1", "-o", str(out)],
+                            env={**os.environ, "GW_BENCH_DIR": str(bench)}, capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 1
+    assert "compare.sh: nginx did not start" in result.stdout
+    assert "compare.sh failed (its message is above); nothing written" in result.stderr
+    assert not out.exists()
+
+
 # --- RESULTS.md -----------------------------------------------------------------------------------------------
 
 
