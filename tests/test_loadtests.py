@@ -149,6 +149,11 @@ def test_transports_sh_writes_the_medians_plot_results_reads(tmp_path: Path) -> 
     assert rows["lean", "uvicorn"]["rounds"] == "6"  # in every compare.sh call: 3 a round, 2 rounds
     assert rows["nginx", "nginx"]["p50_ms"] == "0.40"
     assert "gateway(granian) / gateway(uvicorn) = 1.50" in result.stdout
+    # Against the lean peer (250 rps in every call) of the same compare.sh call.
+    assert [rows[k]["vs_lean_same_call"] for k in (("gateway", "uvicorn"), ("gateway", "granian"),
+                                                   ("lean", "granian"), ("nginx", "nginx"), ("lean", "uvicorn"))] \
+        == ["0.80", "1.20", "1.60", "20.00", "1.00"]
+    assert "gateway(raw) " not in result.stdout and "gateway(uvicorn) / raw(uvloop) = 0.03" in result.stdout
     assert "load average before" in result.stdout
     drawn = _plot("--data", str(out), "--out", str(tmp_path / "r.png"))
     assert drawn.returncode == 0, drawn.stderr
