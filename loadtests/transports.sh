@@ -19,7 +19,7 @@ here=$(cd "$(dirname "$0")/.." && pwd)
 bench=${GW_BENCH_DIR:-$here/../shared/bench}
 [ -d "$bench" ] || bench=$here/../../shared/bench
 D=8 R=3 OUT=""
-while getopts "d:r:o:" o; do case $o in d) D=$OPTARG;; r) R=$OPTARG;; o) OUT=$OPTARG;; *) sed -n '2,17p' "$0"; exit 2;; esac; done
+while getopts "d:r:o:" o; do case $o in d) D=$OPTARG;; r) R=$OPTARG;; o) OUT=$OPTARG;; *) sed -n '2,16p' "$0"; exit 2;; esac; done
 [ -x "$bench/compare.sh" ] || { echo "transports.sh: no compare.sh in $bench (set GW_BENCH_DIR)" >&2; exit 2; }
 cd "$here"
 log=$(mktemp /tmp/gw-transports.XXXXXX)
