@@ -10,6 +10,11 @@
 #   GW_LIMITER=redis  store and limiter on a private redis-server started on a free loopback port, pinned to
 #                     CPU $GW_REDIS_CPU (default 1, beside wrk and nginx, so the gateway keeps CPU 0 to itself
 #                     as it would with Redis on another host); it is stopped on exit.
+#   GW_SERVER=uvicorn (default) `gateway serve`: uvicorn with the gateway's guarded protocol, the shipped transport.
+#   GW_SERVER=granian the same app and config on granian's ASGI interface, one worker, one runtime thread
+#                     (loadtests/granian_app.py). For comparison only: granian has no guarded protocol, so the
+#                     raw-target, HTTP-version, head-size and head-deadline checks of gateway/doors/proxy/protocol.py
+#                     are not there (loadtests/RESULTS.md, "Transports").
 #
 # The script does not exec the gateway: it waits for it, and on SIGTERM/SIGINT (compare.sh kills the whole
 # process group after each round) it stops the gateway, then redis-server, then removes its temp directory, so
@@ -20,6 +25,8 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 py=${GW_PYTHON:-$here/.venv/bin/python}
 : "${GW_PORT:?}" "${GW_UPSTREAM:?}" "${GW_KEY_FILE:?}"
+case ${GW_SERVER:=uvicorn} in uvicorn|granian) ;;
+  *) echo "serve_for_bench.sh: GW_SERVER must be uvicorn or granian, not ${GW_SERVER}" >&2; exit 2 ;; esac
 work=$(mktemp -d /tmp/gw-bench.XXXXXX)
 gw_pid="" redis_pid=""
 cleanup() {
@@ -45,5 +52,13 @@ fi
 bench_config "$GW_PORT" "$GW_UPSTREAM" "$store"
 bench_key bench servers:read > "$work/key"
 mv "$work/key" "$GW_KEY_FILE"  # whole, before the port opens
-"$py" -m gateway serve --config "$work/config.yaml" & gw_pid=$!
+case $GW_SERVER in
+  uvicorn) "$py" -m gateway serve --config "$work/config.yaml" & gw_pid=$! ;;
+  granian)
+    # The nearest granian has to the guarded protocol's limits.max_connections and header_timeout_seconds.
+    GATEWAY_SERVE_CONFIG="$work/config.yaml" "$(dirname "$py")/granian" --interface asgi --factory \
+      --working-dir "$here/loadtests" --host 127.0.0.1 --port "$GW_PORT" --workers 1 --runtime-threads 1 \
+      --loop uvloop --http 1 --no-ws --backpressure 1024 --http1-header-read-timeout 10000 \
+      --log-level warning --no-access-log granian_app:app & gw_pid=$! ;;
+esac
 wait "$gw_pid"
