@@ -308,7 +308,7 @@ def load_policy(path: str | Path) -> Policy:
     return parse_policy(doc, str(p))
 
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PROJECT_ROOT = Path(__file__).resolve().parents[2]  # the checkout: gateway/policy/rules.py -> ./
 
 
 def policy_path(settings: Settings) -> Path:

@@ -677,3 +677,19 @@ def test_match_path_gives_match_s_answer_remembers_it_and_stays_bounded() -> Non
     for i in range(policies._MEMO_SIZE + 10):
         p.match_path("GET", b"/v1/servers/s%d" % i)
     assert len(p._memo) <= policies._MEMO_SIZE
+
+
+def test_a_relative_policy_path_missing_beside_the_config_falls_back_to_the_shipped_policies(tmp_path: Path) -> None:
+    """A config file elsewhere that names ``policies/deployally.yaml`` gets the file the checkout ships."""
+    from gateway.config.settings import load_settings
+    from gateway.policy.rules import policy_path
+
+    config = tmp_path / "config.yaml"
+    config.write_text("policies: policies/deployally.yaml\n")
+    found = policy_path(load_settings(config))
+    assert found == Path(__file__).resolve().parents[2] / "policies" / "deployally.yaml"
+    assert found.is_file()
+    beside = tmp_path / "policies" / "deployally.yaml"
+    beside.parent.mkdir()
+    beside.write_text("routes: []\n")
+    assert policy_path(load_settings(config)) == beside  # a file beside the config still wins
