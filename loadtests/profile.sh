@@ -6,7 +6,7 @@
 #        serve_for_bench.sh). Needs nginx, wrk and py-spy (PYSPY, default /tmp/pyspy/bin/py-spy; install it
 #        with `python3 -m venv /tmp/pyspy && /tmp/pyspy/bin/pip install py-spy`).
 # Writes OUTDIR/profile.txt (collapsed stacks, `py-spy record --format raw`), OUTDIR/summary.txt and
-# OUTDIR/wrk.txt. The nginx upstream answers the same fixed JSON as compare.sh's, on a free port.
+# OUTDIR/wrk.txt; summary.txt ends with the split by layer (server parse, ASGI, gate, upstream client, write...). The nginx upstream answers the same fixed JSON as compare.sh's, on a free port.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 D=15 C=32 OUT=/tmp/gw-profile
@@ -51,5 +51,7 @@ print("\n-- inclusive time (top 45) --")
 for f, n in incl.most_common(45):
     print(f"{100 * n / total:5.1f}%  {f}")
 PY
+echo "-- split by layer (loadtests/profile_split.py) --" >> "$OUT/summary.txt"
+python3 "$here/loadtests/profile_split.py" "$OUT/profile.txt" | tee -a "$OUT/summary.txt"
 grep -E "Requests/sec|99%" "$OUT/wrk.txt"
 echo "profile: $OUT/profile.txt  summary: $OUT/summary.txt"
