@@ -240,8 +240,10 @@ class Connection(asyncio.Protocol):
         self.close()
 
     def close(self) -> None:
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.close()
+        # abort(), not close(): a close would first flush what is buffered, and a connection is closed only when
+        # nothing more on it matters (an upstream that reads nothing would keep it open for ever).
+        if self.transport is not None:
+            self.transport.abort()
         self.closed = True
         self.pool.forget(self)
 
