@@ -43,6 +43,12 @@ ANSWERS = {
     b"/v1/servers/until-close": b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nall of it",
     # A chunk size that is not hex, after a valid head: too late for a 502, the client must see a broken body.
     b"/v1/servers/bad-chunk": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\nzz\r\n" + SMUGGLED,
+    # Past aiohttp's client limits, which the direct client keeps: 128 fields, 8190 bytes a field.
+    b"/v1/servers/many-headers": b"HTTP/1.1 200 OK\r\n" + b"".join(b"X-H%d: v\r\n" % i for i in range(129))
+                                 + b"Content-Length: 2\r\n\r\nok",
+    b"/v1/servers/long-field": b"HTTP/1.1 200 OK\r\nX-Long: " + b"a" * 8191 + b"\r\nContent-Length: 2\r\n\r\nok",
+    # A head that never ends (one field, 2 MiB and counting): refused once 1 MiB has come without its end.
+    b"/v1/servers/endless-head": b"HTTP/1.1 200 OK\r\nX-Endless: " + b"a" * 2**21,
 }
 
 
@@ -121,7 +127,8 @@ def _honest_next(c: httpx.Client, key: str) -> None:
         assert resp.json() == {"honest": True}
 
 
-@pytest.mark.parametrize("path", ["cl-and-te", "two-cl", "not-http", "upgrade"])
+@pytest.mark.parametrize("path", ["cl-and-te", "two-cl", "not-http", "upgrade", "many-headers", "long-field",
+                                  "endless-head"])
 def test_invalid_response_framing_is_502(gw: tuple[Gateway, str], path: str) -> None:
     g, key = gw
     with g.client() as c:

@@ -139,9 +139,9 @@ class DirectForwarder(Forwarder):
             except OSError as exc:
                 log.warning("upstream request failed: %s", exc.__class__.__name__)
                 raise UpstreamUnavailable() from None
-            conn.begin(method == "HEAD")
             writer: asyncio.Task[None] | None = None
             try:
+                conn.begin(method == "HEAD")
                 conn.write(head)
                 if has_body:
                     writer = asyncio.ensure_future(self._send_body(conn, receive, body_limit, chunked))

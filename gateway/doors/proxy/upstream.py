@@ -31,6 +31,11 @@ Header = tuple[bytes, bytes]
 READ_AHEAD = 2**18  # bytes of response body read ahead of the client (aiohttp's read_bufsize in 3.14)
 KEEP_ALIVE = 15.0  # seconds an idle connection is kept (aiohttp's connector's keepalive_timeout)
 _NO_BODY = frozenset({204, 304})
+# The response head's limits: aiohttp's client defaults (a field's name or value, the number of fields), and a
+# bound on everything read before the head is complete (llhttp holds a field until its end, however long).
+MAX_FIELD = 8190
+MAX_HEADERS = 128
+MAX_HEAD = 2**20
 
 
 class Disconnected(Exception):
@@ -67,6 +72,7 @@ class Connection(asyncio.Protocol):
         self.writing_paused = False
         self.drain_waiter: asyncio.Future[None] | None = None
         self.head_timer: asyncio.TimerHandle | None = None
+        self.head_bytes = 0
 
     # -- asyncio.Protocol ---------------------------------------------------------------------------------------
 
@@ -83,6 +89,11 @@ class Connection(asyncio.Protocol):
             self.fail(Malformed("101 to a request that asked for no upgrade"))
         except httptools.HttpParserError as exc:
             self.fail(Malformed(str(exc)))
+        else:
+            if not self.status:
+                self.head_bytes += len(data)
+                if self.head_bytes > MAX_HEAD:
+                    self.fail(Malformed("response head too large"))
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -115,6 +126,8 @@ class Connection(asyncio.Protocol):
         self.framed = False
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if len(value) > MAX_FIELD or len(name) > MAX_FIELD or len(self.headers) >= MAX_HEADERS:
+            raise Malformed("response header over the limits")  # stops llhttp
         self.headers.append((name, value))
         if not self.framed:
             low = name.lower()
@@ -153,8 +166,11 @@ class Connection(asyncio.Protocol):
     # -- the exchange --------------------------------------------------------------------------------------------
 
     def begin(self, head_only: bool) -> None:
-        """Start an exchange on this (idle) connection."""
+        """Start an exchange on this (idle) connection. Raises :class:`Disconnected` when it has closed."""
+        if self.closed:
+            raise Disconnected("closed before use")
         self.busy = True
+        self.head_bytes = 0
         self.used = True
         self.head_only = head_only
         self.status = 0
