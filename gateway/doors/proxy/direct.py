@@ -133,7 +133,7 @@ class DirectForwarder(Forwarder):
         read_timeout = self._read_timeout
         while True:
             try:
-                conn = await pool.acquire()
+                conn = pool.idle_one() or await pool.acquire()
             except TimeoutError:
                 raise UpstreamTimeout() from None
             except OSError as exc:
