@@ -173,3 +173,48 @@ def test_a_body_is_read_only_as_fast_as_the_upstream_takes_it() -> None:
         server.close()
     assert time.monotonic() - started < 6
     assert pulled < 200, f"{pulled} blocks of 64 KiB read from the client for an upstream that reads nothing"
+
+
+def test_an_https_upstream_is_verified_and_spoken_to_over_tls(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``https://`` upstreams: TLS with the certificate verified against the trusted CAs (here a self-signed
+    certificate made trusted through SSL_CERT_FILE) and the host name checked; an untrusted one is a 502."""
+    import ssl
+    import subprocess
+
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
+                    "-addext", "subjectAltName=DNS:localhost", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True)
+    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_ctx.load_cert_chain(cert, key)
+
+    def tls_answers(server: Server, conn: socket.socket) -> None:
+        try:
+            with server_ctx.wrap_socket(conn, server_side=True) as tls:
+                slow_answers(server, tls)
+        except (ssl.SSLError, OSError):
+            return
+
+    server = Server(tls_answers)
+    port = server.sock.getsockname()[1]
+
+    async def run(expect_ok: bool) -> None:
+        fwd = _forwarder(f"https://localhost:{port}")
+        await fwd.start()
+        try:
+            if expect_ok:
+                sent = await _get(fwd)
+                assert sent[0]["status"] == 200 and sent[1]["body"] == b"ok"
+            else:
+                with pytest.raises(UpstreamUnavailable):
+                    await _get(fwd)
+        finally:
+            await fwd.close()
+
+    try:
+        asyncio.run(run(expect_ok=False))  # the self-signed certificate is not trusted yet
+        monkeypatch.setenv("SSL_CERT_FILE", str(cert))
+        asyncio.run(run(expect_ok=True))
+    finally:
+        server.close()
+    assert server.heads and server.heads[0].startswith(b"GET /v1/x HTTP/1.1\r\nHost: localhost:")
