@@ -218,3 +218,30 @@ def test_an_https_upstream_is_verified_and_spoken_to_over_tls(tmp_path: Any, mon
     finally:
         server.close()
     assert server.heads and server.heads[0].startswith(b"GET /v1/x HTTP/1.1\r\nHost: localhost:")
+
+
+def test_idle_connections_are_closed_after_the_keep_alive(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An idle pooled connection is closed KEEP_ALIVE seconds after its last use, even when nothing else comes
+    (shortened here from 15 s to 0.3 s)."""
+    from gateway.doors.proxy import upstream
+
+    monkeypatch.setattr(upstream, "KEEP_ALIVE", 0.3)
+    server = Server(slow_answers)
+
+    async def run() -> tuple[int, int]:
+        fwd = _forwarder(server.url)
+        await fwd.start()
+        try:
+            await asyncio.gather(_get(fwd), _get(fwd))
+            await asyncio.sleep(0.1)
+            during = server.open
+            await asyncio.sleep(1.5)
+            return during, server.open
+        finally:
+            await fwd.close()
+
+    try:
+        during, after = asyncio.run(run())
+    finally:
+        server.close()
+    assert (during, after) == (2, 0)

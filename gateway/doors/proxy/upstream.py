@@ -13,7 +13,8 @@ malformed. A connection goes back to the pool only after a complete response tha
 sent whole; bytes arriving on an idle connection close it.
 
 :class:`Pool` holds at most ``size`` connections (idle and busy); a request waits for a free one beyond that,
-as aiohttp's connector did. Idle connections older than :data:`KEEP_ALIVE` seconds are closed when next met.
+as aiohttp's connector did. Idle connections older than :data:`KEEP_ALIVE` seconds are closed (when next met,
+and by a sweep every KEEP_ALIVE seconds while any are idle).
 """
 
 from __future__ import annotations
@@ -330,6 +331,7 @@ class Pool:
         self.waiters: deque[asyncio.Future[None]] = deque()
         self.connecting = 0
         self.closed = False
+        self.reaper: asyncio.TimerHandle | None = None
 
     def idle_one(self) -> Connection | None:
         """An idle connection still open and fresh, or None (no waiting: the usual case needs no coroutine)."""
@@ -384,6 +386,21 @@ class Pool:
         conn.idle_since = self.loop.time()
         self.idle.append(conn)
         self._notify()
+        if self.reaper is None:
+            self.reaper = self.loop.call_later(KEEP_ALIVE, self._reap)
+
+    def _reap(self) -> None:
+        """Close the connections idle for longer than KEEP_ALIVE (the oldest are at the bottom of the stack, where
+        a lightly loaded gateway never reaches)."""
+        self.reaper = None
+        limit = self.loop.time() - KEEP_ALIVE
+        stale = [conn for conn in self.idle if conn.idle_since < limit or conn.closed]
+        if stale:
+            self.idle = [conn for conn in self.idle if not (conn.idle_since < limit or conn.closed)]
+            for conn in stale:
+                conn.close()
+        if self.idle and not self.closed:
+            self.reaper = self.loop.call_later(KEEP_ALIVE, self._reap)
 
     def forget(self, conn: Connection) -> None:
         if conn in self.open:
@@ -400,6 +417,9 @@ class Pool:
 
     def close(self) -> None:
         self.closed = True
+        if self.reaper is not None:
+            self.reaper.cancel()
+            self.reaper = None
         for conn in [*self.open]:
             conn.close()
         self.idle.clear()
