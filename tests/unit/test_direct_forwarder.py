@@ -245,3 +245,37 @@ def test_idle_connections_are_closed_after_the_keep_alive(monkeypatch: pytest.Mo
     finally:
         server.close()
     assert (during, after) == (2, 0)
+
+
+def test_a_request_given_up_while_waiting_for_a_connection_leaks_no_slot() -> None:
+    """pool_size 1: a request that waits for the one connection and is cancelled (its client went away) leaves
+    the connection to the next in line, and requests waiting are served first come, first served."""
+    server = Server(slow_answers)
+    order: list[str] = []
+
+    async def named(fwd: DirectForwarder, name: str) -> None:
+        await _get(fwd)
+        order.append(name)
+
+    async def run() -> None:
+        fwd = _forwarder(server.url, pool_size=1)
+        await fwd.start()
+        try:
+            first = asyncio.ensure_future(named(fwd, "first"))
+            await asyncio.sleep(0.05)
+            given_up = asyncio.ensure_future(named(fwd, "given-up"))
+            await asyncio.sleep(0.05)
+            second = asyncio.ensure_future(named(fwd, "second"))
+            await asyncio.sleep(0.05)
+            third = asyncio.ensure_future(named(fwd, "third"))
+            given_up.cancel()
+            await asyncio.wait_for(asyncio.gather(first, second, third), 5)
+        finally:
+            await fwd.close()
+
+    try:
+        asyncio.run(run())
+    finally:
+        server.close()
+    assert order == ["first", "second", "third"]
+    assert server.accepted == 1

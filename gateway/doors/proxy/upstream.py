@@ -328,7 +328,7 @@ class Pool:
         self.connect_timeout = connect_timeout
         self.idle: list[Connection] = []
         self.open: set[Connection] = set()
-        self.waiters: deque[asyncio.Future[None]] = deque()
+        self.waiters: deque[asyncio.Future[Connection | None]] = deque()
         self.connecting = 0
         self.closed = False
         self.reaper: asyncio.TimerHandle | None = None
@@ -350,26 +350,40 @@ class Pool:
         """An idle connection, or a new one; waits while ``size`` are open. Raises TimeoutError (connect
         timeout) or OSError."""
         while True:
+            if self.closed:
+                raise OSError("the upstream pool is closed")
             conn = self.idle_one()
             if conn is not None:
                 return conn
             if len(self.open) + self.connecting < self.size:
                 break
-            waiter = self.loop.create_future()
+            # Wait in line: a released connection is handed to the first waiter (put), so a request arriving
+            # later cannot take it first; a freed slot wakes the first waiter with None (forget).
+            waiter: asyncio.Future[Connection | None] = self.loop.create_future()
             self.waiters.append(waiter)
             try:
-                await waiter
+                handed = await waiter
             except BaseException:
                 if not waiter.cancelled() and waiter.done():
-                    self._notify()  # it was woken for a free slot it will not take: pass it on
+                    # Woken, but it will not take what it was given: pass it on.
+                    got = waiter.result()
+                    if got is not None:
+                        self.put(got)
+                    else:
+                        self._notify()
                 raise
+            if handed is not None and not handed.closed:
+                return handed
         self.connecting += 1
         try:
             async with asyncio.timeout(self.connect_timeout):
                 _, conn = await self.loop.create_connection(
                     self._protocol, self.host, self.port, ssl=self.ssl, server_hostname=self.server_hostname)
-        finally:
+        except BaseException:
             self.connecting -= 1
+            self._notify()  # the slot it held is free again
+            raise
+        self.connecting -= 1
         if self.closed:
             conn.close()
             raise OSError("the upstream pool is closed")
@@ -384,8 +398,13 @@ class Pool:
             conn.close()
             return
         conn.idle_since = self.loop.time()
+        waiters = self.waiters
+        while waiters:
+            waiter = waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(conn)
+                return
         self.idle.append(conn)
-        self._notify()
         if self.reaper is None:
             self.reaper = self.loop.call_later(KEEP_ALIVE, self._reap)
 
@@ -423,3 +442,5 @@ class Pool:
         for conn in [*self.open]:
             conn.close()
         self.idle.clear()
+        while self.waiters:
+            self._notify()  # each finds the pool closed
