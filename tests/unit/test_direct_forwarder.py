@@ -223,9 +223,9 @@ def test_an_https_upstream_is_verified_and_spoken_to_over_tls(tmp_path: Any, mon
 def test_idle_connections_are_closed_after_the_keep_alive(monkeypatch: pytest.MonkeyPatch) -> None:
     """An idle pooled connection is closed KEEP_ALIVE seconds after its last use, even when nothing else comes
     (shortened here from 15 s to 0.3 s)."""
-    from gateway.doors.proxy import upstream
+    from gateway.doors.proxy import pool
 
-    monkeypatch.setattr(upstream, "KEEP_ALIVE", 0.3)
+    monkeypatch.setattr(pool, "KEEP_ALIVE", 0.3)
     server = Server(slow_answers)
 
     async def run() -> tuple[int, int]:

@@ -1,5 +1,5 @@
 """The upstream leg without aiohttp: :class:`DirectForwarder` speaks HTTP/1.1 to the upstream itself, on the
-pooled asyncio connections of :mod:`gateway.doors.proxy.upstream`.
+pooled asyncio connections of :mod:`gateway.doors.proxy.upstream` (:mod:`gateway.doors.proxy.pool`).
 
 Same interface and behaviour as :class:`~gateway.doors.proxy.forwarder.Forwarder` (which it extends: its
 WebSocket handshake and relay still go through aiohttp's ``ws_connect``), with less between the two sockets:
@@ -37,7 +37,8 @@ from gateway.doors.proxy.forwarder import (
     _body,
     _response_headers,
 )
-from gateway.doors.proxy.upstream import Connection, Disconnected, Malformed, Pool
+from gateway.doors.proxy.pool import Pool
+from gateway.doors.proxy.upstream import Connection, Disconnected, Malformed
 from gateway.errors import GatewayError, UpstreamTimeout, UpstreamUnavailable
 
 log = logging.getLogger("gateway.proxy")
