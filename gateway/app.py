@@ -16,6 +16,7 @@ from gateway.config.settings import Settings
 from gateway.doors.assembly import Components, GateService, build_components
 from gateway.doors.cors import UPSTREAM_CORS
 from gateway.doors.forward_auth import ForwardAuth
+from gateway.doors.proxy.direct import DirectForwarder
 from gateway.doors.proxy.forwarder import Forwarder
 from gateway.doors.proxy.pipeline import Gateway
 from gateway.errors import error_format
@@ -56,8 +57,10 @@ class GatewayApp:
         self.limits = self.service.limits
         up = settings.upstream
 
+        kind = DirectForwarder if up.client == "direct" else Forwarder
+
         def forwarder(url: str) -> Forwarder:
-            return Forwarder(url, connect_timeout=up.connect_timeout, read_timeout=up.read_timeout,
+            return kind(url, connect_timeout=up.connect_timeout, read_timeout=up.read_timeout,
                              pool_size=up.pool_size, body_timeout=settings.limits.body_timeout_seconds,
                              drop_response=UPSTREAM_CORS if settings.cors.allow_origins else frozenset())
 

@@ -3,15 +3,18 @@
 # nginx upstream on CPU 1), and prints where the CPU time goes (self and inclusive, top functions).
 #
 # Usage: loadtests/profile.sh [-d SECONDS] [-c CONNECTIONS] [-o OUTDIR]     (GW_LIMITER=redis works as in
-#        serve_for_bench.sh). Needs nginx, wrk and py-spy (PYSPY, default /tmp/pyspy/bin/py-spy; install it
+#        serve_for_bench.sh). Needs nginx, wrk and py-spy (PYSPY, default /tmp/pyspy/bin/py-spy, else the venv's; install it
 #        with `python3 -m venv /tmp/pyspy && /tmp/pyspy/bin/pip install py-spy`).
-# Writes OUTDIR/profile.txt (collapsed stacks, `py-spy record --format raw`), OUTDIR/summary.txt and
-# OUTDIR/wrk.txt. The nginx upstream answers the same fixed JSON as compare.sh's, on a free port.
+# Writes OUTDIR/profile.txt (collapsed stacks, `py-spy record --format raw`), OUTDIR/summary.txt, OUTDIR/wrk.txt
+# and OUTDIR/flame.svg (a flame graph of D more seconds under the same load). summary.txt ends with the split by
+# layer (loadtests/profile_split.py: server parse, ASGI, gate, upstream client, write...). The nginx upstream
+# answers the same fixed JSON as compare.sh's, on a free port.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 D=15 C=32 OUT=/tmp/gw-profile
 while getopts "d:c:o:" o; do case $o in d) D=$OPTARG;; c) C=$OPTARG;; o) OUT=$OPTARG;; *) sed -n '2,9p' "$0"; exit 2;; esac; done
 PYSPY=${PYSPY:-/tmp/pyspy/bin/py-spy}
+[ -x "$PYSPY" ] || PYSPY=$here/.venv/bin/py-spy  # the [load] extra installs it
 mkdir -p "$OUT"
 work=$(mktemp -d /tmp/gw-prof.XXXXXX)
 . "$here/loadtests/bench_lib.sh"
@@ -26,10 +29,11 @@ pid=$(pgrep -f -n -- "gateway serve --config $work" || true)
 [ -z "$pid" ] && pid=$(pgrep -P "$gw" -n)
 url="http://127.0.0.1:$port/v1/servers"
 taskset -c 1 wrk -t1 -c"$C" -d2s -H "Authorization: Bearer $key" "$url" > /dev/null  # warm the pool and cache
-taskset -c 1 wrk -t1 -c"$C" -d"$((D + 2))s" --latency -H "Authorization: Bearer $key" "$url" > "$OUT/wrk.txt" &
+taskset -c 1 wrk -t1 -c"$C" -d"$((2 * D + 3))s" --latency -H "Authorization: Bearer $key" "$url" > "$OUT/wrk.txt" &
 wrk_pid=$!
 sleep 1
 "$PYSPY" record --nonblocking -r 250 -d "$D" -f raw -o "$OUT/profile.txt" -p "$pid" > /dev/null 2>&1
+"$PYSPY" record --nonblocking -r 250 -d "$D" -f flamegraph -o "$OUT/flame.svg" -p "$pid" > /dev/null 2>&1
 wait "$wrk_pid"
 python3 - "$OUT/profile.txt" > "$OUT/summary.txt" <<'PY'
 import collections, sys
@@ -51,5 +55,7 @@ print("\n-- inclusive time (top 45) --")
 for f, n in incl.most_common(45):
     print(f"{100 * n / total:5.1f}%  {f}")
 PY
+echo "-- split by layer (loadtests/profile_split.py) --" >> "$OUT/summary.txt"
+python3 "$here/loadtests/profile_split.py" "$OUT/profile.txt" | tee -a "$OUT/summary.txt"
 grep -E "Requests/sec|99%" "$OUT/wrk.txt"
-echo "profile: $OUT/profile.txt  summary: $OUT/summary.txt"
+echo "profile: $OUT/profile.txt  summary: $OUT/summary.txt  flame graph: $OUT/flame.svg"
