@@ -12,6 +12,7 @@ import asyncio
 import json
 import logging
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -188,6 +189,8 @@ def _demo_settings(platform: str, port: int, upstream_url: str, data_dir: Path) 
         settings |= {"error_format": "deployally", "key_format": "deployally",
                      "management": {"prefix": "/api/v1", "allow_jwt": True}, "policies": "policies/deployally.yaml",
                      "accounts": {"enabled": True, "min_password_length": 5}}
+    else:
+        settings["accounts"] = {"enabled": True}  # the dashboard's login, for the demo user made at start
     return settings
 
 
@@ -239,8 +242,11 @@ async def _demo(port: int, data_dir: Path, platform: str = "deployerp") -> None:
         settings = load_settings(None, environ={}, overrides=_demo_settings(
             platform, port, f"http://127.0.0.1:{upstream_port}", data_dir))
         components = build_components(settings)
+        demo = dict(upstream.DEMO_USER)
+        if platform != "deployally":
+            # The deployERP guide names no demo login: an admin with a password made now, printed once below.
+            demo |= {"email": "admin@example.com", "password": secrets.token_urlsafe(12)}
         if components.accounts is not None:
-            demo = upstream.DEMO_USER
             await components.accounts.create_user(demo["email"], demo["password"], demo["role"])
         base = f"http://127.0.0.1:{port}"
         keys = DEMO_KEYS[platform]
@@ -255,6 +261,9 @@ async def _demo(port: int, data_dir: Path, platform: str = "deployerp") -> None:
                          "usuario@exemplo.com / senha (role admin) gives a JWT signed by the gateway")
             if settings.dashboard.enabled:
                 lines.append(f"dashboard in a browser: {base}{settings.dashboard.path} (the same login)")
+        elif settings.dashboard.enabled:
+            lines.append(f"dashboard in a browser: {base}{settings.dashboard.path}, log in as {demo['email']} with "
+                         f"the password {demo['password']} (made for this run, shown this once)")
         lines += ["", f"{('Three', 'Four')[len(keys) - 3]} keys, shown this once:"]
         values: dict[str, str] = {}
         from gateway.admin.models import key_models

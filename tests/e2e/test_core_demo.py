@@ -195,3 +195,18 @@ def test_demo_store_is_private_whatever_the_umask(umask: int) -> None:
         assert d.stop()[0] == 0
     finally:
         end_demo(d)
+
+
+def test_demo_prints_a_dashboard_login_that_works(demo: Demo) -> None:
+    """The deployERP guide starts in the dashboard: the demo makes an admin with a fresh password, prints it once,
+    and that login gets a JWT from the gateway and a dashboard session in the browser's way (a form post)."""
+    found = re.search(r"dashboard in a browser: (\S+), log in as (\S+) with the password (\S+)", demo.out)
+    assert found, demo.out
+    page, email, password = found.groups()
+    assert page == f"{demo.base}/dashboard"
+    answer = httpx.post(f"{demo.base}/v1/auth/login", json={"email": email, "password": password})
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["token"].startswith("eyJ")  # deployERP's format: the fields themselves, no envelope
+    wrong = httpx.post(f"{demo.base}/v1/auth/login", json={"email": email, "password": password + "x"})
+    assert wrong.status_code == 401
+    assert httpx.get(page, follow_redirects=True).status_code == 200
