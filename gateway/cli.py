@@ -35,7 +35,7 @@ from gateway.keys.service import (
     rotate_key,
     update_key,
 )
-from gateway.keys.store import Conflict, StoreError
+from gateway.keys.store import Conflict, KeyStore, StoreError
 from gateway.policy.rules import PolicyError, load_policy
 
 if TYPE_CHECKING:
@@ -425,9 +425,11 @@ async def _keys(args: argparse.Namespace) -> int:
             revoked = await revoke_key(store, args.id)
             if revoked is None:
                 raise CLIError(f"no key with id {args.id!r}")
-            from gateway.keys.backends import is_redis_url
+            from gateway.keys.backends import is_postgres_url, is_redis_url
 
-            bound = ("1 s (Redis store: every gateway is told at once)" if is_redis_url(settings.store.url)
+            url = settings.store.url
+            bound = ("1 s (Redis store: every gateway is told at once)" if is_redis_url(url)
+                     else "1 s (PostgreSQL store: every gateway is told at once)" if is_postgres_url(url)
                      else f"{settings.cache.ttl_seconds:g} s (cache.ttl_seconds)")
             _out(args, _public(models, revoked),
                  f"Revoked {revoked.id} ({revoked.name}). Running gateways refuse it within {bound}.")
@@ -551,6 +553,7 @@ async def _store_copy(args: argparse.Namespace) -> int:
         await source.close()
         raise
     try:
+        await _ready_for_copy(source, target)
         copied: set[str] = set()
         skipped = 0
         for record in await source.list():
@@ -570,7 +573,46 @@ async def _store_copy(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _ready_for_copy(source: KeyStore, target: KeyStore) -> None:
+    """A PostgreSQL source must be at this gateway's schema; a PostgreSQL target is brought to it (copying
+    into a new database is how one moves to PostgreSQL: `store migrate` first would be one more step)."""
+    from gateway.keys.postgres.store import PostgresStore
+
+    if isinstance(source, PostgresStore):
+        await source.check_schema()
+    if isinstance(target, PostgresStore):
+        await target.migrate()
+
+
+async def _store_migrate(args: argparse.Namespace) -> int:
+    """Bring a PostgreSQL store to this gateway's schema (the other stores need no such step)."""
+    from gateway.keys.backends import is_postgres_url, open_url
+    from gateway.keys.postgres.store import PostgresStore
+    from gateway.redisurl import redacted
+
+    settings = _settings(args)
+    url = args.url or settings.store.url
+    if not is_postgres_url(url):
+        _out(args, {"store": redacted(url), "migrated": False},
+             f"{redacted(url)} needs no migration: a SQLite file is brought up to date when it is opened, and "
+             "a Redis store has no schema. Only PostgreSQL stores are migrated by this command.")
+        return 0
+    store = open_url(url, settings)
+    assert isinstance(store, PostgresStore)
+    try:
+        before, after = await store.migrate()
+    finally:
+        await store.close()
+    doc = {"store": store.where, "migrated": after != before, "from_version": before, "to_version": after}
+    text = (f"{store.where}: schema version {before} -> {after}." if after != before
+            else f"{store.where}: already at schema version {after}; nothing to do.")
+    _out(args, doc, text)
+    return 0
+
+
 def cmd_store(args: argparse.Namespace) -> int:
+    if args.store_cmd == "migrate":
+        return asyncio.run(_store_migrate(args))
     return asyncio.run(_store_copy(args))
 
 
@@ -675,10 +717,16 @@ def build_parser() -> argparse.ArgumentParser:
     store = sub.add_parser("store", help="key stores")
     ssub = store.add_subparsers(dest="store_cmd", required=True, metavar="ACTION")
     copy = with_config(ssub.add_parser("copy", help="copy every key (hashes only) and the audit trail"))
-    where = "sqlite:///path, redis://host:port/db, redis+sentinel://... or redis+cluster://... (docs/redis.md)"
+    where = ("sqlite:///path, redis://host:port/db, redis+sentinel://..., redis+cluster://... (docs/redis.md) or "
+             "postgresql://user:password@host:5432/db (docs/stores.md)")
     copy.add_argument("--from", dest="source", required=True, metavar="URL", help=where)
     copy.add_argument("--to", dest="target", required=True, metavar="URL", help=where)
     copy.add_argument("--json", action="store_true")
+    migrate = with_config(ssub.add_parser(
+        "migrate", help="bring a PostgreSQL store's schema up to this gateway's (run once before the first start "
+                        "and after each upgrade; the other stores need no such step)"))
+    migrate.add_argument("--url", metavar="URL", help="the store to migrate (default: store.url)")
+    migrate.add_argument("--json", action="store_true")
     store.set_defaults(func=cmd_store)
 
     audit = with_config(sub.add_parser("audit", help="list the audit trail of key changes"))

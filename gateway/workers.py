@@ -46,7 +46,7 @@ from typing import TYPE_CHECKING, Any
 from uvicorn.supervisors.multiprocess import Multiprocess, Process
 
 from gateway.config.settings import ConfigError, Settings, load_settings
-from gateway.keys.backends import is_redis_url
+from gateway.keys.backends import is_postgres_url, is_redis_url
 from gateway.ratelimit.stage import limiter_url
 from gateway.serving.shutdown import GracefulServer
 
@@ -77,7 +77,7 @@ def drift_warnings(settings: Settings) -> list[str]:
             f"on its own, so a key can make up to {workers} times its limit. Set rate_limits.url (or store.url) "
             "to redis://host:port/db to share one exact count."
         )
-    if not is_redis_url(settings.store.url):
+    if not (is_redis_url(settings.store.url) or is_postgres_url(settings.store.url)):
         out.append(
             f"listen.workers is {workers} with a SQLite store: a key revoked, rotated or changed through one "
             f"worker (or the CLI) keeps working in the others for up to cache.ttl_seconds "

@@ -1,6 +1,7 @@
-"""The Redis key store behaves as the SQLite store: the same calls on a real SQLite file and a real
-redis-server give the same answers; changes are atomic; values are never stored; `gateway store copy` moves
-keys between them and the keys still authenticate."""
+"""The key stores behave alike: the same calls on a real SQLite file, a real redis-server and a real PostgreSQL
+server (started by the tests with initdb) give the same answers; changes are atomic; concurrent rotations of one
+key leave one successor; values are never stored; `gateway store copy` moves keys between them and the keys still
+authenticate."""
 
 from __future__ import annotations
 
@@ -16,11 +17,13 @@ import pytest
 from gateway.config.settings import KeyFormat
 from gateway.keys.format import generate_key, generate_key_id
 from gateway.keys.hashing import Pepper
+from gateway.keys.postgres.store import PostgresStore
 from gateway.keys.record import AuditEvent, KeyRecord, utcnow
 from gateway.keys.redis import RedisStore
 from gateway.keys.service import create_key, revoke_key, rotate_key, update_key
 from gateway.keys.sqlite import SQLiteStore
 from gateway.keys.store import Conflict, KeyStore, StoreError, UsageUpdate
+from tests.support import postgres
 from tests.support.procs import SECRET, Gateway, RedisServer, Upstream, run_cli
 from tests.support.redisdb import dump, fresh_db
 
@@ -28,16 +31,21 @@ PEPPER = Pepper(SECRET.encode(), "test")
 FMT = KeyFormat()
 
 
-@pytest.fixture(params=["sqlite", "redis"])
-def store_url(request: pytest.FixtureRequest, tmp_path: Path, redis_server: RedisServer | str) -> str:
+@pytest.fixture(params=["sqlite", "redis", "postgres"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A real, empty store of each kind (the session's redis-server and PostgreSQL server, started on demand)."""
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'keys.db'}"
-    return fresh_db(redis_server)
+    if request.param == "postgres":
+        return postgres.fresh_db(request.getfixturevalue("postgres_server"))
+    return fresh_db(request.getfixturevalue("redis_server"))
 
 
 def open_store(url: str) -> KeyStore:
     if url.startswith("sqlite:///"):
         return SQLiteStore(Path(url[len("sqlite:///"):]))
+    if url.startswith("postgresql://"):
+        return PostgresStore(url, timeout_ms=2000)
     return RedisStore(url, timeout_ms=2000)
 
 
