@@ -1,0 +1,193 @@
+"""The PostgreSQL key store with real `gateway serve` processes and a real PostgreSQL server started by the tests
+(tests/support/postgres.py): the schema is applied by `gateway store migrate` and checked at start-up;
+a revocation through one gateway reaches another within a second (LISTEN/NOTIFY), also after the database
+restarted; a key acknowledged with 201 survives kill -9 of the gateway and a restart of PostgreSQL; the password
+in the URL is never shown."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import pytest
+
+from gateway.keys.format import generate_key_id
+from gateway.keys.postgres import schema
+from gateway.keys.postgres.store import PostgresStore
+from gateway.keys.store import StoreError
+from tests.support.lifecycle import KeysAPI, admin_gateway, bearer, wait_for
+from tests.support.postgres import PostgresServer, fresh_db, sql
+from tests.support.procs import Gateway, Upstream, run_cli
+
+
+def pg(url: str, **store: object) -> dict[str, object]:
+    """Gateway settings for a PostgreSQL store at ``url`` (a generous timeout: this machine is shared)."""
+    return {"store": {"url": url, "timeout_ms": 2000, **store}}
+
+
+def status(gw: Gateway, value: str) -> int:
+    return httpx.get(f"{gw.url}/v1/servers", headers=bearer(value), timeout=10).status_code
+
+
+# --- schema ---------------------------------------------------------------------------------------------------
+
+
+def test_a_gateway_refuses_an_unmigrated_or_newer_schema_naming_what_to_do(
+    postgres_server: PostgresServer, make_gateway: Callable[..., Gateway], fresh_upstream: Upstream
+) -> None:
+    url = fresh_db(postgres_server, migrate=False)
+    gw = make_gateway(fresh_upstream.url, settings=pg(url), start=False)
+
+    refused = gw.cli("keys", "list", check=False)
+    assert refused.returncode == 1 and "Traceback" not in refused.stderr
+    assert "has no gateway schema yet" in refused.stderr and "gateway store migrate" in refused.stderr
+    serve = run_cli("serve", "--config", str(gw.config), env=gw.env, check=False, cwd=gw.work, timeout=30)
+    assert serve.returncode == 1 and "gateway store migrate" in serve.stderr
+
+    first = json.loads(gw.cli("store", "migrate", "--json").stdout)
+    assert first["migrated"] is True and (first["from_version"], first["to_version"]) == (0, schema.latest())
+    again = gw.cli("store", "migrate").stdout
+    assert f"already at schema version {schema.latest()}" in again
+    assert json.loads(gw.cli("keys", "list", "--json").stdout) == []
+
+    # A newer gateway migrated this database: this one would misread it, and says so.
+    sql(url, f"INSERT INTO gateway_schema (version) VALUES ({schema.latest() + 1})")
+    newer = gw.cli("keys", "list", check=False)
+    assert newer.returncode == 1 and "made by a newer gateway" in newer.stderr and "upgrade the gateway" in newer.stderr
+    assert "newer gateway" in gw.cli("store", "migrate", check=False).stderr
+
+
+def test_migrate_on_a_sqlite_store_says_there_is_nothing_to_do(tmp_path: Path) -> None:
+    out = run_cli("store", "migrate", "--url", f"sqlite:///{tmp_path / 'k.db'}", cwd=tmp_path)
+    assert "needs no migration" in out.stdout
+
+
+def test_concurrent_migrations_apply_each_version_once(postgres_server: PostgresServer) -> None:
+    """Two hosts starting their upgrade at once: the advisory lock makes the second wait, then find the work
+    done (no 'relation already exists')."""
+    url = fresh_db(postgres_server, migrate=False)
+
+    async def main() -> list[tuple[int, int]]:
+        stores = [PostgresStore(url, timeout_ms=5000) for _ in range(4)]
+        return list(await asyncio.gather(*(s.migrate() for s in stores)))
+
+    results = asyncio.run(main())
+    assert sorted(results) == [(0, schema.latest())] + [(schema.latest(), schema.latest())] * 3
+
+
+# --- across hosts ---------------------------------------------------------------------------------------------
+
+
+def test_revocation_through_one_gateway_reaches_another_within_a_second(
+    postgres_server: PostgresServer, tmp_path: Path, fresh_upstream: Upstream, make_gateway: Callable[..., Gateway]
+) -> None:
+    """Two gateway processes on one database, each with a long cache TTL: only the notification can make the
+    second refuse the key so soon."""
+    url = fresh_db(postgres_server)
+    one, admin = admin_gateway(tmp_path / "one", fresh_upstream.url, {**pg(url), "cache": {"ttl_seconds": 300}})
+    two = make_gateway(fresh_upstream.url, settings={**pg(url), "cache": {"ttl_seconds": 300}}, name="two")
+    api = KeysAPI(one, admin)
+    try:
+        made = api.created(name="victim", permissions=["servers:read"])
+        # The second gateway cached nothing about it yet, then learns it: created through one, usable on two.
+        assert status(two, made["value"]) == 200
+        assert api.delete(made["id"]).status_code == 200
+        started = time.monotonic()
+        wait_for(lambda: status(two, made["value"]) == 401, timeout=1.0)
+        assert time.monotonic() - started < 1.0
+    finally:
+        api.close()
+        one.stop()
+
+
+def test_after_a_database_restart_the_listener_resyncs_the_whole_cache(
+    own_postgres: PostgresServer, fresh_upstream: Upstream, make_gateway: Callable[..., Gateway]
+) -> None:
+    """A revocation made while a gateway's listener was disconnected (its notification lost) still takes
+    effect: on reconnecting the listener empties the cache."""
+    url = fresh_db(own_postgres)
+    gw = make_gateway(fresh_upstream.url, settings={**pg(url), "cache": {"ttl_seconds": 300}})
+    made = gw.create_key("victim", "servers:read")
+    assert status(gw, made["value"]) == 200  # cached for 300 s
+
+    own_postgres.stop()
+    own_postgres.start()
+    # The listener is now reconnecting. Revoke behind its back, before it is back (what the trigger sends
+    # goes to whoever is listening: perhaps nobody).
+    sql(url, f"UPDATE api_keys SET revoked_at = now() WHERE id = '{made['id']}'")
+    wait_for(lambda: status(gw, made["value"]) == 401, timeout=5.0)
+    assert "key invalidations: lost" in gw.log()
+
+
+# --- nothing lost ---------------------------------------------------------------------------------------------
+
+
+def test_an_acknowledged_key_survives_kill_9_and_a_database_restart(
+    own_postgres: PostgresServer, tmp_path: Path, fresh_upstream: Upstream
+) -> None:
+    url = fresh_db(own_postgres)
+    gw, admin = admin_gateway(tmp_path / "gw", fresh_upstream.url, pg(url))
+    api = KeysAPI(gw, admin)
+    made = [api.created(name=f"k{i}", permissions=["servers:read"]) for i in range(5)]
+    api.close()
+    gw.kill()  # SIGKILL right after the 201s: no shutdown, no flush
+    own_postgres.stop("immediate")  # as if the server crashed: recovery replays its WAL
+    own_postgres.start()
+
+    gw.start()
+    try:
+        for m in made:
+            assert status(gw, m["value"]) == 200
+        actions = [e["action"] for e in json.loads(gw.cli("audit", "--json").stdout)]
+        assert actions.count("create") == 6  # the admin key and the five, each with its audit event
+    finally:
+        gw.stop()
+
+
+# --- secrets and failures -------------------------------------------------------------------------------------
+
+
+def test_the_password_is_never_shown_and_an_absent_server_fails_fast(tmp_path: Path) -> None:
+    url = "postgresql://gw:hunter2-secret@127.0.0.1:1/keys"
+
+    async def main() -> None:
+        store = PostgresStore(url, timeout_ms=200)
+        assert "hunter2" not in repr(store)
+        started = time.monotonic()
+        with pytest.raises(StoreError) as err:
+            await store.get(generate_key_id())
+        assert time.monotonic() - started < 1.0
+        assert "hunter2" not in str(err.value) and "127.0.0.1:1" in str(err.value)
+        await store.close()
+
+    asyncio.run(main())
+    out = run_cli("store", "migrate", "--url", url, check=False, cwd=tmp_path)
+    assert out.returncode == 1 and "store error" in out.stderr
+    assert "hunter2" not in out.stdout + out.stderr and "Traceback" not in out.stderr
+
+
+def test_the_database_holds_no_key_value(postgres_server: PostgresServer, tmp_path: Path) -> None:
+    url = fresh_db(postgres_server)
+    gw = Gateway(tmp_path / "gw", "http://127.0.0.1:9", pg(url), start=False)
+    values = [gw.create_key(f"k{i}", "servers:read")["value"] for i in range(3)]
+    rotated = json.loads(gw.cli("keys", "rotate", json.loads(gw.cli("keys", "list", "--json").stdout)[0]["id"],
+                                "--grace-period", "0", "--json").stdout)
+    values.append(rotated["new_key"]["value"])
+
+    async def everything() -> str:
+        store = PostgresStore(url, timeout_ms=5000)
+        conn = await store.connect()
+        try:
+            rows = [await conn.fetch(f"SELECT t::text FROM {table} t") for table in ("api_keys", "audit_log")]
+        finally:
+            await conn.close()
+        return "\n".join(r[0] for batch in rows for r in batch)
+
+    dumped = asyncio.run(everything())
+    assert dumped
+    for value in values:
+        assert value not in dumped and value[len("dep_live_"):] not in dumped
