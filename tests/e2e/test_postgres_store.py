@@ -2,7 +2,10 @@
 (tests/support/postgres.py): the schema is applied by `gateway store migrate` and checked at start-up;
 a revocation through one gateway reaches another within a second (LISTEN/NOTIFY), also after the database
 restarted; a key acknowledged with 201 survives kill -9 of the gateway and a restart of PostgreSQL; the password
-in the URL is never shown."""
+in the URL is never shown; `gateway store copy` moves keys from SQLite to PostgreSQL and on.
+
+The store's behaviour call by call, the same as SQLite's and Redis's, is tests/e2e/test_store_behaviour.py; the
+management API with the database stopped and started again is tests/e2e/test_store_errors.py."""
 
 from __future__ import annotations
 
@@ -21,7 +24,8 @@ from gateway.keys.postgres.store import PostgresStore
 from gateway.keys.store import StoreError
 from tests.support.lifecycle import KeysAPI, admin_gateway, bearer, wait_for
 from tests.support.postgres import PostgresServer, fresh_db, sql
-from tests.support.procs import Gateway, Upstream, run_cli
+from tests.support.procs import Gateway, RedisServer, Upstream, run_cli
+from tests.support.redisdb import fresh_db as fresh_redis_db
 
 
 def pg(url: str, **store: object) -> dict[str, object]:
@@ -191,3 +195,38 @@ def test_the_database_holds_no_key_value(postgres_server: PostgresServer, tmp_pa
     assert dumped
     for value in values:
         assert value not in dumped and value[len("dep_live_"):] not in dumped
+
+
+# --- gateway store copy ---------------------------------------------------------------------------------------
+
+
+def test_store_copy_sqlite_to_postgres_and_on_to_redis_keeps_keys_working(
+    postgres_server: PostgresServer, redis_server: RedisServer | str, make_gateway: Callable[..., Gateway],
+    fresh_upstream: Upstream,
+) -> None:
+    """One host outgrowing its SQLite file: every key and the audit trail copied into a new (never migrated)
+    PostgreSQL database, counted; a gateway on PostgreSQL then accepts the keys and refuses the revoked one.
+    PostgreSQL as the source works too (on to Redis)."""
+    first = make_gateway(fresh_upstream.url, name="first", start=False)
+    made = [first.create_key(f"k{i}", "servers:read") for i in range(3)]
+    revoked = made[2]
+    first.cli("keys", "revoke", revoked["id"])
+    sqlite_url = f"sqlite:///{first.work / 'keys.db'}"
+    pg_url = fresh_db(postgres_server, migrate=False)  # copy brings a new database to the schema itself
+
+    out = first.cli("store", "copy", "--from", sqlite_url, "--to", pg_url, "--json")
+    assert json.loads(out.stdout) == {"copied_keys": 3, "skipped_keys": 0, "copied_audit_events": 4}
+    again = first.cli("store", "copy", "--from", sqlite_url, "--to", pg_url, "--json")
+    assert json.loads(again.stdout)["skipped_keys"] == 3  # idempotent
+    redis_url = fresh_redis_db(redis_server)
+    onward = first.cli("store", "copy", "--from", pg_url, "--to", redis_url, "--json")
+    assert json.loads(onward.stdout) == {"copied_keys": 3, "skipped_keys": 0, "copied_audit_events": 4}
+
+    for url in (pg_url, redis_url):
+        gw = make_gateway(fresh_upstream.url, settings=pg(url))
+        for m in made[:2]:
+            assert status(gw, m["value"]) == 200
+        assert status(gw, revoked["value"]) == 401
+        listed = json.loads(gw.cli("audit", "--json").stdout)
+        assert [e["action"] for e in listed] == ["create", "create", "create", "revoke"]
+        gw.stop()
