@@ -19,6 +19,7 @@ import httpx
 import pytest
 
 from gateway.keys.format import generate_key_id
+from gateway.keys.lease import PostgresLease, lease_for
 from gateway.keys.postgres import schema
 from gateway.keys.postgres.store import PostgresStore
 from gateway.keys.store import StoreError
@@ -230,3 +231,32 @@ def test_store_copy_sqlite_to_postgres_and_on_to_redis_keeps_keys_working(
         listed = json.loads(gw.cli("audit", "--json").stdout)
         assert [e["action"] for e in listed] == ["create", "create", "create", "revoke"]
         gw.stop()
+
+
+# --- the rotation lease ---------------------------------------------------------------------------------------
+
+
+def test_the_rotation_lease_is_held_by_one_process_and_freed_when_its_session_ends(
+    postgres_server: PostgresServer,
+) -> None:
+    url = fresh_db(postgres_server)
+
+    async def main() -> None:
+        a, b = PostgresStore(url, timeout_ms=5000), PostgresStore(url, timeout_ms=5000)
+        first, second = lease_for(a), lease_for(b)
+        assert isinstance(first, PostgresLease)
+        assert await first.acquire() and await first.acquire()  # renewed: still held
+        assert not await second.acquire()
+        await first.release()
+        assert await second.acquire()
+        # The holder's session is cut off (a process dying, a network cut): the lock goes with it.
+        admin = await a.connect()
+        await admin.execute("SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory'"
+                            " AND pid <> pg_backend_pid()")
+        await admin.close()
+        assert await first.acquire()
+        assert not await second.acquire()  # it noticed its session is gone
+        await first.release()
+        await second.release()
+
+    asyncio.run(main())
