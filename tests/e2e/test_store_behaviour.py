@@ -134,6 +134,31 @@ def test_concurrent_rotations_exactly_one_wins(store_url: str) -> None:
     run(check, store_url)
 
 
+def test_a_held_value_is_taken_once_and_notices_are_kept(store_url: str) -> None:
+    """What the automatic rotation keeps on a key: its successor's sealed value, handed out once (the second
+    caller gets None) with an audit event; the state of its e-mail notices, written without one."""
+
+    async def check(store: KeyStore) -> None:
+        value = generate_key("dep_live_")
+        held = KeyRecord(id=generate_key_id(), key_hash=PEPPER.hash(value), hint=value[-4:], name="held",
+                         permissions=("servers:read",), held_value="sealed-value-stand-in")
+        await store.add(held, AuditEvent("create", held.id, "rotation"))
+        taken = await asyncio.gather(*(store.take_held_value(held.id, AuditEvent("reveal", held.id, "cli"))
+                                       for _ in range(4)))
+        assert [t for t in taken if t is not None] == ["sealed-value-stand-in"] and taken.count(None) == 3
+        assert await store.take_held_value("key_nope", AuditEvent("reveal", "key_nope", "cli")) is None
+        assert [e.action for e in await store.audit_log(held.id)] == ["create", "reveal"]
+
+        await store.set_notices(held.id, '{"expiry": "sent"}')
+        await store.set_notices("key_nope", "{}")  # a key that is gone is not made again
+        got = await store.get(held.id)
+        assert got is not None and got.notices == '{"expiry": "sent"}' and got.held_value is None
+        assert await store.get("key_nope") is None
+        assert [e.action for e in await store.audit_log(held.id)] == ["create", "reveal"]
+
+    run(check, store_url)
+
+
 def test_a_failed_change_writes_nothing(store_url: str) -> None:
     async def check(store: KeyStore) -> None:
         _, rec = await create_key(store, PEPPER, FMT, name="r", permissions=["servers:read"])
