@@ -260,3 +260,27 @@ def test_the_rotation_lease_is_held_by_one_process_and_freed_when_its_session_en
         await second.release()
 
     asyncio.run(main())
+
+
+def test_a_hung_database_costs_a_lookup_at_most_the_timeout(
+    own_postgres: PostgresServer, fresh_upstream: Upstream, make_gateway: Callable[..., Gateway]
+) -> None:
+    """Every PostgreSQL process SIGSTOPped (connections open, no answer): a cached key is served at once, one
+    the cache does not know gets 503 store_unavailable within about store.timeout_ms, and all is well again
+    once the server runs on."""
+    url = fresh_db(own_postgres)
+    gw = make_gateway(fresh_upstream.url, settings={**pg(url, timeout_ms=300), "cache": {"ttl_seconds": 300}})
+    cached, uncached = gw.create_key("cached")["value"], gw.create_key("uncached")["value"]
+    assert status(gw, cached) == 200
+    own_postgres.pause()
+    try:
+        for value, expected in ((cached, 200), (uncached, 503), (cached, 200), (uncached, 503)):
+            started = time.monotonic()
+            resp = httpx.get(f"{gw.url}/v1/servers", headers=bearer(value), timeout=10)
+            took = time.monotonic() - started
+            assert resp.status_code == expected and took < 1.0, (expected, resp.status_code, took)
+            if expected == 503:
+                assert resp.json()["error"]["code"] == "store_unavailable"
+    finally:
+        own_postgres.resume()
+    wait_for(lambda: status(gw, uncached) == 200, timeout=10.0)
