@@ -252,7 +252,8 @@ def _store_url(url: str) -> str:
         try:
             redisurl.check(url)
         except redisurl.RedisURLError as exc:
-            raise Invalid(str(exc).replace("; use ", "; use sqlite:///path/keys.db, ", 1)) from None
+            raise Invalid(str(exc).replace(
+                "; use ", "; use sqlite:///path/keys.db, postgresql://user:password@host:5432/db, ", 1)) from None
     elif not url.startswith("sqlite:///"):
         raise Invalid("must look like sqlite:///relative/path.db or sqlite:////absolute/path.db")
     return url
