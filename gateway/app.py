@@ -107,6 +107,12 @@ class GatewayApp:
                 render = self.shared_metrics.render
             self._probes[ops.metrics_path] = MetricsEndpoint(
                 render, ops.metrics_scope, self.gateway.authorize, errors, refresh=health.readiness)
+        # The dashboard login (gateway/doors/login.py): exact paths answered before the gate, like the probes.
+        if components.accounts is not None:
+            from gateway.doors.login import AccountEndpoints
+
+            self._probes.update(AccountEndpoints(components.accounts, settings.management.prefix, errors,
+                                                 self.gate.resolver).routes())
         if ops.openapi_enabled:
             from gateway.admin.openapi import openapi_routes
 

@@ -1,4 +1,4 @@
-"""The ``gateway`` command: serve, demo, keys and policy.
+"""The ``gateway`` command: serve, demo, keys, users and policy.
 
 Exit status: 0 on success, 1 when an operation cannot be done (unknown key id, store trouble), 2 for bad
 configuration or bad arguments. Messages name the problem; they never contain a key value except the one
@@ -624,6 +624,15 @@ def cmd_keys(args: argparse.Namespace) -> int:
     return asyncio.run(_keys(args))
 
 
+# --- users ----------------------------------------------------------------------------------------------------
+
+
+def cmd_users(args: argparse.Namespace) -> int:
+    from gateway.cli_users import main as users_main
+
+    return users_main(args, _settings(args))
+
+
 # --- policy ---------------------------------------------------------------------------------------------------
 
 
@@ -733,6 +742,11 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_argument("--key", metavar="ID", help="only this key's events")
     audit.add_argument("--json", action="store_true")
     audit.set_defaults(func=cmd_audit)
+
+    from gateway.cli_users import add_parser as add_users
+
+    add_users(sub, with_config)
+    sub.choices["users"].set_defaults(func=cmd_users)
 
     policy = sub.add_parser("policy", help="policy files")
     psub = policy.add_subparsers(dest="policy_cmd", required=True, metavar="ACTION")

@@ -287,6 +287,19 @@ class JWTNoKey(InvalidJWT):
     message_id = "invalid_token.jwt_no_key"
 
 
+class InvalidRefreshToken(InvalidToken):
+    """A refresh token that is unknown, spent, expired or revoked (gateway.accounts): every way is one answer."""
+
+    message_id = "invalid_token.refresh"
+
+
+class InvalidCredentials(GatewayError):
+    """A login whose e-mail address or password is wrong (or whose account is disabled): one answer for all, so
+    it never tells whether an address has an account."""
+
+    status, code, ally_code = 401, "invalid_credentials", "UNAUTHORIZED"
+
+
 class ExpiredToken(GatewayError):
     status, code, ally_code = 401, "expired_token", "UNAUTHORIZED"
     bearer_error = "invalid_token"
@@ -321,6 +334,15 @@ class CannotGrant(InsufficientPermissions):
     """A key may not give (or manage a key holding) a scope it does not hold itself; ``scope`` names it."""
 
     message_id = "insufficient_permissions.cannot_grant"
+
+    def __init__(self, scope: str) -> None:
+        super().__init__(scope=scope)
+
+
+class RoleCannotGrant(InsufficientPermissions):
+    """A dashboard user may not give a key a scope the user's role does not hold; ``scope`` names it."""
+
+    message_id = "insufficient_permissions.role_cannot_grant"
 
     def __init__(self, scope: str) -> None:
         super().__init__(scope=scope)
@@ -372,6 +394,10 @@ class KeyNotFound(NotFound):
     message_id = "not_found.key"
 
 
+class UserNotFound(NotFound):
+    message_id = "not_found.user"
+
+
 class MethodNotAllowed(GatewayError):
     status, code, ally_code = 405, "method_not_allowed", "METHOD_NOT_ALLOWED"
     extra_headers = ((b"allow", b"GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"),)
@@ -379,6 +405,13 @@ class MethodNotAllowed(GatewayError):
 
 class ConnectNotAllowed(MethodNotAllowed):
     message_id = "method_not_allowed.connect"
+
+
+class PostOnlyEndpoint(MethodNotAllowed):
+    """The gateway's login, refresh and logout endpoints (gateway.accounts): POST only."""
+
+    message_id = "method_not_allowed.post_only"
+    extra_headers = ((b"allow", b"POST"),)
 
 
 class ReadOnlyEndpoint(MethodNotAllowed):
@@ -444,6 +477,12 @@ class TooManyFailures(GatewayError):
         super().__init__()
         self.retry_after = max(1, int(retry_after + 0.999))
         self.extra_headers = ((b"retry-after", str(self.retry_after).encode()),)
+
+
+class TooManyLogins(TooManyFailures):
+    """Too many failed logins from this client address, or for this account (the answer does not say which)."""
+
+    message_id = "too_many_failed_attempts.login"
 
 
 # --- 5xx -----------------------------------------------------------------------------------------------------------

@@ -31,6 +31,7 @@ from starlette.routing import Route as StarletteRoute
 from starlette.routing import Router
 from starlette.types import Message, Receive, Scope, Send
 
+from gateway.accounts import Principal
 from gateway.admin.models import (
     AuthTest,
     KeyPage,
@@ -52,6 +53,7 @@ from gateway.errors import (
     KeyNotFound,
     LiveKeyFromTestKey,
     NotFound,
+    RoleCannotGrant,
     StoreUnavailable,
     ValidationFailed,
     ValueNotHeld,
@@ -158,6 +160,9 @@ class ManagementAPI:
         except KeyInputError as exc:
             raise ValidationFailed(exc.message_id, field=exc.field, where=exc.field, **exc.params) from None
         except PermissionDenied as exc:
+            # A dashboard user holds its role's scopes: the refusal names the role, not a key.
+            if isinstance(scope.get("gateway.principal"), Principal):
+                raise RoleCannotGrant(exc.scope) from None
             raise CannotGrant(exc.scope) from None
         except Conflict as exc:
             raise ConflictError(exc.message_id, **exc.params) from None

@@ -605,6 +605,59 @@ class JWTSettings(Section):
         return self
 
 
+MAX_TOKEN_LIFETIME = 86_400  # DeployAlly's guide: "JWTs expiram em 24 horas"
+
+
+def _token_lifetime(text: str) -> str:
+    seconds = parse_duration(_duration(text))
+    if seconds <= 0:
+        raise Invalid("must be longer than zero")
+    if seconds > MAX_TOKEN_LIFETIME:
+        raise Invalid("must be at most 24h: a dashboard JWT never lasts longer (renew it with a refresh token)")
+    return text
+
+
+def _refresh_lifetime(text: str) -> str:
+    if parse_duration(_duration(text)) <= 0:
+        raise Invalid("must be longer than zero")
+    return text
+
+
+class AccountsSettings(Section):
+    """Dashboard users (docs/users.md): the gateway's own login, refresh and logout, and the JWTs it signs."""
+
+    enabled: Bool = Field(False, description=(
+        "Serve `{prefix}/auth/login`, `/auth/refresh`, `/auth/logout` and `/.well-known/jwks.json`, and accept "
+        "the JWTs the gateway signs (on routes whose policy lists the `jwt` credential). The signing key is "
+        "created on first start."))
+    token_lifetime: Annotated[str, AfterValidator(_token_lifetime)] = Field("24h", description=(
+        "How long a JWT from a login or a refresh lasts (`24h`, `30m`); at most 24h."))
+    refresh_lifetime: Annotated[str, AfterValidator(_refresh_lifetime)] = Field("30d", description=(
+        "How long a login's session can be renewed with refresh tokens; a refresh never extends it."))
+    issuer: str = Field("gateway", min_length=1, description="The `iss` claim of the JWTs the gateway signs.")
+    signing_key_dir: str | None = Field(None, description=(
+        "The directory (mode 700) of the signing key (`signing-key.pem`, mode 600, ES256); other `*.pem` "
+        "keys in it are published too (a key being retired). Default: `signing-keys` beside the SQLite file, "
+        "else beside the configuration file. Gateways sharing a Redis store must share this directory's key."))
+    min_password_length: Int = Field(8, ge=1, le=1024, description=(
+        "The shortest password `gateway users create` / `reset` accept."))
+    login_failures_per_address: Int = Field(20, ge=0, description=(
+        "Failed logins per client address per minute before it gets 429 for `login_cooldown_seconds`; 0: off."))
+    login_failures_per_account: Int = Field(5, ge=0, description=(
+        "Failed logins per account (e-mail address) per minute before it gets 429 for `login_cooldown_seconds`; "
+        "0: off."))
+    login_cooldown_seconds: Seconds = Field(300.0, description=(
+        "How long an address or account over its failed-login limit gets 429 (with `Retry-After`)."))
+
+    @property
+    def token_seconds(self) -> int:
+        return parse_duration(self.token_lifetime)
+
+    @property
+    def refresh_seconds(self) -> int:
+        return parse_duration(self.refresh_lifetime)
+
+
 class TierSettings(Section):
     """A rate-limit tier: requests per hour and per minute (burst); a missing window is not limited."""
 
@@ -789,6 +842,8 @@ class Settings(BaseSettings):
         "Probes, metrics, logs and shutdown, for orchestrators."))
     jwt: JWTSettings = Field(default_factory=JWTSettings, description=(
         "JWTs for dashboard users, on routes whose policy allows the `jwt` credential."))
+    accounts: AccountsSettings = Field(default_factory=AccountsSettings, description=(
+        "Dashboard users, their login and the JWTs the gateway signs (docs/users.md)."))
     rate_limits: RateLimitSettings = Field(default_factory=RateLimitSettings, description=(
         "Per-key rate limits (GCRA, both windows together). A key's tier is its `rate_limit_tier`, else "
         "`default_tier`."))

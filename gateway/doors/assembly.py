@@ -8,17 +8,18 @@ the two decide alike.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
+from gateway.accounts import Accounts
 from gateway.admin.api import build_policy
 from gateway.config.settings import Settings
 from gateway.gate import Gate, Verifier
 from gateway.keys.backends import is_postgres_url, is_redis_url, open_store
 from gateway.keys.cache import KeyCache
 from gateway.keys.hashing import Pepper, load_pepper
-from gateway.keys.store import KeyStore
+from gateway.keys.store import KeyStore, UserStore
 from gateway.keys.usage import UsageRecorder
 from gateway.observability.metrics import Metrics
 from gateway.policy.rules import Policy
@@ -37,6 +38,8 @@ class Components:
     pepper_created: bool
     policy: Policy
     jwt: Verifier | None = None
+    # Dashboard users and the gateway's own JWTs (accounts.enabled); its tokens are verified by ``jwt``.
+    accounts: Accounts | None = None
 
 
 def build_components(settings: Settings) -> Components:
@@ -52,7 +55,32 @@ def build_components(settings: Settings) -> Components:
         # A database at a schema this gateway does not know (or that cannot be reached) stops the start here,
         # with a message naming what to do.
         store.check_schema_at_start()
-    return Components(store=store, pepper=pepper, pepper_created=created, policy=policy, jwt=jwt)
+    components = Components(store=store, pepper=pepper, pepper_created=created, policy=policy, jwt=jwt)
+    if settings.accounts.enabled:
+        components.accounts = build_accounts(settings, store, lambda: components.policy)
+        components.jwt = combine_verifiers(components.accounts, jwt)
+    return components
+
+
+def build_accounts(settings: Settings, store: KeyStore, policy: Callable[[], Policy]) -> Accounts:
+    """The dashboard users over ``store``, signing with the key of ``accounts.signing_key_dir`` (made on first
+    start); ``policy`` gives the policy served now (its roles). ConfigError names a bad key file."""
+    from gateway.accounts.signing import SigningKeys, default_key_dir
+    from gateway.accounts.tokens import TokenIssuer
+
+    a = settings.accounts
+    keys = SigningKeys(default_key_dir(settings))
+    issuer = TokenIssuer(keys, a.issuer, lambda role: policy().roles.get(role, frozenset()))
+    return Accounts(a, cast(UserStore, store), issuer, policy)
+
+
+def combine_verifiers(accounts: Accounts | None, external: Verifier | None) -> Verifier | None:
+    """What the gate verifies JWTs with: the gateway's own tokens (with accounts on), then ``external``."""
+    if accounts is None:
+        return external
+    from gateway.accounts.tokens import CombinedVerifier
+
+    return CombinedVerifier(accounts.issuer, external)
 
 
 def build_verifier(settings: Settings) -> Verifier | None:
@@ -95,10 +123,13 @@ class GateService:
                          jwt=components.jwt, limits=self.limits, metrics=metrics, unmatched=unmatched)
         self.metrics = metrics
         self.jwt_settings = settings.jwt
+        self.accounts = components.accounts
         self.jwks: JWKSFetcher | None = self._fetcher(components.jwt, settings)
         self._retired: set[asyncio.Task[None]] = set()
 
     def _fetcher(self, verifier: Verifier | None, settings: Settings) -> JWKSFetcher | None:
+        # With accounts on, the external issuer's verifier is inside the combined one (gateway.accounts.tokens).
+        verifier = getattr(verifier, "external", verifier)
         if verifier is None or settings.jwt.jwks_url is None:
             return None
         from gateway.doors.jwks import JWKSFetcher
@@ -112,6 +143,7 @@ class GateService:
         keeps its fetcher and keys; a new one is fetched in the background (a token meanwhile waits for it, as
         for an unknown key id)."""
         old = self.jwks
+        combined = combine_verifiers(self.accounts, verifier)
         if old is not None and verifier is not None and old.same_source(settings.jwt):
             from gateway.gate.jwt import JWTVerifier
 
@@ -126,7 +158,7 @@ class GateService:
                 fetcher = self.jwks
                 # Started before the swap: a token arriving before the first fetch lands joins it.
                 self._background(fetcher.start())
-        self.gate.jwt = verifier
+        self.gate.jwt = combined
         self.jwt_settings = settings.jwt
 
     def _background(self, work: Coroutine[Any, Any, None]) -> None:

@@ -38,6 +38,7 @@ from redis.exceptions import RedisError
 
 from gateway import redisconn
 from gateway.keys.record import AuditEvent, KeyRecord, parse_iso, to_iso, utcnow
+from gateway.keys.redis_users import RedisUsers, usage_daily_key
 from gateway.keys.store import Conflict, StoreError, UsageUpdate
 from gateway.redisconn import POOL_WAIT  # noqa: F401 - re-exported from its old home
 from gateway.redisurl import RedisURLError, redacted
@@ -180,21 +181,24 @@ if ARGV[1] == '' then redis.call('HDEL', KEYS[1], 'notices') else redis.call('HS
 return 1
 """)
 
-# KEYS: one key per update. ARGV: triples of count, last_used_at (ISO), last_used_ip ('' for none).
+# KEYS: two per update: the key, and its per-day counts (gateway.keys.redis_users). ARGV: quadruples of count,
+# last_used_at (ISO), last_used_ip ('' for none), UTC day.
 _USAGE = _typed("*hash", """
-for i = 1, #KEYS do
-  if redis.call('EXISTS', KEYS[i]) == 1 then
-    local count, at, ip = ARGV[3 * i - 2], ARGV[3 * i - 1], ARGV[3 * i]
-    local last = redis.call('HGET', KEYS[i], 'last_used_at')
-    redis.call('HINCRBY', KEYS[i], 'request_count', count)
+for i = 1, #KEYS / 2 do
+  local key, daily = KEYS[2 * i - 1], KEYS[2 * i]
+  if redis.call('EXISTS', key) == 1 then
+    local count, at, ip, day = ARGV[4 * i - 3], ARGV[4 * i - 2], ARGV[4 * i - 1], ARGV[4 * i]
+    local last = redis.call('HGET', key, 'last_used_at')
+    redis.call('HINCRBY', key, 'request_count', count)
+    redis.call('HINCRBY', daily, day, count)
     if (not last) or last <= at then
       if ip == '' then
-        redis.call('HDEL', KEYS[i], 'last_used_ip')
+        redis.call('HDEL', key, 'last_used_ip')
       else
-        redis.call('HSET', KEYS[i], 'last_used_ip', ip)
+        redis.call('HSET', key, 'last_used_ip', ip)
       end
     end
-    if (not last) or last < at then redis.call('HSET', KEYS[i], 'last_used_at', at) end
+    if (not last) or last < at then redis.call('HSET', key, 'last_used_at', at) end
   end
 end
 return 1
@@ -287,7 +291,7 @@ def client(url: str, timeout_ms: float, max_connections: int = 64) -> Any:
         raise StoreError(f"{redacted(url)}: not a usable Redis URL ({exc})") from None
 
 
-class RedisStore:
+class RedisStore(RedisUsers):
     """The :class:`gateway.keys.store.KeyStore` protocol on Redis (redis-py asyncio, hiredis parser)."""
 
     def __init__(self, url: str, timeout_ms: float = 50.0) -> None:
@@ -304,6 +308,7 @@ class RedisStore:
         self._append_audit = self.redis.register_script(_APPEND_AUDIT)
         self._take_held = self.redis.register_script(_TAKE_HELD)
         self._set_notices = self.redis.register_script(_SET_NOTICES)
+        self._register_user_scripts()
 
     def __repr__(self) -> str:
         return f"RedisStore({self._where!r})"
@@ -442,9 +447,11 @@ class RedisStore:
         if not updates:
             return
         args: list[str | int] = []
+        keys: list[str] = []
         for u in updates:
-            args += [u.count, to_iso(u.last_used_at) or "", u.last_used_ip or ""]
-        await self._call("usage write", self._usage(keys=[_key(u.key_id) for u in updates], args=args))
+            args += [u.count, to_iso(u.last_used_at) or "", u.last_used_ip or "", u.last_used_at.date().isoformat()]
+            keys += [_key(u.key_id), usage_daily_key(u.key_id)]
+        await self._call("usage write", self._usage(keys=keys, args=args))
 
     async def append_audit(self, events: Sequence[AuditEvent]) -> None:
         """Append audit rows as they are (``gateway store copy``)."""

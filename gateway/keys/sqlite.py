@@ -28,12 +28,14 @@ from typing import Any, TypeVar
 
 from gateway.keys.files import create_private_file, make_private_dirs, tighten
 from gateway.keys.record import AuditEvent, KeyRecord, parse_iso, to_iso, utcnow
+from gateway.keys.sqlite_users import USAGE_DAILY_SQL, USERS_SCHEMA, SQLiteUsers, iter_days
 from gateway.keys.store import Conflict, StoreError, UsageUpdate
 
 T = TypeVar("T")
 
-# 1: the first; 2: grace_period, notification_email, held_value and notices (added to a 1 when it is opened).
-SCHEMA_VERSION = 2
+# 1: the first; 2: grace_period, notification_email, held_value and notices (added to a 1 when it is opened);
+# 3: the users, refresh_tokens and usage_daily tables (gateway.keys.sqlite_users).
+SCHEMA_VERSION = 3
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS api_keys (
     id              TEXT PRIMARY KEY,
@@ -71,7 +73,7 @@ CREATE TABLE IF NOT EXISTS audit_log (
     details TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS audit_log_key ON audit_log (key_id, seq);
-"""
+""" + USERS_SCHEMA
 _FIELDS = (
     "id", "key_hash", "hint", "name", "permissions", "allowed_ips", "environment", "created_at", "expires_at",
     "revoked_at", "rate_limit_tier", "description", "created_by", "auto_rotate", "rotation_period",
@@ -180,7 +182,7 @@ def _connect(path: Path) -> sqlite3.Connection:
     return db
 
 
-class SQLiteStore:
+class SQLiteStore(SQLiteUsers):
     def __init__(self, path: Path) -> None:
         self.path = path
         # The writer: its thread and connection, both made at the first write (a read-only use never needs them).
@@ -449,6 +451,7 @@ class SQLiteStore:
             raise StoreError(f"{self.path}: usage write failed: {exc}") from None
         try:
             db.executemany(_USAGE_SQL, rows)
+            db.executemany(USAGE_DAILY_SQL, iter_days(updates))
             db.execute("COMMIT")
         except sqlite3.Error as exc:
             try:

@@ -13,10 +13,11 @@ from __future__ import annotations
 import builtins  # the stores have a list() method: annotations after it name the type this way
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any, Protocol
 
 from gateway.keys.record import AuditEvent, KeyRecord
+from gateway.keys.users import RefreshRecord, UserRecord
 from gateway.messages import english
 
 
@@ -48,6 +49,33 @@ class KeyStore(Protocol):
     async def append_audit(self, events: Sequence[AuditEvent]) -> None: ...
     async def ping(self) -> None: ...
     async def close(self) -> None: ...
+
+
+class UserStore(Protocol):
+    """Dashboard users and their refresh tokens (gateway.accounts), and the per-day usage counts of keys (the
+    dashboard's usage chart). Implemented by the same stores as :class:`KeyStore`.
+
+    ``add_user`` raises :class:`Conflict` (``conflict.user_exists``) for an address already taken;
+    ``update_user`` changes ``role``, ``status``, ``password_hash`` or ``last_login_at``. ``spend_refresh``
+    is the whole of a refresh, atomically: the token presented is looked up by hash and, when live, marked
+    spent and ``new`` stored in its family (its ``family``, ``user_id`` and ``expires_at`` are taken from the
+    token presented: a refresh never extends a login's session); when already spent, its whole family is
+    revoked (RFC 9700 4.14.2). It returns what it found (gateway.keys.users: SPENT, UNKNOWN, REUSED, REVOKED,
+    EXPIRED) and the record presented (None when unknown). ``usage_by_day`` gives requests per UTC day for the
+    last ``days`` days, today included, oldest first, days without requests as 0."""
+
+    async def add_user(self, user: UserRecord) -> None: ...
+    async def get_user(self, user_id: str) -> UserRecord | None: ...
+    async def get_user_by_email(self, email: str) -> UserRecord | None: ...
+    async def list_users(self) -> builtins.list[UserRecord]: ...
+    async def update_user(self, user_id: str, changes: Mapping[str, Any]) -> UserRecord | None: ...
+    async def add_refresh(self, token: RefreshRecord) -> None: ...
+    async def spend_refresh(
+        self, token_hash: str, new: RefreshRecord, now: datetime
+    ) -> tuple[str, RefreshRecord | None]: ...
+    async def revoke_refresh_family(self, token_hash: str, now: datetime) -> bool: ...
+    async def revoke_user_refresh(self, user_id: str, now: datetime) -> None: ...
+    async def usage_by_day(self, key_id: str, days: int) -> builtins.list[tuple[date, int]]: ...
 
 
 class StoreError(Exception):

@@ -13,6 +13,9 @@ A policy file::
         methods: [GET]
         public: true                 # no credential needed
     scopes: [api-keys:read]          # optional: more scopes keys may hold (the routes' own are always known)
+    roles:                           # optional: dashboard users' roles (gateway.accounts) and the scopes each holds
+      admin: [servers:*, api-keys:read, api-keys:write]
+      viewer: [servers:read]
 
 Matching: the most specific template wins, segment by segment (a literal beats ``{param}``, which beats
 ``/**``); among those, the rule must list the method (or ``"*"``). Anything no rule matches is denied.
@@ -89,10 +92,13 @@ _MEMO_SIZE = 4096
 class Policy:
     """A compiled policy. :meth:`match_path` (or :meth:`match`) is the only thing called per request."""
 
-    def __init__(self, routes: Sequence[Route], extra_scopes: Iterable[str] = (), source: str = "<policy>"):
+    def __init__(self, routes: Sequence[Route], extra_scopes: Iterable[str] = (), source: str = "<policy>",
+                 roles: Mapping[str, Iterable[str]] | None = None):
         self.routes = tuple(routes)
         self.source = source
         self._extra_scopes = tuple(extra_scopes)
+        # Role name -> the scopes a dashboard user of that role holds (wildcards as in a key's permissions).
+        self.roles: dict[str, frozenset[str]] = {name: frozenset(s) for name, s in (roles or {}).items()}
         self._root = _Node()
         for i, route in enumerate(self.routes):
             self._insert(route, i)
@@ -103,7 +109,7 @@ class Policy:
 
     def with_routes(self, routes: Sequence[Route]) -> Policy:
         """This policy plus ``routes`` (the gateway's own endpoints); a clash with a file rule is an error."""
-        return Policy((*self.routes, *routes), self._extra_scopes, self.source)
+        return Policy((*self.routes, *routes), self._extra_scopes, self.source, self.roles)
 
     def _insert(self, route: Route, index: int) -> None:
         node = self._root
@@ -247,7 +253,7 @@ def _rule(raw: Any, where: str) -> Route:
 def parse_policy(doc: Any, source: str = "<policy>") -> Policy:
     if not isinstance(doc, Mapping):
         raise PolicyError(f"{source}: the top level must be a mapping with a 'routes' list")
-    unknown = set(doc) - {"routes", "scopes", "version", "description"}
+    unknown = set(doc) - {"routes", "scopes", "version", "description", "roles"}
     if unknown:
         raise PolicyError(f"{source}: unknown top-level field {sorted(unknown)[0]!r}")
     rules = doc.get("routes")
@@ -257,7 +263,32 @@ def parse_policy(doc: Any, source: str = "<policy>") -> Policy:
     extra = doc.get("scopes", [])
     if not isinstance(extra, list) or not all(isinstance(s, str) and valid_scope(s) for s in extra):
         raise PolicyError(f"{source}: 'scopes' must be a list of scope names")
-    return Policy(routes, extra, source)
+    policy = Policy(routes, extra, source)
+    roles = _roles(doc.get("roles", {}), policy, source)
+    return Policy(routes, extra, source, roles) if roles else policy
+
+
+_ROLE_RE = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
+
+
+def _roles(raw: Any, policy: Policy, source: str) -> dict[str, list[str]]:
+    """The ``roles:`` section: each role a list of scopes the policy knows (a wildcard must cover one)."""
+    if not isinstance(raw, Mapping):
+        raise PolicyError(f"{source}: 'roles' must map role names to lists of scopes")
+    roles: dict[str, list[str]] = {}
+    for name, scopes in raw.items():
+        where = f"{source}: roles.{name}"
+        if not isinstance(name, str) or not _ROLE_RE.match(name):
+            raise PolicyError(f"{source}: roles: invalid role name {name!r} (lower-case letters, digits, '-', '_')")
+        if not isinstance(scopes, list) or not all(isinstance(s, str) for s in scopes):
+            raise PolicyError(f"{where}: must be a list of scopes")
+        for s in scopes:
+            if not valid_scope(s):
+                raise PolicyError(f"{where}: invalid scope {s!r}")
+            if not policy.knows_scope(s):
+                raise PolicyError(f"{where}: scope {s!r} is not one the policy knows (add it to a route or 'scopes')")
+        roles[name] = list(scopes)
+    return roles
 
 
 def load_policy(path: str | Path) -> Policy:

@@ -236,7 +236,15 @@ def test_shipped_policies_know_the_management_scopes_and_the_seed_examples_work(
     ally = load_policy(POLICIES / "deployally.yaml")
     for p in (erp, ally):
         assert p.knows_scope("api-keys:read") and p.knows_scope("api-keys:write")
-    assert match(ally, "POST", "/api/v1/auth/login").public
+    # The dashboard login is the gateway's own endpoint (accounts.enabled), not a route to the upstream; the user's
+    # own resources take only the dashboard's JWTs.
+    assert match(ally, "POST", "/api/v1/auth/login") is None
+    profile = match(ally, "GET", "/api/v1/user/profile")
+    assert profile.scopes == ("profile:read",) and profile.credentials == frozenset({"jwt"})
+    # Every shipped policy has the three dashboard roles; a viewer cannot write keys, a developer can.
+    for p in (erp, ally):
+        assert set(p.roles) == {"admin", "developer", "viewer"}
+        assert grants(p.roles["developer"], "api-keys:write") and not grants(p.roles["viewer"], "api-keys:write")
     # The seed's deployment key: ["instances:*"] can create and delete instances but not read servers.
     deploy = frozenset({"instances:*"})
     assert grants(deploy, match(erp, "POST", "/v1/instances").scopes[0])

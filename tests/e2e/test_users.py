@@ -1,0 +1,286 @@
+"""Dashboard users end to end: `gateway users` on the store, then a real `gateway serve` process answering the
+DeployAlly guide's login (and deployERP's, under its own prefix), refresh and logout, publishing its keys, and
+proxying a user's JWT with the user's identity to a real recording upstream."""
+
+from __future__ import annotations
+
+import json
+import statistics
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import jwt
+import pytest
+
+from tests.support.core import assert_deployally_error, bearer, header
+from tests.support.procs import PYTHON, ROOT, Gateway, Upstream
+from tests.support.redisdb import dump, fresh_db
+
+PASSWORD = "correct horse battery"
+ALLY = {
+    "error_format": "deployally", "key_format": "deployally", "policies": str(ROOT / "policies" / "deployally.yaml"),
+    "management": {"prefix": "/api/v1", "allow_jwt": True},
+    # Client addresses for the lockout tests come from X-Forwarded-For, believed from loopback only.
+    "trusted_proxies": ["127.0.0.1/32"],
+}
+
+
+def ally_error(resp: httpx.Response, status: int, code: str) -> dict[str, Any]:
+    """The DeployAlly error body: {"success": false, "error": {"code", "message"[, "field"]}}; its error."""
+    assert resp.status_code == status, (resp.status_code, resp.text)
+    doc = resp.json()
+    assert set(doc) == {"success", "error"} and doc["success"] is False, doc
+    assert doc["error"]["code"] == code and isinstance(doc["error"]["message"], str) and doc["error"]["message"]
+    return doc["error"]  # type: ignore[no-any-return]
+
+
+def accounts(**extra: Any) -> dict[str, Any]:
+    return {"accounts": {"enabled": True, **extra}}
+
+
+def create_user(gw: Gateway, email: str, role: str, password: str = PASSWORD) -> dict[str, Any]:
+    out = gw.cli("users", "create", email, "--role", role, "--password-stdin", "--json", input=password + "\n")
+    return json.loads(out.stdout)  # type: ignore[no-any-return]
+
+
+def login(gw: Gateway, email: str, password: str = PASSWORD, prefix: str = "/api/v1", **headers: str) -> httpx.Response:
+    return httpx.post(f"{gw.url}{prefix}/auth/login", json={"email": email, "password": password}, headers=headers,
+                      timeout=10)
+
+
+def post(gw: Gateway, path: str, body: dict[str, Any]) -> httpx.Response:
+    return httpx.post(gw.url + path, json=body, timeout=10)
+
+
+@pytest.fixture
+def ally(make_gateway: Callable[..., Gateway], fresh_upstream: Upstream) -> Gateway:
+    return make_gateway(fresh_upstream.url, {**ALLY, **accounts()})
+
+
+def test_a_user_made_on_the_command_line_logs_in_as_the_deployally_guide_shows(ally: Gateway) -> None:
+    user = create_user(ally, "Ana@Example.com", "developer")
+    assert user["email"] == "ana@example.com" and user["role"] == "developer" and user["status"] == "active"
+    resp = login(ally, "ana@example.com")
+    assert resp.status_code == 200, resp.text
+    assert resp.headers["cache-control"] == "no-store"  # RFC 6749 5.1: an answer carrying tokens
+    doc = resp.json()
+    assert doc["success"] is True and set(doc["data"]) == {"token", "expires_at", "refresh_token"}
+    assert doc["data"]["token"].startswith("eyJ") and doc["data"]["expires_at"].endswith("Z")
+    listed = json.loads(ally.cli("users", "list", "--json").stdout)
+    assert listed[0]["last_login_at"] is not None and "password" not in json.dumps(listed)
+
+
+def test_deployerp_logs_in_under_its_own_prefix_in_its_own_format(
+        make_gateway: Callable[..., Gateway], fresh_upstream: Upstream) -> None:
+    gw = make_gateway(fresh_upstream.url, accounts())
+    create_user(gw, "ops@example.com", "viewer")
+    resp = login(gw, "ops@example.com", prefix="/v1")
+    assert resp.status_code == 200 and set(resp.json()) == {"token", "expires_at", "refresh_token"}
+    bad = login(gw, "ops@example.com", "wrong password", prefix="/v1")
+    assert bad.status_code == 401
+    assert bad.json() == {"error": {"code": "invalid_credentials", "message": "The e-mail address or password is "
+                                    "incorrect", "status": 401}}
+    # The token works where the deployERP policy takes JWTs: the key check.
+    test = httpx.get(f"{gw.url}/v1/auth/test", headers=bearer(resp.json()["token"]), timeout=10)
+    assert test.status_code == 200 and test.json()["credential"] == "jwt"
+    assert "servers:read" in test.json()["permissions"] and "servers:write" not in test.json()["permissions"]
+
+
+def test_a_wrong_password_and_an_unknown_address_get_the_same_answer_in_the_same_time(
+        make_gateway: Callable[..., Gateway], fresh_upstream: Upstream) -> None:
+    """OWASP Authentication Cheat Sheet, "Authentication and Error Messages": the answer and the work must not tell
+    whether the address has an account (the unknown one is verified against a dummy argon2id hash)."""
+    gw = make_gateway(fresh_upstream.url, {**ALLY, **accounts(login_failures_per_address=0,
+                                                              login_failures_per_account=0)})
+    create_user(gw, "ana@example.com", "viewer")
+    wrong, unknown = [], []
+    bodies = set()
+    for _ in range(6):
+        for who, times in (("ana@example.com", wrong), ("nobody@example.com", unknown)):
+            start = time.perf_counter()
+            resp = login(gw, who, "not the password")
+            times.append(time.perf_counter() - start)
+            assert_deployally_error(resp, 401)
+            bodies.add((resp.status_code, resp.content, resp.headers.get("www-authenticate")))
+    assert len(bodies) == 1, bodies
+    assert json.loads(next(iter(bodies))[1])["error"]["code"] == "UNAUTHORIZED"
+    w, u = statistics.median(wrong), statistics.median(unknown)
+    # Both did the argon2id work (tens of ms); neither is a fraction of the other.
+    assert w > 0.01 and u > 0.01, (w, u)
+    assert 0.5 < w / u < 2.0, (w, u)
+
+
+def test_failed_logins_are_limited_per_address_and_per_account_with_retry_after(
+        make_gateway: Callable[..., Gateway], fresh_upstream: Upstream) -> None:
+    gw = make_gateway(fresh_upstream.url, {**ALLY, **accounts(login_failures_per_address=3,
+                                                              login_failures_per_account=3,
+                                                              login_cooldown_seconds=120)})
+    create_user(gw, "ana@example.com", "viewer")
+    create_user(gw, "bob@example.com", "viewer")
+    # Per address: three failures for three accounts from 198.51.100.7; the fourth try, right password, waits.
+    for who in ("x@example.com", "y@example.com", "z@example.com"):
+        assert login(gw, who, "nope", **{"X-Forwarded-For": "198.51.100.7"}).status_code == 401
+    held = login(gw, "bob@example.com", **{"X-Forwarded-For": "198.51.100.7"})
+    ally_error(held, 429, "TOO_MANY_REQUESTS")
+    assert 0 < int(held.headers["retry-after"]) <= 120
+    assert login(gw, "bob@example.com", **{"X-Forwarded-For": "198.51.100.8"}).status_code == 200
+    # Per account: three failures for ana from three addresses; the right password from a fourth waits too.
+    for n in (1, 2, 3):
+        assert login(gw, "ana@example.com", "nope", **{"X-Forwarded-For": f"203.0.113.{n}"}).status_code == 401
+    held = login(gw, "ana@example.com", **{"X-Forwarded-For": "203.0.113.9"})
+    ally_error(held, 429, "TOO_MANY_REQUESTS")
+    assert int(held.headers["retry-after"]) > 0
+    assert login(gw, "bob@example.com", **{"X-Forwarded-For": "203.0.113.9"}).status_code == 200
+
+
+def test_refresh_rotates_the_token_and_reuse_of_a_spent_one_revokes_the_family(ally: Gateway) -> None:
+    """RFC 9700 4.14.2: refresh tokens are single use; presenting a spent one revokes every token of the login."""
+    create_user(ally, "ana@example.com", "developer")
+    first = login(ally, "ana@example.com").json()["data"]
+    second = post(ally, "/api/v1/auth/refresh", {"refresh_token": first["refresh_token"]})
+    assert second.status_code == 200, second.text
+    second_data = second.json()["data"]
+    assert second_data["refresh_token"] != first["refresh_token"] and second_data["token"].startswith("eyJ")
+    # The attacker (or the slow tab) presents the first token again: refused, and the family is gone.
+    replay = post(ally, "/api/v1/auth/refresh", {"refresh_token": first["refresh_token"]})
+    assert_deployally_error(replay, 401)
+    after = post(ally, "/api/v1/auth/refresh", {"refresh_token": second_data["refresh_token"]})
+    assert_deployally_error(after, 401)
+    assert "refresh_token_reused" in ally.log()
+    # A new login is a new family.
+    fresh = login(ally, "ana@example.com").json()["data"]
+    assert post(ally, "/api/v1/auth/refresh", {"refresh_token": fresh["refresh_token"]}).status_code == 200
+
+
+def test_logout_revokes_the_login_and_bad_bodies_get_a_validation_error(ally: Gateway) -> None:
+    create_user(ally, "ana@example.com", "developer")
+    data = login(ally, "ana@example.com").json()["data"]
+    out = post(ally, "/api/v1/auth/logout", {"refresh_token": data["refresh_token"]})
+    assert out.status_code == 204 and out.content == b""
+    assert_deployally_error(post(ally, "/api/v1/auth/refresh", {"refresh_token": data["refresh_token"]}), 401)
+    # Logging out twice, or with a token never issued, is not an error.
+    assert post(ally, "/api/v1/auth/logout", {"refresh_token": "never-issued"}).status_code == 204
+    missing = post(ally, "/api/v1/auth/login", {"email": "ana@example.com"})
+    assert ally_error(missing, 422, "VALIDATION_ERROR")["field"] == "password"
+    not_json = httpx.post(f"{ally.url}/api/v1/auth/login", content=b"{", timeout=10)
+    ally_error(not_json, 422, "VALIDATION_ERROR")
+    wrong_method = httpx.get(f"{ally.url}/api/v1/auth/login", timeout=10)
+    ally_error(wrong_method, 405, "METHOD_NOT_ALLOWED")
+    assert wrong_method.headers["allow"] == "POST"
+
+
+def test_the_published_keys_verify_the_token_with_pyjwt_and_it_lasts_at_most_24_hours(ally: Gateway) -> None:
+    """RFC 7517 (JWK Set) and RFC 7519 (JWT): an upstream verifies the gateway's tokens with its published keys."""
+    create_user(ally, "ana@example.com", "developer")
+    data = login(ally, "ana@example.com").json()["data"]
+    jwks = httpx.get(f"{ally.url}/.well-known/jwks.json", timeout=10)
+    assert jwks.status_code == 200 and jwks.headers["content-type"] == "application/jwk-set+json"
+    doc = jwks.json()
+    assert all(set(k) == {"kty", "crv", "x", "y", "kid", "use", "alg"} for k in doc["keys"])  # no private "d"
+    keyset = jwt.PyJWKSet.from_dict(doc)
+    kid = jwt.get_unverified_header(data["token"])["kid"]
+    key = next(k for k in keyset.keys if k.key_id == kid)
+    claims = jwt.decode(data["token"], key.key, algorithms=["ES256"], issuer="gateway")
+    assert claims["email"] == "ana@example.com" and claims["role"] == "developer"
+    assert claims["exp"] - claims["iat"] == 86_400
+    assert "api-keys:write" in claims["permissions"]
+    # The signing key was made on first start: 600 in a 700 directory.
+    key_dir = ally.work / "signing-keys"
+    assert (key_dir.stat().st_mode & 0o777) == 0o700
+    assert (key_dir / "signing-key.pem").stat().st_mode & 0o777 == 0o600
+    # Signed with another key under the same kid: refused by the gate.
+    forged = jwt.encode(claims, _other_ec_key(), algorithm="ES256", headers={"kid": kid})
+    assert_deployally_error(httpx.get(f"{ally.url}/api/v1/user/profile", headers=bearer(forged), timeout=10), 401)
+
+
+def _other_ec_key() -> Any:
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+def test_a_token_lifetime_over_24_hours_is_refused_at_start_up(tmp_path: Path, upstream: Upstream) -> None:
+    gw = Gateway(tmp_path / "gw", upstream.url, {**ALLY, **accounts(token_lifetime="48h")}, start=False)
+    proc = subprocess.run([PYTHON, "-m", "gateway", "serve", "--config", str(gw.config)], capture_output=True,
+                          text=True, env=gw.env, cwd=gw.work, timeout=60)
+    assert proc.returncode == 2
+    assert "accounts.token_lifetime: must be at most 24h" in proc.stderr, proc.stderr
+
+
+def test_the_profile_reaches_the_upstream_with_the_users_identity_headers(ally: Gateway,
+                                                                           fresh_upstream: Upstream) -> None:
+    user = create_user(ally, "ana@example.com", "viewer")
+    token = login(ally, "ana@example.com").json()["data"]["token"]
+    resp = httpx.get(f"{ally.url}/api/v1/user/profile", timeout=10,
+                     headers={**bearer(token), "X-Auth-User-Role": "admin", "X-Auth-User-Id": "usr_forged"})
+    assert resp.status_code == 200, resp.text
+    record = fresh_upstream.records()[-1]
+    assert record["path"] == "/api/v1/user/profile"
+    assert header(record, "x-auth-user-id") == [user["id"]]
+    assert header(record, "x-auth-user-email") == ["ana@example.com"]
+    assert header(record, "x-auth-user-role") == ["viewer"]  # the client's own X-Auth-* never pass
+    assert header(record, "x-auth-subject") == [user["id"]]
+    # The viewer's token reads templates but cannot deploy.
+    assert httpx.get(f"{ally.url}/api/v1/templates", headers=bearer(token), timeout=10).status_code == 200
+    assert_deployally_error(httpx.post(f"{ally.url}/api/v1/deployments", headers=bearer(token), timeout=10), 403)
+
+
+def test_a_user_cannot_create_a_key_with_a_scope_outside_the_role(ally: Gateway) -> None:
+    dev_id = create_user(ally, "dev@example.com", "developer")["id"]
+    create_user(ally, "view@example.com", "viewer")
+    dev = login(ally, "dev@example.com").json()["data"]["token"]
+    view = login(ally, "view@example.com").json()["data"]["token"]
+    url = f"{ally.url}/api/v1/api-keys"
+    ok = httpx.post(url, headers=bearer(dev), json={"name": "ci", "permissions": ["templates:read"]}, timeout=10)
+    assert ok.status_code == 201, ok.text
+    assert ok.json()["data"]["value"].startswith("da_") and ok.json()["data"]["created_by"] == "user:" + dev_id
+    refused = httpx.post(url, headers=bearer(dev), json={"name": "srv", "permissions": ["servers:manage"]},
+                         timeout=10)
+    assert_deployally_error(refused, 403)
+    assert "servers:manage" in refused.json()["error"]["message"] and "papel" in refused.json()["error"]["message"]
+    # A viewer's role holds no api-keys:write at all.
+    assert_deployally_error(httpx.post(url, headers=bearer(view), json={"name": "x", "permissions":
+                                                                       ["templates:read"]}, timeout=10), 403)
+
+
+def test_disable_and_reset_end_the_users_sessions(ally: Gateway) -> None:
+    create_user(ally, "ana@example.com", "developer")
+    data = login(ally, "ana@example.com").json()["data"]
+    ally.cli("users", "reset", "ana@example.com", "--password-stdin", input="a brand new password\n")
+    assert_deployally_error(post(ally, "/api/v1/auth/refresh", {"refresh_token": data["refresh_token"]}), 401)
+    assert_deployally_error(login(ally, "ana@example.com"), 401)
+    data = login(ally, "ana@example.com", "a brand new password").json()["data"]
+    ally.cli("users", "disable", "ana@example.com")
+    assert_deployally_error(post(ally, "/api/v1/auth/refresh", {"refresh_token": data["refresh_token"]}), 401)
+    assert_deployally_error(login(ally, "ana@example.com", "a brand new password"), 401)
+    short = ally.cli("users", "reset", "ana@example.com", "--password-stdin", input="short\n", check=False)
+    assert short.returncode == 2 and "password: must be at least 8 characters" in short.stderr
+    argv = ally.cli("users", "create", "x@example.com", "--role", "viewer", check=False)
+    assert argv.returncode == 2 and "--password-stdin" in argv.stderr  # no terminal: never a password in argv
+
+
+def test_no_password_or_token_reaches_a_log_line_or_the_redis_store(
+        make_gateway: Callable[..., Gateway], fresh_upstream: Upstream, redis_server: Any) -> None:
+    url = fresh_db(redis_server)
+    gw = make_gateway(fresh_upstream.url, {**ALLY, **accounts(), "store": {"url": url},
+                                           "ops": {"access_log": True}})
+    made = gw.cli("users", "create", "ana@example.com", "--role", "developer", "--password-stdin",
+                  input=PASSWORD + "\n")
+    first = login(gw, "ana@example.com").json()["data"]
+    login(gw, "ana@example.com", "a wrong password guess")
+    second = post(gw, "/api/v1/auth/refresh", {"refresh_token": first["refresh_token"]}).json()["data"]
+    post(gw, "/api/v1/auth/refresh", {"refresh_token": first["refresh_token"]})  # a reuse: logged as an event
+    httpx.get(f"{gw.url}/api/v1/user/profile", headers=bearer(second["token"]), timeout=10)
+    post(gw, "/api/v1/auth/logout", {"refresh_token": second["refresh_token"]})
+    gw.stop()
+    secrets_ = [PASSWORD, "a wrong password guess", first["token"], first["refresh_token"], second["token"],
+                second["refresh_token"]]
+    text = gw.log() + made.stdout + made.stderr
+    assert "login_failed" in text and "refresh_token_reused" in text  # the log was written
+    for s in secrets_:
+        assert s not in text
+        assert s.encode() not in dump(url)
