@@ -31,6 +31,7 @@ from typing import Any
 import asyncpg
 
 from gateway.keys.postgres import schema
+from gateway.keys.postgres.users import USAGE_DAILY, PostgresUsers
 from gateway.keys.record import AuditEvent, KeyRecord, utcnow
 from gateway.keys.store import Conflict, StoreError, UsageUpdate
 from gateway.redisurl import redacted
@@ -100,8 +101,9 @@ def _event(row: Mapping[str, Any]) -> AuditEvent:
                       details=json.loads(row["details"]))
 
 
-class PostgresStore:
-    """The :class:`gateway.keys.store.KeyStore` protocol on PostgreSQL (asyncpg)."""
+class PostgresStore(PostgresUsers):
+    """The :class:`gateway.keys.store.KeyStore` and :class:`gateway.keys.store.UserStore` protocols on PostgreSQL
+    (asyncpg)."""
 
     def __init__(self, url: str, timeout_ms: float = 50.0, pool_size: int = 10) -> None:
         self.url = url
@@ -348,12 +350,14 @@ class PostgresStore:
             await conn.execute("UPDATE api_keys SET notices = $2 WHERE id = $1", key_id, notices)
 
     async def record_usage(self, updates: Sequence[UsageUpdate]) -> None:
-        """Add usage counts in one statement (a key deleted meanwhile is skipped)."""
+        """Add usage counts to the keys' totals and to their counts per UTC day, in one transaction (a key
+        deleted meanwhile is skipped)."""
         if not updates:
             return
-        async with self._conn("usage write") as conn:
-            await conn.execute(_USAGE, [u.key_id for u in updates], [u.count for u in updates],
-                               [u.last_used_at for u in updates], [u.last_used_ip for u in updates])
+        ids, counts, stamps = [u.key_id for u in updates], [u.count for u in updates], [u.last_used_at for u in updates]
+        async with self._tx("usage write") as conn:
+            await conn.execute(_USAGE, ids, counts, stamps, [u.last_used_ip for u in updates])
+            await conn.execute(USAGE_DAILY, ids, counts, stamps)
 
     async def append_audit(self, events: Sequence[AuditEvent]) -> None:
         """Append audit rows as they are (``gateway store copy``), in one transaction."""
