@@ -19,7 +19,7 @@ import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from gateway import __version__
 from gateway.config.settings import ConfigError, Settings, load_settings
@@ -35,7 +35,7 @@ from gateway.keys.service import (
     rotate_key,
     update_key,
 )
-from gateway.keys.store import Conflict, KeyStore, StoreError
+from gateway.keys.store import Conflict, KeyStore, StoreError, UserStore
 from gateway.policy.rules import PolicyError, load_policy
 
 if TYPE_CHECKING:
@@ -564,13 +564,29 @@ async def _store_copy(args: argparse.Namespace) -> int:
             copied.add(record.id)
         events = [e for e in await source.audit_log(None, limit=2**31 - 1) if e.key_id in copied]
         await target.append_audit(events)
+        users, users_skipped = await _copy_users(cast(UserStore, source), cast(UserStore, target))
     finally:
         await source.close()
         await target.close()
-    doc = {"copied_keys": len(copied), "skipped_keys": skipped, "copied_audit_events": len(events)}
-    _out(args, doc, f"Copied {len(copied)} key(s) and {len(events)} audit event(s); {skipped} key(s) were "
-                    "already there. The keys authenticate only with the same server secret (GATEWAY_SECRET).")
+    doc = {"copied_keys": len(copied), "skipped_keys": skipped, "copied_audit_events": len(events),
+           "copied_users": users, "skipped_users": users_skipped}
+    _out(args, doc, f"Copied {len(copied)} key(s), {len(events)} audit event(s) and {users} dashboard user(s); "
+                    f"{skipped} key(s) and {users_skipped} user(s) were already there. The keys authenticate only "
+                    "with the same server secret (GATEWAY_SECRET); users sign in again (sessions are not copied).")
     return 0
+
+
+async def _copy_users(source: UserStore, target: UserStore) -> tuple[int, int]:
+    """Every dashboard user (password hashes only) not already in ``target`` by id or address: (copied,
+    skipped). Refresh tokens are not copied: a user signs in again on the new store."""
+    copied = skipped = 0
+    for user in await source.list_users():
+        if await target.get_user(user.id) is not None or await target.get_user_by_email(user.email) is not None:
+            skipped += 1
+            continue
+        await target.add_user(user)
+        copied += 1
+    return copied, skipped
 
 
 async def _ready_for_copy(source: KeyStore, target: KeyStore) -> None:

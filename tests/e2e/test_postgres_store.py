@@ -256,23 +256,28 @@ def test_store_copy_sqlite_to_postgres_and_on_to_redis_keeps_keys_working(
     postgres_server: PostgresServer, redis_server: RedisServer | str, make_gateway: Callable[..., Gateway],
     fresh_upstream: Upstream,
 ) -> None:
-    """One host outgrowing its SQLite file: every key and the audit trail copied into a new (never migrated)
-    PostgreSQL database, counted; a gateway on PostgreSQL then accepts the keys and refuses the revoked one.
-    PostgreSQL as the source works too (on to Redis)."""
+    """One host outgrowing its SQLite file: every key, the audit trail and the dashboard users copied into a new
+    (never migrated) PostgreSQL database, counted; a gateway on PostgreSQL then accepts the keys and refuses the
+    revoked one, and the user's password hash still verifies. PostgreSQL as the source works too (on to Redis)."""
     first = make_gateway(fresh_upstream.url, name="first", start=False)
     made = [first.create_key(f"k{i}", "servers:read") for i in range(3)]
     revoked = made[2]
     first.cli("keys", "revoke", revoked["id"])
+    password = "correct horse battery staple"
+    first.cli("users", "create", "ana@example.com", "--role", "developer", "--password-stdin", input=password + "\n")
     sqlite_url = f"sqlite:///{first.work / 'keys.db'}"
     pg_url = fresh_db(postgres_server, migrate=False)  # copy brings a new database to the schema itself
+    counts = {"copied_keys": 3, "skipped_keys": 0, "copied_audit_events": 4, "copied_users": 1, "skipped_users": 0}
 
     out = first.cli("store", "copy", "--from", sqlite_url, "--to", pg_url, "--json")
-    assert json.loads(out.stdout) == {"copied_keys": 3, "skipped_keys": 0, "copied_audit_events": 4}
-    again = first.cli("store", "copy", "--from", sqlite_url, "--to", pg_url, "--json")
-    assert json.loads(again.stdout)["skipped_keys"] == 3  # idempotent
+    assert json.loads(out.stdout) == counts
+    again = json.loads(first.cli("store", "copy", "--from", sqlite_url, "--to", pg_url, "--json").stdout)
+    assert (again["skipped_keys"], again["skipped_users"]) == (3, 1)  # idempotent
     redis_url = fresh_redis_db(redis_server)
     onward = first.cli("store", "copy", "--from", pg_url, "--to", redis_url, "--json")
-    assert json.loads(onward.stdout) == {"copied_keys": 3, "skipped_keys": 0, "copied_audit_events": 4}
+    assert json.loads(onward.stdout) == counts
+    for m in made:
+        assert m["value"] not in out.stdout + out.stderr + onward.stdout + onward.stderr
 
     for url in (pg_url, redis_url):
         gw = make_gateway(fresh_upstream.url, settings=pg(url))
@@ -281,7 +286,22 @@ def test_store_copy_sqlite_to_postgres_and_on_to_redis_keeps_keys_working(
         assert status(gw, revoked["value"]) == 401
         listed = json.loads(gw.cli("audit", "--json").stdout)
         assert [e["action"] for e in listed] == ["create", "create", "create", "revoke"]
+        users = json.loads(gw.cli("users", "list", "--json").stdout)
+        assert [(u["email"], u["role"]) for u in users] == [("ana@example.com", "developer")]
         gw.stop()
+
+    async def password_hash_kept() -> bool:
+        from gateway.accounts.passwords import verify_password
+
+        store = PostgresStore(pg_url, timeout_ms=5000)
+        try:
+            user = await store.get_user_by_email("ana@example.com")
+            assert user is not None and password not in repr(user)
+            return bool(verify_password(user.password_hash, password))
+        finally:
+            await store.close()
+
+    assert asyncio.run(password_hash_kept())  # the copied user can sign in with the same password
 
 
 # --- the rotation lease ---------------------------------------------------------------------------------------

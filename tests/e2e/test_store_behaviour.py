@@ -245,13 +245,14 @@ def test_store_copy_round_trip_keeps_keys_working(
     sqlite_b = f"sqlite:///{tmp_path / 'back' / 'keys.db'}"
 
     out = first.cli("store", "copy", "--from", sqlite_a, "--to", redis_url, "--json")
-    assert json.loads(out.stdout) == {"copied_keys": 3, "skipped_keys": 0, "copied_audit_events": 4}
+    assert json.loads(out.stdout) == {"copied_keys": 3, "skipped_keys": 0, "copied_audit_events": 4,
+                                      "copied_users": 0, "skipped_users": 0}
     for m in made:
         assert m["value"] not in out.stdout + out.stderr
     again = first.cli("store", "copy", "--from", sqlite_a, "--to", redis_url, "--json")
     assert json.loads(again.stdout)["skipped_keys"] == 3  # idempotent
     back = first.cli("store", "copy", "--from", redis_url, "--to", sqlite_b)
-    assert "Copied 3 key(s) and 4 audit event(s)" in back.stdout
+    assert "Copied 3 key(s), 4 audit event(s) and 0 dashboard user(s)" in back.stdout
 
     for url in (redis_url, sqlite_b):
         gw = make_gateway(fresh_upstream.url, settings={"store": {"url": url}})
