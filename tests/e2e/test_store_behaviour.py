@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
+from typing import cast
 
 import pytest
 
@@ -22,7 +23,8 @@ from gateway.keys.record import AuditEvent, KeyRecord, utcnow
 from gateway.keys.redis import RedisStore
 from gateway.keys.service import create_key, revoke_key, rotate_key, update_key
 from gateway.keys.sqlite import SQLiteStore
-from gateway.keys.store import Conflict, KeyStore, StoreError, UsageUpdate
+from gateway.keys.store import Conflict, KeyStore, StoreError, UsageUpdate, UserStore
+from gateway.keys.users import REUSED, REVOKED, SPENT, RefreshRecord
 from tests.support import postgres
 from tests.support.procs import SECRET, Gateway, RedisServer, Upstream, run_cli
 from tests.support.redisdb import dump, fresh_db
@@ -155,6 +157,29 @@ def test_a_held_value_is_taken_once_and_notices_are_kept(store_url: str) -> None
         assert got is not None and got.notices == '{"expiry": "sent"}' and got.held_value is None
         assert await store.get("key_nope") is None
         assert [e.action for e in await store.audit_log(held.id)] == ["create", "reveal"]
+
+    run(check, store_url)
+
+
+def test_a_refresh_token_presented_twice_at_once_is_spent_once(store_url: str) -> None:
+    """Eight refreshes with one token at the same moment: one gets the successor; the next finds it spent and
+    revokes the family (RFC 9700 4.14.2), the rest find the family revoked; never two successors."""
+    now = utcnow()
+
+    async def check(store: KeyStore) -> None:
+        users = cast(UserStore, store)
+        await users.add_refresh(RefreshRecord(token_hash="t0", family="f", user_id="usr_1", created_at=now,
+                                              expires_at=now + timedelta(days=1)))
+        outcomes = await asyncio.gather(*(
+            users.spend_refresh("t0", RefreshRecord(token_hash=f"t{i}", family="", user_id="", created_at=now,
+                                                    expires_at=now), now) for i in range(1, 9)))
+        found = [o for o, _ in outcomes]
+        # The first reuse revokes the family; those after it find it revoked.
+        assert found.count(SPENT) == 1 and found.count(REUSED) == 1 and found.count(REVOKED) == 6, found
+        winner = next(i for i, (o, _) in enumerate(outcomes, start=1) if o == SPENT)
+        # The one successor was made, and the reuse that followed revoked it with its family.
+        assert (await users.spend_refresh(f"t{winner}", RefreshRecord(
+            token_hash="t99", family="", user_id="", created_at=now, expires_at=now), now))[0] == REVOKED
 
     run(check, store_url)
 
