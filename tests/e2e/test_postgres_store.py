@@ -355,3 +355,34 @@ def test_a_hung_database_costs_a_lookup_at_most_the_timeout(
     finally:
         own_postgres.resume()
     wait_for(lambda: status(gw, uncached) == 200, timeout=10.0)
+
+
+# --- dashboard users ------------------------------------------------------------------------------------------
+
+
+def test_users_log_in_and_refresh_on_any_gateway_sharing_the_database(
+    postgres_server: PostgresServer, make_gateway: Callable[..., Gateway], fresh_upstream: Upstream
+) -> None:
+    """A user made through one gateway's configuration logs in on another host's gateway; its refresh token is
+    single use across both (the second host sees the first host's spend), and the reuse ends the login."""
+    url = fresh_db(postgres_server)
+    settings = {**pg(url), "accounts": {"enabled": True}}
+    one = make_gateway(fresh_upstream.url, settings=settings, name="one")
+    two = make_gateway(fresh_upstream.url, settings=settings, name="two")
+    password = "correct horse battery"
+    one.cli("users", "create", "ops@example.com", "--role", "viewer", "--password-stdin", input=password + "\n")
+
+    def post(gw: Gateway, path: str, body: dict[str, str]) -> httpx.Response:
+        return httpx.post(f"{gw.url}/v1{path}", json=body, timeout=10)
+
+    logged = post(two, "/auth/login", {"email": "ops@example.com", "password": password})
+    assert logged.status_code == 200, logged.text
+    first = logged.json()["refresh_token"]
+    refreshed = post(one, "/auth/refresh", {"refresh_token": first})
+    assert refreshed.status_code == 200, refreshed.text
+    assert post(two, "/auth/refresh", {"refresh_token": first}).status_code == 401  # spent on the other host
+    assert post(one, "/auth/refresh", {"refresh_token": refreshed.json()["refresh_token"]}).status_code == 401
+    listed = json.loads(two.cli("users", "list", "--json").stdout)
+    assert listed[0]["last_login_at"] is not None
+    for gw in (one, two):
+        assert password not in gw.log() and first not in gw.log()
