@@ -29,7 +29,8 @@ What is per process, and so drifts between workers unless it lives in Redis:
   keeps working in the other workers until ``cache.ttl_seconds`` runs out.
 
 :func:`drift_warnings` says so at start-up. The fix is ``store.url: redis://host:port/db`` (keys, limits and
-invalidation shared), or at least ``rate_limits.url: redis://...`` for the limits.
+invalidation shared), or ``store.url: postgresql://...`` (keys and invalidation shared) with
+``rate_limits.url: redis://...`` for the limits.
 """
 
 from __future__ import annotations
@@ -81,8 +82,8 @@ def drift_warnings(settings: Settings) -> list[str]:
         out.append(
             f"listen.workers is {workers} with a SQLite store: a key revoked, rotated or changed through one "
             f"worker (or the CLI) keeps working in the others for up to cache.ttl_seconds "
-            f"({settings.cache.ttl_seconds:g} s). Use store.url: redis://host:port/db for revocation in every "
-            "worker within 1 s, or lower cache.ttl_seconds."
+            f"({settings.cache.ttl_seconds:g} s). Use store.url: redis://host:port/db or "
+            "postgresql://user@host:5432/db for revocation in every worker within 1 s, or lower cache.ttl_seconds."
         )
     return out
 
