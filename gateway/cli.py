@@ -174,9 +174,10 @@ def _listen(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _demo_settings(platform: str, port: int, upstream_url: str, data_dir: Path, jwt_secret: str) -> dict[str, Any]:
+def _demo_settings(platform: str, port: int, upstream_url: str, data_dir: Path) -> dict[str, Any]:
     """The demo's configuration: deployERP's defaults, or the DeployAlly format, keys, paths and policy with the
-    dashboard's JWTs (signed by the sample upstream's login) and a test upstream for da_test_ keys."""
+    gateway's own dashboard login (accounts: the guide's demo user, whose password "senha" is 5 characters) and a
+    test upstream for da_test_ keys."""
     settings: dict[str, Any] = {
         "listen": {"host": "127.0.0.1", "port": port},
         "upstream": {"url": upstream_url},
@@ -184,9 +185,9 @@ def _demo_settings(platform: str, port: int, upstream_url: str, data_dir: Path, 
     }
     if platform == "deployally":
         settings["upstream"]["environments"] = {"test": upstream_url}
-        settings |= {"error_format": "deployally", "key_format": "deployally", "management": {"prefix": "/api/v1"},
-                     "policies": "policies/deployally.yaml",
-                     "jwt": {"enabled": True, "algorithms": ["HS256"], "secret": jwt_secret}}
+        settings |= {"error_format": "deployally", "key_format": "deployally",
+                     "management": {"prefix": "/api/v1", "allow_jwt": True}, "policies": "policies/deployally.yaml",
+                     "accounts": {"enabled": True, "min_password_length": 5}}
     return settings
 
 
@@ -219,7 +220,6 @@ def _demo_lines(platform: str, base: str, values: dict[str, str]) -> list[str]:
 
 
 async def _demo(port: int, data_dir: Path, platform: str = "deployerp") -> None:
-    import secrets
 
     import uvicorn
 
@@ -230,16 +230,18 @@ async def _demo(port: int, data_dir: Path, platform: str = "deployerp") -> None:
 
     sock = _listen("127.0.0.1", port)
     port = int(sock.getsockname()[1])  # --port 0 picks a free one
-    jwt_secret = secrets.token_urlsafe(32)  # the dashboard's JWTs (DeployAlly): the upstream signs, the gateway checks
     try:
-        runner, upstream_port = await upstream.start("127.0.0.1", 0, platform, jwt_secret)
+        runner, upstream_port = await upstream.start("127.0.0.1", 0, platform)
     except BaseException:
         sock.close()
         raise
     try:
         settings = load_settings(None, environ={}, overrides=_demo_settings(
-            platform, port, f"http://127.0.0.1:{upstream_port}", data_dir, jwt_secret))
+            platform, port, f"http://127.0.0.1:{upstream_port}", data_dir))
         components = build_components(settings)
+        if components.accounts is not None:
+            demo = upstream.DEMO_USER
+            await components.accounts.create_user(demo["email"], demo["password"], demo["role"])
         base = f"http://127.0.0.1:{port}"
         keys = DEMO_KEYS[platform]
         title = "DeployAlly" if platform == "deployally" else "deployERP"
@@ -250,7 +252,7 @@ async def _demo(port: int, data_dir: Path, platform: str = "deployerp") -> None:
         ]
         if platform == "deployally":
             lines.append("DeployAlly format: paths under /api/v1, da_ keys, answers in Portuguese; dashboard login "
-                         "usuario@exemplo.com / senha gives a JWT")
+                         "usuario@exemplo.com / senha (role admin) gives a JWT signed by the gateway")
         lines += ["", f"{('Three', 'Four')[len(keys) - 3]} keys, shown this once:"]
         values: dict[str, str] = {}
         from gateway.admin.models import key_models

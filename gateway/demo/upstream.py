@@ -5,22 +5,18 @@ below each) answer JSON with sample data and an ``echo`` of the method, path, qu
 ``X-Auth-*`` headers they received, so a user can see what the gateway passes on.
 
 DeployAlly (``--platform deployally``): ``/api/v1/templates``, ``/definitions``, ``/instances``, ``/deployments``
-and ``/servers`` the same way, in DeployAlly's ``{"success": true, "data": ...}``; and the dashboard's login:
-``POST /api/v1/auth/login`` with the demo user (the guide's ``usuario@exemplo.com`` / ``senha``) answers a JWT
-valid for 24 hours, signed with the secret the demo gives the gateway, which ``GET /api/v1/user/profile`` then
-takes. Run it alone with ``python -m gateway.demo.upstream --port 9000 [--platform deployally]``.
+and ``/servers`` the same way, in DeployAlly's ``{"success": true, "data": ...}``; and ``GET /api/v1/user/profile``,
+the dashboard user the gateway vouches for (``X-Auth-User-Email``, ``X-Auth-User-Role``). The login itself is the
+gateway's own (gateway.accounts: the demo creates the guide's ``usuario@exemplo.com`` / ``senha`` in its store).
+Run it alone with ``python -m gateway.demo.upstream --port 9000 [--platform deployally]``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import secrets
-import time
-from datetime import UTC, datetime
 from typing import Any
 
-import jwt
 from aiohttp import web
 
 SAMPLES: dict[str, list[dict[str, Any]]] = {
@@ -43,11 +39,9 @@ ALLY_SAMPLES: dict[str, list[dict[str, Any]]] = {
     "deployments": [{"id": "dep_01", "instance_id": "ins_01", "status": "succeeded"}],
     "servers": [{"id": "srv_01", "name": "sp-1", "region": "sa-east", "status": "running"}],
 }
-# The DeployAlly guide's own login example ("Login"): the demo's one dashboard user.
-DEMO_USER = {"email": "usuario@exemplo.com", "password": "senha", "name": "Usuário de Exemplo"}
-# What the dashboard's JWTs hold: the guide's read permissions, and the user's own profile.
-DEMO_USER_PERMISSIONS = ["templates:read", "definitions:read", "instances:read", "profile:read"]
-JWT_LIFETIME = 24 * 3600  # "JWTs expiram em 24 horas"
+# The DeployAlly guide's own login example ("Login"): the demo's one dashboard user (`gateway demo` creates it in
+# the gateway's store, role admin).
+DEMO_USER = {"email": "usuario@exemplo.com", "password": "senha", "name": "Usuário de Exemplo", "role": "admin"}
 
 
 def _echo(request: web.Request) -> dict[str, Any]:
@@ -108,42 +102,22 @@ async def ally_resource(request: web.Request) -> web.Response:
     return web.json_response({"success": True, "data": items, "echo": _echo(request)})
 
 
-def _login(secret: str) -> Any:
-    async def login(request: web.Request) -> web.Response:
-        """The dashboard's login: the demo user gets a JWT for 24 hours, signed with the gateway's secret."""
-        try:
-            sent = await request.json()
-        except ValueError:
-            sent = None
-        if not isinstance(sent, dict) or (sent.get("email"), sent.get("password")) != (
-                DEMO_USER["email"], DEMO_USER["password"]):
-            return web.json_response({"success": False, "error": {
-                "code": "UNAUTHORIZED", "message": "E-mail ou senha inválidos"}}, status=401)
-        now = int(time.time())
-        claims = {"sub": DEMO_USER["email"], "name": DEMO_USER["name"], "permissions": DEMO_USER_PERMISSIONS,
-                  "iat": now, "exp": now + JWT_LIFETIME, "jti": secrets.token_hex(8)}
-        expires_at = datetime.fromtimestamp(now + JWT_LIFETIME, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-        return web.json_response({"success": True, "data": {
-            "token": jwt.encode(claims, secret, algorithm="HS256"), "expires_at": expires_at}})
-
-    return login
-
-
 async def profile(request: web.Request) -> web.Response:
-    """The calling dashboard user, as the gateway vouches for it (``X-Auth-Subject``)."""
-    subject = request.headers.get("X-Auth-Subject")
-    if subject != DEMO_USER["email"]:
+    """The calling dashboard user, as the gateway vouches for it (``X-Auth-User-*``, added by the gateway only)."""
+    email = request.headers.get("X-Auth-User-Email")
+    if email is None:
         return web.json_response({"success": False, "error": {"code": "NOT_FOUND", "message": "Usuário inexistente"}},
                                  status=404)
-    return web.json_response({"success": True, "data": {"email": subject, "name": DEMO_USER["name"]},
-                              "echo": _echo(request)})
+    name = DEMO_USER["name"] if email == DEMO_USER["email"] else email
+    return web.json_response({"success": True, "data": {
+        "id": request.headers.get("X-Auth-User-Id"), "email": email, "name": name,
+        "role": request.headers.get("X-Auth-User-Role")}, "echo": _echo(request)})
 
 
-def make_app(platform: str = "deployerp", jwt_secret: str | None = None) -> web.Application:
-    """The sample upstream of ``platform``; a DeployAlly one issues dashboard JWTs signed with ``jwt_secret``."""
+def make_app(platform: str = "deployerp") -> web.Application:
+    """The sample upstream of ``platform``."""
     app = web.Application()
     if platform == "deployally":
-        app.router.add_route("POST", "/api/v1/auth/login", _login(jwt_secret or secrets.token_urlsafe(32)))
         app.router.add_route("GET", "/api/v1/user/profile", profile)
         app.router.add_route("*", "/api/v1/{resource}", ally_resource)
         app.router.add_route("*", "/api/v1/{resource}/{item}", ally_resource)
@@ -155,10 +129,10 @@ def make_app(platform: str = "deployerp", jwt_secret: str | None = None) -> web.
     return app
 
 
-async def start(host: str = "127.0.0.1", port: int = 0, platform: str = "deployerp",
-                jwt_secret: str | None = None) -> tuple[web.AppRunner, int]:
+async def start(host: str = "127.0.0.1", port: int = 0,
+                platform: str = "deployerp") -> tuple[web.AppRunner, int]:
     """Start the sample upstream in the running loop; returns the runner (to clean up) and the port."""
-    runner = web.AppRunner(make_app(platform, jwt_secret), access_log=None)
+    runner = web.AppRunner(make_app(platform), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     await site.start()
@@ -170,9 +144,8 @@ def main() -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=9000)
     parser.add_argument("--platform", choices=("deployerp", "deployally"), default="deployerp")
-    parser.add_argument("--jwt-secret", help="DeployAlly: the HS256 secret the dashboard's JWTs are signed with")
     args = parser.parse_args()
-    web.run_app(make_app(args.platform, args.jwt_secret), host=args.host, port=args.port, access_log=None,
+    web.run_app(make_app(args.platform), host=args.host, port=args.port, access_log=None,
                 print=None)
 
 

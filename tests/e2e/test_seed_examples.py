@@ -195,12 +195,14 @@ def test_deployally_guide_examples_run_against_the_demo(ally: Demo, curl_home: P
     assert test.status == 200, test.text
     assert test.json()["echo"]["auth_headers"]["x-auth-environment"] == "test"  # type: ignore[index]
 
-    # JWT (Dashboard): the login answers the guide's body; the JWT lasts 24 hours and opens the profile.
+    # JWT (Dashboard): the gateway's own login answers the guide's body, with the refresh token the guide's note
+    # speaks of ("Use refresh tokens para renovar"); the JWT lasts 24 hours and opens the profile.
     login = curl(ALLY_LOGIN)
     assert login.status == 200, login.text
     session = login.json()
     assert isinstance(session, dict) and set(session) == {"success", "data"} and session["success"] is True
-    assert set(session["data"]) == {"token", "expires_at"} and session["data"]["token"].startswith("eyJ")
+    assert set(session["data"]) == {"token", "expires_at", "refresh_token"}
+    assert session["data"]["token"].startswith("eyJ")
     lasts = datetime.strptime(session["data"]["expires_at"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
     assert abs((lasts - datetime.now(UTC)).total_seconds() - 24 * 3600) < 120
     values["eyJ..."] = session["data"]["token"]
