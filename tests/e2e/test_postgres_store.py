@@ -386,3 +386,11 @@ def test_users_log_in_and_refresh_on_any_gateway_sharing_the_database(
     assert listed[0]["last_login_at"] is not None
     for gw in (one, two):
         assert password not in gw.log() and first not in gw.log()
+
+
+def test_a_command_that_skips_the_schema_check_still_names_the_migration(postgres_server: PostgresServer,
+                                                                          tmp_path: Path) -> None:
+    url = fresh_db(postgres_server, migrate=False)
+    gw = Gateway(tmp_path / "gw", "http://127.0.0.1:9", pg(url), start=False)
+    out = gw.cli("users", "list", check=False)
+    assert out.returncode == 1 and "gateway store migrate" in out.stderr and "Traceback" not in out.stderr

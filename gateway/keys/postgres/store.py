@@ -126,6 +126,9 @@ class PostgresStore(PostgresUsers):
         # messages never carry the password, but the class name is all a client or a log needs.
         if isinstance(exc, asyncpg.UniqueViolationError):
             return StoreError("a key with this id or value already exists")
+        if isinstance(exc, asyncpg.UndefinedTableError | asyncpg.UndefinedColumnError):
+            return StoreError(f"{self.where}: {what} failed: the database lacks this gateway's tables: run "
+                              "`gateway store migrate` (with the same configuration)")
         if isinstance(exc, asyncio.TimeoutError | TimeoutError):
             return StoreError(f"{self.where}: {what} failed: no answer within {self.timeout * 1000:g} ms")
         return StoreError(f"{self.where}: {what} failed: {exc.__class__.__name__}")
