@@ -19,7 +19,7 @@ import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from gateway import __version__
 from gateway.config.settings import ConfigError, Settings, load_settings
@@ -35,7 +35,7 @@ from gateway.keys.service import (
     rotate_key,
     update_key,
 )
-from gateway.keys.store import Conflict, KeyStore, StoreError, UserStore
+from gateway.keys.store import Conflict, StoreError
 from gateway.policy.rules import PolicyError, load_policy
 
 if TYPE_CHECKING:
@@ -541,97 +541,16 @@ async def _audit(args: argparse.Namespace) -> int:
 # --- store ---------------------------------------------------------------------------------------------------
 
 
-async def _store_copy(args: argparse.Namespace) -> int:
-    """Copy every key (hashes only: a store never holds a value) and its audit trail to another store."""
-    from gateway.keys.backends import open_url
+def cmd_store(args: argparse.Namespace) -> int:
+    from gateway import cli_store
 
-    if args.source == args.target:
+    if args.store_cmd == "copy" and args.source == args.target:
         raise CLIError("--from and --to name the same store", status=2)
     settings = _settings(args)
-    source = open_url(args.source, settings)
-    try:
-        target = open_url(args.target, settings)
-    except BaseException:
-        await source.close()
-        raise
-    try:
-        await _ready_for_copy(source, target)
-        copied: set[str] = set()
-        skipped = 0
-        for record in await source.list():
-            if await target.get(record.id) is not None:
-                skipped += 1  # copied before: copying again changes nothing
-                continue
-            await target.add(record)
-            copied.add(record.id)
-        events = [e for e in await source.audit_log(None, limit=2**31 - 1) if e.key_id in copied]
-        await target.append_audit(events)
-        users, users_skipped = await _copy_users(cast(UserStore, source), cast(UserStore, target))
-    finally:
-        await source.close()
-        await target.close()
-    doc = {"copied_keys": len(copied), "skipped_keys": skipped, "copied_audit_events": len(events),
-           "copied_users": users, "skipped_users": users_skipped}
-    _out(args, doc, f"Copied {len(copied)} key(s), {len(events)} audit event(s) and {users} dashboard user(s); "
-                    f"{skipped} key(s) and {users_skipped} user(s) were already there. The keys authenticate only "
-                    "with the same server secret (GATEWAY_SECRET); users sign in again (sessions are not copied).")
-    return 0
-
-
-async def _copy_users(source: UserStore, target: UserStore) -> tuple[int, int]:
-    """Every dashboard user (password hashes only) not already in ``target`` by id or address: (copied,
-    skipped). Refresh tokens are not copied: a user signs in again on the new store."""
-    copied = skipped = 0
-    for user in await source.list_users():
-        if await target.get_user(user.id) is not None or await target.get_user_by_email(user.email) is not None:
-            skipped += 1
-            continue
-        await target.add_user(user)
-        copied += 1
-    return copied, skipped
-
-
-async def _ready_for_copy(source: KeyStore, target: KeyStore) -> None:
-    """A PostgreSQL source must be at this gateway's schema; a PostgreSQL target is brought to it (copying
-    into a new database is how one moves to PostgreSQL: `store migrate` first would be one more step)."""
-    from gateway.keys.postgres.store import PostgresStore
-
-    if isinstance(source, PostgresStore):
-        await source.check_schema()
-    if isinstance(target, PostgresStore):
-        await target.migrate()
-
-
-async def _store_migrate(args: argparse.Namespace) -> int:
-    """Bring a PostgreSQL store to this gateway's schema (the other stores need no such step)."""
-    from gateway.keys.backends import is_postgres_url, open_url
-    from gateway.keys.postgres.store import PostgresStore
-    from gateway.redisurl import redacted
-
-    settings = _settings(args)
-    url = args.url or settings.store.url
-    if not is_postgres_url(url):
-        _out(args, {"store": redacted(url), "migrated": False},
-             f"{redacted(url)} needs no migration: a SQLite file is brought up to date when it is opened, and "
-             "a Redis store has no schema. Only PostgreSQL stores are migrated by this command.")
-        return 0
-    store = open_url(url, settings)
-    assert isinstance(store, PostgresStore)
-    try:
-        before, after = await store.migrate()
-    finally:
-        await store.close()
-    doc = {"store": store.where, "migrated": after != before, "from_version": before, "to_version": after}
-    text = (f"{store.where}: schema version {before} -> {after}." if after != before
-            else f"{store.where}: already at schema version {after}; nothing to do.")
+    doc, text = asyncio.run(cli_store.migrate(args, settings) if args.store_cmd == "migrate"
+                            else cli_store.copy(args, settings))
     _out(args, doc, text)
     return 0
-
-
-def cmd_store(args: argparse.Namespace) -> int:
-    if args.store_cmd == "migrate":
-        return asyncio.run(_store_migrate(args))
-    return asyncio.run(_store_copy(args))
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
