@@ -23,9 +23,11 @@ from gateway.keys.format import generate_key_id
 from gateway.keys.hashing import Pepper
 from gateway.keys.lease import PostgresLease, lease_for
 from gateway.keys.postgres import schema
+from gateway.keys.postgres.listener import InvalidationListener
 from gateway.keys.postgres.store import PostgresStore
-from gateway.keys.service import create_key, revoke_key
-from gateway.keys.store import StoreError
+from gateway.keys.record import AuditEvent, utcnow
+from gateway.keys.service import create_key, revoke_key, rotate_key, update_key
+from gateway.keys.store import StoreError, UsageUpdate
 from tests.support.lifecycle import KeysAPI, admin_gateway, bearer, wait_for
 from tests.support.postgres import PostgresServer, fresh_db, sql
 from tests.support.procs import SECRET, Gateway, RedisServer, Upstream, run_cli
@@ -394,3 +396,51 @@ def test_a_command_that_skips_the_schema_check_still_names_the_migration(postgre
     gw = Gateway(tmp_path / "gw", "http://127.0.0.1:9", pg(url), start=False)
     out = gw.cli("users", "list", check=False)
     assert out.returncode == 1 and "gateway store migrate" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_changes_the_gate_reads_are_announced_and_usage_flushes_are_not(postgres_server: PostgresServer) -> None:
+    """The trigger names the keyed hash of each key changed (create, update, rotate: both keys, revoke), and stays
+    quiet for usage counts, notices and a held value taken: a usage flush every few seconds must not empty every
+    gateway's cache."""
+    url = fresh_db(postgres_server)
+
+    class Recorder:
+        def __init__(self) -> None:
+            self.hashes: list[str | None] = []
+
+        def invalidate(self, key_hash: str | None = None) -> None:
+            self.hashes.append(key_hash)
+
+    async def main() -> None:
+        store = PostgresStore(url, timeout_ms=5000)
+        cache = Recorder()
+        listener = InvalidationListener(store, cache)
+        listener.start()
+        try:
+            await until_async(lambda: listener.connected)
+            assert cache.hashes == [None]  # connected: the whole cache dropped once
+            pepper = Pepper(SECRET.encode(), "test")
+            _, a = await create_key(store, pepper, KeyFormat(), name="a", permissions=["servers:read"])
+            await store.record_usage([UsageUpdate(a.id, 5, utcnow(), "10.0.0.1")])
+            await store.set_notices(a.id, "{}")
+            await store.take_held_value(a.id, AuditEvent("reveal", a.id, "cli"))
+            await update_key(store, a.id, {"name": "renamed"})
+            rotated = await rotate_key(store, pepper, KeyFormat(), a.id, grace_period="1h")
+            assert rotated is not None
+            await revoke_key(store, a.id)
+            expected = [None, a.key_hash, a.key_hash, rotated[2].key_hash, a.key_hash, a.key_hash]
+            await until_async(lambda: len(cache.hashes) >= len(expected))
+            await asyncio.sleep(0.2)  # nothing more arrives
+            assert sorted(map(str, cache.hashes)) == sorted(map(str, expected))
+        finally:
+            await listener.stop()
+            await store.close()
+
+    asyncio.run(main())
+
+
+async def until_async(check: Callable[[], bool], limit: float = 5.0) -> None:
+    deadline = time.monotonic() + limit
+    while not check():
+        assert time.monotonic() < deadline, "not in time"
+        await asyncio.sleep(0.01)
