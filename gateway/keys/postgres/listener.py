@@ -26,7 +26,8 @@ from gateway.keys.store import StoreError
 
 log = logging.getLogger("gateway.store")
 
-_DOWN = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, asyncio.TimeoutError, StoreError)
+_DOWN = (asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.exceptions.InternalClientError, OSError,
+         asyncio.TimeoutError, StoreError)
 
 
 class InvalidationListener:

@@ -60,8 +60,17 @@ UPDATE api_keys k SET
 FROM u JOIN locked ON locked.id = u.id
 WHERE k.id = u.id
 """
-# What makes a connection unusable (server gone, restarted, timed out): the call fails with StoreError.
-_DOWN = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, asyncio.TimeoutError)
+# What makes a call fail (server gone, restarted, timed out, a statement refused): StoreError.
+_DOWN = (asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.exceptions.InternalClientError, OSError,
+         asyncio.TimeoutError)
+# What says the connection itself is dead (the server restarted or ended the session since it was made; a
+# pooled connection that saw that happen while idle can be left in a state asyncpg refuses to use).
+_BROKEN = (asyncpg.PostgresConnectionError, asyncpg.OperatorInterventionError, asyncpg.InterfaceError,
+           asyncpg.exceptions.InternalClientError, ConnectionError)
+
+
+class _StaleConnection(StoreError):
+    """A call failed on a pooled connection that was dead: a read is tried once more on a new one."""
 
 # Values most keys share (permission and allowlist lists, environment, creator), one copy each: a record lives
 # in the key cache (see gateway.keys.sqlite, which does the same). Cleared when full.
@@ -169,7 +178,23 @@ class PostgresStore(PostgresUsers):
             async with pool.acquire(timeout=self.connect_timeout) as conn:
                 yield conn
         except _DOWN as exc:
+            if isinstance(exc, _BROKEN):
+                # One dead connection means the others made before it are dead too (a restart): each is
+                # replaced when next taken, instead of failing one request each.
+                await pool.expire_connections()
+                raise _StaleConnection(str(self._fail(exc, what))) from None
             raise self._fail(exc, what) from None
+
+    async def _read(self, what: str, method: str, sql: str, *args: Any) -> Any:
+        """``conn.<method>(sql, *args)`` on a pooled connection. A read that met a dead connection (the server
+        restarted since it was made) is tried once more, on a new one: nothing was changed, so nothing can be
+        done twice. A timeout is not retried (the bound is the bound)."""
+        try:
+            async with self._conn(what) as conn:
+                return await getattr(conn, method)(sql, *args)
+        except _StaleConnection:
+            async with self._conn(what) as conn:
+                return await getattr(conn, method)(sql, *args)
 
     @asynccontextmanager
     async def _tx(self, what: str = "write") -> AsyncIterator[asyncpg.Connection]:
@@ -221,8 +246,7 @@ class PostgresStore(PostgresUsers):
     # --- reads -------------------------------------------------------------------------------------------------
 
     async def _one(self, where: str, arg: str) -> KeyRecord | None:
-        async with self._conn("lookup") as conn:
-            row = await conn.fetchrow(f"SELECT {_COLUMNS} FROM api_keys WHERE {where} = $1", arg)
+        row = await self._read("lookup", "fetchrow", f"SELECT {_COLUMNS} FROM api_keys WHERE {where} = $1", arg)
         return _record(row) if row is not None else None
 
     async def get_by_hash(self, key_hash: str) -> KeyRecord | None:
@@ -253,18 +277,15 @@ class PostgresStore(PostgresUsers):
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
         sql = (f"SELECT {_COLUMNS} FROM api_keys {where} ORDER BY created_at, id"
                f" LIMIT {arg(limit)}::bigint OFFSET {arg(offset)}::bigint")
-        async with self._conn("list") as conn:
-            rows = await conn.fetch(sql, *args)
-        return [_record(r) for r in rows]
+        return [_record(r) for r in await self._read("list", "fetch", sql, *args)]
 
     async def audit_log(self, key_id: str | None = None, limit: int = 1000) -> builtins.list[AuditEvent]:
-        async with self._conn("audit read") as conn:
-            if key_id is None:
-                rows = await conn.fetch("SELECT at, actor, action, key_id, details FROM audit_log"
-                                        " ORDER BY seq LIMIT $1", limit)
-            else:
-                rows = await conn.fetch("SELECT at, actor, action, key_id, details FROM audit_log"
-                                        " WHERE key_id = $1 ORDER BY seq LIMIT $2", key_id, limit)
+        if key_id is None:
+            rows = await self._read("audit read", "fetch", "SELECT at, actor, action, key_id, details FROM audit_log"
+                                    " ORDER BY seq LIMIT $1", limit)
+        else:
+            rows = await self._read("audit read", "fetch", "SELECT at, actor, action, key_id, details FROM audit_log"
+                                    " WHERE key_id = $1 ORDER BY seq LIMIT $2", key_id, limit)
         return [_event(r) for r in rows]
 
     # --- writes ------------------------------------------------------------------------------------------------
@@ -370,8 +391,7 @@ class PostgresStore(PostgresUsers):
             await conn.executemany(_AUDIT, [_event_args(e) for e in events])
 
     async def ping(self) -> None:
-        async with self._conn("ping") as conn:
-            await conn.fetchval("SELECT 1")
+        await self._read("ping", "fetchval", "SELECT 1")
 
     async def close(self) -> None:
         self._closed = True

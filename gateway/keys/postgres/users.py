@@ -57,6 +57,9 @@ class PostgresUsers:
     def _tx(self, what: str = "write") -> AbstractAsyncContextManager[Any]:
         raise NotImplementedError
 
+    async def _read(self, what: str, method: str, sql: str, *args: Any) -> Any:
+        raise NotImplementedError
+
     # --- users -------------------------------------------------------------------------------------------------
 
     async def add_user(self, user: UserRecord) -> None:
@@ -72,18 +75,16 @@ class PostgresUsers:
                 raise Conflict("conflict.user_exists")
 
     async def get_user(self, user_id: str) -> UserRecord | None:
-        async with self._conn("user read") as conn:
-            row = await conn.fetchrow(f"SELECT {_USER_COLUMNS} FROM users WHERE id = $1", user_id)
+        row = await self._read("user read", "fetchrow", f"SELECT {_USER_COLUMNS} FROM users WHERE id = $1", user_id)
         return _user(row) if row is not None else None
 
     async def get_user_by_email(self, email: str) -> UserRecord | None:
-        async with self._conn("user read") as conn:
-            row = await conn.fetchrow(f"SELECT {_USER_COLUMNS} FROM users WHERE email = $1", email_key(email))
+        row = await self._read("user read", "fetchrow", f"SELECT {_USER_COLUMNS} FROM users WHERE email = $1",
+                               email_key(email))
         return _user(row) if row is not None else None
 
     async def list_users(self) -> builtins.list[UserRecord]:
-        async with self._conn("user read") as conn:
-            rows = await conn.fetch(f"SELECT {_USER_COLUMNS} FROM users ORDER BY created_at, id")
+        rows = await self._read("user read", "fetch", f"SELECT {_USER_COLUMNS} FROM users ORDER BY created_at, id")
         return [_user(r) for r in rows]
 
     async def update_user(self, user_id: str, changes: Mapping[str, Any]) -> UserRecord | None:
@@ -146,8 +147,7 @@ class PostgresUsers:
 
     async def usage_by_day(self, key_id: str, days: int) -> builtins.list[tuple[date, int]]:
         first, span = day_range(days)
-        async with self._conn("usage read") as conn:
-            rows = await conn.fetch("SELECT day, count FROM usage_daily WHERE key_id = $1 AND day >= $2",
-                                    key_id, first)
+        rows = await self._read("usage read", "fetch",
+                                "SELECT day, count FROM usage_daily WHERE key_id = $1 AND day >= $2", key_id, first)
         counts = {r["day"]: int(r["count"]) for r in rows}
         return [(d, counts.get(d, 0)) for d in span]
