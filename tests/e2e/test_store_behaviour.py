@@ -187,6 +187,26 @@ def test_a_refresh_token_presented_twice_at_once_is_spent_once(store_url: str) -
     run(check, store_url)
 
 
+def test_an_id_no_key_can_have_finds_nothing(store_url: str) -> None:
+    """An id with a NUL in it (from a URL path, %00) is simply not found, by every call that takes an id; never a
+    store error (PostgreSQL cannot hold the character at all)."""
+
+    async def check(store: KeyStore) -> None:
+        bad = "key_\x00x"
+        event = AuditEvent("update", bad, "cli")
+        assert await store.get(bad) is None
+        assert await store.update(bad, {"name": "x"}, event) is None
+        assert await store.revoke(bad) is None
+        assert await store.rotate(bad, KeyRecord(id=generate_key_id(), key_hash="0" * 64, hint="0000", name="n",
+                                                 permissions=()), utcnow(), event) is None
+        assert await store.take_held_value(bad, event) is None
+        assert await store.audit_log(bad) == []
+        assert await cast(UserStore, store).get_user_by_email("a\x00@example.com") is None
+        assert await store.list() == [] and await store.audit_log() == []
+
+    run(check, store_url)
+
+
 def test_a_failed_change_writes_nothing(store_url: str) -> None:
     async def check(store: KeyStore) -> None:
         _, rec = await create_key(store, PEPPER, FMT, name="r", permissions=["servers:read"])

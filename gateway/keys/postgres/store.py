@@ -31,6 +31,7 @@ from typing import Any
 import asyncpg
 
 from gateway.keys.postgres import schema
+from gateway.keys.postgres.text import unstorable
 from gateway.keys.postgres.users import USAGE_DAILY, PostgresUsers
 from gateway.keys.record import AuditEvent, KeyRecord, utcnow
 from gateway.keys.store import Conflict, StoreError, UsageUpdate
@@ -246,6 +247,8 @@ class PostgresStore(PostgresUsers):
     # --- reads -------------------------------------------------------------------------------------------------
 
     async def _one(self, where: str, arg: str) -> KeyRecord | None:
+        if unstorable(arg):
+            return None
         row = await self._read("lookup", "fetchrow", f"SELECT {_COLUMNS} FROM api_keys WHERE {where} = $1", arg)
         return _record(row) if row is not None else None
 
@@ -280,6 +283,8 @@ class PostgresStore(PostgresUsers):
         return [_record(r) for r in await self._read("list", "fetch", sql, *args)]
 
     async def audit_log(self, key_id: str | None = None, limit: int = 1000) -> builtins.list[AuditEvent]:
+        if key_id is not None and unstorable(key_id):
+            return []
         if key_id is None:
             rows = await self._read("audit read", "fetch", "SELECT at, actor, action, key_id, details FROM audit_log"
                                     " ORDER BY seq LIMIT $1", limit)
@@ -309,6 +314,8 @@ class PostgresStore(PostgresUsers):
         bad = set(changes) - UPDATABLE
         if bad:
             raise StoreError(f"cannot update field {sorted(bad)[0]!r}")
+        if unstorable(key_id):
+            return None  # no such key
         names = builtins.list(changes)  # only names from UPDATABLE reach the SQL text
         async with self._tx() as conn:
             if await conn.fetchval("SELECT 1 FROM api_keys WHERE id = $1 FOR UPDATE", key_id) is None:
@@ -321,6 +328,8 @@ class PostgresStore(PostgresUsers):
             return await self._row(conn, key_id)
 
     async def revoke(self, key_id: str, actor: str = "cli") -> KeyRecord | None:
+        if unstorable(key_id):
+            return None  # no such key
         async with self._tx() as conn:
             row = await conn.fetchrow("SELECT revoked_at FROM api_keys WHERE id = $1 FOR UPDATE", key_id)
             if row is None:
@@ -335,6 +344,8 @@ class PostgresStore(PostgresUsers):
     async def rotate(
         self, old_id: str, new: KeyRecord, old_expires_at: datetime, audit: AuditEvent
     ) -> KeyRecord | None:
+        if unstorable(old_id):
+            return None  # no such key
         async with self._tx() as conn:
             # The row lock is what keeps concurrent rotations to one successor: a second rotation waits here
             # for the first to commit, then reads its rotated_to.
@@ -360,6 +371,8 @@ class PostgresStore(PostgresUsers):
     async def take_held_value(self, key_id: str, audit: AuditEvent) -> str | None:
         """The sealed value held for ``key_id``, erased in the same transaction (so only one caller ever gets
         it), with ``audit``; None when none is held."""
+        if unstorable(key_id):
+            return None  # no such key
         async with self._tx() as conn:
             held = await conn.fetchval("SELECT held_value FROM api_keys WHERE id = $1 FOR UPDATE", key_id)
             if held is None:

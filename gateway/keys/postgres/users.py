@@ -16,6 +16,7 @@ from contextlib import AbstractAsyncContextManager
 from datetime import date, datetime, timedelta
 from typing import Any
 
+from gateway.keys.postgres.text import unstorable
 from gateway.keys.sqlite_users import day_range  # the same days for every store
 from gateway.keys.store import Conflict
 from gateway.keys.users import EXPIRED, REUSED, REVOKED, SPENT, UNKNOWN, RefreshRecord, UserRecord, email_key
@@ -75,10 +76,14 @@ class PostgresUsers:
                 raise Conflict("conflict.user_exists")
 
     async def get_user(self, user_id: str) -> UserRecord | None:
+        if unstorable(user_id):
+            return None
         row = await self._read("user read", "fetchrow", f"SELECT {_USER_COLUMNS} FROM users WHERE id = $1", user_id)
         return _user(row) if row is not None else None
 
     async def get_user_by_email(self, email: str) -> UserRecord | None:
+        if unstorable(email):
+            return None
         row = await self._read("user read", "fetchrow", f"SELECT {_USER_COLUMNS} FROM users WHERE email = $1",
                                email_key(email))
         return _user(row) if row is not None else None
@@ -147,6 +152,8 @@ class PostgresUsers:
 
     async def usage_by_day(self, key_id: str, days: int) -> builtins.list[tuple[date, int]]:
         first, span = day_range(days)
+        if unstorable(key_id):
+            return [(d, 0) for d in span]
         rows = await self._read("usage read", "fetch",
                                 "SELECT day, count FROM usage_daily WHERE key_id = $1 AND day >= $2", key_id, first)
         counts = {r["day"]: int(r["count"]) for r in rows}
