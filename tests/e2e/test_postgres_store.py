@@ -1,11 +1,12 @@
 """The PostgreSQL key store with real `gateway serve` processes and a real PostgreSQL server started by the tests
-(tests/support/postgres.py): the schema is applied by `gateway store migrate` and checked at start-up;
-a revocation through one gateway reaches another within a second (LISTEN/NOTIFY), also after the database
-restarted; a key acknowledged with 201 survives kill -9 of the gateway and a restart of PostgreSQL; the password
-in the URL is never shown; `gateway store copy` moves keys from SQLite to PostgreSQL and on.
+(tests/support/postgres.py): a revocation through one gateway reaches another within a second (LISTEN/NOTIFY),
+also after the database restarted; a key acknowledged with 201 survives kill -9 of the gateway and a restart of
+PostgreSQL; a hung database costs a lookup at most the timeout; the password in the URL is never shown; `gateway
+store copy` moves keys and users from SQLite to PostgreSQL and on; the rotation lease; users across hosts.
 
-The store's behaviour call by call, the same as SQLite's and Redis's, is tests/e2e/test_store_behaviour.py; the
-management API with the database stopped and started again is tests/e2e/test_store_errors.py."""
+The schema and its migrations are tests/e2e/test_postgres_schema.py; the store's behaviour call by call, the
+same as SQLite's and Redis's, is tests/e2e/test_store_behaviour.py; the management API with the database stopped
+and started again is tests/e2e/test_store_errors.py."""
 
 from __future__ import annotations
 
@@ -22,119 +23,19 @@ from gateway.config.settings import KeyFormat
 from gateway.keys.format import generate_key_id
 from gateway.keys.hashing import Pepper
 from gateway.keys.lease import PostgresLease, lease_for
-from gateway.keys.postgres import schema
 from gateway.keys.postgres.listener import InvalidationListener
 from gateway.keys.postgres.store import PostgresStore
 from gateway.keys.record import AuditEvent, utcnow
 from gateway.keys.service import create_key, revoke_key, rotate_key, update_key
 from gateway.keys.store import StoreError, UsageUpdate
-from tests.support.lifecycle import KeysAPI, admin_gateway, bearer, wait_for
-from tests.support.postgres import PostgresServer, fresh_db, sql
+from tests.support.lifecycle import KeysAPI, admin_gateway, bearer, use, wait_for
+from tests.support.postgres import PostgresServer, fresh_db, settings_for, sql
 from tests.support.procs import SECRET, Gateway, RedisServer, Upstream, run_cli
 from tests.support.redisdb import fresh_db as fresh_redis_db
 
 
-def pg(url: str, **store: object) -> dict[str, object]:
-    """Gateway settings for a PostgreSQL store at ``url`` (a generous timeout: this machine is shared)."""
-    return {"store": {"url": url, "timeout_ms": 2000, **store}}
-
-
 def status(gw: Gateway, value: str) -> int:
-    return httpx.get(f"{gw.url}/v1/servers", headers=bearer(value), timeout=10).status_code
-
-
-# --- schema ---------------------------------------------------------------------------------------------------
-
-
-def test_a_gateway_refuses_an_unmigrated_or_newer_schema_naming_what_to_do(
-    postgres_server: PostgresServer, make_gateway: Callable[..., Gateway], fresh_upstream: Upstream
-) -> None:
-    url = fresh_db(postgres_server, migrate=False)
-    gw = make_gateway(fresh_upstream.url, settings=pg(url), start=False)
-
-    refused = gw.cli("keys", "list", check=False)
-    assert refused.returncode == 1 and "Traceback" not in refused.stderr
-    assert "has no gateway schema yet" in refused.stderr and "gateway store migrate" in refused.stderr
-    serve = run_cli("serve", "--config", str(gw.config), env=gw.env, check=False, cwd=gw.work, timeout=30)
-    assert serve.returncode == 1 and "gateway store migrate" in serve.stderr
-
-    first = json.loads(gw.cli("store", "migrate", "--json").stdout)
-    assert first["migrated"] is True and (first["from_version"], first["to_version"]) == (0, schema.latest())
-    again = gw.cli("store", "migrate").stdout
-    assert f"already at schema version {schema.latest()}" in again
-    assert json.loads(gw.cli("keys", "list", "--json").stdout) == []
-
-    # A newer gateway migrated this database: this one would misread it, and says so.
-    sql(url, f"INSERT INTO gateway_schema (version) VALUES ({schema.latest() + 1})")
-    newer = gw.cli("keys", "list", check=False)
-    assert newer.returncode == 1 and "made by a newer gateway" in newer.stderr and "upgrade the gateway" in newer.stderr
-    assert "newer gateway" in gw.cli("store", "migrate", check=False).stderr
-
-
-@pytest.mark.parametrize("released", range(1, schema.latest()))
-def test_an_upgrade_from_each_released_schema_keeps_every_key_and_event(
-    released: int, postgres_server: PostgresServer, make_gateway: Callable[..., Gateway], fresh_upstream: Upstream
-) -> None:
-    """A database made by an older gateway (schema ``released``, keys made and revoked through it): the new
-    gateway refuses it naming the command; `gateway store migrate` brings it up; every key and audit event is
-    still there, keys authenticate and usage is counted (per day too, a table of schema 2)."""
-    url = fresh_db(postgres_server, migrate=False)
-    gw = make_gateway(fresh_upstream.url, settings={**pg(url), "usage": {"flush_seconds": 0.2}}, start=False)
-
-    async def made_by_the_old_gateway() -> tuple[str, str]:
-        store = PostgresStore(url, timeout_ms=5000)
-        try:
-            assert await store.migrate(released) == (0, released)
-            pepper = Pepper(SECRET.encode(), "test")
-            value, kept = await create_key(store, pepper, KeyFormat(), name="kept", permissions=["servers:read"])
-            _, gone = await create_key(store, pepper, KeyFormat(), name="gone", permissions=["servers:read"])
-            await revoke_key(store, gone.id)
-            return value, kept.id
-        finally:
-            await store.close()
-
-    value, kept_id = asyncio.run(made_by_the_old_gateway())
-    refused = gw.cli("keys", "list", check=False)
-    assert refused.returncode == 1 and f"has schema version {released}" in refused.stderr
-    assert "gateway store migrate" in refused.stderr
-
-    out = json.loads(gw.cli("store", "migrate", "--json").stdout)
-    assert (out["from_version"], out["to_version"]) == (released, schema.latest())
-    assert sorted(k["name"] for k in json.loads(gw.cli("keys", "list", "--json").stdout)) == ["gone", "kept"]
-    assert [e["action"] for e in json.loads(gw.cli("audit", "--json").stdout)] == ["create", "create", "revoke"]
-    gw.start()
-    try:
-        assert status(gw, value) == 200
-        wait_for(lambda: json.loads(gw.cli("keys", "show", kept_id, "--json").stdout)["request_count"] == 1)
-    finally:
-        gw.stop()
-
-    async def per_day() -> list[tuple[object, int]]:
-        store = PostgresStore(url, timeout_ms=5000)
-        try:
-            return await store.usage_by_day(kept_id, 1)
-        finally:
-            await store.close()
-
-    assert [count for _, count in asyncio.run(per_day())] == [1]
-
-
-def test_migrate_on_a_sqlite_store_says_there_is_nothing_to_do(tmp_path: Path) -> None:
-    out = run_cli("store", "migrate", "--url", f"sqlite:///{tmp_path / 'k.db'}", cwd=tmp_path)
-    assert "needs no migration" in out.stdout
-
-
-def test_concurrent_migrations_apply_each_version_once(postgres_server: PostgresServer) -> None:
-    """Two hosts starting their upgrade at once: the advisory lock makes the second wait, then find the work
-    done (no 'relation already exists')."""
-    url = fresh_db(postgres_server, migrate=False)
-
-    async def main() -> list[tuple[int, int]]:
-        stores = [PostgresStore(url, timeout_ms=5000) for _ in range(4)]
-        return list(await asyncio.gather(*(s.migrate() for s in stores)))
-
-    results = asyncio.run(main())
-    assert sorted(results) == [(0, schema.latest())] + [(schema.latest(), schema.latest())] * 3
+    return use(gw, value).status_code
 
 
 # --- across hosts ---------------------------------------------------------------------------------------------
@@ -146,8 +47,9 @@ def test_revocation_through_one_gateway_reaches_another_within_a_second(
     """Two gateway processes on one database, each with a long cache TTL: only the notification can make the
     second refuse the key so soon."""
     url = fresh_db(postgres_server)
-    one, admin = admin_gateway(tmp_path / "one", fresh_upstream.url, {**pg(url), "cache": {"ttl_seconds": 300}})
-    two = make_gateway(fresh_upstream.url, settings={**pg(url), "cache": {"ttl_seconds": 300}}, name="two")
+    long_cache = {**settings_for(url), "cache": {"ttl_seconds": 300}}
+    one, admin = admin_gateway(tmp_path / "one", fresh_upstream.url, long_cache)
+    two = make_gateway(fresh_upstream.url, settings=long_cache, name="two")
     api = KeysAPI(one, admin)
     try:
         made = api.created(name="victim", permissions=["servers:read"])
@@ -168,7 +70,7 @@ def test_after_a_database_restart_the_listener_resyncs_the_whole_cache(
     """A revocation made while a gateway's listener was disconnected (its notification lost) still takes
     effect: on reconnecting the listener empties the cache."""
     url = fresh_db(own_postgres)
-    gw = make_gateway(fresh_upstream.url, settings={**pg(url), "cache": {"ttl_seconds": 300}})
+    gw = make_gateway(fresh_upstream.url, settings={**settings_for(url), "cache": {"ttl_seconds": 300}})
     made = gw.create_key("victim", "servers:read")
     assert status(gw, made["value"]) == 200  # cached for 300 s
 
@@ -188,7 +90,7 @@ def test_an_acknowledged_key_survives_kill_9_and_a_database_restart(
     own_postgres: PostgresServer, tmp_path: Path, fresh_upstream: Upstream
 ) -> None:
     url = fresh_db(own_postgres)
-    gw, admin = admin_gateway(tmp_path / "gw", fresh_upstream.url, pg(url))
+    gw, admin = admin_gateway(tmp_path / "gw", fresh_upstream.url, settings_for(url))
     api = KeysAPI(gw, admin)
     made = [api.created(name=f"k{i}", permissions=["servers:read"]) for i in range(5)]
     api.close()
@@ -230,7 +132,7 @@ def test_the_password_is_never_shown_and_an_absent_server_fails_fast(tmp_path: P
 
 def test_the_database_holds_no_key_value(postgres_server: PostgresServer, tmp_path: Path) -> None:
     url = fresh_db(postgres_server)
-    gw = Gateway(tmp_path / "gw", "http://127.0.0.1:9", pg(url), start=False)
+    gw = Gateway(tmp_path / "gw", "http://127.0.0.1:9", settings_for(url), start=False)
     values = [gw.create_key(f"k{i}", "servers:read")["value"] for i in range(3)]
     rotated = json.loads(gw.cli("keys", "rotate", json.loads(gw.cli("keys", "list", "--json").stdout)[0]["id"],
                                 "--grace-period", "0", "--json").stdout)
@@ -282,7 +184,7 @@ def test_store_copy_sqlite_to_postgres_and_on_to_redis_keeps_keys_working(
         assert m["value"] not in out.stdout + out.stderr + onward.stdout + onward.stderr
 
     for url in (pg_url, redis_url):
-        gw = make_gateway(fresh_upstream.url, settings=pg(url))
+        gw = make_gateway(fresh_upstream.url, settings=settings_for(url))
         for m in made[:2]:
             assert status(gw, m["value"]) == 200
         assert status(gw, revoked["value"]) == 401
@@ -342,7 +244,7 @@ def test_a_hung_database_costs_a_lookup_at_most_the_timeout(
     the cache does not know gets 503 store_unavailable within about store.timeout_ms, and all is well again
     once the server runs on."""
     url = fresh_db(own_postgres)
-    gw = make_gateway(fresh_upstream.url, settings={**pg(url, timeout_ms=300), "cache": {"ttl_seconds": 300}})
+    gw = make_gateway(fresh_upstream.url, settings={**settings_for(url, timeout_ms=300), "cache": {"ttl_seconds": 300}})
     cached, uncached = gw.create_key("cached")["value"], gw.create_key("uncached")["value"]
     assert status(gw, cached) == 200
     own_postgres.pause()
@@ -368,7 +270,7 @@ def test_users_log_in_and_refresh_on_any_gateway_sharing_the_database(
     """A user made through one gateway's configuration logs in on another host's gateway; its refresh token is
     single use across both (the second host sees the first host's spend), and the reuse ends the login."""
     url = fresh_db(postgres_server)
-    settings = {**pg(url), "accounts": {"enabled": True}}
+    settings = {**settings_for(url), "accounts": {"enabled": True}}
     one = make_gateway(fresh_upstream.url, settings=settings, name="one")
     two = make_gateway(fresh_upstream.url, settings=settings, name="two")
     password = "correct horse battery"
@@ -388,14 +290,6 @@ def test_users_log_in_and_refresh_on_any_gateway_sharing_the_database(
     assert listed[0]["last_login_at"] is not None
     for gw in (one, two):
         assert password not in gw.log() and first not in gw.log()
-
-
-def test_a_command_that_skips_the_schema_check_still_names_the_migration(postgres_server: PostgresServer,
-                                                                          tmp_path: Path) -> None:
-    url = fresh_db(postgres_server, migrate=False)
-    gw = Gateway(tmp_path / "gw", "http://127.0.0.1:9", pg(url), start=False)
-    out = gw.cli("users", "list", check=False)
-    assert out.returncode == 1 and "gateway store migrate" in out.stderr and "Traceback" not in out.stderr
 
 
 def test_changes_the_gate_reads_are_announced_and_usage_flushes_are_not(postgres_server: PostgresServer) -> None:

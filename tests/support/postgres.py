@@ -120,6 +120,11 @@ def sql(url: str, *statements: str) -> None:
     asyncio.run(main())
 
 
+def settings_for(url: str, **store: object) -> dict[str, object]:
+    """Gateway settings for a PostgreSQL store at ``url`` (a generous timeout: the test machine is shared)."""
+    return {"store": {"url": url, "timeout_ms": 2000, **store}}
+
+
 def fresh_db(server: PostgresServer, migrate: bool = True) -> str:
     """The URL of a new, empty database on ``server``; with the gateway's schema unless ``migrate`` is False."""
     name = f"gw_{os.getpid()}_{next(_numbers)}"
