@@ -14,9 +14,11 @@ the user and a new password revoke families.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
+import os
 import secrets
 import time
 import uuid
@@ -116,6 +118,9 @@ class Accounts:
         self.by_address = FailureGuard(settings.login_failures_per_address, cooldown, 2**62, _MAX_TRACKED)
         self.by_account = FailureGuard(settings.login_failures_per_account, cooldown, 2**62, _MAX_TRACKED)
         self._dummy = dummy_hash()
+        # argon2id takes 64 MiB and tens of ms of CPU per hash: at most one per core at a time, so a flood of logins
+        # queues here instead of taking the process's memory (and the event loop's threads).
+        self._hashing = asyncio.Semaphore(max(1, os.cpu_count() or 1))
 
     def __repr__(self) -> str:
         return f"Accounts(issuer={self.issuer.issuer!r}, kid={self.issuer.keys.kid!r})"
@@ -134,11 +139,8 @@ class Accounts:
         never gives a key more than the user's role holds."""
         held = self.role_scopes(role)
         for scope in permissions:
-            if scope == "*" or scope.endswith(":*"):
-                # A wildcard is granted only by the same or a wider wildcard.
-                if not grants(held, scope):
-                    raise RoleCannotGrant(scope)
-            elif not grants(held, scope):
+            # grants() reads a wildcard asked for literally: only the same or a wider wildcard covers it.
+            if not grants(held, scope):
                 raise RoleCannotGrant(scope)
 
     # --- login, refresh, logout ------------------------------------------------------------------------------
@@ -157,8 +159,9 @@ class Accounts:
         user = await self._get_by_email(account) if len(account) <= MAX_ADDRESS else None
         usable = user is not None and user.status == "active" and len(password) <= MAX_PASSWORD
         # The same argon2id work whether or not the address has an account.
-        ok = await verify_in_thread(user.password_hash if usable and user is not None else self._dummy,
-                                    password[:MAX_PASSWORD])
+        async with self._hashing:
+            ok = await verify_in_thread(user.password_hash if usable and user is not None else self._dummy,
+                                        password[:MAX_PASSWORD])
         if not ok or not usable or user is None:
             self.by_address.failure(address, now)
             self.by_account.failure(account, now)
@@ -166,7 +169,7 @@ class Accounts:
             raise InvalidCredentials()
         changes: dict[str, object] = {"last_login_at": _dt(now)}
         if needs_rehash(user.password_hash):
-            changes["password_hash"] = await hash_in_thread(password)
+            changes["password_hash"] = await self._hash(password)
         await self._store("user write", self.store.update_user(user.id, changes))
         family = uuid.uuid4().hex
         session, refresh = self._session(user, now)
@@ -230,6 +233,10 @@ class Accounts:
             log.error("store unavailable for %s: %s", what, exc)
             raise StoreUnavailable() from None
 
+    async def _hash(self, password: str) -> str:
+        async with self._hashing:
+            return await hash_in_thread(password)
+
     # --- management ------------------------------------------------------------------------------------------
 
     def _check_password(self, password: str) -> None:
@@ -254,7 +261,7 @@ class Accounts:
         self._check_role(role)
         self._check_password(password)
         record = UserRecord(id="usr_" + uuid.uuid4().hex[:20], email=email_key(address), role=role,
-                            password_hash=await hash_in_thread(password), status="active",
+                            password_hash=await self._hash(password), status="active",
                             created_at=_dt(self._now()))
         try:
             await self._store("user write", self.store.add_user(record))
@@ -292,7 +299,7 @@ class Accounts:
         record = await self._user(email)
         self._check_password(password)
         updated = await self._store("user write", self.store.update_user(
-            record.id, {"password_hash": await hash_in_thread(password)}))
+            record.id, {"password_hash": await self._hash(password)}))
         await self._store("refresh write", self.store.revoke_user_refresh(record.id, _dt(self._now())))
         return User.of(updated or record)
 

@@ -196,7 +196,7 @@ class RedisUsers:
             if value is None:
                 dels.append(name)
             else:
-                sets += [name, to_iso(value) or "" if isinstance(value, datetime) else str(value)]
+                sets += [name, (to_iso(value) or "") if isinstance(value, datetime) else str(value)]
         done = await self._call("user write", self._update_user_script(
             keys=[_user_key(user_id)], args=[len(sets) // 2, *sets, *dels]))
         return await self.get_user(user_id) if done else None
