@@ -13,6 +13,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import cast
 
+import httpx
 import pytest
 
 from gateway.config.settings import KeyFormat
@@ -286,6 +287,8 @@ def test_store_copy_round_trip_keeps_keys_working(
 ) -> None:
     first = make_gateway(fresh_upstream.url, name="first", start=False)
     made = [first.create_key(f"k{i}", "servers:read") for i in range(3)]
+    # A dashboard user moves with the keys (its password hash; the password itself was never stored).
+    first.cli("users", "create", "ana@example.com", "--role", "viewer", "--password-stdin", input="moved password\n")
     revoked = made[2]
     first.cli("keys", "revoke", revoked["id"])
     sqlite_a = f"sqlite:///{first.work / 'keys.db'}"
@@ -294,13 +297,14 @@ def test_store_copy_round_trip_keeps_keys_working(
 
     out = first.cli("store", "copy", "--from", sqlite_a, "--to", redis_url, "--json")
     assert json.loads(out.stdout) == {"copied_keys": 3, "skipped_keys": 0, "copied_audit_events": 4,
-                                      "copied_users": 0, "skipped_users": 0}
+                                      "copied_users": 1, "skipped_users": 0}
     for m in made:
         assert m["value"] not in out.stdout + out.stderr
     again = first.cli("store", "copy", "--from", sqlite_a, "--to", redis_url, "--json")
     assert json.loads(again.stdout)["skipped_keys"] == 3  # idempotent
+    assert (json.loads(again.stdout)["copied_users"], json.loads(again.stdout)["skipped_users"]) == (0, 1)
     back = first.cli("store", "copy", "--from", redis_url, "--to", sqlite_b)
-    assert "Copied 3 key(s), 4 audit event(s) and 0 dashboard user(s)" in back.stdout
+    assert "Copied 3 key(s), 4 audit event(s) and 1 dashboard user(s)" in back.stdout
 
     for url in (redis_url, sqlite_b):
         gw = make_gateway(fresh_upstream.url, settings={"store": {"url": url}})
@@ -311,7 +315,14 @@ def test_store_copy_round_trip_keeps_keys_working(
                          headers={"Authorization": f"Bearer {revoked['value']}"}).status_code == 401
         listed = json.loads(gw.cli("audit", "--json").stdout)
         assert [e["action"] for e in listed] == ["create", "create", "create", "revoke"]
+        users = json.loads(gw.cli("users", "list", "--json").stdout)
+        assert [(u["email"], u["role"], u["status"]) for u in users] == [("ana@example.com", "viewer", "active")]
         gw.stop()
+    # ... and logs in on the store it was copied to.
+    moved = make_gateway(fresh_upstream.url, settings={"store": {"url": redis_url}, "accounts": {"enabled": True}})
+    login = httpx.post(f"{moved.url}/v1/auth/login", json={"email": "ana@example.com", "password": "moved password"},
+                       timeout=10)
+    assert login.status_code == 200, login.text
 
 
 def test_store_copy_bad_arguments(tmp_path: Path) -> None:
