@@ -438,9 +438,11 @@ async def _keys(args: argparse.Namespace) -> int:
             revoked = await revoke_key(store, args.id)
             if revoked is None:
                 raise CLIError(f"no key with id {args.id!r}")
-            from gateway.keys.backends import is_redis_url
+            from gateway.keys.backends import is_postgres_url, is_redis_url
 
-            bound = ("1 s (Redis store: every gateway is told at once)" if is_redis_url(settings.store.url)
+            url = settings.store.url
+            bound = ("1 s (Redis store: every gateway is told at once)" if is_redis_url(url)
+                     else "1 s (PostgreSQL store: every gateway is told at once)" if is_postgres_url(url)
                      else f"{settings.cache.ttl_seconds:g} s (cache.ttl_seconds)")
             _out(args, _public(models, revoked),
                  f"Revoked {revoked.id} ({revoked.name}). Running gateways refuse it within {bound}.")
@@ -550,47 +552,16 @@ async def _audit(args: argparse.Namespace) -> int:
 # --- store ---------------------------------------------------------------------------------------------------
 
 
-async def _store_copy(args: argparse.Namespace) -> int:
-    """Copy every key (hashes only: a store never holds a value), its audit trail and the dashboard users (password
-    hashes only) to another store."""
-    from gateway.keys.backends import open_url
+def cmd_store(args: argparse.Namespace) -> int:
+    from gateway import cli_store
 
-    if args.source == args.target:
+    if args.store_cmd == "copy" and args.source == args.target:
         raise CLIError("--from and --to name the same store", status=2)
     settings = _settings(args)
-    source = open_url(args.source, settings)
-    try:
-        target = open_url(args.target, settings)
-    except BaseException:
-        await source.close()
-        raise
-    try:
-        copied: set[str] = set()
-        skipped = 0
-        for record in await source.list():
-            if await target.get(record.id) is not None:
-                skipped += 1  # copied before: copying again changes nothing
-                continue
-            await target.add(record)
-            copied.add(record.id)
-        events = [e for e in await source.audit_log(None, limit=2**31 - 1) if e.key_id in copied]
-        await target.append_audit(events)
-        from gateway.cli_users import copy_users
-
-        users = await copy_users(source, target)  # dashboard users too: a move of stores must not lose them
-    finally:
-        await source.close()
-        await target.close()
-    doc = {"copied_keys": len(copied), "skipped_keys": skipped, "copied_audit_events": len(events),
-           "copied_users": users}
-    _out(args, doc, f"Copied {len(copied)} key(s) and {len(events)} audit event(s); {skipped} key(s) were "
-                    f"already there; {users} dashboard user(s) copied. The keys authenticate only with the same "
-                    "server secret (GATEWAY_SECRET).")
+    doc, text = asyncio.run(cli_store.migrate(args, settings) if args.store_cmd == "migrate"
+                            else cli_store.copy(args, settings))
+    _out(args, doc, text)
     return 0
-
-
-def cmd_store(args: argparse.Namespace) -> int:
-    return asyncio.run(_store_copy(args))
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
@@ -703,10 +674,16 @@ def build_parser() -> argparse.ArgumentParser:
     store = sub.add_parser("store", help="key stores")
     ssub = store.add_subparsers(dest="store_cmd", required=True, metavar="ACTION")
     copy = with_config(ssub.add_parser("copy", help="copy every key (hashes only) and the audit trail"))
-    where = "sqlite:///path, redis://host:port/db, redis+sentinel://... or redis+cluster://... (docs/redis.md)"
+    where = ("sqlite:///path, redis://host:port/db, redis+sentinel://..., redis+cluster://... (docs/redis.md) or "
+             "postgresql://user:password@host:5432/db (docs/stores.md)")
     copy.add_argument("--from", dest="source", required=True, metavar="URL", help=where)
     copy.add_argument("--to", dest="target", required=True, metavar="URL", help=where)
     copy.add_argument("--json", action="store_true")
+    migrate = with_config(ssub.add_parser(
+        "migrate", help="bring a PostgreSQL store's schema up to this gateway's (run once before the first start "
+                        "and after each upgrade; the other stores need no such step)"))
+    migrate.add_argument("--url", metavar="URL", help="the store to migrate (default: store.url)")
+    migrate.add_argument("--json", action="store_true")
     store.set_defaults(func=cmd_store)
 
     audit = with_config(sub.add_parser("audit", help="list the audit trail of key changes"))

@@ -114,22 +114,6 @@ async def run(args: argparse.Namespace, settings: Settings) -> tuple[Any, str]:
         await store.close()
 
 
-async def copy_users(source: Any, target: Any) -> int:
-    """``gateway store copy``: every dashboard user (password hash, role, status) from ``source`` to ``target``;
-    a user whose address the target has already is left as it is there. Refresh tokens are not copied: sessions
-    end with the move (users log in again). Returns how many users were copied."""
-    from gateway.keys.store import Conflict
-
-    copied = 0
-    for user in await source.list_users():
-        try:
-            await target.add_user(user)
-        except Conflict:
-            continue
-        copied += 1
-    return copied
-
-
 def main(args: argparse.Namespace, settings: Settings) -> int:
     """Run ``gateway users ...``; 0, or 1 for a refusal (printed, naming the problem), 2 for bad input."""
     try:

@@ -29,7 +29,8 @@ What is per process, and so drifts between workers unless it lives in Redis:
   keeps working in the other workers until ``cache.ttl_seconds`` runs out.
 
 :func:`drift_warnings` says so at start-up. The fix is ``store.url: redis://host:port/db`` (keys, limits and
-invalidation shared), or at least ``rate_limits.url: redis://...`` for the limits.
+invalidation shared), or ``store.url: postgresql://...`` (keys and invalidation shared) with
+``rate_limits.url: redis://...`` for the limits.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ from typing import TYPE_CHECKING, Any
 from uvicorn.supervisors.multiprocess import Multiprocess, Process
 
 from gateway.config.settings import ConfigError, Settings, load_settings
-from gateway.keys.backends import is_redis_url
+from gateway.keys.backends import is_postgres_url, is_redis_url
 from gateway.ratelimit.stage import limiter_url
 from gateway.serving.shutdown import GracefulServer
 
@@ -77,12 +78,12 @@ def drift_warnings(settings: Settings) -> list[str]:
             f"on its own, so a key can make up to {workers} times its limit. Set rate_limits.url (or store.url) "
             "to redis://host:port/db to share one exact count."
         )
-    if not is_redis_url(settings.store.url):
+    if not (is_redis_url(settings.store.url) or is_postgres_url(settings.store.url)):
         out.append(
             f"listen.workers is {workers} with a SQLite store: a key revoked, rotated or changed through one "
             f"worker (or the CLI) keeps working in the others for up to cache.ttl_seconds "
-            f"({settings.cache.ttl_seconds:g} s). Use store.url: redis://host:port/db for revocation in every "
-            "worker within 1 s, or lower cache.ttl_seconds."
+            f"({settings.cache.ttl_seconds:g} s). Use store.url: redis://host:port/db or "
+            "postgresql://user@host:5432/db for revocation in every worker within 1 s, or lower cache.ttl_seconds."
         )
     return out
 

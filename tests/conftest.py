@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from tests.support.postgres import PostgresServer
 from tests.support.procs import Gateway, RedisServer, Upstream
 
 
@@ -67,3 +68,20 @@ def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
     server = RedisServer(tmp_path / "redis")
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """A real PostgreSQL server for the session (initdb in a temporary directory, a free port; see
+    tests/support/postgres.py). Tests take a database each (tests.support.postgres.fresh_db)."""
+    server = PostgresServer()
+    yield server
+    server.remove()
+
+
+@pytest.fixture
+def own_postgres() -> Iterator[PostgresServer]:
+    """A PostgreSQL server of this test's own, to stop and start again."""
+    server = PostgresServer()
+    yield server
+    server.remove()

@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 from pydantic import (
     AfterValidator,
@@ -224,12 +224,40 @@ class UpstreamSettings(Section):
     environments: UpstreamEnvironments = Field(default_factory=UpstreamEnvironments)
 
 
+POSTGRES_SCHEMES = ("postgresql", "postgres")
+SSLMODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
+
+
+def _postgres_url(url: str) -> str:
+    """``postgresql://user:password@host:port/db?sslmode=...``, checked without connecting; the messages never
+    hold the password."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        raise Invalid("not a usable PostgreSQL URL: look like postgresql://user:password@host:5432/db") from None
+    options = dict(parse_qsl(parts.query, keep_blank_values=True))
+    if not parts.hostname and "host" not in options:
+        raise Invalid("a PostgreSQL URL names its server: postgresql://user:password@host:5432/db")
+    if port is not None and not 0 < port < 65536:
+        raise Invalid("the PostgreSQL port is not a port number")
+    if parts.path.strip("/") == "":
+        raise Invalid("a PostgreSQL URL names its database: postgresql://user:password@host:5432/db")
+    sslmode = options.get("sslmode")
+    if sslmode is not None and sslmode not in SSLMODES:
+        raise Invalid(f"sslmode must be one of {', '.join(SSLMODES)}")
+    return url
+
+
 def _store_url(url: str) -> str:
+    if url.split("://", 1)[0] in POSTGRES_SCHEMES and "://" in url:
+        return _postgres_url(url)
     if url.split(":", 1)[0] != "sqlite":
         try:
             redisurl.check(url)
         except redisurl.RedisURLError as exc:
-            raise Invalid(str(exc).replace("; use ", "; use sqlite:///path/keys.db, ", 1)) from None
+            raise Invalid(str(exc).replace(
+                "; use ", "; use sqlite:///path/keys.db, postgresql://user:password@host:5432/db, ", 1)) from None
     elif not url.startswith("sqlite:///"):
         raise Invalid("must look like sqlite:///relative/path.db or sqlite:////absolute/path.db")
     return url
@@ -241,10 +269,16 @@ class StoreSettings(Section):
         "process: one server `redis://host:port/db` (`rediss://` for TLS, `unix:///path.sock?db=0`), the master "
         "of a Sentinel service `redis+sentinel://host:26379[,host:port...]/<service>[/db]` or a Cluster "
         "`redis+cluster://host:port[,host:port...]` (`rediss+sentinel://`, `rediss+cluster://` for TLS; "
-        "docs/redis.md). Only keyed hashes of keys are stored."))
+        "docs/redis.md); or PostgreSQL, shared by every gateway host: `postgresql://user:password@host:5432/db` "
+        "(or `postgres://`; TLS with `?sslmode=require`, `verify-ca` or `verify-full`, and `sslrootcert=path`; "
+        "run `gateway store migrate` once before the first start, docs/stores.md). Only keyed hashes of keys "
+        "are stored."))
     timeout_ms: Number = Field(50.0, ge=1, le=60_000, description=(
-        "Redis stores: every exchange (connect, each reply) is bounded by this; then the lookup fails (503) "
-        "unless the key is still in the cache."))
+        "Redis and PostgreSQL stores: every exchange (connect, each reply, each query, each wait for a pooled "
+        "connection) is bounded by this (a new PostgreSQL connection by at least 250 ms); then the lookup fails "
+        "(503) unless the key is still in the cache."))
+    pool_size: Int = Field(10, ge=1, le=1000, description=(
+        "PostgreSQL stores: connections each gateway process keeps at most (made as they are needed)."))
 
 
 class CacheSettings(Section):

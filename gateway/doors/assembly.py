@@ -16,7 +16,7 @@ from gateway.accounts import Accounts
 from gateway.admin.api import build_policy
 from gateway.config.settings import Settings
 from gateway.gate import Gate, Verifier
-from gateway.keys.backends import is_redis_url, open_store
+from gateway.keys.backends import is_postgres_url, is_redis_url, open_store
 from gateway.keys.cache import KeyCache
 from gateway.keys.hashing import Pepper, load_pepper
 from gateway.keys.store import KeyStore, UserStore
@@ -27,6 +27,7 @@ from gateway.ratelimit.stage import RateLimits, open_limiter
 
 if TYPE_CHECKING:
     from gateway.doors.jwks import JWKSFetcher
+    from gateway.keys.postgres.listener import InvalidationListener as PostgresListener
     from gateway.keys.redis import InvalidationListener
 
 
@@ -47,6 +48,13 @@ def build_components(settings: Settings) -> Components:
     pepper, created = load_pepper(settings)
     jwt = build_verifier(settings)
     store = open_store(settings)
+    if is_postgres_url(settings.store.url):
+        from gateway.keys.postgres.store import PostgresStore
+
+        assert isinstance(store, PostgresStore)
+        # A database at a schema this gateway does not know (or that cannot be reached) stops the start here,
+        # with a message naming what to do.
+        store.check_schema_at_start()
     components = Components(store=store, pepper=pepper, pepper_created=created, policy=policy, jwt=jwt)
     if settings.accounts.enabled:
         components.accounts = build_accounts(settings, store, lambda: components.policy)
@@ -85,21 +93,29 @@ def build_verifier(settings: Settings) -> Verifier | None:
 
 
 class GateService:
-    """The gate and what it runs on: the key cache in front of the store (with pub/sub invalidation on Redis),
-    the usage recorder and the rate limits. Every front door serves one: the proxy (:class:`GatewayApp`) and the
-    ASGI middleware (:class:`gateway.doors.middleware.AuthMiddleware`) start it with their lifespan."""
+    """The gate and what it runs on: the key cache in front of the store (with invalidations from Redis pub/sub
+    or PostgreSQL NOTIFY), the usage recorder and the rate limits. Every front door serves one: the proxy
+    (:class:`GatewayApp`) and the ASGI middleware (:class:`gateway.doors.middleware.AuthMiddleware`) start it with
+    their lifespan."""
 
     def __init__(self, settings: Settings, components: Components, metrics: Metrics | None = None,
                  unmatched: str = "deny") -> None:
         store = components.store
         self.store = store
         self.cache = KeyCache(store, settings.cache.ttl_seconds, settings.cache.max_size)
-        self.invalidations: InvalidationListener | None = None
+        self.invalidations: InvalidationListener | PostgresListener | None = None
         if is_redis_url(settings.store.url):
             from gateway.keys.redis import InvalidationListener
 
             # Changes made by any process reach this one's cache within a second (pub/sub).
             self.invalidations = InvalidationListener(settings.store.url, self.cache, settings.store.timeout_ms)
+        elif is_postgres_url(settings.store.url):
+            from gateway.keys.postgres.listener import InvalidationListener as PostgresListener
+            from gateway.keys.postgres.store import PostgresStore
+
+            assert isinstance(store, PostgresStore)
+            # The same within a second, through LISTEN/NOTIFY.
+            self.invalidations = PostgresListener(store, self.cache)
         self.usage = UsageRecorder(store, settings.usage.flush_seconds)
         rl = settings.rate_limits
         self.limits = RateLimits(rl, open_limiter(settings) if rl.enabled else None)

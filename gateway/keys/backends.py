@@ -1,8 +1,9 @@
-"""Key stores by URL scheme: ``sqlite:///path`` or a Redis URL (one server, Sentinel, Cluster)."""
+"""Key stores by URL scheme: ``sqlite:///path``, a Redis URL (one server, Sentinel, Cluster) or a PostgreSQL
+URL (``postgresql://``, ``postgres://``)."""
 
 from __future__ import annotations
 
-from gateway.config.settings import ConfigError, Settings, resolve_path
+from gateway.config.settings import POSTGRES_SCHEMES, ConfigError, Settings, resolve_path
 from gateway.keys.store import KeyStore
 from gateway.redisurl import SCHEMES
 
@@ -13,8 +14,13 @@ def is_redis_url(url: str) -> bool:
     return url.split(":", 1)[0] in REDIS_SCHEMES
 
 
+def is_postgres_url(url: str) -> bool:
+    return url.split(":", 1)[0] in POSTGRES_SCHEMES
+
+
 def open_store(settings: Settings) -> KeyStore:
-    """The store named by ``store.url``: ``sqlite:///path`` or ``redis://``, ``rediss://``, ``unix://``."""
+    """The store named by ``store.url``: ``sqlite:///path``, ``redis://``, ``rediss://``, ``unix://`` or
+    ``postgresql://``. Opening connects to nothing yet (a PostgreSQL pool is made on the loop that uses it)."""
     return open_url(settings.store.url, settings)
 
 
@@ -31,4 +37,9 @@ def open_url(url: str, settings: Settings) -> KeyStore:
         from gateway.keys.redis import RedisStore
 
         return RedisStore(url, settings.store.timeout_ms)
-    raise ConfigError(f"store.url: unsupported scheme {scheme!r}; use sqlite:///path/keys.db or redis://host:port/db")
+    if scheme in POSTGRES_SCHEMES:
+        from gateway.keys.postgres.store import PostgresStore
+
+        return PostgresStore(url, settings.store.timeout_ms, settings.store.pool_size)
+    raise ConfigError(f"store.url: unsupported scheme {scheme!r}; use sqlite:///path/keys.db, redis://host:port/db "
+                      "or postgresql://user:password@host:5432/db")

@@ -8,6 +8,8 @@ rotated in the same transaction (SQLite ``BEGIN IMMEDIATE``) or script (Redis) t
 * Redis: ``SET {gw}:rotation:lock <token> NX PX <ttl>``; renewed and released by scripts that touch the key
   only while it still holds this process's token, so a lease that ran out and was taken by another process is
   never extended or deleted by the first. A process that dies holding it is replaced within ``ttl``.
+* PostgreSQL: a session-level advisory lock (``pg_try_advisory_lock``) held on a connection of the process's
+  own; PostgreSQL lets it go when that session ends, so a process that dies, or is cut off, is replaced at once.
 * SQLite: an exclusive ``flock`` on a file beside the store (``<store>.rotation.lock``, mode 600), released
   by the kernel if the process dies.
 """
@@ -20,6 +22,7 @@ import fcntl
 import logging
 import os
 import secrets
+import sys
 import time
 from pathlib import Path
 from typing import Any, Protocol
@@ -100,6 +103,48 @@ class RedisLease:
             await self._release(keys=[self._key], args=[self._token])
 
 
+ADVISORY_LOCK = 0x67772072_6F746174  # an arbitrary constant: "gw rotat" in ASCII
+
+
+class PostgresLease:
+    """The lease as a PostgreSQL advisory lock on a connection of its own (``store.connect()``)."""
+
+    def __init__(self, store: Any, key: int = ADVISORY_LOCK) -> None:
+        self._store = store
+        self._key = key
+        self._conn: Any = None
+        self.held = False
+
+    async def acquire(self) -> bool:
+        try:
+            if self._conn is None or self._conn.is_closed():
+                self._conn = None
+                self.held = False
+                self._conn = await self._store.connect()
+            if self.held:
+                await self._conn.fetchval("SELECT 1")  # the session is alive, so the lock is still ours
+            else:
+                self.held = bool(await self._conn.fetchval("SELECT pg_try_advisory_lock($1)", self._key))
+        except Exception as exc:  # noqa: BLE001 - any failure to reach PostgreSQL: not held
+            if self.held:
+                log.warning("rotation lease: lost the database (%s); another process may take over",
+                            exc.__class__.__name__)
+            self.held = False
+            if self._conn is not None:
+                self._conn.terminate()  # the session ends: the server lets the lock go
+                self._conn = None
+        return self.held
+
+    async def release(self) -> None:
+        self.held = False
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                await asyncio.wait_for(conn.close(), 1.0)  # ending the session releases the lock
+            except Exception:  # noqa: BLE001 - a connection that cannot close cleanly is dropped
+                conn.terminate()
+
+
 class FileLease:
     """The lease as an exclusive ``flock`` on ``path``."""
 
@@ -140,6 +185,9 @@ def lease_for(store: KeyStore) -> Lease:
 
     if isinstance(store, RedisStore):
         return RedisLease(store.redis)
+    postgres = sys.modules.get("gateway.keys.postgres.store")  # loaded if the store is one (asyncpg is not cheap)
+    if postgres is not None and isinstance(store, postgres.PostgresStore):
+        return PostgresLease(store)
     if isinstance(store, SQLiteStore):
         return FileLease(Path(f"{store.path}.rotation.lock"))
     return LocalLease()

@@ -239,7 +239,8 @@ def test_store_copy_into_the_cluster(
     first = make_gateway(fresh_upstream.url, name="sqlite", start=False)
     made = [first.create_key(f"k{i}", "servers:read") for i in range(2)]
     out = first.cli("store", "copy", "--from", f"sqlite:///{first.work / 'keys.db'}", "--to", cluster.url, "--json")
-    assert json.loads(out.stdout) == {"copied_keys": 2, "skipped_keys": 0, "copied_audit_events": 2, "copied_users": 0}
+    assert json.loads(out.stdout) == {"copied_keys": 2, "skipped_keys": 0, "copied_audit_events": 2,
+                                      "copied_users": 0, "skipped_users": 0}
     gw = make_gateway(fresh_upstream.url, settings=settings_for(cluster.url))
     for m in made:
         assert status(gw, m["value"]) == 200

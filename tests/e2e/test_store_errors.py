@@ -4,8 +4,9 @@ a log line without a secret; a change cut off by the failure leaves nothing half
 back, every endpoint works again.
 
 Real processes and real stores throughout: a `gateway serve` process on a real redis-server that is stopped
-and started again (its data saved to and reloaded from its RDB file, so the keys survive the restart), and on
-a real SQLite file that another connection breaks (a table renamed away, a write lock held).
+and started again (its data saved to and reloaded from its RDB file, so the keys survive the restart), on a real
+PostgreSQL server that is stopped and started again, and on a real SQLite file that another connection breaks (a
+table renamed away, a write lock held).
 """
 
 from __future__ import annotations
@@ -22,7 +23,9 @@ import httpx
 import pytest
 import redis
 
+from tests.support import postgres
 from tests.support.lifecycle import KeysAPI, admin_gateway, bearer, wait_for
+from tests.support.postgres import PostgresServer
 from tests.support.procs import ROOT, RedisServer, Upstream
 
 PROMPT = 2.0  # seconds: every answer while Redis is down comes within this (connection refused is at once)
@@ -274,3 +277,55 @@ def test_sqlite_write_waiting_on_a_lock_does_not_stall_proxied_requests(tmp_path
     finally:
         api.close()
         gw.stop()
+
+
+@pytest.mark.parametrize("fmt", sorted(FORMATS))
+def test_postgres_store_down_every_endpoint_503_then_back(
+    fmt: str, tmp_path: Path, up: Upstream, own_postgres: PostgresServer
+) -> None:
+    """A real PostgreSQL server stopped (fast shutdown: sessions ended, then connection refused) and started
+    again: cached keys keep working, a key the cache does not know and every management call get a prompt 503,
+    /readyz says the store does not answer, and the gateway recovers by itself once the server is back."""
+    settings, prefix, permission = FORMATS[fmt]
+    url = postgres.fresh_db(own_postgres)
+    gw, admin = admin_gateway(tmp_path / "gw", up.url, {**settings, "store": {"url": url, "timeout_ms": 2000},
+                                                        "cache": {"ttl_seconds": 300}})
+    api = KeysAPI(gw, admin, prefix=prefix)
+    try:
+        assert api.call("GET", "/auth/test").status_code == 200  # the admin key is now cached
+        made = api.create({"name": "victim", "permissions": [permission]})
+        assert made.status_code == 201, made.text
+        victim, victim_value = data(made, fmt)["id"], data(made, fmt)["value"]
+        uncached = gw.create_key("uncached", permission)["value"]  # never used: not in the gateway's cache
+        before = snapshot(api, fmt, victim)
+        secrets = [admin, victim_value, uncached]
+        with gw.client() as c:
+            assert c.get(f"{prefix}/auth/test", headers=bearer(victim_value)).status_code == 200  # cached too
+            assert c.get("/readyz").status_code == 200
+
+        own_postgres.stop()
+
+        for name, method, path, body in management_calls(victim, permission):
+            started = time.monotonic()
+            resp = api.call(method, path, body)
+            took = time.monotonic() - started
+            assert_store_unavailable(resp, fmt, secrets)
+            assert took < PROMPT, (name, took)
+        with gw.client() as c:
+            assert c.get(f"{prefix}/auth/test", headers=bearer(victim_value)).status_code == 200
+            assert_store_unavailable(c.get(f"{prefix}/auth/test", headers=bearer(uncached)), fmt, secrets)
+            ready = c.get("/readyz")
+            assert ready.status_code == 503 and ready.json()["checks"]["store"] != "ok", ready.text
+
+        own_postgres.start()
+        wait_for(lambda: api.list().status_code == 200)
+        assert snapshot(api, fmt, victim) == before
+        assert_all_work_again(api, fmt, victim, permission)
+        with gw.client() as c:
+            assert c.get(f"{prefix}/auth/test", headers=bearer(uncached)).status_code == 200
+            assert c.get("/readyz").status_code == 200
+    finally:
+        api.close()
+        gw.stop()
+
+    assert_logged_without_secrets(gw.log(), secrets)

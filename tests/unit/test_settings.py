@@ -336,7 +336,7 @@ def test_non_finite_numbers_in_the_file_are_refused(tmp_path: Path) -> None:
         ({"GATEWAY_CACHE__MAX_SIZE": "0"}, "cache.max_size"),
         ({"GATEWAY_UPSTREAM__CONNECT_TIMEOUT": "0"}, "upstream.connect_timeout"),
         ({"GATEWAY_UPSTREAM__READ_TIMEOUT": "-5"}, "upstream.read_timeout"),
-        ({"GATEWAY_STORE__URL": "postgres://db/keys"}, "store.url"),
+        ({"GATEWAY_STORE__URL": "mysql://db/keys"}, "store.url"),
         ({"GATEWAY_STORE__URL": "sqlite://keys.db"}, "store.url"),
         ({"GATEWAY_LISTEN__HOST": ""}, "listen.host"),
         ({"GATEWAY_SECRET": "short"}, "secret"),
@@ -428,6 +428,26 @@ def test_redis_url_errors_never_show_a_password() -> None:
                 "redis+sentinel://:hunter2-secret@/m"):
         message = refused("store.url", env={"GATEWAY_STORE__URL": url})
         assert "hunter2" not in message, message
+
+
+@pytest.mark.parametrize(
+    ("url", "problem"),
+    [
+        ("postgresql://u:hunter2-secret@/keys", "names its server"),
+        ("postgres://u:hunter2-secret@db:5432", "names its database"),
+        ("postgresql://u:hunter2-secret@db:99999/keys", "not a usable PostgreSQL URL"),
+        ("postgresql://u:hunter2-secret@db/keys?sslmode=maybe", "sslmode must be one of"),
+    ],
+)
+def test_bad_postgres_urls_are_refused_naming_the_problem_never_the_password(url: str, problem: str) -> None:
+    message = refused("store.url", env={"GATEWAY_STORE__URL": url})
+    assert problem in message and "hunter2" not in message, message
+
+
+def test_postgres_urls_are_accepted_with_tls_options() -> None:
+    for url in ("postgresql://gw:pw@db.internal:5432/keys", "postgres://db/keys?sslmode=verify-full&sslrootcert=ca.pem",
+                "postgresql:///keys?host=/var/run/postgresql"):
+        assert load_settings(None, environ={"GATEWAY_STORE__URL": url}).store.url == url
 
 
 def test_redacted_hides_every_password() -> None:

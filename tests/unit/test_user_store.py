@@ -1,5 +1,5 @@
-"""The stores' users, refresh tokens and per-day usage (gateway.keys.store.UserStore), on a real SQLite file and a
-real redis-server, the same assertions for both."""
+"""The stores' users, refresh tokens and per-day usage (gateway.keys.store.UserStore), on a real SQLite file, a
+real redis-server and a real PostgreSQL server (started by the tests), the same assertions for all three."""
 
 from __future__ import annotations
 
@@ -10,27 +10,33 @@ from pathlib import Path
 
 import pytest
 
+from gateway.keys.postgres.store import PostgresStore
 from gateway.keys.record import KeyRecord, utcnow
 from gateway.keys.redis import RedisStore
 from gateway.keys.sqlite import SQLiteStore
 from gateway.keys.store import Conflict, UsageUpdate
 from gateway.keys.users import EXPIRED, REUSED, REVOKED, SPENT, UNKNOWN, RefreshRecord, UserRecord
+from tests.support import postgres
 from tests.support.procs import RedisServer
 from tests.support.redisdb import fresh_db
 
 
-@pytest.fixture(params=["sqlite", "redis"])
+@pytest.fixture(params=["sqlite", "redis", "postgres"])
 def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'keys.db'}"
+    elif request.param == "postgres":
+        yield postgres.fresh_db(request.getfixturevalue("postgres_server"))
     else:
         server: RedisServer | str = request.getfixturevalue("redis_server")
         yield fresh_db(server)
 
 
-def _open(url: str) -> SQLiteStore | RedisStore:
+def _open(url: str) -> SQLiteStore | RedisStore | PostgresStore:
     if url.startswith("sqlite:///"):
         return SQLiteStore(Path(url[len("sqlite:///"):]))
+    if url.startswith("postgresql://"):
+        return PostgresStore(url, timeout_ms=2000)
     return RedisStore(url, timeout_ms=2000)
 
 

@@ -1,6 +1,7 @@
-"""The Redis key store behaves as the SQLite store: the same calls on a real SQLite file and a real
-redis-server give the same answers; changes are atomic; values are never stored; `gateway store copy` moves
-keys between them and the keys still authenticate."""
+"""The key stores behave alike: the same calls on a real SQLite file, a real redis-server and a real PostgreSQL
+server (started by the tests with initdb) give the same answers; changes are atomic; concurrent rotations of one
+key leave one successor; values are never stored; `gateway store copy` moves keys between them and the keys still
+authenticate."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import time
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
+from typing import cast
 
 import httpx
 import pytest
@@ -17,11 +19,14 @@ import pytest
 from gateway.config.settings import KeyFormat
 from gateway.keys.format import generate_key, generate_key_id
 from gateway.keys.hashing import Pepper
+from gateway.keys.postgres.store import PostgresStore
 from gateway.keys.record import AuditEvent, KeyRecord, utcnow
 from gateway.keys.redis import RedisStore
 from gateway.keys.service import create_key, revoke_key, rotate_key, update_key
 from gateway.keys.sqlite import SQLiteStore
-from gateway.keys.store import Conflict, KeyStore, StoreError, UsageUpdate
+from gateway.keys.store import Conflict, KeyStore, StoreError, UsageUpdate, UserStore
+from gateway.keys.users import REUSED, REVOKED, SPENT, RefreshRecord
+from tests.support import postgres
 from tests.support.procs import SECRET, Gateway, RedisServer, Upstream, run_cli
 from tests.support.redisdb import dump, fresh_db
 
@@ -29,16 +34,21 @@ PEPPER = Pepper(SECRET.encode(), "test")
 FMT = KeyFormat()
 
 
-@pytest.fixture(params=["sqlite", "redis"])
-def store_url(request: pytest.FixtureRequest, tmp_path: Path, redis_server: RedisServer | str) -> str:
+@pytest.fixture(params=["sqlite", "redis", "postgres"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A real, empty store of each kind (the session's redis-server and PostgreSQL server, started on demand)."""
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'keys.db'}"
-    return fresh_db(redis_server)
+    if request.param == "postgres":
+        return postgres.fresh_db(request.getfixturevalue("postgres_server"))
+    return fresh_db(request.getfixturevalue("redis_server"))
 
 
 def open_store(url: str) -> KeyStore:
     if url.startswith("sqlite:///"):
         return SQLiteStore(Path(url[len("sqlite:///"):]))
+    if url.startswith("postgresql://"):
+        return PostgresStore(url, timeout_ms=2000)
     return RedisStore(url, timeout_ms=2000)
 
 
@@ -115,6 +125,9 @@ def test_same_behaviour_as_sqlite(store_url: str) -> None:
 def test_concurrent_rotations_exactly_one_wins(store_url: str) -> None:
     async def check(store: KeyStore) -> None:
         _, rec = await create_key(store, PEPPER, FMT, name="r", permissions=["servers:read"])
+        # Connections for all eight made first (a pooled store makes them as needed): the rotations then
+        # overlap for real instead of each waiting for a connection while the one before finishes.
+        await asyncio.gather(*(store.ping() for _ in range(8)))
         results = await asyncio.gather(
             *(rotate_key(store, PEPPER, FMT, rec.id, grace_period="1h") for _ in range(8)), return_exceptions=True
         )
@@ -123,6 +136,74 @@ def test_concurrent_rotations_exactly_one_wins(store_url: str) -> None:
         assert all(isinstance(r, Conflict) for r in results if not isinstance(r, tuple))
         assert len(await store.list()) == 2
         assert [e.action for e in await store.audit_log(rec.id)] == ["create", "rotate"]
+
+    run(check, store_url)
+
+
+def test_a_held_value_is_taken_once_and_notices_are_kept(store_url: str) -> None:
+    """What the automatic rotation keeps on a key: its successor's sealed value, handed out once (the second
+    caller gets None) with an audit event; the state of its e-mail notices, written without one."""
+
+    async def check(store: KeyStore) -> None:
+        value = generate_key("dep_live_")
+        held = KeyRecord(id=generate_key_id(), key_hash=PEPPER.hash(value), hint=value[-4:], name="held",
+                         permissions=("servers:read",), held_value="sealed-value-stand-in")
+        await store.add(held, AuditEvent("create", held.id, "rotation"))
+        taken = await asyncio.gather(*(store.take_held_value(held.id, AuditEvent("reveal", held.id, "cli"))
+                                       for _ in range(4)))
+        assert [t for t in taken if t is not None] == ["sealed-value-stand-in"] and taken.count(None) == 3
+        assert await store.take_held_value("key_nope", AuditEvent("reveal", "key_nope", "cli")) is None
+        assert [e.action for e in await store.audit_log(held.id)] == ["create", "reveal"]
+
+        await store.set_notices(held.id, '{"expiry": "sent"}')
+        await store.set_notices("key_nope", "{}")  # a key that is gone is not made again
+        got = await store.get(held.id)
+        assert got is not None and got.notices == '{"expiry": "sent"}' and got.held_value is None
+        assert await store.get("key_nope") is None
+        assert [e.action for e in await store.audit_log(held.id)] == ["create", "reveal"]
+
+    run(check, store_url)
+
+
+def test_a_refresh_token_presented_twice_at_once_is_spent_once(store_url: str) -> None:
+    """Eight refreshes with one token at the same moment: one gets the successor; the next finds it spent and
+    revokes the family (RFC 9700 4.14.2), the rest find the family revoked; never two successors."""
+    now = utcnow()
+
+    async def check(store: KeyStore) -> None:
+        users = cast(UserStore, store)
+        await users.add_refresh(RefreshRecord(token_hash="t0", family="f", user_id="usr_1", created_at=now,
+                                              expires_at=now + timedelta(days=1)))
+        outcomes = await asyncio.gather(*(
+            users.spend_refresh("t0", RefreshRecord(token_hash=f"t{i}", family="", user_id="", created_at=now,
+                                                    expires_at=now), now) for i in range(1, 9)))
+        found = [o for o, _ in outcomes]
+        # The first reuse revokes the family; those after it find it revoked.
+        assert found.count(SPENT) == 1 and found.count(REUSED) == 1 and found.count(REVOKED) == 6, found
+        winner = next(i for i, (o, _) in enumerate(outcomes, start=1) if o == SPENT)
+        # The one successor was made, and the reuse that followed revoked it with its family.
+        assert (await users.spend_refresh(f"t{winner}", RefreshRecord(
+            token_hash="t99", family="", user_id="", created_at=now, expires_at=now), now))[0] == REVOKED
+
+    run(check, store_url)
+
+
+def test_an_id_no_key_can_have_finds_nothing(store_url: str) -> None:
+    """An id with a NUL in it (from a URL path, %00) is simply not found, by every call that takes an id; never a
+    store error (PostgreSQL cannot hold the character at all)."""
+
+    async def check(store: KeyStore) -> None:
+        bad = "key_\x00x"
+        event = AuditEvent("update", bad, "cli")
+        assert await store.get(bad) is None
+        assert await store.update(bad, {"name": "x"}, event) is None
+        assert await store.revoke(bad) is None
+        assert await store.rotate(bad, KeyRecord(id=generate_key_id(), key_hash="0" * 64, hint="0000", name="n",
+                                                 permissions=()), utcnow(), event) is None
+        assert await store.take_held_value(bad, event) is None
+        assert await store.audit_log(bad) == []
+        assert await cast(UserStore, store).get_user_by_email("a\x00@example.com") is None
+        assert await store.list() == [] and await store.audit_log() == []
 
     run(check, store_url)
 
@@ -216,14 +297,14 @@ def test_store_copy_round_trip_keeps_keys_working(
 
     out = first.cli("store", "copy", "--from", sqlite_a, "--to", redis_url, "--json")
     assert json.loads(out.stdout) == {"copied_keys": 3, "skipped_keys": 0, "copied_audit_events": 4,
-                                      "copied_users": 1}
+                                      "copied_users": 1, "skipped_users": 0}
     for m in made:
         assert m["value"] not in out.stdout + out.stderr
     again = first.cli("store", "copy", "--from", sqlite_a, "--to", redis_url, "--json")
     assert json.loads(again.stdout)["skipped_keys"] == 3  # idempotent
-    assert json.loads(again.stdout)["copied_users"] == 0
+    assert (json.loads(again.stdout)["copied_users"], json.loads(again.stdout)["skipped_users"]) == (0, 1)
     back = first.cli("store", "copy", "--from", redis_url, "--to", sqlite_b)
-    assert "Copied 3 key(s) and 4 audit event(s)" in back.stdout
+    assert "Copied 3 key(s), 4 audit event(s) and 1 dashboard user(s)" in back.stdout
 
     for url in (redis_url, sqlite_b):
         gw = make_gateway(fresh_upstream.url, settings={"store": {"url": url}})
