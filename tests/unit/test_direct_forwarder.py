@@ -95,7 +95,7 @@ async def _get(fwd: Forwarder, headers: list[tuple[str, str]] | None = None) -> 
 
 def _forwarder(url: str, **kwargs: Any) -> Forwarder:
     return Forwarder(url, connect_timeout=2, read_timeout=kwargs.pop("read_timeout", 5),
-                           pool_size=kwargs.pop("pool_size", 10), **kwargs)
+                     pool_size=kwargs.pop("pool_size", 10), **kwargs)
 
 
 def test_never_more_connections_than_the_pool_size() -> None:
@@ -279,3 +279,27 @@ def test_a_request_given_up_while_waiting_for_a_connection_leaks_no_slot() -> No
         server.close()
     assert order == ["first", "second", "third"]
     assert server.accepted == 1
+
+
+def test_credentials_in_the_upstream_url_become_basic_authentication() -> None:
+    """An upstream URL with credentials sends them as ``Authorization: Basic`` (RFC 7617), percent-decoded, and
+    never in the Host header; a request with its own Authorization (``forward_authorization``) keeps it alone."""
+    server = Server(slow_answers)
+
+    async def run() -> None:
+        fwd = _forwarder(server.url.replace("http://", "http://svc:pa%3Ass@"))
+        await fwd.start()
+        try:
+            await _get(fwd)
+            await _get(fwd, [("authorization", "Bearer theirs")])
+        finally:
+            await fwd.close()
+
+    try:
+        asyncio.run(run())
+    finally:
+        server.close()
+    plain, own = server.heads
+    assert b"\r\nAuthorization: Basic c3ZjOnBhOnNz\r\n" in plain  # svc:pa:ss
+    assert f"\r\nHost: {server.url.removeprefix('http://')}\r\n".encode() in plain
+    assert b"Basic" not in own and own.lower().count(b"authorization:") == 1
