@@ -16,9 +16,9 @@ from gateway.config.settings import Settings
 from gateway.doors.assembly import Components, GateService, build_components
 from gateway.doors.cors import UPSTREAM_CORS
 from gateway.doors.forward_auth import ForwardAuth
-from gateway.doors.proxy.direct import DirectForwarder
 from gateway.doors.proxy.forwarder import Forwarder
 from gateway.doors.proxy.pipeline import Gateway
+from gateway.doors.proxy.websocket import UpstreamWebSockets
 from gateway.errors import error_format
 from gateway.gate import Verifier
 from gateway.keys.backends import is_redis_url
@@ -57,16 +57,19 @@ class GatewayApp:
         self.limits = self.service.limits
         up = settings.upstream
 
-        kind = DirectForwarder if up.client == "direct" else Forwarder
-
-        def forwarder(url: str) -> Forwarder:
-            return kind(url, connect_timeout=up.connect_timeout, read_timeout=up.read_timeout,
-                             pool_size=up.pool_size, body_timeout=settings.limits.body_timeout_seconds,
-                             drop_response=UPSTREAM_CORS if settings.cors.allow_origins else frozenset())
-
+        urls = {"live": up.url, "test": up.environments.test}
+        # Per environment: the HTTP requests' forwarder, and the WebSockets' handshakes.
         self.forwarders: dict[str, Forwarder | None] = {
-            "live": forwarder(up.url),
-            "test": forwarder(up.environments.test) if up.environments.test else None,
+            env: Forwarder(url, connect_timeout=up.connect_timeout, read_timeout=up.read_timeout,
+                           pool_size=up.pool_size, body_timeout=settings.limits.body_timeout_seconds,
+                           drop_response=UPSTREAM_CORS if settings.cors.allow_origins else frozenset())
+            if url else None
+            for env, url in urls.items()
+        }
+        self.websockets: dict[str, UpstreamWebSockets | None] = {
+            env: UpstreamWebSockets(url, connect_timeout=up.connect_timeout, read_timeout=up.read_timeout)
+            if url else None
+            for env, url in urls.items()
         }
         management = (
             ManagementAPI(settings, store, self.cache, components.pepper, lambda: self.gate.policy)
@@ -78,8 +81,9 @@ class GatewayApp:
             from gateway.observability.otel import Tracing
 
             self.tracing = Tracing(settings.tracing)
-        self.gateway = Gateway(settings, self.gate, self.forwarders, management=management, metrics=self.metrics,
-                               access_log=AccessLog() if ops.access_log else None, tracing=self.tracing)
+        self.gateway = Gateway(settings, self.gate, self.forwarders, self.websockets, management=management,
+                               metrics=self.metrics, access_log=AccessLog() if ops.access_log else None,
+                               tracing=self.tracing)
         # Automatic rotation and its notices (gateway/rotation): a pass every rotation.check_seconds, by one
         # process at a time of those sharing the store. The ASGI middleware does not run it (a `gateway serve`
         # or `gateway keys rotate-due` beside it does).
@@ -223,6 +227,9 @@ class GatewayApp:
                 for f in self.forwarders.values():
                     if f is not None:
                         await f.close()
+                for w in self.websockets.values():
+                    if w is not None:
+                        await w.close()
                 await self.service.stop()
                 if self.shared_metrics is not None:
                     await self.shared_metrics.stop()  # the last counts, after the last request

@@ -101,12 +101,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     components = _components(settings)
 
     from gateway.app import create_app
+    from gateway.redisurl import redacted
 
+    upstream = redacted(settings.upstream.url)  # a password in the upstream URL stays out of the log
     event(
         logging.getLogger("gateway"), "start",
         f"gateway {__version__} listening on {settings.listen.host}:{settings.listen.port}, forwarding to"
-        f" {settings.upstream.url}, policy {components.policy.source} ({len(components.policy.routes)} routes)",
-        version=__version__, host=settings.listen.host, port=settings.listen.port, upstream=settings.upstream.url,
+        f" {upstream}, policy {components.policy.source} ({len(components.policy.routes)} routes)",
+        version=__version__, host=settings.listen.host, port=settings.listen.port, upstream=upstream,
         policy=str(components.policy.source), routes=len(components.policy.routes),
         workers=settings.listen.workers,
     )

@@ -217,10 +217,6 @@ class UpstreamSettings(Section):
     read_timeout: Seconds = Field(60.0, description=(
         "Seconds without a byte from the upstream; then 504 `upstream_timeout`."))
     pool_size: Int = Field(100, ge=1, description="Pooled upstream connections per process.")
-    client: Literal["direct", "aiohttp"] = Field("direct", description=(
-        "How requests reach the upstream: `direct` (the gateway's own HTTP/1.1 client on asyncio protocols and "
-        "httptools, the faster) or `aiohttp` (aiohttp's connector and response parser, the earlier path). Both "
-        "stream, pool, retry and time out alike; WebSockets always go through aiohttp."))
     environments: UpstreamEnvironments = Field(default_factory=UpstreamEnvironments)
 
 

@@ -489,26 +489,3 @@ def test_pooled_connection_closed_by_upstream_is_retried_once_for_idempotent_met
         up.close()
     assert "Traceback" not in g.log()
     assert_no_secret(g.log(), VALUES)
-
-
-def test_the_aiohttp_client_still_forwards(tmp_path: Path, upstream: Upstream) -> None:
-    """``upstream.client: aiohttp``, the earlier upstream leg, stays a working choice: target, identity headers
-    and both body framings reach the upstream as with the default client."""
-    g = Gateway(tmp_path / "aiohttp", upstream.url, {"upstream": {"client": "aiohttp"}})
-    try:
-        made = store_key(g, "k", "servers:*")
-        VALUES.append(made["value"])
-        upstream.clear()
-        with g.client(verify=False) as c:
-            assert c.get("/v1/servers/a%20b?x=1", headers=bearer(made["value"])).status_code == 200
-            assert c.post("/v1/servers", headers=bearer(made["value"]), content=b"x" * 1000).status_code == 200
-            assert c.post("/v1/servers", headers=bearer(made["value"]),
-                          content=iter([b"y" * 500, b"z" * 500])).status_code == 200
-        got, fixed, chunked = upstream.records()
-        assert got["target"] == "/v1/servers/a%20b?x=1"
-        assert header(got, "x-auth-key-id") == [made["id"]]
-        assert [fixed["body_bytes"], chunked["body_bytes"]] == [1000, 1000]
-    finally:
-        g.stop()
-    assert "Traceback" not in g.log()
-    assert_no_secret(g.log(), VALUES)

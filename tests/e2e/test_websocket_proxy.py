@@ -261,3 +261,19 @@ def test_unreachable_upstream_refuses_the_handshake_502(make_gateway: Callable[.
     status, _, body = raw_handshake(g, "/v1/servers/echo", f"Authorization: Bearer {key['value']}\r\n")
     assert status == 502
     assert json.loads(body)["error"]["code"] == "upstream_unavailable"
+
+
+def test_credentials_in_the_upstream_url_authenticate_the_upstream_handshake(
+        make_gateway: Callable[..., Gateway], ws_upstream: WsUpstream) -> None:
+    """An upstream URL with credentials (``http://user:password@host``) sends them as Basic authentication
+    (RFC 7617) on the upstream's WebSocket handshake, as on its HTTP requests, and never in the target; the
+    password stays out of the gateway's log."""
+    g = make_gateway(ws_upstream.url.replace("http://", "http://svc:pa%3Ass@"))
+    key = g.create_key("reader", "servers:read")
+    with connect(ws_url(g, "/v1/servers/echo"), additional_headers=bearer(key["value"]), open_timeout=10) as ws:
+        ws.send("hi")
+        assert ws.recv(timeout=10) == "hi"
+    rec = ws_upstream.wait_for(lambda r: "headers" in r)
+    assert rec["path"] == "/v1/servers/echo"
+    assert [v for n, v in rec["headers"] if n == "authorization"] == ["Basic c3ZjOnBhOnNz"]  # svc:pa:ss
+    assert "pa:ss" not in g.log() and "pa%3Ass" not in g.log()

@@ -1,12 +1,10 @@
 """What a broken or hostile upstream answers never reaches a client as something else.
 
-A real ``gateway serve`` (the default ``direct`` upstream client) in front of a loopback
+A real ``gateway serve`` (its upstream client, gateway/doors/proxy/forwarder.py) in front of a loopback
 upstream of this process that answers each path with fixed bytes on a kept-alive connection, then serves the
 connection's next request honestly (``/v1/servers/honest``). So a response the upstream smuggled after the one
 asked for would be handed to the gateway's next request if the connection were reused after it.
 
-The ``aiohttp`` client is not held to this module: it passes a 101 nobody asked for on to the client, ends a
-chunked body whose chunk size is not hex as if it were complete, and then answers the next HEAD with a 502.
 """
 
 from __future__ import annotations

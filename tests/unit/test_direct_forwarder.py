@@ -1,4 +1,4 @@
-"""The direct upstream client (gateway.doors.proxy.direct) in process, against real loopback sockets served by
+"""The upstream client (gateway.doors.proxy.forwarder) in process, against real loopback sockets served by
 threads of this process: its pool bound, its refusal to write a head a value could split, and backpressure up
 (a request body is read from the client only as fast as the upstream takes it)."""
 
@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from gateway.doors.proxy.direct import DirectForwarder
+from gateway.doors.proxy.forwarder import Forwarder
 from gateway.errors import UpstreamTimeout, UpstreamUnavailable
 
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
@@ -80,7 +80,7 @@ def never_reads(server: Server, conn: socket.socket) -> None:
     time.sleep(8)
 
 
-async def _get(fwd: DirectForwarder, headers: list[tuple[str, str]] | None = None) -> list[dict[str, Any]]:
+async def _get(fwd: Forwarder, headers: list[tuple[str, str]] | None = None) -> list[dict[str, Any]]:
     sent: list[dict[str, Any]] = []
 
     async def receive() -> dict[str, Any]:
@@ -93,9 +93,9 @@ async def _get(fwd: DirectForwarder, headers: list[tuple[str, str]] | None = Non
     return sent
 
 
-def _forwarder(url: str, **kwargs: Any) -> DirectForwarder:
-    return DirectForwarder(url, connect_timeout=2, read_timeout=kwargs.pop("read_timeout", 5),
-                           pool_size=kwargs.pop("pool_size", 10), **kwargs)
+def _forwarder(url: str, **kwargs: Any) -> Forwarder:
+    return Forwarder(url, connect_timeout=2, read_timeout=kwargs.pop("read_timeout", 5),
+                     pool_size=kwargs.pop("pool_size", 10), **kwargs)
 
 
 def test_never_more_connections_than_the_pool_size() -> None:
@@ -253,7 +253,7 @@ def test_a_request_given_up_while_waiting_for_a_connection_leaks_no_slot() -> No
     server = Server(slow_answers)
     order: list[str] = []
 
-    async def named(fwd: DirectForwarder, name: str) -> None:
+    async def named(fwd: Forwarder, name: str) -> None:
         await _get(fwd)
         order.append(name)
 
@@ -279,3 +279,27 @@ def test_a_request_given_up_while_waiting_for_a_connection_leaks_no_slot() -> No
         server.close()
     assert order == ["first", "second", "third"]
     assert server.accepted == 1
+
+
+def test_credentials_in_the_upstream_url_become_basic_authentication() -> None:
+    """An upstream URL with credentials sends them as ``Authorization: Basic`` (RFC 7617), percent-decoded, and
+    never in the Host header; a request with its own Authorization (``forward_authorization``) keeps it alone."""
+    server = Server(slow_answers)
+
+    async def run() -> None:
+        fwd = _forwarder(server.url.replace("http://", "http://svc:pa%3Ass@"))
+        await fwd.start()
+        try:
+            await _get(fwd)
+            await _get(fwd, [("authorization", "Bearer theirs")])
+        finally:
+            await fwd.close()
+
+    try:
+        asyncio.run(run())
+    finally:
+        server.close()
+    plain, own = server.heads
+    assert b"\r\nAuthorization: Basic c3ZjOnBhOnNz\r\n" in plain  # svc:pa:ss
+    assert f"\r\nHost: {server.url.removeprefix('http://')}\r\n".encode() in plain
+    assert b"Basic" not in own and own.lower().count(b"authorization:") == 1

@@ -1,35 +1,40 @@
-"""The upstream leg: one pooled aiohttp session per process, bodies streamed both ways.
+"""The upstream leg: :class:`Forwarder` speaks HTTP/1.1 to the upstream itself, on the pooled asyncio
+connections of :mod:`gateway.doors.proxy.upstream` (:mod:`gateway.doors.proxy.pool`; httptools' llhttp parses
+the answers).
 
-Nothing is buffered: the request body is handed to aiohttp as an async generator over ASGI ``receive``
-(uvicorn stops reading the socket while its buffer is full), and the response body is sent chunk by chunk as
-it arrives (each ``send`` waits while the client's socket is full). The target is passed to aiohttp already
-encoded, so the raw path and query reach the upstream byte for byte.
+Little lies between the two sockets: the request head is one string formatted from the forwarded header pairs
+and written at once, the response head reaches the client as the raw pairs llhttp saw, and a small answer is
+sent in the loop pass that completed it. Nothing is buffered: the request body is read from ASGI ``receive``
+only as fast as the upstream takes it (uvicorn stops reading the socket while its buffer is full), and the
+response body is sent chunk by chunk as it arrives (each ``send`` waits while the client's socket is full). The
+target is sent as the client wrote it, so the raw path and query reach the upstream byte for byte.
 
-A request goes through aiohttp's own pieces (its connection pool, ``ClientRequest``, ``ClientResponse``) but
-not through ``ClientSession.request``: that method is general (redirects, cookies, proxies from the
-environment, tracing, client middlewares, a timer per request), none of which a proxy with fixed settings
-uses, and it cost about 68,000 CPU instructions a request, a quarter of the upstream leg (callgrind,
-loadtests/RESULTS.md). :meth:`Forwarder._exchange` is the part of it that applies here, including its one
-retry of an idempotent request on a pooled connection the upstream had already closed. Those pieces are
-aiohttp's internal interface, so ``pyproject.toml`` pins aiohttp to the minor versions the forwarding tests
-(tests/e2e/test_core_forwarding.py) were run against: 3.11 to 3.14.
+Bodies are streamed both ways with backpressure (``Content-Length`` bodies as they are, others chunked); an
+idempotent request without a body is sent once more when its pooled connection turns out closed before any
+answer (RFC 9110 9.2.2); the connect timeout answers 504, the read timeout 504 before the head and a truncated
+answer after it; llhttp's response framing checks answer 502 (an unasked 101, a broken chunked body:
+tests/security/test_upstream_responses.py); a bodiless request whose method implies a body says
+``Content-Length: 0``; the request body is cut off past the route's limit (413) or after
+``limits.body_timeout_seconds`` of silence (408).
+
+WebSockets do not come this way: their handshake and relay are :mod:`gateway.doors.proxy.websocket`'s.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 from collections.abc import AsyncIterator, Sequence
 from time import perf_counter
-from typing import Any, Protocol
-from urllib.parse import urlsplit
+from typing import Protocol
+from urllib.parse import SplitResult, unquote, urlsplit
 
-import aiohttp
-from aiohttp.helpers import TimerNoop
-from multidict import CIMultiDict
 from starlette.types import Receive, Send
 from yarl import URL
 
+from gateway.doors.proxy.pool import Pool
+from gateway.doors.proxy.upstream import Connection, Disconnected, Malformed
 from gateway.errors import BodyTimeout, GatewayError, PayloadTooLarge, UpstreamTimeout, UpstreamUnavailable
 
 log = logging.getLogger("gateway.proxy")
@@ -47,9 +52,19 @@ _NOT_PASSED = RESPONSE_HOP_BY_HOP | {b"x-request-id"}
 # Connection options that are not header names, or name headers that are dropped anyway.
 _CONNECTION_OPTIONS = _NOT_PASSED | {b"close", b""}
 
+# Methods sent once more when a pooled connection turns out to be closed (RFC 9110 9.2.2).
+_IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
+# Methods whose request without a body does not say so; the others get Content-Length: 0 (as aiohttp sent it).
+_BODILESS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
+_LAST_CHUNK = b"0\r\n\r\n"
+
 
 class ClientGone(Exception):
     """The client went away while its request body was being streamed."""
+
+
+class BadHeader(Exception):
+    """A forwarded header name or value holds CR or LF: it would split the request head."""
 
 
 class Tally(Protocol):
@@ -60,38 +75,17 @@ class Tally(Protocol):
     bytes_out: int
 
 
-# Only a body's own Content-Type is never invented (aiohttp would add application/octet-stream).
-_NO_CONTENT_TYPE: CIMultiDict[None] = CIMultiDict({"Content-Type": None})
-
-
-class _ProxyRequest(aiohttp.ClientRequest):
-    """aiohttp's request without its default headers: the upstream sees ``Accept``, ``Accept-Encoding`` and
-    ``User-Agent`` only when the client sent them (an invented Accept-Encoding would let the upstream compress
-    for a client that cannot read it). Replaces ``skip_auto_headers``, which copies the header set per request."""
-
-    def update_auto_headers(self, skip_auto_headers: Any) -> None:
-        self._skip_auto_headers = _NO_CONTENT_TYPE
-
-    def update_headers(self, headers: Any) -> None:
-        # aiohttp's adds the forwarded headers one at a time, each tested against the spellings of Host; the
-        # pipeline never forwards a Host header (the client's is consumed), so the set is built in one C call,
-        # Host first, as aiohttp's own sends it (never None: the upstream URL is absolute).
-        self.headers = CIMultiDict((("Host", self.url.host_port_subcomponent),))  # type: ignore[arg-type]
-        if headers:
-            self.headers.extend(headers)
-
-
-# Methods aiohttp's session retries once when a pooled connection turns out to be closed (RFC 9110 9.2.2).
-_IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
-_NO_TIMER = TimerNoop()  # no whole-request deadline: the connect and read timeouts bound each wait
-# What a closed pooled connection raises (a connection refused is a ClientConnectorError, and not retried).
-_STALE = (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError)
-_READ_BUFSIZE = 2**18  # how far aiohttp reads a response body ahead: its session's default in 3.14 (64 KiB before)
-_WS_MAX_MESSAGE = 2**24  # an upstream WebSocket message: uvicorn's default limit for the client's (16 MiB)
-_MAX_URLS = 1024  # request URLs remembered per forwarder (most traffic is a few targets)
+def basic_auth(parts: SplitResult) -> str | None:
+    """The ``Authorization`` value (Basic, RFC 7617) for the credentials in an upstream URL, if it has any."""
+    if parts.username is None:
+        return None
+    pair = f"{unquote(parts.username)}:{unquote(parts.password or '')}".encode("latin-1")
+    return f"Basic {base64.b64encode(pair).decode()}"
 
 
 class Forwarder:
+    """The upstream of one environment: its connection pool, and the exchange of one request on it."""
+
     def __init__(self, url: str, *, connect_timeout: float, read_timeout: float, pool_size: int,
                  body_timeout: float | None = None, drop_response: frozenset[bytes] = frozenset()) -> None:
         parts = urlsplit(url)
@@ -99,108 +93,51 @@ class Forwarder:
         # headers, when it answers for CORS).
         self._not_passed = _NOT_PASSED | drop_response
         self._body_timeout = body_timeout
-        self._origin = f"{parts.scheme}://{parts.netloc}"
         self._base_path = parts.path.rstrip("/")
-        self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout, sock_read=read_timeout)
+        self._connect_timeout = connect_timeout
         self._read_timeout = read_timeout
         self._pool_size = pool_size
-        self._session: aiohttp.ClientSession | None = None
-        self._ws_session: aiohttp.ClientSession | None = None  # made at the first WebSocket
-        self._connector: aiohttp.TCPConnector | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._urls: dict[tuple[bytes, bytes], URL] = {}  # (raw path, query) -> the upstream URL
+        self._tls = parts.scheme == "https"
+        self._host = parts.hostname or ""
+        self._port = parts.port or (443 if self._tls else 80)
+        self._host_line = f"Host: {URL(url).host_port_subcomponent}\r\n"
+        # Credentials in the upstream URL become Basic authentication, unless the request has its own.
+        auth = basic_auth(parts)
+        self._url_auth = f"Authorization: {auth}\r\n" if auth else ""
+        self._pool: Pool | None = None
 
     async def start(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._connector = aiohttp.TCPConnector(limit=self._pool_size, ttl_dns_cache=60)
-        # The session owns the connector (closing it closes the pool) and is what aiohttp's request and response
-        # objects expect to belong to; requests do not go through its request() (see the module docstring).
-        self._session = aiohttp.ClientSession(
-            connector=self._connector,
-            timeout=self._timeout,
-            auto_decompress=False,
-            request_class=_ProxyRequest,  # never adds what the client did not send
-            cookie_jar=aiohttp.DummyCookieJar(),  # never keeps cookies between different clients' requests
-        )
-
-    async def websocket(self, raw_path: bytes, query: bytes, headers: Sequence[tuple[str, str]],
-                        protocols: Sequence[str]) -> aiohttp.ClientWebSocketResponse:
-        """Open a WebSocket to the upstream at the same target (``ws_connect`` on a session of its own: aiohttp's
-        handshake, with the client's subprotocols offered). Raises :class:`GatewayError` (502/504) when the
-        upstream cannot be reached or does not accept."""
-        session = self._ws_session
-        if session is None:
-            session = self._ws_session = aiohttp.ClientSession(
-                timeout=self._timeout, cookie_jar=aiohttp.DummyCookieJar(), auto_decompress=False)
-        try:
-            return await session.ws_connect(
-                self._url(raw_path, query), headers=list(headers), protocols=tuple(protocols), autoping=True,
-                max_msg_size=_WS_MAX_MESSAGE, compress=0,
-                timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=self._read_timeout))
-        except (TimeoutError, aiohttp.ServerTimeoutError):
-            raise UpstreamTimeout() from None
-        except (aiohttp.ClientError, OSError) as exc:
-            log.warning("upstream websocket handshake failed: %s", exc.__class__.__name__)
-            raise UpstreamUnavailable() from None
+        self._pool = Pool(self._host, self._port, self._tls, self._host, self._pool_size, self._connect_timeout)
 
     async def close(self) -> None:
-        if self._ws_session is not None:
-            await self._ws_session.close()
-            self._ws_session = None
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
-            self._connector = None
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
 
-    def _url(self, raw_path: bytes, query: bytes) -> URL:
-        """The upstream URL of a request target, built once per target (yarl parses the whole string)."""
-        url = self._urls.get((raw_path, query))
-        if url is None:
-            target = self._base_path + raw_path.decode("latin-1")
-            if query:
-                target += "?" + query.decode("latin-1")
-            url = URL(self._origin + target, encoded=True)
-            if len(self._urls) >= _MAX_URLS:
-                self._urls.clear()
-            self._urls[(raw_path, query)] = url
-        return url
-
-    async def _exchange(self, method: str, url: URL, headers: Sequence[tuple[str, str]],
-                        data: Any) -> aiohttp.ClientResponse:
-        """Send one request and read the response head: what ``ClientSession._request`` does for it.
-
-        A request without a body whose method is idempotent is sent once more, on a new or other pooled
-        connection, when the first one turns out to be closed by the upstream (its keep-alive ran out as the
-        request went out), as aiohttp's session does. A request with a body is not: its body streams from the
-        client and cannot be sent twice (the session retries a body only while none of it was read). Raises
-        what aiohttp raises."""
-        connector, session = self._connector, self._session
-        assert connector is not None and session is not None, "Forwarder.start() was not awaited"
-        retry = data is None and method in _IDEMPOTENT
-        while True:
-            req = _ProxyRequest(method, url, headers=headers, data=data, loop=self._loop, session=session,
-                                timer=_NO_TIMER, traces=[])
-            conn = await connector.connect(req, [], self._timeout)
-            protocol = conn.protocol
-            assert protocol is not None
-            protocol.set_response_params(
-                timer=_NO_TIMER, skip_payload=method == "HEAD", read_until_eof=True, auto_decompress=False,
-                read_timeout=self._read_timeout, read_bufsize=_READ_BUFSIZE,
-            )  # line, field and header-count limits: aiohttp's defaults, as its session passes them
-            try:
-                resp = await req.send(conn)
-                try:
-                    await resp.start(conn)
-                except BaseException:
-                    resp.close()
-                    raise
-            except BaseException as exc:
-                conn.close()
-                if retry and isinstance(exc, _STALE) and not isinstance(exc, aiohttp.ClientConnectorError):
-                    retry = False
-                    continue
-                raise
-            return resp
+    def _head(self, method: str, raw_path: bytes, query: bytes, headers: Sequence[tuple[str, str]],
+              chunked: bool, empty: bool) -> bytes:
+        target = self._base_path + raw_path.decode("latin-1")
+        if query:
+            target += "?" + query.decode("latin-1")
+        fields = "".join([f"{name}: {value}\r\n" for name, value in headers])
+        # Every CR and LF must be one of the line ends just added: nothing the client or a key's metadata holds
+        # may start a header line of its own (the server's parser refuses them already; this is the last check).
+        lines = len(headers)
+        if fields.count("\n") != lines or fields.count("\r") != lines or "\r\n" in target or " " in target:
+            raise BadHeader()
+        head = f"{method} {target} HTTP/1.1\r\n{self._host_line}{fields}"
+        if self._url_auth and not any(name.lower() == "authorization" for name, _ in headers):
+            head += self._url_auth
+        if chunked:
+            head += "Transfer-Encoding: chunked\r\n\r\n"
+        elif empty:
+            head += "Content-Length: 0\r\n\r\n"
+        else:
+            head += "\r\n"
+        try:
+            return head.encode("latin-1")  # the client's bytes, as they came (they were decoded as latin-1)
+        except UnicodeEncodeError:
+            return head.encode("utf-8")  # a key's metadata beyond latin-1: aiohttp's encoding of every header
 
     async def forward(
         self,
@@ -221,56 +158,87 @@ class Forwarder:
         number of body bytes sent. A body longer than ``body_limit`` bytes is cut off (the upstream sees an
         incomplete request) and answered 413. Raises :class:`GatewayError` (413/502/504) only while nothing
         has been sent yet."""
-        url = self._url(raw_path, query)
-        data = _body(receive, body_limit, self._body_timeout) if has_body else None
+        pool = self._pool
+        assert pool is not None, "Forwarder.start() was not awaited"
+        chunked = empty = False
+        if has_body:
+            chunked = not any(name == "content-length" for name, _ in headers)
+        elif method not in _BODILESS:
+            empty = not any(name == "content-length" for name, _ in headers)
         try:
-            resp = await self._exchange(method, url, headers, data)
-        except ClientGone:
-            return 499
-        except (TimeoutError, aiohttp.ServerTimeoutError):
-            raise UpstreamTimeout() from None
-        except (aiohttp.ClientError, OSError) as exc:
-            # aiohttp wraps what the body generator raised; the cause says whose fault it was.
-            if isinstance(exc.__cause__, GatewayError):
-                raise exc.__cause__ from None
-            if isinstance(exc.__cause__, ClientGone):
-                return 499
-            log.warning("upstream request failed: %s", exc.__class__.__name__)
+            head = self._head(method, raw_path, query, headers, chunked, empty)
+        except BadHeader:
+            log.warning("upstream request not sent: a header holds a line break")
             raise UpstreamUnavailable() from None
-        status = resp.status
+        retry = not has_body and method in _IDEMPOTENT
+        read_timeout = self._read_timeout
+        while True:
+            try:
+                conn = pool.idle_one() or await pool.acquire()
+            except TimeoutError:
+                raise UpstreamTimeout() from None
+            except OSError as exc:
+                log.warning("upstream request failed: %s", exc.__class__.__name__)
+                raise UpstreamUnavailable() from None
+            writer: asyncio.Task[None] | None = None
+            try:
+                conn.begin(method == "HEAD")
+                conn.write(head)
+                if has_body:
+                    writer = asyncio.ensure_future(self._send_body(conn, receive, body_limit, chunked))
+                await conn.head(None if has_body else read_timeout)
+            except Disconnected as exc:
+                _stop(conn, writer)
+                if retry:
+                    retry = False
+                    continue
+                log.warning("upstream request failed: %s", exc.__class__.__name__)
+                raise UpstreamUnavailable() from None
+            except ClientGone:
+                _stop(conn, writer)
+                return 499
+            except GatewayError:
+                _stop(conn, writer)
+                raise
+            except Malformed as exc:
+                _stop(conn, writer)
+                log.warning("upstream response refused: %s", exc)
+                raise UpstreamUnavailable() from None
+            except BaseException:
+                _stop(conn, writer)
+                raise
+            break
+        return await self._respond(conn, writer, send, extra_response_headers, tally)
+
+    async def _respond(self, conn: Connection, writer: asyncio.Task[None] | None, send: Send,
+                       extra_response_headers: Sequence[Header], tally: Tally | None) -> int:
+        status = conn.status
         sent = 0
         try:
-            out = _response_headers(resp.raw_headers, self._not_passed)
+            out = _response_headers(conn.headers, self._not_passed)
             out.extend(extra_response_headers)
             if tally is not None:
                 tally.status = status
                 tally.t_head = perf_counter()
-            content = resp.content
-            if content.is_eof():
-                # The whole body is already here (a small answer, the usual case): sent in this loop pass as one
-                # message, so the server need not arrange to flush the head on its own ("gateway.body_ready",
-                # read by gateway.doors.proxy.protocol.JoinedHeadCycle; other servers ignore it).
-                try:
-                    chunk = content.read_nowait()
-                except (TimeoutError, aiohttp.ClientError) as exc:  # it ended with an error: nothing sent yet
-                    log.warning("upstream response broke off: %s", exc.__class__.__name__)
-                    raise UpstreamUnavailable() from None
+            if conn.done:
+                # The whole answer is here (a small one, the usual case): one message, flushed with the head
+                # ("gateway.body_ready": gateway.doors.proxy.protocol.JoinedHeadCycle).
+                chunk = conn.take()
                 sent = len(chunk)
                 await send({"type": "http.response.start", "status": status, "headers": out,
                             "gateway.body_ready": True})
                 await send({"type": "http.response.body", "body": chunk, "more_body": False})
                 return status
             await send({"type": "http.response.start", "status": status, "headers": out})
+            read_timeout = self._read_timeout
             try:
-                while chunk := await content.readany():
+                while chunk := await conn.read(read_timeout):
                     sent += len(chunk)
-                    if content.at_eof():
-                        # The last bytes (for a small answer, usually the only ones): end the body with them
-                        # rather than with one more, empty message.
+                    if conn.done and not conn.chunks:
                         await send({"type": "http.response.body", "body": chunk, "more_body": False})
                         return status
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            except (TimeoutError, aiohttp.ClientError) as exc:
+            except (GatewayError, Disconnected, Malformed) as exc:
                 # Too late for an error answer: end without completing the body, so the server closes the
                 # connection and the client sees a truncated response instead of a silently short one.
                 log.warning("upstream response broke off: %s", exc.__class__.__name__)
@@ -280,7 +248,41 @@ class Forwarder:
         finally:
             if tally is not None:
                 tally.bytes_out = sent
-            resp.release()
+            if writer is not None and not writer.done():
+                _stop(conn, writer)  # the upstream answered before taking the whole body: not reusable
+            else:
+                conn.finish()
+
+    async def _send_body(self, conn: Connection, receive: Receive, limit: int | None, chunked: bool) -> None:
+        """Stream the request body to the upstream, then start the wait for the head. What stops it (413, 408,
+        the client gone, the upstream gone) ends the exchange with that error."""
+        timeout = self._read_timeout
+        try:
+            async for chunk in _body(receive, limit, self._body_timeout):
+                if chunked:
+                    conn.writelines([b"%x\r\n" % len(chunk), chunk, b"\r\n"])
+                else:
+                    conn.write(chunk)
+                await conn.drain(timeout)
+            if chunked:
+                conn.write(_LAST_CHUNK)
+        except asyncio.CancelledError:
+            raise
+        except (GatewayError, ClientGone, Disconnected, Malformed) as exc:
+            conn.fail(exc)
+            return
+        except OSError as exc:
+            conn.fail(Disconnected(exc.__class__.__name__))
+            return
+        conn.arm(timeout)
+
+
+def _stop(conn: Connection, writer: asyncio.Task[None] | None) -> None:
+    """End an exchange that cannot finish: its body writer stopped, its connection closed."""
+    if writer is not None and not writer.done():
+        writer.cancel()
+    conn.busy = False
+    conn.close()
 
 
 async def _body(receive: Receive, limit: int | None = None, timeout: float | None = None) -> AsyncIterator[bytes]:

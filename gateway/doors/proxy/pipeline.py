@@ -29,7 +29,7 @@ from gateway.config.settings import Settings
 from gateway.doors.cors import ORIGIN, REQUEST_HEADERS, REQUEST_METHOD, Cors
 from gateway.doors.proxy.forwarder import Forwarder
 from gateway.doors.proxy.protocol import CLOSE
-from gateway.doors.proxy.websocket import refuse_handshake, relay
+from gateway.doors.proxy.websocket import UpstreamWebSockets, refuse_handshake, relay
 from gateway.errors import (
     EnvironmentUnavailable,
     ErrorFormat,
@@ -158,6 +158,7 @@ class Gateway:
         settings: Settings,
         gate: Gate,
         forwarders: Mapping[str, Forwarder | None],
+        websockets: Mapping[str, UpstreamWebSockets | None],
         management: ASGIApp | None = None,
         metrics: Metrics | None = None,
         access_log: AccessLog | None = None,
@@ -168,6 +169,7 @@ class Gateway:
         self.metrics = metrics
         self.access_log = access_log
         self.forwarders = forwarders
+        self.websockets = websockets
         self.management = management
         self._format = error_format(settings.error_format, settings.messages)
         self._forward_authorization = settings.forward_authorization
@@ -458,10 +460,10 @@ class Gateway:
             ex.status = await refuse_handshake(scope, send, *decision.render(self._format, [rid_header]))
             return
         allow: Allow = decision
-        forwarder = self.forwarders.get(principal.environment if principal is not None else "live")
-        if forwarder is None or route is not None and route.internal:
+        upstreams = self.websockets.get(principal.environment if principal is not None else "live")
+        if upstreams is None or route is not None and route.internal:
             # The management API has no WebSocket endpoints.
-            error: GatewayError = EnvironmentUnavailable() if forwarder is None else MethodNotAllowed()
+            error: GatewayError = EnvironmentUnavailable() if upstreams is None else MethodNotAllowed()
             ex.deny = error.code
             ex.status = await refuse_handshake(
                 scope, send, *self._format.render(error, [*allow.response_headers, rid_header]))
@@ -483,8 +485,8 @@ class Gateway:
             headers += principal.upstream_headers
         ex.t_forward = perf_counter()
         try:
-            upstream = await forwarder.websocket(raw_path, scope["query_string"], headers,
-                                                 scope.get("subprotocols") or ())
+            upstream = await upstreams.connect(raw_path, scope["query_string"], headers,
+                                               scope.get("subprotocols") or ())
         except GatewayError as exc:
             ex.deny = exc.code
             ex.status = await refuse_handshake(

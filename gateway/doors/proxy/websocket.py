@@ -8,17 +8,26 @@ An accepted one is relayed by :func:`relay`: text and binary messages both ways,
 slows the writer down, nothing piles up here), until either side closes; its close code and reason are passed
 to the other side. No message either way for ``idle`` seconds closes both sides with 1001 (going away); a key
 revoked while its socket is open closes both with 1008 once the key's cache entry runs out (``cache.ttl_seconds``).
+
+The upstream side of an accepted one is opened by :class:`UpstreamWebSockets`: aiohttp's client handshake
+(``ws_connect``) and its WebSocket framing. This is the gateway's only use of aiohttp's client (HTTP requests go
+through :class:`~gateway.doors.proxy.forwarder.Forwarder`, its own HTTP/1.1 client).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol
+from urllib.parse import urlsplit
 
 import aiohttp
 from starlette.types import Receive, Scope, Send
+from yarl import URL
+
+from gateway.doors.proxy.forwarder import basic_auth
+from gateway.errors import UpstreamTimeout, UpstreamUnavailable
 
 log = logging.getLogger("gateway.doors.proxy.websocket")
 
@@ -28,6 +37,55 @@ DENIAL_EXTENSION = "websocket.http.response"
 POLICY_VIOLATION = 1008  # RFC 6455 7.4.1: the close code for a refused handshake without a denial response
 _NORMAL, _GOING_AWAY, _INTERNAL_ERROR = 1000, 1001, 1011
 _NO_STATUS, _ABNORMAL = 1005, 1006  # RFC 6455 7.4.1: reported, never sent in a Close frame
+_MAX_MESSAGE = 2**24  # an upstream WebSocket message: uvicorn's default limit for the client's (16 MiB)
+
+
+class UpstreamWebSockets:
+    """WebSockets to one environment's upstream: aiohttp's ``ws_connect`` on a session of its own, made at the
+    first WebSocket and closed with the application (:meth:`close`)."""
+
+    def __init__(self, url: str, *, connect_timeout: float, read_timeout: float) -> None:
+        parts = urlsplit(url)
+        # The credentials of the upstream URL go in an Authorization header (as on the HTTP leg), not the URL:
+        # aiohttp refuses a URL with credentials beside a forwarded Authorization header.
+        self._origin = f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}"
+        self._base_path = parts.path.rstrip("/")
+        self._auth = basic_auth(parts)
+        self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout, sock_read=read_timeout)
+        self._read_timeout = read_timeout
+        self._session: aiohttp.ClientSession | None = None
+
+    async def connect(self, raw_path: bytes, query: bytes, headers: Sequence[tuple[str, str]],
+                      protocols: Sequence[str]) -> aiohttp.ClientWebSocketResponse:
+        """Open a WebSocket to the upstream at the same target (aiohttp's handshake, with the client's
+        subprotocols offered). Raises :class:`GatewayError` (502/504) when the upstream cannot be reached or
+        does not accept."""
+        session = self._session
+        if session is None:
+            session = self._session = aiohttp.ClientSession(
+                timeout=self._timeout, cookie_jar=aiohttp.DummyCookieJar(), auto_decompress=False)
+        target = self._base_path + raw_path.decode("latin-1")
+        if query:
+            target += "?" + query.decode("latin-1")
+        sent = list(headers)
+        if self._auth is not None and not any(name.lower() == "authorization" for name, _ in sent):
+            sent.append(("authorization", self._auth))
+        try:
+            # Already encoded: the raw path and query reach the upstream byte for byte.
+            return await session.ws_connect(
+                URL(self._origin + target, encoded=True), headers=sent, protocols=tuple(protocols),
+                autoping=True, max_msg_size=_MAX_MESSAGE, compress=0,
+                timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=self._read_timeout))
+        except (TimeoutError, aiohttp.ServerTimeoutError):
+            raise UpstreamTimeout() from None
+        except (aiohttp.ClientError, OSError) as exc:
+            log.warning("upstream websocket handshake failed: %s", exc.__class__.__name__)
+            raise UpstreamUnavailable() from None
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
 
 
 async def refuse_handshake(scope: Scope, send: Send, status: int, headers: list[Header], body: bytes) -> int:
