@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from typing import Any
+from urllib.parse import unquote
 
 import httptools
 from uvicorn.protocols.http.flow_control import HIGH_WATER_LIMIT
@@ -111,6 +112,14 @@ class JoinedHeadCycle(RequestResponseCycle):
 
     _held: bytes | None = None
     _flush: Any = None
+    # uvicorn's __init__ sets these the same for every cycle: here they are class defaults, so the protocol
+    # makes a cycle by setting only what differs (GuardedHttpToolsProtocol.on_headers_complete).
+    disconnected = False
+    more_body = True
+    response_started = False
+    response_complete = False
+    chunked_encoding: bool | None = None
+    expected_content_length = 0
     loop: Any = None  # the protocol's loop, set when the cycle is made (get_running_loop costs a getpid())
 
     async def send(self, message: Any) -> None:
@@ -341,7 +350,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             if self.parser.get_method() == b"CONNECT":
                 self._stop(ConnectNotAllowed())
             self._stop(TargetNotOriginForm())
-        if self.parser.get_http_version() not in ("1.1", "1.0"):
+        version = self.parser.get_http_version()
+        if version not in ("1.1", "1.0"):
             self._stop(HTTPVersionNotSupported())
         cap = self.max_connections
         if len(self.connections) > cap or len(self.tasks) >= cap:
@@ -349,13 +359,56 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             # asking (limit_concurrency=1 refuses everything); this is that check, in the gateway's format.
             log.warning("connection limit reached (limits.max_connections=%d): 503", cap)
             self._stop(Overloaded())
-        super().on_headers_complete()
-        cycle = self.cycle
-        if cycle is not None and cycle.__class__ is RequestResponseCycle:
-            # Made by uvicorn just now, its task not yet run: the subclass only changes how send() writes.
-            cycle.__class__ = JoinedHeadCycle
-            cycle.loop = self.loop  # type: ignore[attr-defined]
-            cycle.chunks = []  # type: ignore[attr-defined]
+        parser = self.parser
+        if self.limit_concurrency is not None or parser.should_upgrade() or self.config.reset_contextvars:
+            # The rare cases (an Upgrade header, uvicorn's own concurrency limit, fresh contexts): uvicorn's
+            # code as it is, its cycle then made a JoinedHeadCycle.
+            super().on_headers_complete()
+            cycle = self.cycle
+            if cycle is not None and cycle.__class__ is RequestResponseCycle:
+                # Made by uvicorn just now, its task not yet run: the subclass only changes how send() writes.
+                cycle.__class__ = JoinedHeadCycle
+                cycle.loop = self.loop  # type: ignore[attr-defined]
+                cycle.chunks = []  # type: ignore[attr-defined]
+            return
+        # Every other request: what uvicorn's on_headers_complete does on that path, with the cycle made
+        # directly (no keyword call, no class swap; its constant state is JoinedHeadCycle's class defaults).
+        scope = self.scope
+        scope["method"] = parser.get_method().decode("ascii")
+        if version != "1.1":
+            scope["http_version"] = version
+        parsed = httptools.parse_url(url)
+        raw_path = parsed.path
+        path = raw_path.decode("ascii")
+        if "%" in path:
+            path = unquote(path)
+        root = self.root_path
+        scope["path"] = root + path
+        scope["raw_path"] = root.encode("ascii") + raw_path
+        scope["query_string"] = parsed.query or b""
+        existing = self.cycle
+        cycle = self.cycle = JoinedHeadCycle.__new__(JoinedHeadCycle)
+        cycle.scope = scope
+        cycle.transport = self.transport
+        cycle.flow = self.flow
+        cycle.logger = self.logger
+        cycle.access_logger = self.access_logger
+        cycle.access_log = self.access_log
+        cycle.default_headers = self.server_state.default_headers
+        cycle.message_event = asyncio.Event()
+        cycle.on_response = self.on_response_complete
+        cycle.waiting_for_100_continue = self.expect_100_continue
+        cycle.keep_alive = version != "1.0" and parser.should_keep_alive()
+        cycle.loop = self.loop
+        cycle.chunks = []
+        if existing is None or existing.response_complete:
+            task = self.loop.create_task(cycle.run_asgi(self.app))
+            task.add_done_callback(self.tasks.discard)
+            self.tasks.add(task)
+        else:
+            # Pipelined requests wait for the one before (uvicorn's on_response_complete starts them).
+            self.flow.pause_reading()
+            self.pipeline.appendleft((cycle, self.app))
 
     def on_body(self, body: bytes) -> None:
         cycle = self.cycle
