@@ -95,6 +95,21 @@ async def app(scope: Any, receive: Any, send: Any) -> None:
     elif path == "/shorter":
         await start(200, [(cl, b"9")])
         await body(b"hello")
+    elif path.startswith("/scope"):  # what the server put in the scope, as the body
+        seen = repr([scope[k] for k in ("method", "path", "raw_path", "query_string", "http_version", "root_path",
+                                        "scheme", "type")]).encode()
+        await start(200, [(cl, str(len(seen)).encode())])
+        await body(seen)
+    elif path == "/echo":  # the request body, as received
+        parts = []
+        while True:
+            message = await receive()
+            parts.append(message.get("body", b""))
+            if not message.get("more_body"):
+                break
+        data = b"".join(parts)
+        await start(200, [(cl, str(len(data)).encode())])
+        await body(data)
     elif path == "/late":
         await start(200, [(cl, b"4")])
         await asyncio.sleep(0.5)
@@ -160,6 +175,10 @@ CASES = {
     "GET /longer HTTP/1.1": b"content-length: 3", "GET /shorter HTTP/1.1": b"hello",
     "GET /cl-twice HTTP/1.1": b"content-length: 7", "GET /te-then-cl HTTP/1.1": b"5\r\nhello\r\n",
     "GET /cl-then-te HTTP/1.1": b"5\r\nhello\r\n", "GET /te-other HTTP/1.1": b"gzip",
+    # The scope the server builds for the application (the protocol makes the cycle itself on the usual path).
+    "GET /scope/a%20b/%2F?x=1&y=%2F HTTP/1.1": b"'/scope/a b//', b'/scope/a%20b/%2F', b'x=1&y=%2F', '1.1'",
+    "GET /scope HTTP/1.0": b"'GET', '/scope', b'/scope', b'', '1.0'", "OPTIONS /scope? HTTP/1.1": b"'OPTIONS'",
+    "DELETE /scope/%E2%82%AC HTTP/1.1": "'/scope/\u20ac'".encode(),
     # A bad header: uvicorn sends nothing and closes the connection.
     "GET /bad-value HTTP/1.1": b"", "GET /bad-name HTTP/1.1": b"",
     # Each value byte class: a lone CR or LF, NUL, other controls and DEL are refused; tab, space, obs-text pass.
@@ -185,6 +204,18 @@ def test_same_bytes_for_pipelined_keep_alive_requests(plain: int, ours: int) -> 
     request = b"".join(f"GET {p} HTTP/1.1\r\nHost: x\r\n\r\n".encode() for p in ("/cl", "/chunked", "/204", "/cl-two"))
     expected = _exchange(plain, request)
     assert expected.count(b"HTTP/1.1 ") == 4
+    assert _exchange(ours, request) == expected
+
+
+@pytest.mark.parametrize("body", [
+    b"Content-Length: 5\r\n\r\nhello",
+    b"Transfer-Encoding: chunked\r\n\r\n3\r\nhel\r\n2\r\nlo\r\n0\r\n\r\n",
+    b"Content-Length: 100000\r\n\r\n" + b"y" * 100000,
+])
+def test_same_bytes_for_a_request_body(plain: int, ours: int, body: bytes) -> None:
+    request = b"POST /echo HTTP/1.1\r\nHost: x\r\n" + body
+    expected = _exchange(plain, request)
+    assert expected.startswith(b"HTTP/1.1 200 ") and (expected.endswith(b"hello") or expected.endswith(b"y" * 1000))
     assert _exchange(ours, request) == expected
 
 

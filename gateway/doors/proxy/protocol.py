@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from typing import Any
+from urllib.parse import unquote
 
 import httptools
 from uvicorn.protocols.http.flow_control import HIGH_WATER_LIMIT
@@ -109,9 +110,12 @@ class JoinedHeadCycle(RequestResponseCycle):
       expression per header; a header name is checked the first time it is seen (:func:`_name_ok`).
     """
 
-    _held: bytes | None = None
-    _flush: Any = None
-    loop: Any = None  # the protocol's loop, set when the cycle is made (get_running_loop costs a getpid())
+    # Every field is set on the instance when the cycle is made (GuardedHttpToolsProtocol.on_headers_complete)
+    # and none is read from a class default: Python 3.11 specialises an attribute read (a few instructions
+    # instead of a few hundred) only when the instance itself holds the attribute.
+    _held: bytes | None
+    _flush: Any
+    loop: Any  # the protocol's loop (get_running_loop costs a getpid())
 
     async def send(self, message: Any) -> None:
         if self.flow.write_paused and not self.disconnected:
@@ -210,7 +214,7 @@ class JoinedHeadCycle(RequestResponseCycle):
     # copies of every uploaded byte). Here the pieces the parser hands over are kept as they are and given out
     # whole (a single piece, the usual case per read, is not copied at all). Set up by the protocol.
     chunks: list[bytes]
-    pending = 0
+    pending: int
 
     async def receive(self) -> Any:
         if self.waiting_for_100_continue and not self.transport.is_closing():
@@ -235,6 +239,9 @@ class JoinedHeadCycle(RequestResponseCycle):
                 self._flush.cancel()
             if not self.transport.is_closing():
                 self.transport.write(held)
+
+
+_new_cycle = JoinedHeadCycle.__new__
 
 
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
@@ -271,6 +278,11 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._head_seen = 0  # bytes read since the current head began: an upper bound of its size
         self._raw_head = 0  # bytes of reads that were head from start to end: a lower bound of its size
         self._messages = 0
+        # Read on every request, so held by the instance (see JoinedHeadCycle): the limits, and the bound
+        # methods a cycle is given (a bound method read is never specialised in Python 3.11).
+        self._limits = (self.max_target, self.max_headers, self.max_header_bytes, self.max_connections)
+        self._on_response = self.on_response_complete
+        self._task_done = self.tasks.discard
 
     # connection life
 
@@ -329,33 +341,87 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._in_head = False
         url = self.url
-        if len(url) > self.max_target:
+        max_target, max_headers, max_header_bytes, cap = self._limits
+        if len(url) > max_target:
             self._stop(URITooLong())
         headers = self.headers
-        if len(headers) > self.max_headers:
+        if len(headers) > max_headers:
             self._stop(HeadersTooLarge())
-        if self._head_seen > self.max_header_bytes:  # only then can the headers be over it: count exactly
-            if sum(len(n) + len(v) + 4 for n, v in headers) > self.max_header_bytes:
+        if self._head_seen > max_header_bytes:  # only then can the headers be over it: count exactly
+            if sum(len(n) + len(v) + 4 for n, v in headers) > max_header_bytes:
                 self._stop(HeadersTooLarge())
         if url[:1] != b"/" or b"#" in url:
             if self.parser.get_method() == b"CONNECT":
                 self._stop(ConnectNotAllowed())
             self._stop(TargetNotOriginForm())
-        if self.parser.get_http_version() not in ("1.1", "1.0"):
+        version = self.parser.get_http_version()
+        if version not in ("1.1", "1.0"):
             self._stop(HTTPVersionNotSupported())
-        cap = self.max_connections
         if len(self.connections) > cap or len(self.tasks) >= cap:
             # uvicorn's limit_concurrency does the same, but answers in plain text and counts the connection
             # asking (limit_concurrency=1 refuses everything); this is that check, in the gateway's format.
             log.warning("connection limit reached (limits.max_connections=%d): 503", cap)
             self._stop(Overloaded())
-        super().on_headers_complete()
-        cycle = self.cycle
-        if cycle is not None and cycle.__class__ is RequestResponseCycle:
-            # Made by uvicorn just now, its task not yet run: the subclass only changes how send() writes.
-            cycle.__class__ = JoinedHeadCycle
-            cycle.loop = self.loop  # type: ignore[attr-defined]
-            cycle.chunks = []  # type: ignore[attr-defined]
+        parser = self.parser
+        if self.limit_concurrency is not None or parser.should_upgrade() or self.config.reset_contextvars:
+            # The rare cases (an Upgrade header, uvicorn's own concurrency limit, fresh contexts): uvicorn's
+            # code as it is, its cycle then made a JoinedHeadCycle.
+            super().on_headers_complete()
+            cycle = self.cycle
+            if cycle is not None and cycle.__class__ is RequestResponseCycle:
+                # Made by uvicorn just now, its task not yet run: the subclass only changes how send() writes.
+                cycle.__class__ = JoinedHeadCycle
+                cycle.loop = self.loop  # type: ignore[attr-defined]
+                cycle.chunks = []  # type: ignore[attr-defined]
+                cycle.pending = 0  # type: ignore[attr-defined]
+                cycle._held = cycle._flush = None  # type: ignore[attr-defined]
+            return
+        # Every other request: what uvicorn's on_headers_complete does on that path, with the cycle made
+        # directly (no keyword call, no class swap).
+        scope = self.scope
+        scope["method"] = parser.get_method().decode("ascii")
+        if version != "1.1":
+            scope["http_version"] = version
+        parsed = httptools.parse_url(url)
+        raw_path = parsed.path
+        path = raw_path.decode("ascii")
+        if "%" in path:
+            path = unquote(path)
+        root = self.root_path
+        scope["path"] = root + path
+        scope["raw_path"] = root.encode("ascii") + raw_path
+        scope["query_string"] = parsed.query or b""
+        existing = self.cycle
+        cycle = self.cycle = _new_cycle(JoinedHeadCycle)
+        cycle.scope = scope
+        cycle.transport = self.transport
+        cycle.flow = self.flow
+        cycle.logger = self.logger
+        cycle.access_logger = self.access_logger
+        cycle.access_log = self.access_log
+        cycle.default_headers = self.server_state.default_headers
+        cycle.message_event = asyncio.Event()
+        cycle.on_response = self._on_response
+        cycle.waiting_for_100_continue = self.expect_100_continue
+        cycle.keep_alive = version != "1.0" and parser.should_keep_alive()
+        cycle.disconnected = False
+        cycle.more_body = True
+        cycle.response_started = False
+        cycle.response_complete = False
+        cycle.chunked_encoding = None
+        cycle.expected_content_length = 0
+        cycle.loop = self.loop
+        cycle.chunks = []
+        cycle.pending = 0
+        cycle._held = cycle._flush = None
+        if existing is None or existing.response_complete:
+            task = self.loop.create_task(cycle.run_asgi(self.app))
+            task.add_done_callback(self._task_done)
+            self.tasks.add(task)
+        else:
+            # Pipelined requests wait for the one before (uvicorn's on_response_complete starts them).
+            self.flow.pause_reading()
+            self.pipeline.appendleft((cycle, self.app))
 
     def on_body(self, body: bytes) -> None:
         cycle = self.cycle
