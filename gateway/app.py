@@ -21,7 +21,7 @@ from gateway.doors.proxy.pipeline import Gateway
 from gateway.doors.proxy.websocket import UpstreamWebSockets
 from gateway.errors import error_format
 from gateway.gate import Verifier
-from gateway.keys.backends import is_redis_url
+from gateway.keys.backends import store_kind
 from gateway.keys.store import UserStore
 from gateway.observability.health import Health, readiness_checks, soft_checks
 from gateway.observability.logging import AccessLog, logged
@@ -105,7 +105,7 @@ class GatewayApp:
         if self.metrics is not None:
             health = self.health
             gateway_sources(self.metrics, self.cache, self.gate.auth_failures, self.limits.limiter,
-                            is_redis_url(settings.store.url), readiness=lambda: health.state)
+                            store_kind(settings.store.url), readiness=lambda: health.state)
             if self.rotation is not None:
                 self.metrics.sources.append(_rotation_families(self.rotation))
             render = self.metrics.render

@@ -14,6 +14,14 @@ def is_redis_url(url: str) -> bool:
     return url.split(":", 1)[0] in REDIS_SCHEMES
 
 
+def store_kind(url: str) -> str:
+    """``sqlite``, ``postgresql`` or ``redis``: the kind of store ``url`` names (a metrics label)."""
+    scheme = url.split(":", 1)[0]
+    if scheme in POSTGRES_SCHEMES:
+        return "postgresql"
+    return "redis" if scheme in REDIS_SCHEMES else scheme
+
+
 def is_postgres_url(url: str) -> bool:
     return url.split(":", 1)[0] in POSTGRES_SCHEMES
 

@@ -23,6 +23,7 @@ Exported (all prefixed ``gateway_``):
 ``key_cache_hits_total`` / ``_misses_``   the key cache's own counters
 ``config_reloads_total``                  result (success/failure)
 ``redis_errors_total``                    component (rate_limiter/key_store)
+``key_store_errors_total``                store (sqlite/postgresql/redis): key lookups the store failed
 ``auth_failures_total``                   failed authentications counted by the brute-force guard
 ``auth_failure_blocks_total``             addresses blocked by it; ``auth_failure_refusals_total``
 ``readiness``                             gauge, state (ready/degraded/unavailable/draining): 1 for
@@ -81,7 +82,7 @@ class Metrics:
         self.auth: dict[tuple[str, str], int] = {}
         self.rate_limit: dict[str, int] = {}
         self.reloads: dict[str, int] = {"success": 0, "failure": 0}
-        self.store_errors = 0  # key-store lookups that failed with a Redis store
+        self.store_errors = 0  # key lookups the key store failed (any store; also counted under Redis's errors)
         self.jwks: dict[str, int] = {}  # fetches of jwt.jwks_url by result (gateway/doors/jwks.py), when set
         self.total: dict[str, Histogram] = {}
         self.upstream: dict[str, Histogram] = {}
@@ -177,7 +178,7 @@ def counter(name: str, doc: str, value: float, labels: dict[str, str] | None = N
     return fam
 
 
-def gateway_sources(metrics: Metrics, cache: Any, guard: Any, limiter: Any, redis_store: bool,
+def gateway_sources(metrics: Metrics, cache: Any, guard: Any, limiter: Any, store_kind: str,
                     readiness: Callable[[], str | None] = lambda: None) -> None:
     """Attach the counters the key cache, the brute-force guard and the Redis limiter keep themselves, and the
     readiness state (``readiness`` returns what ``/readyz`` said last: one of :data:`READINESS_STATES`)."""
@@ -196,8 +197,10 @@ def gateway_sources(metrics: Metrics, cache: Any, guard: Any, limiter: Any, redi
     def redis_families() -> Iterator[Metric]:
         fam = CounterMetricFamily("gateway_redis_errors", "Redis commands that failed", labels=["component"])
         fam.add_metric(["rate_limiter"], float(getattr(limiter, "errors", 0) or 0))
-        fam.add_metric(["key_store"], float(metrics.store_errors if redis_store else 0))
+        fam.add_metric(["key_store"], float(metrics.store_errors if store_kind == "redis" else 0))
         yield fam
+        yield counter("gateway_key_store_errors", "Key lookups the key store failed (answered 503 unless cached)",
+                      metrics.store_errors, {"store": store_kind})
 
     def readiness_families() -> Iterator[Metric]:
         # One series per state, 1 for the current one: a state set, as Prometheus conventions have it.

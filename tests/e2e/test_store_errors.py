@@ -25,6 +25,7 @@ import redis
 
 from tests.support import postgres
 from tests.support.lifecycle import KeysAPI, admin_gateway, bearer, wait_for
+from tests.support.metrics import scrape, value
 from tests.support.postgres import PostgresServer
 from tests.support.procs import ROOT, RedisServer, Upstream
 
@@ -316,6 +317,8 @@ def test_postgres_store_down_every_endpoint_503_then_back(
             assert_store_unavailable(c.get(f"{prefix}/auth/test", headers=bearer(uncached)), fmt, secrets)
             ready = c.get("/readyz")
             assert ready.status_code == 503 and ready.json()["checks"]["store"] != "ok", ready.text
+        # the failed lookup is counted, under the store's kind
+        assert value(scrape(gw, bearer(admin)), "gateway_key_store_errors_total", store="postgresql") >= 1
 
         own_postgres.start()
         wait_for(lambda: api.list().status_code == 200)
