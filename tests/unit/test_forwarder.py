@@ -303,3 +303,33 @@ def test_credentials_in_the_upstream_url_become_basic_authentication() -> None:
     assert b"\r\nAuthorization: Basic c3ZjOnBhOnNz\r\n" in plain  # svc:pa:ss
     assert f"\r\nHost: {server.url.removeprefix('http://')}\r\n".encode() in plain
     assert b"Basic" not in own and own.lower().count(b"authorization:") == 1
+
+
+def test_response_header_names_arrive_in_lower_case_and_hop_by_hop_ones_in_any_case_are_dropped() -> None:
+    """The upstream connection lowers each response field name once (RFC 9110 5.1: they are case-insensitive);
+    the hop-by-hop filter, which no longer lowers them itself, must still drop ``Keep-Alive`` and whatever a
+    ``CONNECTION`` header names, whatever their spelling."""
+    answer = (b"HTTP/1.1 200 OK\r\nX-Custom-Thing: Kept\r\nCONNECTION: X-Secret-Hop\r\nKeep-Alive: timeout=5\r\n"
+              b"x-SECRET-hop: dropped\r\nContent-Length: 2\r\n\r\nok")
+
+    def answers(server: Server, conn: socket.socket) -> None:
+        while read_head(conn):
+            conn.sendall(answer)
+
+    server = Server(answers)
+
+    async def main() -> list[dict[str, Any]]:
+        fwd = _forwarder(server.url)
+        await fwd.start()
+        try:
+            return await _get(fwd)
+        finally:
+            await fwd.close()
+
+    try:
+        sent = asyncio.run(main())
+    finally:
+        server.close()
+    assert sent[0]["status"] == 200
+    assert sent[0]["headers"] == [(b"x-custom-thing", b"Kept"), (b"content-length", b"2")]
+    assert sent[1]["body"] == b"ok"

@@ -314,11 +314,12 @@ async def _body(receive: Receive, limit: int | None = None, timeout: float | Non
 
 
 def _response_headers(raw: Sequence[tuple[bytes, bytes]], not_passed: frozenset[bytes] = _NOT_PASSED) -> list[Header]:
-    """The upstream's headers less the hop-by-hop ones, and less those its ``Connection`` header names."""
+    """The upstream's headers less the hop-by-hop ones, and less those its ``Connection`` header names. The
+    names in ``raw`` are in lower case already (:meth:`Connection.on_header` lowers them)."""
     out: list[Header] = []
     named: set[bytes] | None = None
     for header in raw:
-        low = header[0].lower()
+        low = header[0]
         if low in not_passed:
             if low == b"connection" and header[1].lower() not in _CONNECTION_OPTIONS:
                 # Anything but "Connection: keep-alive" (or close), the usual values, may name more to drop.
@@ -328,5 +329,5 @@ def _response_headers(raw: Sequence[tuple[bytes, bytes]], not_passed: frozenset[
             continue
         out.append(header)
     if named:
-        out = [h for h in out if h[0].lower() not in named]
+        out = [h for h in out if h[0] not in named]
     return out

@@ -146,9 +146,10 @@ class JoinedHeadCycle(RequestResponseCycle):
         out = [STATUS_LINE[status]]
         close = False
         for name, value in headers:
-            name = name.lower()
-            if name not in _GOOD_NAMES and not _name_ok(name):
-                raise RuntimeError("Invalid HTTP header name.")
+            if name not in _GOOD_NAMES:  # a name seen before is in lower case already: no lower() for it
+                name = name.lower()
+                if name not in _GOOD_NAMES and not _name_ok(name):
+                    raise RuntimeError("Invalid HTTP header name.")
             if name in _FRAMING:
                 if name == b"content-length":
                     if self.chunked_encoding is None:

@@ -127,9 +127,11 @@ class Connection(asyncio.Protocol):
     def on_header(self, name: bytes, value: bytes) -> None:
         if len(value) > MAX_FIELD or len(name) > MAX_FIELD or len(self.headers) >= MAX_HEADERS:
             raise Malformed("response header over the limits")  # stops llhttp
-        self.headers.append((name, value))
+        # Names are kept in lower case (field names are case-insensitive, RFC 9110 5.1): lowered once here, not
+        # again by every reader (the forwarder's filter, the server's head).
+        low = name.lower()
+        self.headers.append((low, value))
         if not self.framed:
-            low = name.lower()
             self.framed = low == b"content-length" or low == b"transfer-encoding"
 
     def on_headers_complete(self) -> None:
