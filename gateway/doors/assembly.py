@@ -71,7 +71,7 @@ def build_accounts(settings: Settings, store: KeyStore, policy: Callable[[], Pol
     a = settings.accounts
     keys = SigningKeys(default_key_dir(settings))
     issuer = TokenIssuer(keys, a.issuer, lambda role: policy().roles.get(role, frozenset()))
-    return Accounts(a, cast(UserStore, store), issuer, policy)
+    return Accounts(a, cast(UserStore, store), issuer, policy, status_ttl=settings.cache.ttl_seconds)
 
 
 def combine_verifiers(accounts: Accounts | None, external: Verifier | None) -> Verifier | None:
@@ -80,7 +80,7 @@ def combine_verifiers(accounts: Accounts | None, external: Verifier | None) -> V
         return external
     from gateway.accounts.tokens import CombinedVerifier
 
-    return CombinedVerifier(accounts.issuer, external)
+    return CombinedVerifier(accounts.issuer, external, accounts.status)
 
 
 def build_verifier(settings: Settings) -> Verifier | None:

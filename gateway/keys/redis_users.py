@@ -30,7 +30,8 @@ from gateway.keys.users import REUSED, REVOKED, SPENT, UNKNOWN, RefreshRecord, U
 
 NS = "{gw}"
 _USERS = f"{NS}:users"
-_USER_FIELDS = ("id", "email", "role", "password_hash", "status", "created_at", "last_login_at")
+_USER_FIELDS = ("id", "email", "role", "password_hash", "status", "created_at", "last_login_at",
+                "password_changed_at")
 _GRACE_MS = 86_400_000  # a spent token is kept a day past its family's end, so a late replay is still seen
 
 # KEYS: user, email index, users. ARGV: id, score, field/value pairs.
@@ -132,7 +133,9 @@ def _user(raw: Mapping[bytes, bytes]) -> UserRecord:
     d = {k.decode(): v.decode() for k, v in raw.items()}
     return UserRecord(id=d["id"], email=d["email"], role=d["role"], password_hash=d["password_hash"],
                       status=d["status"], created_at=parse_iso(d["created_at"]),
-                      last_login_at=parse_iso(d["last_login_at"]) if d.get("last_login_at") else None)
+                      last_login_at=parse_iso(d["last_login_at"]) if d.get("last_login_at") else None,
+                      password_changed_at=(parse_iso(d["password_changed_at"]) if d.get("password_changed_at")
+                                           else None))
 
 
 def _text(value: Any) -> str:

@@ -31,6 +31,8 @@ class UserRecord:
     status: str = "active"
     created_at: datetime = dataclasses.field(default_factory=lambda: datetime.min)
     last_login_at: datetime | None = None
+    # When the password was last set by a reset (None: never): a token issued before it is refused.
+    password_changed_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)

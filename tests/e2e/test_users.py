@@ -263,6 +263,52 @@ def test_disable_and_reset_end_the_users_sessions(ally: Gateway) -> None:
     assert argv.returncode == 2 and "--password-stdin" in argv.stderr  # no terminal: never a password in argv
 
 
+def _refused_within(gw: Gateway, token: str, bound: float) -> float:
+    """Seconds until the profile refuses ``token`` (401 invalid_token, DeployAlly's UNAUTHORIZED), polled; fails
+    past ``bound``."""
+    start = time.monotonic()
+    while True:
+        resp = httpx.get(f"{gw.url}/api/v1/user/profile", headers=bearer(token), timeout=10)
+        if resp.status_code != 200:
+            ally_error(resp, 401, "UNAUTHORIZED")
+            return time.monotonic() - start
+        assert time.monotonic() - start < bound, "the token still works past the cache bound"
+        time.sleep(0.1)
+
+
+@pytest.mark.parametrize("store", ["sqlite", "redis", "postgres"])
+def test_a_disabled_or_reset_users_jwt_is_refused_within_the_cache_bound(
+        make_gateway: Callable[..., Gateway], fresh_upstream: Upstream, request: pytest.FixtureRequest,
+        store: str) -> None:
+    """OWASP Session Management Cheat Sheet: disabling an account (or changing its password) ends its sessions,
+    the access JWT included, not only the refresh tokens: `gateway users disable` / `reset` in another process
+    (the CLI) on the same store (a real SQLite file, redis-server or PostgreSQL), and the serving gateway refuses
+    the token within cache.ttl_seconds."""
+    extra: dict[str, Any] = {}
+    if store == "redis":
+        extra = {"store": {"url": fresh_db(request.getfixturevalue("redis_server"))}}
+    elif store == "postgres":
+        from tests.support import postgres
+
+        extra = postgres.settings_for(postgres.fresh_db(request.getfixturevalue("postgres_server")))
+    gw = make_gateway(fresh_upstream.url, {**ALLY, **accounts(), "cache": {"ttl_seconds": 1}, **extra})
+    create_user(gw, "ana@example.com", "developer")
+    token = login(gw, "ana@example.com").json()["data"]["token"]
+    keys = f"{gw.url}/api/v1/api-keys"
+    assert httpx.get(keys, headers=bearer(token), timeout=10).status_code == 200  # the management API too
+    assert httpx.get(f"{gw.url}/api/v1/user/profile", headers=bearer(token), timeout=10).status_code == 200
+    gw.cli("users", "disable", "ana@example.com")
+    assert _refused_within(gw, token, 3.0) <= 3.0
+    ally_error(httpx.get(keys, headers=bearer(token), timeout=10), 401, "UNAUTHORIZED")
+    gw.cli("users", "enable", "ana@example.com")
+    old = login(gw, "ana@example.com").json()["data"]["token"]
+    time.sleep(1.1)  # a reset a second later than the token's iat (both are whole seconds)
+    gw.cli("users", "reset", "ana@example.com", "--password-stdin", input="a brand new password\n")
+    assert _refused_within(gw, old, 3.0) <= 3.0
+    fresh = login(gw, "ana@example.com", "a brand new password").json()["data"]["token"]
+    assert httpx.get(f"{gw.url}/api/v1/user/profile", headers=bearer(fresh), timeout=10).status_code == 200
+
+
 def test_no_password_or_token_reaches_a_log_line_or_the_redis_store(
         make_gateway: Callable[..., Gateway], fresh_upstream: Upstream, redis_server: Any) -> None:
     url = fresh_db(redis_server)
