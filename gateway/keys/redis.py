@@ -337,7 +337,7 @@ class RedisStore(RedisUsers):
 
     async def list(
         self, *, environment: str | None = None, status: str | None = None, now: datetime | None = None,
-        limit: int | None = None, offset: int = 0,
+        limit: int | None = None, offset: int = 0, created_by: str | None = None,
     ) -> list[KeyRecord]:
         now = now or utcnow()
         ids = await self._call("list", self.redis.zrange(_IDS, 0, -1))
@@ -353,6 +353,8 @@ class RedisStore(RedisUsers):
                     continue
                 record = _decode(raw)
                 if environment is not None and record.environment != environment:
+                    continue
+                if created_by is not None and record.created_by != created_by:
                     continue
                 if status is not None and record.status(now) != status:
                     continue

@@ -263,6 +263,40 @@ def test_disable_and_reset_end_the_users_sessions(ally: Gateway) -> None:
     assert argv.returncode == 2 and "--password-stdin" in argv.stderr  # no terminal: never a password in argv
 
 
+def test_a_user_who_is_not_an_admin_manages_only_the_keys_the_user_made_through_the_api(ally: Gateway) -> None:
+    """With management.allow_jwt, a developer's JWT lists, reads, changes, rotates and revokes only the keys that
+    developer made; another's key is 404 as an unknown one is (no id leaks). An admin's JWT sees every key."""
+    dev_id = create_user(ally, "dev@example.com", "developer")["id"]
+    create_user(ally, "other@example.com", "developer")
+    create_user(ally, "boss@example.com", "admin")
+    dev, other, boss = (bearer(login(ally, e).json()["data"]["token"])
+                        for e in ("dev@example.com", "other@example.com", "boss@example.com"))
+    url = f"{ally.url}/api/v1/api-keys"
+
+    def make(headers: dict[str, str], name: str) -> str:
+        resp = httpx.post(url, headers=headers, json={"name": name, "permissions": ["templates:read"]}, timeout=10)
+        assert resp.status_code == 201, resp.text
+        return resp.json()["data"]["id"]  # type: ignore[no-any-return]
+
+    mine, theirs, admins = make(dev, "mine"), make(other, "theirs"), make(boss, "admins")
+    listed = httpx.get(url, headers=dev, timeout=10).json()["data"]
+    assert [k["id"] for k in listed] == [mine] and listed[0]["created_by"] == "user:" + dev_id
+    assert {k["id"] for k in httpx.get(url, headers=boss, timeout=10).json()["data"]} >= {mine, theirs, admins}
+    unknown = ally_error(httpx.get(f"{url}/key_00000000000000000000", headers=dev, timeout=10), 404, "NOT_FOUND")
+    for key_id in (theirs, admins):
+        for method, path, body in (("GET", "", None), ("PATCH", "", {"name": "taken"}),
+                                   ("POST", "/rotate", {}), ("DELETE", "", None)):
+            resp = httpx.request(method, f"{url}/{key_id}{path}", headers=dev, json=body, timeout=10)
+            assert ally_error(resp, 404, "NOT_FOUND") == unknown, (method, path)
+    # Nothing changed: the admin still reads both as they were.
+    for key_id, name in ((theirs, "theirs"), (admins, "admins")):
+        got = httpx.get(f"{url}/{key_id}", headers=boss, timeout=10).json()["data"]
+        assert got["name"] == name and got["status"] == "active"
+    # The developer manages its own; the admin manages another's.
+    assert httpx.post(f"{url}/{mine}/rotate", headers=dev, json={}, timeout=10).status_code == 200
+    assert httpx.delete(f"{url}/{theirs}", headers=boss, timeout=10).status_code == 200
+
+
 def _refused_within(gw: Gateway, token: str, bound: float) -> float:
     """Seconds until the profile refuses ``token`` (401 invalid_token, DeployAlly's UNAUTHORIZED), polled; fails
     past ``bound``."""
