@@ -4,8 +4,10 @@ sessions).
 
 A token this gateway signed is good until its ``exp`` (up to 24 hours); revoking the refresh tokens alone would
 leave it working that long. So every request with one is checked against the user's status, from a small cache
-like the key cache (gateway.keys.cache): no store read per request, a change seen by every process within
-``cache.ttl_seconds`` and at once by the process that made it (:meth:`UserStatus.forget`).
+like the key cache (gateway.keys.cache): no store read per request, a change seen at once by the process that
+made it (:meth:`UserStatus.forget`), within a second by every other sharing a Redis or PostgreSQL store (the
+store publishes ``user:<id>`` on its invalidation channel: :class:`Invalidations`), and within
+``cache.ttl_seconds`` in any case (a SQLite store has no channel).
 """
 
 from __future__ import annotations
@@ -13,14 +15,21 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from cachetools import TTLCache
 
 from gateway.errors import InvalidJWT
 from gateway.keys.store import UserStore
-from gateway.keys.users import UserRecord
+from gateway.keys.users import USER_INVALIDATION, UserRecord
 
 _CACHE_SIZE = 10_000
+
+
+class KeyInvalidation(Protocol):
+    """The key cache's side of :class:`Invalidations` (gateway.keys.cache.KeyCache)."""
+
+    def invalidate(self, key_hash: str | None = None) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,3 +89,22 @@ class UserStatus:
             self._cache.clear()
         else:
             self._cache.pop(user_id, None)
+
+
+class Invalidations:
+    """What a store's invalidation channel (Redis pub/sub, PostgreSQL NOTIFY) is handed to: a key's hash drops
+    that key-cache entry, ``user:<id>`` (:data:`gateway.keys.users.USER_INVALIDATION`) that user's standing, and
+    nothing (the channel was lost, so anything may have changed) both caches whole."""
+
+    def __init__(self, keys: KeyInvalidation, status: UserStatus) -> None:
+        self.keys = keys
+        self.status = status
+
+    def invalidate(self, what: str | None = None) -> None:
+        if what is None:
+            self.keys.invalidate()
+            self.status.forget()
+        elif what.startswith(USER_INVALIDATION):
+            self.status.forget(what[len(USER_INVALIDATION):])
+        else:
+            self.keys.invalidate(what)

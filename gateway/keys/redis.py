@@ -38,7 +38,7 @@ from redis.exceptions import RedisError
 
 from gateway import redisconn
 from gateway.keys.record import AuditEvent, KeyRecord, parse_iso, to_iso, utcnow
-from gateway.keys.redis_users import RedisUsers, usage_daily_key
+from gateway.keys.redis_users import INVALIDATE_CHANNEL, RedisUsers, usage_daily_key
 from gateway.keys.store import Conflict, StoreError, UsageUpdate
 from gateway.redisconn import POOL_WAIT  # noqa: F401 - re-exported from its old home
 from gateway.redisurl import RedisURLError, redacted
@@ -46,7 +46,6 @@ from gateway.redisurl import RedisURLError, redacted
 log = logging.getLogger("gateway.store")
 
 NS = "{gw}"
-INVALIDATE_CHANNEL = "gateway:keys:invalidate"
 _IDS = f"{NS}:ids"
 _AUDIT = f"{NS}:audit"
 

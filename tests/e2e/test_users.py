@@ -310,6 +310,39 @@ def _refused_within(gw: Gateway, token: str, bound: float) -> float:
         time.sleep(0.1)
 
 
+def _works_again_within(gw: Gateway, token: str, bound: float) -> bool:
+    start = time.monotonic()
+    while time.monotonic() - start < bound:
+        if httpx.get(f"{gw.url}/api/v1/user/profile", headers=bearer(token), timeout=10).status_code == 200:
+            return True
+        time.sleep(0.1)
+    return False
+
+
+@pytest.mark.parametrize("store", ["redis", "postgres"])
+def test_a_shared_store_ends_a_disabled_users_jwt_within_a_second_whatever_the_cache_ttl(
+        make_gateway: Callable[..., Gateway], fresh_upstream: Upstream, request: pytest.FixtureRequest,
+        store: str) -> None:
+    """With Redis or PostgreSQL, disabling a user (in the CLI's process) reaches the serving gateway through the
+    store's invalidation channel (pub/sub, NOTIFY), as a revoked key does: within a second, not cache.ttl_seconds
+    (300 here)."""
+    if store == "redis":
+        extra: dict[str, Any] = {"store": {"url": fresh_db(request.getfixturevalue("redis_server"))}}
+    else:
+        from tests.support import postgres
+
+        extra = postgres.settings_for(postgres.fresh_db(request.getfixturevalue("postgres_server")))
+    gw = make_gateway(fresh_upstream.url, {**ALLY, **accounts(), "cache": {"ttl_seconds": 300}, **extra})
+    create_user(gw, "ana@example.com", "developer")
+    token = login(gw, "ana@example.com").json()["data"]["token"]
+    assert httpx.get(f"{gw.url}/api/v1/user/profile", headers=bearer(token), timeout=10).status_code == 200
+    time.sleep(0.5)  # the listener is subscribed (it starts with the gateway)
+    gw.cli("users", "disable", "ana@example.com")
+    assert _refused_within(gw, token, 1.5) <= 1.5
+    gw.cli("users", "enable", "ana@example.com")
+    assert _works_again_within(gw, token, 1.5)
+
+
 @pytest.mark.parametrize("store", ["sqlite", "redis", "postgres"])
 def test_a_disabled_or_reset_users_jwt_is_refused_within_the_cache_bound(
         make_gateway: Callable[..., Gateway], fresh_upstream: Upstream, request: pytest.FixtureRequest,
@@ -335,6 +368,7 @@ def test_a_disabled_or_reset_users_jwt_is_refused_within_the_cache_bound(
     assert _refused_within(gw, token, 3.0) <= 3.0
     ally_error(httpx.get(keys, headers=bearer(token), timeout=10), 401, "UNAUTHORIZED")
     gw.cli("users", "enable", "ana@example.com")
+    assert _works_again_within(gw, token, 3.0)  # enabled again: its unexpired token stands
     old = login(gw, "ana@example.com").json()["data"]["token"]
     time.sleep(1.1)  # a reset a second later than the token's iat (both are whole seconds)
     gw.cli("users", "reset", "ana@example.com", "--password-stdin", input="a brand new password\n")

@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from gateway.accounts import Accounts, Principal
 from gateway.accounts.signing import KEY_FILE, SigningKeys, thumbprint
+from gateway.accounts.status import Invalidations, UserStatus
 from gateway.accounts.tokens import CombinedVerifier, TokenIssuer, UserStatusUnknown
 from gateway.config.settings import AccountsSettings, ConfigError
 from gateway.errors import (
@@ -208,5 +209,32 @@ def test_a_disabled_or_reset_users_token_is_refused_from_the_status_cache_within
         fresh = (await accounts.login("ana@example.com", "a new long password", None)).token
         assert (await verifier.verify_refreshed(fresh)).user_id  # issued in the reset's second: it stands
         await accounts.store.close()
+        await other.store.close()
+
+    asyncio.run(go())
+
+
+def test_the_invalidation_channel_reaches_the_key_cache_and_the_users_status(tmp_path: Path) -> None:
+    """A key's hash drops that key only; "user:<id>" that user's standing only; a lost channel (no payload) both
+    caches whole. (The channels themselves, Redis and PostgreSQL, are tested end to end in test_users.py.)"""
+    store = SQLiteStore(tmp_path / "keys.db")
+    status = UserStatus(store, 300)
+    dropped: list[str | None] = []
+
+    class Keys:  # records what the key cache is told: the routing is what is under test
+        def invalidate(self, key_hash: str | None = None) -> None:
+            dropped.append(key_hash)
+
+    async def go() -> None:
+        for user_id in ("usr_a", "usr_b"):
+            await status.load(user_id)
+        channel = Invalidations(Keys(), status)
+        channel.invalidate("ab" * 32)
+        assert dropped == ["ab" * 32] and status.peek("usr_a") is not None
+        channel.invalidate("user:usr_a")
+        assert dropped == ["ab" * 32] and status.peek("usr_a") is None and status.peek("usr_b") is not None
+        channel.invalidate()
+        assert dropped == ["ab" * 32, None] and status.peek("usr_b") is None
+        await store.close()
 
     asyncio.run(go())

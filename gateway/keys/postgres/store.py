@@ -32,12 +32,12 @@ import asyncpg
 
 from gateway.keys.postgres import schema
 from gateway.keys.postgres.text import unstorable
+from gateway.keys.postgres.users import CHANNEL as CHANNEL
 from gateway.keys.postgres.users import USAGE_DAILY, PostgresUsers
 from gateway.keys.record import AuditEvent, KeyRecord, utcnow
 from gateway.keys.store import Conflict, StoreError, UsageUpdate
 from gateway.redisurl import redacted
 
-CHANNEL = "gateway_keys"
 SCHEMES = ("postgresql", "postgres")
 _FIELDS = (
     "id", "key_hash", "hint", "name", "permissions", "allowed_ips", "environment", "created_at", "expires_at",

@@ -19,8 +19,22 @@ from typing import Any
 from gateway.keys.postgres.text import unstorable
 from gateway.keys.sqlite_users import day_range  # the same days for every store
 from gateway.keys.store import Conflict
-from gateway.keys.users import EXPIRED, REUSED, REVOKED, SPENT, UNKNOWN, RefreshRecord, UserRecord, email_key
+from gateway.keys.users import (
+    EXPIRED,
+    REUSED,
+    REVOKED,
+    SPENT,
+    UNKNOWN,
+    USER_INVALIDATION,
+    USER_STANDING,
+    RefreshRecord,
+    UserRecord,
+    email_key,
+)
 
+# The invalidation channel: the trigger of migrations/0001_keys.sql sends a changed key's hash on it, and
+# update_user "user:<id>" for a change to a user's standing (gateway.accounts.status).
+CHANNEL = "gateway_keys"
 _USER_FIELDS = ("id", "email", "role", "password_hash", "status", "created_at", "last_login_at",
                 "password_changed_at")
 _USER_COLUMNS = ", ".join(_USER_FIELDS)
@@ -103,6 +117,9 @@ class PostgresUsers:
                 sets = ", ".join(f"{name} = ${i}" for i, name in enumerate(names, start=2))
                 await conn.execute(f"UPDATE users SET {sets} WHERE id = $1", user_id, *(changes[n] for n in names))
             row = await conn.fetchrow(f"SELECT {_USER_COLUMNS} FROM users WHERE id = $1", user_id)
+            if row is not None and USER_STANDING & set(names):
+                # Sent when the transaction commits, on the keys' channel (gateway.accounts.status listens).
+                await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, USER_INVALIDATION + user_id)
         return _user(row) if row is not None else None
 
     # --- refresh tokens ----------------------------------------------------------------------------------------
