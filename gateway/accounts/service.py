@@ -34,7 +34,8 @@ from gateway.accounts.passwords import (
     needs_rehash,
     verify_in_thread,
 )
-from gateway.accounts.tokens import Principal, TokenIssuer
+from gateway.accounts.status import UserStatus
+from gateway.accounts.tokens import Principal, TokenIssuer, load_standing
 from gateway.config.settings import AccountsSettings
 from gateway.errors import (
     ConflictError,
@@ -102,12 +103,14 @@ class Accounts:
     """Users, logins and sessions over a :class:`gateway.keys.store.UserStore`.
 
     ``policy`` gives the policy served now (its ``roles:`` map a role to scopes); ``clock`` is seconds since the
-    epoch (tests move it)."""
+    epoch (tests move it); ``status_ttl`` is how long a user's status is cached (``cache.ttl_seconds``)."""
 
     def __init__(self, settings: AccountsSettings, store: UserStore, issuer: TokenIssuer,
-                 policy: Callable[[], Policy], clock: Callable[[], float] = time.time) -> None:
+                 policy: Callable[[], Policy], clock: Callable[[], float] = time.time,
+                 status_ttl: float = 5.0) -> None:
         self.settings = settings
         self.store = store
+        self.status = UserStatus(store, status_ttl)
         self.issuer = issuer
         self.policy = policy
         self.clock = clock
@@ -206,12 +209,16 @@ class Accounts:
             await self._store("refresh write", self.store.revoke_refresh_family(
                 _token_hash(refresh_token), _dt(self._now())))
 
-    def principal(self, token: str) -> Principal | None:
-        """The user of a valid (unexpired) token this gateway signed; None for anything else."""
+    async def principal(self, token: str) -> Principal | None:
+        """The user of a valid (unexpired) token this gateway signed, while the user stands (active, no password
+        reset since the token was issued); None for anything else."""
         try:
             if not self.issuer.ours(token):
                 return None
-            return self.issuer.verify(token, self._now())
+            principal = self.issuer.verify(token, self._now())
+            standing = self.status.peek(principal.user_id) or await load_standing(self.status, principal.user_id)
+            standing.check(principal.issued_ts)
+            return principal
         except Exception:  # noqa: BLE001 - any refusal is "no principal" to the caller
             return None
 
@@ -283,23 +290,29 @@ class Accounts:
         return record
 
     async def disable_user(self, email: str) -> User:
-        """Disable the account and revoke its refresh tokens (a JWT already issued lasts until it expires)."""
+        """Disable the account and revoke its refresh tokens; its JWTs are refused at once in this process, and
+        within ``cache.ttl_seconds`` in every other (gateway.accounts.status)."""
         record = await self._user(email)
         updated = await self._store("user write", self.store.update_user(record.id, {"status": "disabled"}))
+        self.status.forget(record.id)
         await self._store("refresh write", self.store.revoke_user_refresh(record.id, _dt(self._now())))
         return User.of(updated or record)
 
     async def enable_user(self, email: str) -> User:
         record = await self._user(email)
         updated = await self._store("user write", self.store.update_user(record.id, {"status": "active"}))
+        self.status.forget(record.id)
         return User.of(updated or record)
 
     async def reset_password(self, email: str, password: str) -> User:
-        """A new password (same rules as at creation); every session of the user is revoked."""
+        """A new password (same rules as at creation); every session of the user is revoked: the refresh tokens,
+        and the JWTs issued before now (refused as a disabled user's are)."""
         record = await self._user(email)
         self._check_password(password)
+        password_hash = await self._hash(password)
         updated = await self._store("user write", self.store.update_user(
-            record.id, {"password_hash": await self._hash(password)}))
+            record.id, {"password_hash": password_hash, "password_changed_at": _dt(self._now())}))
+        self.status.forget(record.id)
         await self._store("refresh write", self.store.revoke_user_refresh(record.id, _dt(self._now())))
         return User.of(updated or record)
 

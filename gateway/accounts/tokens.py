@@ -8,7 +8,10 @@ cache's minute).
 
 :class:`CombinedVerifier` is what the gate is given as its JWT verifier when accounts are on: a token whose ``kid``
 is one of this gateway's keys is verified here (ES256 only); any other goes to the configured external issuer's
-verifier (gateway.gate.jwt.JWTVerifier), if there is one.
+verifier (gateway.gate.jwt.JWTVerifier), if there is one. Given the users' :class:`gateway.accounts.status.UserStatus`,
+it also refuses a token whose user is disabled or reset the password after the token was issued: from the
+status cache, or (a miss) by :class:`UserStatusUnknown`, which makes the gate await :meth:`verify_refreshed` for
+that request alone, as for a key-cache miss.
 """
 
 from __future__ import annotations
@@ -24,7 +27,10 @@ import jwt
 from cachetools import TTLCache
 
 from gateway.accounts.signing import ALGORITHM, SigningKeys
-from gateway.errors import ExpiredJWT, InvalidJWT, JWTNoKey
+from gateway.accounts.status import Standing, UserStatus
+from gateway.errors import ExpiredJWT, InvalidJWT, JWTNoKey, StoreUnavailable
+from gateway.gate import KeyIdUnknown
+from gateway.keys.store import StoreError
 
 _CACHE_SIZE = 10_000
 _CACHE_TTL = 60.0
@@ -41,6 +47,7 @@ class Principal:
     scopes: frozenset[str]
     expires_ts: float = math.inf
     not_before_ts: float | None = None
+    issued_ts: float = 0.0  # iat: checked against the user's last password reset (gateway.accounts.status)
     environment: str = "live"
     networks: tuple[()] = ()
     permissions_list: tuple[str, ...] = dataclasses.field(init=False)
@@ -128,14 +135,24 @@ class TokenIssuer:
         try:
             # Only ES256, whatever the header says; exp is checked by verify() against the gateway's clock.
             claims = jwt.decode(token, key, algorithms=[ALGORITHM], issuer=self.issuer,
-                                options={"require": ["exp", "sub", "iss"], "verify_exp": False, "verify_iat": False})
+                                options={"require": ["exp", "sub", "iss", "iat"], "verify_exp": False,
+                                         "verify_iat": False})
         except (jwt.PyJWTError, ValueError, TypeError):
             raise InvalidJWT() from None
         sub, email, role, exp = claims.get("sub"), claims.get("email"), claims.get("role"), claims.get("exp")
+        iat = claims.get("iat")
         if not (isinstance(sub, str) and isinstance(email, str) and isinstance(role, str) and sub.isascii()
-                and email.isascii() and isinstance(exp, int) and not isinstance(exp, bool)):
+                and email.isascii() and isinstance(exp, int) and not isinstance(exp, bool)
+                and isinstance(iat, int) and not isinstance(iat, bool)):
             raise InvalidJWT()
-        return Principal(user_id=sub, email=email, role=role, scopes=self.role_scopes(role), expires_ts=float(exp))
+        return Principal(user_id=sub, email=email, role=role, scopes=self.role_scopes(role), expires_ts=float(exp),
+                         issued_ts=float(iat))
+
+
+class UserStatusUnknown(KeyIdUnknown):
+    """One of this gateway's tokens whose user's status is not cached: the gate awaits
+    :meth:`CombinedVerifier.verify_refreshed` (one store read) for this request, as it awaits the store on a
+    key-cache miss."""
 
 
 class ExternalVerifier(Protocol):
@@ -148,20 +165,42 @@ class ExternalVerifier(Protocol):
 
 class CombinedVerifier:
     """The gate's JWT verifier with accounts on: this gateway's tokens first (by ``kid``), else the external
-    issuer's verifier (``external``; None: no other tokens are accepted)."""
+    issuer's verifier (``external``; None: no other tokens are accepted). With ``status``, a token of this gateway
+    stands only while its user does (active, and no password reset since the token was issued)."""
 
-    def __init__(self, issuer: TokenIssuer, external: ExternalVerifier | None) -> None:
+    def __init__(self, issuer: TokenIssuer, external: ExternalVerifier | None,
+                 status: UserStatus | None = None) -> None:
         self.issuer = issuer
         self.external = external
+        self.status = status
 
     def verify(self, token: str, now: float | None = None) -> Any:
         if self.issuer.ours(token):
-            return self.issuer.verify(token, now)
+            principal = self.issuer.verify(token, now)
+            if self.status is not None:
+                standing = self.status.peek(principal.user_id)
+                if standing is None:
+                    raise UserStatusUnknown()
+                standing.check(principal.issued_ts)
+            return principal
         if self.external is None:
             raise JWTNoKey()
         return self.external.verify(token, now)
 
     async def verify_refreshed(self, token: str, now: float | None = None) -> Any:
+        if self.issuer.ours(token):
+            principal = self.issuer.verify(token, now)
+            if self.status is not None:
+                (await load_standing(self.status, principal.user_id)).check(principal.issued_ts)
+            return principal
         if self.external is None:
             raise JWTNoKey()
         return await self.external.verify_refreshed(token, now)
+
+
+async def load_standing(status: UserStatus, user_id: str) -> Standing:
+    """The user's standing from the store; StoreUnavailable (503) when the store cannot be read."""
+    try:
+        return await status.load(user_id)
+    except StoreError:
+        raise StoreUnavailable() from None

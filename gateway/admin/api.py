@@ -180,8 +180,10 @@ class ManagementAPI:
     async def _record(self, request: Request) -> KeyRecord:
         record = await self._store.get(request.path_params["id"])
         _, _, env = self._caller(request)
-        # A test key never sees or touches live keys; to it they do not exist.
-        if record is None or (env == "test" and record.environment != "test"):
+        # A test key never sees or touches live keys; to it they do not exist. Nor does a user's key to another
+        # user who is not an admin (404, not 403: ids do not leak).
+        if (record is None or (env == "test" and record.environment != "test")
+                or not owns(request.scope["gateway.principal"], record)):
             raise KeyNotFound()
         return record
 
@@ -259,7 +261,8 @@ class ManagementAPI:
                 return self._answer(page(data=[], pagination=Pagination(limit=limit, offset=offset, next_offset=None)))
             env = "test"
         now = self._now()
-        records = await self._store.list(environment=env, status=status, now=now, limit=limit + 1, offset=offset)
+        records = await self._store.list(environment=env, status=status, now=now, limit=limit + 1, offset=offset,
+                                         created_by=keys_owner(request.scope["gateway.principal"]))
         more = len(records) > limit
         return self._answer(page(
             data=[self.models.key.of(r, now) for r in records[:limit]],
@@ -334,6 +337,24 @@ class ManagementAPI:
             raise KeyNotFound()
         revealed, value = result
         return self._answer(NewKey(id=revealed.id, value=value, created_at=revealed.created_at))
+
+
+ADMIN_ROLE = "admin"
+
+
+def keys_owner(principal: object) -> str | None:
+    """Whose keys ``principal`` may list and manage, as a key's ``created_by``: a dashboard user whose role is not
+    ``admin`` only the keys the user made (``user:<id>``); anyone else (an admin, an API key, an external
+    issuer's JWT) every key, None. Used by the management API and the dashboard alike."""
+    if isinstance(principal, Principal) and principal.role != ADMIN_ROLE:
+        return principal.actor
+    return None
+
+
+def owns(principal: object, record: KeyRecord) -> bool:
+    """Whether ``principal`` may see and manage ``record`` (:func:`keys_owner`)."""
+    owner = keys_owner(principal)
+    return owner is None or record.created_by == owner
 
 
 def refusal(exc: KeyInputError | PermissionDenied | Conflict, user: bool = False) -> GatewayError:

@@ -13,6 +13,9 @@ Every schema in it is the JSON Schema of a model of :mod:`gateway.admin.models` 
 through: what is written here is what the API does. This module adds only what is about HTTP: paths,
 operations, parameters, statuses and the DeployAlly envelope.
 
+With ``accounts.enabled`` the document also has the dashboard users' login, refresh and logout
+(gateway.doors.login), described from their models in :mod:`gateway.accounts.models`; they take no credential.
+
 The docs page is plain HTML made on the server from the same document: no script, no stylesheet or font from
 a CDN, so it works offline and under a strict Content-Security-Policy.
 """
@@ -29,6 +32,7 @@ from pydantic.json_schema import GenerateJsonSchema, JsonSchemaMode, models_json
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway import __version__
+from gateway.accounts.models import LoginBody, RefreshBody, SessionTokens
 from gateway.admin.api import ENDPOINTS
 from gateway.admin.models import (
     AllyError,
@@ -61,6 +65,27 @@ _ERROR_STATUSES = {
     "429": "Too many requests for this key (`Retry-After`), or too many failed attempts from this address",
     "503": "The key store or the rate limiter is unavailable, or the gateway is shutting down",
 }
+
+# The login endpoints (gateway.doors.login): path under the prefix, operation id, summary, body, the success
+# answer (status, description, model or None for no content), and their refusals.
+_ACCOUNT_OPERATIONS: tuple[tuple[str, str, str, str, tuple[str, str, str | None], dict[str, str]], ...] = (
+    ("/auth/login", "login", "Log a dashboard user in: a JWT (24 hours at most) and a refresh token", "LoginBody",
+     ("200", "Logged in", "SessionTokens"), {
+         "401": "Wrong password, unknown address or disabled account: one answer (`invalid_credentials`)",
+         "429": "Too many failed logins from this address or for this account (`Retry-After`)"}),
+    ("/auth/refresh", "refreshSession", "A new JWT and the next refresh token for a refresh token (spent by it)",
+     "RefreshBody", ("200", "A new JWT and the next refresh token", "SessionTokens"), {
+         "401": "A refresh token that is unknown, spent, expired or revoked (`invalid_token`); presenting a spent "
+                "one revokes its whole login"}),
+    ("/auth/logout", "logout", "Log out: every refresh token of the login is revoked", "RefreshBody",
+     ("204", "Logged out (also for a token that is unknown or revoked already)", None), {}),
+)
+_ACCOUNT_ERRORS = {
+    "400": "The request could not be read (the client went away)",
+    "422": "A field is missing or not a string, or the body is not a JSON object (`validation_error`)",
+    "503": "The user store is unavailable, or the gateway is shutting down",
+}
+
 
 @dataclass(frozen=True, slots=True)
 class _Operation:
@@ -128,6 +153,8 @@ def schemas(settings: Settings) -> dict[str, Any]:
     ]
     if settings.error_format == "deployally":
         targets.append((PageMeta, "serialization"))
+    if settings.accounts.enabled:
+        targets += [(LoginBody, "validation"), (RefreshBody, "validation"), (SessionTokens, "serialization")]
     _, top = models_json_schema(targets, ref_template=REF, schema_generator=_Schema)
     defs: dict[str, Any] = top["$defs"]
     defs["Error"] = defs.pop(error.__name__)
@@ -192,6 +219,8 @@ def build_openapi(settings: Settings) -> dict[str, Any]:
         if "{id}" in path:
             item["parameters"] = [id_param]
         item[method.lower()] = op
+    if settings.accounts.enabled:
+        paths.update(_account_paths(p, ally, error_ref))
     return {
         "openapi": "3.1.0",
         "info": {"title": "API-key gateway: management API", "version": __version__,
@@ -207,6 +236,30 @@ def build_openapi(settings: Settings) -> dict[str, Any]:
             "type": "http", "scheme": "bearer", "bearerFormat": "API key (dep_live_...) or JWT"}}},
         "security": [{"bearerAuth": []}],
     }
+
+
+def _account_paths(prefix: str, ally: bool, error_ref: dict[str, Any]) -> dict[str, Any]:
+    """The login, refresh and logout operations (no credential: ``security: []``), in the format's envelope."""
+    paths: dict[str, Any] = {}
+    for path, operation_id, summary, body, (status, description, model), refusals in _ACCOUNT_OPERATIONS:
+        answer: dict[str, Any] = {"description": description}
+        if model is not None:
+            schema: dict[str, Any] = {"$ref": REF.format(model=model)}
+            if ally:
+                schema = {"type": "object", "required": ["success", "data"], "additionalProperties": False,
+                          "properties": {"success": {"type": "boolean", "enum": [True]}, "data": schema}}
+            answer["content"] = {"application/json": {"schema": schema}}
+        responses: dict[str, Any] = {status: answer}
+        for code, text in sorted({**_ACCOUNT_ERRORS, **refusals}.items()):
+            responses[code] = {"description": text, "content": {"application/json": {"schema": error_ref}}}
+        responses["default"] = {"description": "Any other refusal (405 for another method, ...), in the same shape",
+                                "content": {"application/json": {"schema": error_ref}}}
+        paths[prefix + path] = {"post": {
+            "operationId": operation_id, "summary": summary, "security": [], "tags": ["users"],
+            "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                "$ref": REF.format(model=body)}}}},
+            "responses": responses}}
+    return paths
 
 
 def docs_html(doc: dict[str, Any], spec_path: str) -> str:
@@ -225,12 +278,14 @@ def docs_html(doc: dict[str, Any], spec_path: str) -> str:
         for method, op in item.items():
             if method == "parameters":
                 continue
+            public = op.get("security") == []
             scopes = [s for req in op.get("security", []) for s in req.get("bearerAuth", [])]
             parts += ["<h3><span class=m>", method.upper(), "</span> <code>", e(path), "</code></h3><p>",
                       e(op["summary"]), "</p>"]
             if "description" in op:
                 parts += ["<p>", e(op["description"]), "</p>"]
-            parts += ["<p>Scope: ", e(", ".join(scopes) or "any valid credential"), "</p>"]
+            parts += ["<p>Scope: ", e("none: no credential" if public else ", ".join(scopes) or "any valid credential"),
+                      "</p>"]
             params = [*item.get("parameters", []), *op.get("parameters", [])]
             if params:
                 parts.append("<p>Parameters:</p><ul>")

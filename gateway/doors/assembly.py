@@ -71,7 +71,7 @@ def build_accounts(settings: Settings, store: KeyStore, policy: Callable[[], Pol
     a = settings.accounts
     keys = SigningKeys(default_key_dir(settings))
     issuer = TokenIssuer(keys, a.issuer, lambda role: policy().roles.get(role, frozenset()))
-    return Accounts(a, cast(UserStore, store), issuer, policy)
+    return Accounts(a, cast(UserStore, store), issuer, policy, status_ttl=settings.cache.ttl_seconds)
 
 
 def combine_verifiers(accounts: Accounts | None, external: Verifier | None) -> Verifier | None:
@@ -80,7 +80,7 @@ def combine_verifiers(accounts: Accounts | None, external: Verifier | None) -> V
         return external
     from gateway.accounts.tokens import CombinedVerifier
 
-    return CombinedVerifier(accounts.issuer, external)
+    return CombinedVerifier(accounts.issuer, external, accounts.status)
 
 
 def build_verifier(settings: Settings) -> Verifier | None:
@@ -103,19 +103,25 @@ class GateService:
         store = components.store
         self.store = store
         self.cache = KeyCache(store, settings.cache.ttl_seconds, settings.cache.max_size)
+        # What the store's invalidation channel reaches: the key cache, and with accounts the users' status.
+        invalidated: Any = self.cache
+        if components.accounts is not None:
+            from gateway.accounts.status import Invalidations
+
+            invalidated = Invalidations(self.cache, components.accounts.status)
         self.invalidations: InvalidationListener | PostgresListener | None = None
         if is_redis_url(settings.store.url):
             from gateway.keys.redis import InvalidationListener
 
             # Changes made by any process reach this one's cache within a second (pub/sub).
-            self.invalidations = InvalidationListener(settings.store.url, self.cache, settings.store.timeout_ms)
+            self.invalidations = InvalidationListener(settings.store.url, invalidated, settings.store.timeout_ms)
         elif is_postgres_url(settings.store.url):
             from gateway.keys.postgres.listener import InvalidationListener as PostgresListener
             from gateway.keys.postgres.store import PostgresStore
 
             assert isinstance(store, PostgresStore)
             # The same within a second, through LISTEN/NOTIFY.
-            self.invalidations = PostgresListener(store, self.cache)
+            self.invalidations = PostgresListener(store, invalidated)
         self.usage = UsageRecorder(store, settings.usage.flush_seconds)
         rl = settings.rate_limits
         self.limits = RateLimits(rl, open_limiter(settings) if rl.enabled else None)

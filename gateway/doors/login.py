@@ -18,10 +18,11 @@ import json
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ValidationError
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.accounts import Accounts, Session
+from gateway.accounts.models import LoginBody, RefreshBody
 from gateway.admin.models import problem
 from gateway.errors import ClientGone, ErrorFormat, GatewayError, PostOnlyEndpoint, ReadOnlyEndpoint, ValidationFailed
 from gateway.keys.record import to_iso
@@ -31,20 +32,6 @@ MAX_BODY = 16 * 1024
 JWKS_PATH = "/.well-known/jwks.json"
 M = TypeVar("M", bound=BaseModel)
 _NO_STORE = [(b"cache-control", b"no-store"), (b"pragma", b"no-cache")]
-
-
-class _Body(BaseModel):
-    # Fields a client adds beyond these (a dashboard's "remember me") are ignored, not refused.
-    model_config = ConfigDict(extra="ignore", str_strip_whitespace=False)
-
-
-class LoginBody(_Body):
-    email: str
-    password: str
-
-
-class RefreshBody(_Body):
-    refresh_token: str
 
 
 class AccountEndpoints:

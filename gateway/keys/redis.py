@@ -38,7 +38,7 @@ from redis.exceptions import RedisError
 
 from gateway import redisconn
 from gateway.keys.record import AuditEvent, KeyRecord, parse_iso, to_iso, utcnow
-from gateway.keys.redis_users import RedisUsers, usage_daily_key
+from gateway.keys.redis_users import INVALIDATE_CHANNEL, RedisUsers, usage_daily_key
 from gateway.keys.store import Conflict, StoreError, UsageUpdate
 from gateway.redisconn import POOL_WAIT  # noqa: F401 - re-exported from its old home
 from gateway.redisurl import RedisURLError, redacted
@@ -46,7 +46,6 @@ from gateway.redisurl import RedisURLError, redacted
 log = logging.getLogger("gateway.store")
 
 NS = "{gw}"
-INVALIDATE_CHANNEL = "gateway:keys:invalidate"
 _IDS = f"{NS}:ids"
 _AUDIT = f"{NS}:audit"
 
@@ -337,7 +336,7 @@ class RedisStore(RedisUsers):
 
     async def list(
         self, *, environment: str | None = None, status: str | None = None, now: datetime | None = None,
-        limit: int | None = None, offset: int = 0,
+        limit: int | None = None, offset: int = 0, created_by: str | None = None,
     ) -> list[KeyRecord]:
         now = now or utcnow()
         ids = await self._call("list", self.redis.zrange(_IDS, 0, -1))
@@ -353,6 +352,8 @@ class RedisStore(RedisUsers):
                     continue
                 record = _decode(raw)
                 if environment is not None and record.environment != environment:
+                    continue
+                if created_by is not None and record.created_by != created_by:
                     continue
                 if status is not None and record.status(now) != status:
                     continue

@@ -26,11 +26,25 @@ from typing import Any
 from gateway.keys.record import parse_iso, to_iso
 from gateway.keys.sqlite_users import USER_UPDATABLE, day_range
 from gateway.keys.store import Conflict
-from gateway.keys.users import REUSED, REVOKED, SPENT, UNKNOWN, RefreshRecord, UserRecord, email_key
+from gateway.keys.users import (
+    REUSED,
+    REVOKED,
+    SPENT,
+    UNKNOWN,
+    USER_INVALIDATION,
+    USER_STANDING,
+    RefreshRecord,
+    UserRecord,
+    email_key,
+)
 
 NS = "{gw}"
+# Every change to a key is published here (its keyed hash; gateway.keys.redis), and a change to a user's standing
+# as "user:<id>" (gateway.accounts.status), so every gateway process drops its cache entry.
+INVALIDATE_CHANNEL = "gateway:keys:invalidate"
 _USERS = f"{NS}:users"
-_USER_FIELDS = ("id", "email", "role", "password_hash", "status", "created_at", "last_login_at")
+_USER_FIELDS = ("id", "email", "role", "password_hash", "status", "created_at", "last_login_at",
+                "password_changed_at")
 _GRACE_MS = 86_400_000  # a spent token is kept a day past its family's end, so a late replay is still seen
 
 # KEYS: user, email index, users. ARGV: id, score, field/value pairs.
@@ -44,16 +58,18 @@ redis.call('ZADD', KEYS[3], ARGV[2], ARGV[1])
 return 1
 """
 
-# KEYS: user. ARGV: number of pairs to set, pairs..., fields to delete...
+# KEYS: user. ARGV: channel, message (empty: publish nothing), number of pairs to set, pairs..., fields to
+# delete...
 _UPDATE_USER = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-local n = tonumber(ARGV[1])
+local n = tonumber(ARGV[3])
 if n > 0 then
   local p = {}
-  for i = 2, 1 + 2 * n do p[#p + 1] = ARGV[i] end
+  for i = 4, 3 + 2 * n do p[#p + 1] = ARGV[i] end
   redis.call('HSET', KEYS[1], unpack(p))
 end
-for i = 2 + 2 * n, #ARGV do redis.call('HDEL', KEYS[1], ARGV[i]) end
+for i = 4 + 2 * n, #ARGV do redis.call('HDEL', KEYS[1], ARGV[i]) end
+if ARGV[2] ~= '' then redis.call('PUBLISH', ARGV[1], ARGV[2]) end
 return 1
 """
 
@@ -132,7 +148,9 @@ def _user(raw: Mapping[bytes, bytes]) -> UserRecord:
     d = {k.decode(): v.decode() for k, v in raw.items()}
     return UserRecord(id=d["id"], email=d["email"], role=d["role"], password_hash=d["password_hash"],
                       status=d["status"], created_at=parse_iso(d["created_at"]),
-                      last_login_at=parse_iso(d["last_login_at"]) if d.get("last_login_at") else None)
+                      last_login_at=parse_iso(d["last_login_at"]) if d.get("last_login_at") else None,
+                      password_changed_at=(parse_iso(d["password_changed_at"]) if d.get("password_changed_at")
+                                           else None))
 
 
 def _text(value: Any) -> str:
@@ -197,8 +215,10 @@ class RedisUsers:
                 dels.append(name)
             else:
                 sets += [name, (to_iso(value) or "") if isinstance(value, datetime) else str(value)]
+        # A change to the user's standing reaches every gateway's status cache (gateway.accounts.status).
+        message = USER_INVALIDATION + user_id if USER_STANDING & set(changes) else ""
         done = await self._call("user write", self._update_user_script(
-            keys=[_user_key(user_id)], args=[len(sets) // 2, *sets, *dels]))
+            keys=[_user_key(user_id)], args=[INVALIDATE_CHANNEL, message, len(sets) // 2, *sets, *dels]))
         return await self.get_user(user_id) if done else None
 
     # --- refresh tokens --------------------------------------------------------------------------------------

@@ -34,8 +34,9 @@ from gateway.keys.store import Conflict, StoreError, UsageUpdate
 T = TypeVar("T")
 
 # 1: the first; 2: grace_period, notification_email, held_value and notices (added to a 1 when it is opened);
-# 3: the users, refresh_tokens and usage_daily tables (gateway.keys.sqlite_users).
-SCHEMA_VERSION = 3
+# 3: the users, refresh_tokens and usage_daily tables (gateway.keys.sqlite_users); 4: users.password_changed_at
+# (added to a 3 when it is opened).
+SCHEMA_VERSION = 4
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS api_keys (
     id              TEXT PRIMARY KEY,
@@ -218,6 +219,8 @@ class SQLiteStore(SQLiteUsers):
             for column, kind in _ADDED_IN_2:
                 if column not in have:
                     db.execute(f"ALTER TABLE api_keys ADD COLUMN {column} {kind}")
+            if "password_changed_at" not in {row[1] for row in db.execute("PRAGMA table_info(users)")}:
+                db.execute("ALTER TABLE users ADD COLUMN password_changed_at TEXT")
             db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
             db.execute("COMMIT")
         except BaseException:
@@ -315,12 +318,15 @@ class SQLiteStore(SQLiteUsers):
 
     async def list(
         self, *, environment: str | None = None, status: str | None = None, now: datetime | None = None,
-        limit: int | None = None, offset: int = 0,
+        limit: int | None = None, offset: int = 0, created_by: str | None = None,
     ) -> list[KeyRecord]:
         clauses, args = [], []
         if environment is not None:
             clauses.append("environment = ?")
             args.append(environment)
+        if created_by is not None:
+            clauses.append("created_by = ?")
+            args.append(created_by)
         clause, more = _status_clause(status, now or utcnow())
         if clause:
             clauses.append(clause)

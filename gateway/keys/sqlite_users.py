@@ -30,7 +30,8 @@ CREATE TABLE IF NOT EXISTS users (
     password_hash TEXT NOT NULL,
     status        TEXT NOT NULL,
     created_at    TEXT NOT NULL,
-    last_login_at TEXT
+    last_login_at TEXT,
+    password_changed_at TEXT
 );
 CREATE TABLE IF NOT EXISTS refresh_tokens (
     token_hash TEXT PRIMARY KEY,
@@ -55,17 +56,19 @@ USAGE_DAILY_SQL = (
     "INSERT INTO usage_daily (key_id, day, count) VALUES (?, ?, ?)"
     " ON CONFLICT (key_id, day) DO UPDATE SET count = count + excluded.count"
 )
-_USER_FIELDS = ("id", "email", "role", "password_hash", "status", "created_at", "last_login_at")
+_USER_FIELDS = ("id", "email", "role", "password_hash", "status", "created_at", "last_login_at",
+                "password_changed_at")
 _USER_COLUMNS = ", ".join(_USER_FIELDS)
 _REFRESH_FIELDS = ("token_hash", "family", "user_id", "created_at", "expires_at", "used_at", "revoked_at")
 _REFRESH_COLUMNS = ", ".join(_REFRESH_FIELDS)
-USER_UPDATABLE = frozenset({"role", "status", "password_hash", "last_login_at"})
+USER_UPDATABLE = frozenset({"role", "status", "password_hash", "last_login_at", "password_changed_at"})
 
 
 def _user(row: Sequence[Any]) -> UserRecord:
-    i, email, role, pw, status, created, last = row
+    i, email, role, pw, status, created, last, changed = row
     return UserRecord(id=i, email=email, role=role, password_hash=pw, status=status, created_at=parse_iso(created),
-                      last_login_at=parse_iso(last) if last else None)
+                      last_login_at=parse_iso(last) if last else None,
+                      password_changed_at=parse_iso(changed) if changed else None)
 
 
 def _refresh(row: Sequence[Any]) -> RefreshRecord:
@@ -101,9 +104,9 @@ class SQLiteUsers:
                                (email_key(user.email), user.id)).fetchone()
             if taken:
                 raise Conflict("conflict.user_exists")
-            db.execute(f"INSERT INTO users ({_USER_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            db.execute(f"INSERT INTO users ({_USER_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                        (user.id, email_key(user.email), user.role, user.password_hash, user.status,
-                        to_iso(user.created_at), to_iso(user.last_login_at)))
+                        to_iso(user.created_at), to_iso(user.last_login_at), to_iso(user.password_changed_at)))
 
     async def get_user(self, user_id: str) -> UserRecord | None:
         rows = self._read(f"SELECT {_USER_COLUMNS} FROM users WHERE id = ?", (user_id,))

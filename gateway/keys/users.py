@@ -13,6 +13,10 @@ from dataclasses import dataclass
 from datetime import datetime
 
 USER_STATUSES = ("active", "disabled")
+# A change to these fields of a user is published on the store's invalidation channel (Redis pub/sub, PostgreSQL
+# NOTIFY) as USER_INVALIDATION + the user's id, beside the keys' hashes: gateway.accounts.status drops its entry.
+USER_STANDING = frozenset({"status", "password_changed_at"})
+USER_INVALIDATION = "user:"
 
 # What spending a refresh token found (:meth:`gateway.keys.store.UserStore.spend_refresh`).
 SPENT = "ok"  # it was live: it is now spent and its successor stored
@@ -31,6 +35,8 @@ class UserRecord:
     status: str = "active"
     created_at: datetime = dataclasses.field(default_factory=lambda: datetime.min)
     last_login_at: datetime | None = None
+    # When the password was last set by a reset (None: never): a token issued before it is refused.
+    password_changed_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)

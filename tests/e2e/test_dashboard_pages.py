@@ -270,6 +270,45 @@ def test_a_user_grants_only_scopes_its_role_holds(gw: Gateway) -> None:
     viewer.close()
 
 
+def test_a_user_who_is_not_an_admin_sees_and_manages_only_the_keys_the_user_made(gw: Gateway) -> None:
+    """A developer's list shows only the keys the developer made; another's key page, revocation page, rotation
+    and revocation are the "not found" page an unknown id gets (404, never 403: ids do not leak) and change
+    nothing. The admin sees every key."""
+    admin, dev = Browser(gw), Browser(gw)
+    admin.login()
+    dev.login(USERS["developer"])
+    assert admin.create(name="admins-only-key", permissions="servers:read").status_code == 201
+    assert dev.create(name="devs-only-key", permissions="servers:read").status_code == 201
+    stored = keys_in_store(gw)
+    ids = {str(k["name"]): str(k["id"]) for k in stored}
+    theirs, mine = ids["admins-only-key"], ids["devs-only-key"]
+    dev_actor = [k["created_by"] for k in stored if k["id"] == mine][0]
+    listing = dev.get("/keys").text
+    assert "devs-only-key" in listing and mine in listing
+    for k in stored:
+        if k["created_by"] != dev_actor:
+            assert str(k["id"]) not in listing and str(k["name"]) not in listing
+    assert dev.get(f"/keys/{mine}").status_code == 200
+    unknown = dev.get("/keys/key_0000000000000000")
+    assert unknown.status_code == 404
+    token = dev.token(f"/keys/{mine}")
+    answers = [dev.get(f"/keys/{theirs}"), dev.get(f"/keys/{theirs}/revoke"),
+               dev.post(f"/keys/{theirs}/rotate", {"csrf_token": token, "grace_period": "0"}),
+               dev.post(f"/keys/{theirs}/revoke", {"csrf_token": token})]
+    for r in answers:
+        assert r.status_code == 404 and "admins-only-key" not in r.text
+        assert alerts(r.text) == alerts(unknown.text)
+    after = [k for k in keys_in_store(gw) if k["id"] == theirs][0]
+    assert after["status"] == "active" and len(keys_in_store(gw)) == len(stored)  # not revoked, none rotated
+    both = admin.get("/keys").text
+    assert "devs-only-key" in both and "admins-only-key" in both
+    assert admin.get(f"/keys/{mine}").status_code == 200
+    done = dev.post(f"/keys/{mine}/revoke", {"csrf_token": dev.token(f"/keys/{mine}/revoke")})
+    assert done.status_code == 303
+    admin.close()
+    dev.close()
+
+
 def test_rotate_with_a_grace_period_then_revoke(gw: Gateway, browser: Browser) -> None:
     browser.login()
     old = value_of(browser.create(name="rotating", permissions="servers:read").text)

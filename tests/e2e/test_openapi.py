@@ -115,6 +115,44 @@ def test_deployally_shapes_and_configurable_paths(make_gateway: Callable[..., Ga
     assert get(gw, "/openapi.json").status_code == 401  # an ordinary path again: the gate answers
 
 
+@pytest.mark.parametrize("fmt", ["deployerp", "deployally"])
+def test_the_login_endpoints_are_in_the_document_with_their_models(
+        fmt: str, make_gateway: Callable[..., Gateway], fresh_upstream: Upstream) -> None:
+    """With accounts on, login, refresh and logout are documented (no credential, their request models, the
+    answer a real login gives); without accounts they are not (test_document_describes_the_management_api)."""
+    settings, prefix, _, _ = FORMATS[fmt]
+    gw = make_gateway(fresh_upstream.url, settings={**settings, "accounts": {"enabled": True}})
+    doc = get(gw, "/openapi.json").json()
+    schemas = doc["components"]["schemas"]
+    for path, body in (("login", "LoginBody"), ("refresh", "RefreshBody"), ("logout", "RefreshBody")):
+        op = doc["paths"][f"{prefix}/auth/{path}"]["post"]
+        assert op["security"] == []  # answered without a credential
+        assert op["requestBody"]["content"]["application/json"]["schema"] == {"$ref": f"#/components/schemas/{body}"}
+        assert {"401" if path != "logout" else "204", "422", "default"} <= set(op["responses"])
+    assert schemas["LoginBody"]["required"] == ["email", "password"]
+    assert schemas["RefreshBody"]["required"] == ["refresh_token"]
+    assert "429" in doc["paths"][f"{prefix}/auth/login"]["post"]["responses"]
+    # A real login's answer is what the document says it is.
+    gw.cli("users", "create", "ana@example.com", "--role", "admin", "--password-stdin", input="long enough pw\n")
+    with gw.client() as c:
+        answer = c.post(f"{prefix}/auth/login", json={"email": "ana@example.com", "password": "long enough pw"})
+        wrong = c.post(f"{prefix}/auth/login", json={"email": "ana@example.com", "password": "not it"})
+        bad = c.post(f"{prefix}/auth/refresh", json={"refresh_token": 5})
+    assert (answer.status_code, wrong.status_code, bad.status_code) == (200, 401, 422)
+    ok = doc["paths"][f"{prefix}/auth/login"]["post"]["responses"]["200"]["content"]["application/json"]["schema"]
+    tokens = schemas["SessionTokens"]
+    if fmt == "deployally":  # {"success": true, "data": {...}}, as the guide shows
+        assert ok["required"] == ["success", "data"] and set(answer.json()) == {"success", "data"}
+        assert ok["properties"]["data"] == {"$ref": "#/components/schemas/SessionTokens"}
+    got = data(answer, fmt)
+    assert set(got) == set(tokens["properties"]) == set(tokens["required"])
+    assert tokens["properties"]["expires_at"]["format"] == "date-time" and got["expires_at"].endswith("Z")
+    error = schemas["Error"]
+    for refused in (wrong, bad):
+        assert set(error["required"]) <= set(refused.json()) <= set(error["properties"])
+    assert "auth/login" in get(gw, "/docs").text
+
+
 def test_openapi_can_be_turned_off(make_gateway: Callable[..., Gateway], fresh_upstream: Upstream) -> None:
     gw = make_gateway(fresh_upstream.url, env={"GATEWAY_OPS__OPENAPI_ENABLED": "false"})
     assert get(gw, "/openapi.json").status_code == 401
@@ -249,8 +287,10 @@ def test_schemathesis_finds_no_server_error_and_no_schema_mismatch(
 ) -> None:
     assert SCHEMATHESIS.exists(), "schemathesis is part of the [test] extra: pip install -e '.[test]'"
     # Failed-auth blocking off: schemathesis sends bad credentials on purpose and would lock itself out.
+    # Accounts on: the login, refresh and logout endpoints are in the document, and are run too.
     gw = make_gateway(fresh_upstream.url, settings={
-        "error_format": error_format, "key_format": error_format, "limits": {"auth_failures_per_minute": 0}})
+        "error_format": error_format, "key_format": error_format, "limits": {"auth_failures_per_minute": 0},
+        "accounts": {"enabled": True}})
     key = gw.create_key("schemathesis", "*", "--tier", "unlimited")
     r = subprocess.run(
         [str(SCHEMATHESIS), "run", f"{gw.url}/openapi.json", "--url", gw.url,
@@ -266,4 +306,7 @@ def test_schemathesis_finds_no_server_error_and_no_schema_mismatch(
     # every operation was reached with the credential (not only refused)
     log = gw.log()
     assert '"status":201' in log and '"route":"/v1/api-keys/{id}/rotate"' in log
+    # the 8 management operations and the 3 login ones, each run
+    assert re.search(r"Selected: 11/11\s+Tested: 11\b", report), report
+    assert "login_failed" in log  # the login endpoint was sent logins (all wrong), and answered them
     assert "Traceback" not in log and key["value"] not in log

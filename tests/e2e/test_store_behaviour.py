@@ -68,7 +68,7 @@ def test_same_behaviour_as_sqlite(store_url: str) -> None:
         value, a = await create_key(store, PEPPER, FMT, name="a", permissions=["servers:read"],
                                     allowed_ips=["10.0.0.0/8"], rate_limit_tier="limited", description="first")
         _, b = await create_key(store, PEPPER, FMT, name="b", permissions=["instances:*"], environment="test",
-                                expires_at=utcnow() + timedelta(days=1))
+                                expires_at=utcnow() + timedelta(days=1), created_by="user:usr_b")
         assert await store.get_by_hash(PEPPER.hash(value)) == a
         assert await store.get_by_hash(PEPPER.hash(generate_key("dep_live_"))) is None
         assert await store.get(a.id) == a and await store.get("key_nope") is None
@@ -76,6 +76,9 @@ def test_same_behaviour_as_sqlite(store_url: str) -> None:
         assert [r.id for r in await store.list()] == order
         assert [r.id for r in await store.list(environment="test")] == [b.id]
         assert [r.id for r in await store.list(limit=1, offset=1)] == order[1:]
+        # A dashboard user who is not an admin lists only the keys the user made.
+        assert [r.id for r in await store.list(created_by="user:usr_b")] == [b.id]
+        assert await store.list(created_by="user:usr_nobody") == []
 
         updated = await update_key(store, a.id, {"name": "a2", "allowed_ips": [], "rate_limit_tier": None})
         assert updated is not None

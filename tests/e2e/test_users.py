@@ -263,6 +263,120 @@ def test_disable_and_reset_end_the_users_sessions(ally: Gateway) -> None:
     assert argv.returncode == 2 and "--password-stdin" in argv.stderr  # no terminal: never a password in argv
 
 
+def test_a_user_who_is_not_an_admin_manages_only_the_keys_the_user_made_through_the_api(ally: Gateway) -> None:
+    """With management.allow_jwt, a developer's JWT lists, reads, changes, rotates and revokes only the keys that
+    developer made; another's key is 404 as an unknown one is (no id leaks). An admin's JWT sees every key."""
+    dev_id = create_user(ally, "dev@example.com", "developer")["id"]
+    create_user(ally, "other@example.com", "developer")
+    create_user(ally, "boss@example.com", "admin")
+    dev, other, boss = (bearer(login(ally, e).json()["data"]["token"])
+                        for e in ("dev@example.com", "other@example.com", "boss@example.com"))
+    url = f"{ally.url}/api/v1/api-keys"
+
+    def make(headers: dict[str, str], name: str) -> str:
+        resp = httpx.post(url, headers=headers, json={"name": name, "permissions": ["templates:read"]}, timeout=10)
+        assert resp.status_code == 201, resp.text
+        return resp.json()["data"]["id"]  # type: ignore[no-any-return]
+
+    mine, theirs, admins = make(dev, "mine"), make(other, "theirs"), make(boss, "admins")
+    listed = httpx.get(url, headers=dev, timeout=10).json()["data"]
+    assert [k["id"] for k in listed] == [mine] and listed[0]["created_by"] == "user:" + dev_id
+    assert {k["id"] for k in httpx.get(url, headers=boss, timeout=10).json()["data"]} >= {mine, theirs, admins}
+    unknown = ally_error(httpx.get(f"{url}/key_00000000000000000000", headers=dev, timeout=10), 404, "NOT_FOUND")
+    for key_id in (theirs, admins):
+        for method, path, body in (("GET", "", None), ("PATCH", "", {"name": "taken"}),
+                                   ("POST", "/rotate", {}), ("DELETE", "", None)):
+            resp = httpx.request(method, f"{url}/{key_id}{path}", headers=dev, json=body, timeout=10)
+            assert ally_error(resp, 404, "NOT_FOUND") == unknown, (method, path)
+    # Nothing changed: the admin still reads both as they were.
+    for key_id, name in ((theirs, "theirs"), (admins, "admins")):
+        got = httpx.get(f"{url}/{key_id}", headers=boss, timeout=10).json()["data"]
+        assert got["name"] == name and got["status"] == "active"
+    # The developer manages its own; the admin manages another's.
+    assert httpx.post(f"{url}/{mine}/rotate", headers=dev, json={}, timeout=10).status_code == 200
+    assert httpx.delete(f"{url}/{theirs}", headers=boss, timeout=10).status_code == 200
+
+
+def _refused_within(gw: Gateway, token: str, bound: float) -> float:
+    """Seconds until the profile refuses ``token`` (401 invalid_token, DeployAlly's UNAUTHORIZED), polled; fails
+    past ``bound``."""
+    start = time.monotonic()
+    while True:
+        resp = httpx.get(f"{gw.url}/api/v1/user/profile", headers=bearer(token), timeout=10)
+        if resp.status_code != 200:
+            ally_error(resp, 401, "UNAUTHORIZED")
+            return time.monotonic() - start
+        assert time.monotonic() - start < bound, "the token still works past the cache bound"
+        time.sleep(0.1)
+
+
+def _works_again_within(gw: Gateway, token: str, bound: float) -> bool:
+    start = time.monotonic()
+    while time.monotonic() - start < bound:
+        if httpx.get(f"{gw.url}/api/v1/user/profile", headers=bearer(token), timeout=10).status_code == 200:
+            return True
+        time.sleep(0.1)
+    return False
+
+
+@pytest.mark.parametrize("store", ["redis", "postgres"])
+def test_a_shared_store_ends_a_disabled_users_jwt_within_a_second_whatever_the_cache_ttl(
+        make_gateway: Callable[..., Gateway], fresh_upstream: Upstream, request: pytest.FixtureRequest,
+        store: str) -> None:
+    """With Redis or PostgreSQL, disabling a user (in the CLI's process) reaches the serving gateway through the
+    store's invalidation channel (pub/sub, NOTIFY), as a revoked key does: within a second, not cache.ttl_seconds
+    (300 here)."""
+    if store == "redis":
+        extra: dict[str, Any] = {"store": {"url": fresh_db(request.getfixturevalue("redis_server"))}}
+    else:
+        from tests.support import postgres
+
+        extra = postgres.settings_for(postgres.fresh_db(request.getfixturevalue("postgres_server")))
+    gw = make_gateway(fresh_upstream.url, {**ALLY, **accounts(), "cache": {"ttl_seconds": 300}, **extra})
+    create_user(gw, "ana@example.com", "developer")
+    token = login(gw, "ana@example.com").json()["data"]["token"]
+    assert httpx.get(f"{gw.url}/api/v1/user/profile", headers=bearer(token), timeout=10).status_code == 200
+    time.sleep(0.5)  # the listener is subscribed (it starts with the gateway)
+    gw.cli("users", "disable", "ana@example.com")
+    assert _refused_within(gw, token, 1.5) <= 1.5
+    gw.cli("users", "enable", "ana@example.com")
+    assert _works_again_within(gw, token, 1.5)
+
+
+@pytest.mark.parametrize("store", ["sqlite", "redis", "postgres"])
+def test_a_disabled_or_reset_users_jwt_is_refused_within_the_cache_bound(
+        make_gateway: Callable[..., Gateway], fresh_upstream: Upstream, request: pytest.FixtureRequest,
+        store: str) -> None:
+    """OWASP Session Management Cheat Sheet: disabling an account (or changing its password) ends its sessions,
+    the access JWT included, not only the refresh tokens: `gateway users disable` / `reset` in another process
+    (the CLI) on the same store (a real SQLite file, redis-server or PostgreSQL), and the serving gateway refuses
+    the token within cache.ttl_seconds."""
+    extra: dict[str, Any] = {}
+    if store == "redis":
+        extra = {"store": {"url": fresh_db(request.getfixturevalue("redis_server"))}}
+    elif store == "postgres":
+        from tests.support import postgres
+
+        extra = postgres.settings_for(postgres.fresh_db(request.getfixturevalue("postgres_server")))
+    gw = make_gateway(fresh_upstream.url, {**ALLY, **accounts(), "cache": {"ttl_seconds": 1}, **extra})
+    create_user(gw, "ana@example.com", "developer")
+    token = login(gw, "ana@example.com").json()["data"]["token"]
+    keys = f"{gw.url}/api/v1/api-keys"
+    assert httpx.get(keys, headers=bearer(token), timeout=10).status_code == 200  # the management API too
+    assert httpx.get(f"{gw.url}/api/v1/user/profile", headers=bearer(token), timeout=10).status_code == 200
+    gw.cli("users", "disable", "ana@example.com")
+    assert _refused_within(gw, token, 3.0) <= 3.0
+    ally_error(httpx.get(keys, headers=bearer(token), timeout=10), 401, "UNAUTHORIZED")
+    gw.cli("users", "enable", "ana@example.com")
+    assert _works_again_within(gw, token, 3.0)  # enabled again: its unexpired token stands
+    old = login(gw, "ana@example.com").json()["data"]["token"]
+    time.sleep(1.1)  # a reset a second later than the token's iat (both are whole seconds)
+    gw.cli("users", "reset", "ana@example.com", "--password-stdin", input="a brand new password\n")
+    assert _refused_within(gw, old, 3.0) <= 3.0
+    fresh = login(gw, "ana@example.com", "a brand new password").json()["data"]["token"]
+    assert httpx.get(f"{gw.url}/api/v1/user/profile", headers=bearer(fresh), timeout=10).status_code == 200
+
+
 def test_no_password_or_token_reaches_a_log_line_or_the_redis_store(
         make_gateway: Callable[..., Gateway], fresh_upstream: Upstream, redis_server: Any) -> None:
     url = fresh_db(redis_server)

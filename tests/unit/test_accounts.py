@@ -18,7 +18,8 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from gateway.accounts import Accounts, Principal
 from gateway.accounts.signing import KEY_FILE, SigningKeys, thumbprint
-from gateway.accounts.tokens import CombinedVerifier, TokenIssuer
+from gateway.accounts.status import Invalidations, UserStatus
+from gateway.accounts.tokens import CombinedVerifier, TokenIssuer, UserStatusUnknown
 from gateway.config.settings import AccountsSettings, ConfigError
 from gateway.errors import (
     ExpiredJWT,
@@ -140,10 +141,12 @@ def test_login_lockout_ends_after_the_cool_down_and_refresh_needs_an_active_user
         assert held.value.retry_after == 60
         clock.now += 61
         session = await accounts.login("ana@example.com", "long enough", None)
-        assert isinstance(accounts.principal(session.token), Principal)
-        assert accounts.principal("eyJhbGciOiJub25lIn0.e30.") is None
+        assert isinstance(await accounts.principal(session.token), Principal)
+        assert await accounts.principal("eyJhbGciOiJub25lIn0.e30.") is None
         assert session.token not in repr(session) and session.refresh_token not in repr(session)
         await accounts.disable_user("ana@example.com")
+        # The process that disabled the user refuses its token at once (the dashboard's check).
+        assert await accounts.principal(session.token) is None
         with pytest.raises(InvalidRefreshToken):
             await accounts.refresh(session.refresh_token, None)
         await accounts.store.close()  # type: ignore[attr-defined]
@@ -165,5 +168,73 @@ def test_a_schema_2_store_gains_the_user_tables_when_opened(tmp_path: Path) -> N
     db = sqlite3.connect(path)
     tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     assert {"users", "refresh_tokens", "usage_daily", "api_keys"} <= tables
-    assert db.execute("PRAGMA user_version").fetchone()[0] == 3
+    assert db.execute("PRAGMA user_version").fetchone()[0] == 4
     db.close()
+
+
+def test_a_disabled_or_reset_users_token_is_refused_from_the_status_cache_within_its_bound(tmp_path: Path) -> None:
+    """OWASP Session Management Cheat Sheet: disabling an account or changing its password ends its sessions. The
+    gate's verifier reads a user's status from the store once per cache TTL (a miss: UserStatusUnknown, which the
+    gate awaits as verify_refreshed); this process's own change applies at once. A real SQLite file."""
+    clock = FakeClock(1_800_000_000)
+    accounts = _accounts(tmp_path, clock)
+    other = _accounts(tmp_path, clock)  # another process on the same store: it learns only through its cache
+    verifier = CombinedVerifier(accounts.issuer, None, accounts.status)
+    theirs = CombinedVerifier(other.issuer, None, other.status)
+
+    async def go() -> None:
+        await accounts.create_user("ana@example.com", "long enough", "viewer")
+        token = (await accounts.login("ana@example.com", "long enough", None)).token
+        with pytest.raises(UserStatusUnknown):
+            verifier.verify(token)  # not cached yet: the gate awaits the store once
+        assert (await verifier.verify_refreshed(token)).user_id
+        assert verifier.verify(token).email == "ana@example.com"  # now from the cache, no store read
+        assert (await theirs.verify_refreshed(token)).user_id
+        await accounts.disable_user("ana@example.com")
+        with pytest.raises(UserStatusUnknown):
+            verifier.verify(token)  # forgotten at once here ...
+        with pytest.raises(InvalidJWT):
+            await verifier.verify_refreshed(token)  # ... and refused
+        assert theirs.verify(token).user_id  # the other process: still cached, until its TTL ...
+        other.status.forget()  # (the TTL passing, without waiting for it)
+        with pytest.raises(InvalidJWT):
+            await theirs.verify_refreshed(token)
+        await accounts.enable_user("ana@example.com")
+        assert (await verifier.verify_refreshed(token)).user_id  # enabled again: the token stands
+        clock.now += 10
+        await accounts.reset_password("ana@example.com", "a new long password")
+        with pytest.raises(InvalidJWT):
+            await verifier.verify_refreshed(token)  # issued before the reset
+        assert await accounts.principal(token) is None
+        fresh = (await accounts.login("ana@example.com", "a new long password", None)).token
+        assert (await verifier.verify_refreshed(fresh)).user_id  # issued in the reset's second: it stands
+        await accounts.store.close()
+        await other.store.close()
+
+    asyncio.run(go())
+
+
+def test_the_invalidation_channel_reaches_the_key_cache_and_the_users_status(tmp_path: Path) -> None:
+    """A key's hash drops that key only; "user:<id>" that user's standing only; a lost channel (no payload) both
+    caches whole. (The channels themselves, Redis and PostgreSQL, are tested end to end in test_users.py.)"""
+    store = SQLiteStore(tmp_path / "keys.db")
+    status = UserStatus(store, 300)
+    dropped: list[str | None] = []
+
+    class Keys:  # records what the key cache is told: the routing is what is under test
+        def invalidate(self, key_hash: str | None = None) -> None:
+            dropped.append(key_hash)
+
+    async def go() -> None:
+        for user_id in ("usr_a", "usr_b"):
+            await status.load(user_id)
+        channel = Invalidations(Keys(), status)
+        channel.invalidate("ab" * 32)
+        assert dropped == ["ab" * 32] and status.peek("usr_a") is not None
+        channel.invalidate("user:usr_a")
+        assert dropped == ["ab" * 32] and status.peek("usr_a") is None and status.peek("usr_b") is not None
+        channel.invalidate()
+        assert dropped == ["ab" * 32, None] and status.peek("usr_b") is None
+        await store.close()
+
+    asyncio.run(go())

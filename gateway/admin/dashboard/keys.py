@@ -14,7 +14,7 @@ from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.responses import Response
 
-from gateway.admin.api import WRITE, refusal
+from gateway.admin.api import WRITE, keys_owner, owns, refusal
 from gateway.admin.dashboard.chart import chart
 from gateway.admin.dashboard.sessions import UsageByDay, User
 from gateway.admin.dashboard.site import Site
@@ -60,9 +60,11 @@ class KeyPages:
     def _actor(user: User) -> str:
         return f"user:{user.user_id}"
 
-    async def _record(self, request: Request) -> KeyRecord:
+    async def _record(self, request: Request, user: User) -> KeyRecord:
+        """The key of the path, if ``user`` may see it: a user who is not an admin sees only the keys the user made
+        (another's is "not found", so ids do not leak)."""
         record = await self._store.get(request.path_params["id"])
-        if record is None:
+        if record is None or not owns(user, record):
             raise KeyNotFound()
         return record
 
@@ -75,7 +77,7 @@ class KeyPages:
         except ValueError:
             offset = 0
         now = self._now()
-        records = await self._store.list(now=now, limit=PAGE + 1, offset=offset)
+        records = await self._store.list(now=now, limit=PAGE + 1, offset=offset, created_by=keys_owner(user))
         keys = [self.models.key.of(r, now) for r in records[:PAGE]]
         return self.site.page(request, "keys.html", user=user, keys=keys,
                               next_offset=offset + PAGE if len(records) > PAGE else None,
@@ -153,20 +155,20 @@ class KeyPages:
 
     async def detail(self, request: Request) -> Response:
         user = await self.site.user(request)
-        record = await self._record(request)
+        record = await self._record(request, user)
         revoked = request.query_params.get("notice") == "revoked"
         notice = self.site.texts["revoked_notice"] if revoked else None
         return await self._key_page(request, user, record, notice=notice)
 
     async def revoke_form(self, request: Request) -> Response:
         user = await self.site.user(request, WRITE)
-        record = await self._record(request)
+        record = await self._record(request, user)
         return self.site.page(request, "revoke.html", user=user, key=self.models.key.of(record, self._now()))
 
     async def revoke(self, request: Request) -> Response:
         user = await self.site.user(request, WRITE)
         await self.site.form(request)
-        record = await self._record(request)
+        record = await self._record(request, user)
         try:
             revoked = await revoke_key(self._store, record.id, actor=self._actor(user), caller_permissions=user.scopes)
         except PermissionDenied as exc:
@@ -179,7 +181,7 @@ class KeyPages:
     async def rotate(self, request: Request) -> Response:
         user = await self.site.user(request, WRITE)
         form = await self.site.form(request)
-        record = await self._record(request)
+        record = await self._record(request, user)
         text = first(form, "grace_period").strip()
         try:
             if text:  # the API's grace_period: a duration, or whole seconds

@@ -104,7 +104,7 @@ class Site:
         """The logged-in user (its session renewed with the refresh token when the access token ran out), holding
         ``needs``. Raises LoginNeeded, or UserLacksScope."""
         token = request.cookies.get(SESSION)
-        user = self.accounts.principal(token) if token else None
+        user = await self.accounts.principal(token) if token else None
         if user is None:
             refresh = request.cookies.get(REFRESH)
             if not refresh:
@@ -113,7 +113,7 @@ class Site:
                 session = await self.accounts.refresh(refresh, self.browser.client(request))
             except GatewayError:
                 raise LoginNeeded() from None
-            user = self.accounts.principal(session.token)
+            user = await self.accounts.principal(session.token)
             if user is None:
                 raise LoginNeeded()
             request.state.renewed = session

@@ -32,12 +32,12 @@ import asyncpg
 
 from gateway.keys.postgres import schema
 from gateway.keys.postgres.text import unstorable
+from gateway.keys.postgres.users import CHANNEL as CHANNEL
 from gateway.keys.postgres.users import USAGE_DAILY, PostgresUsers
 from gateway.keys.record import AuditEvent, KeyRecord, utcnow
 from gateway.keys.store import Conflict, StoreError, UsageUpdate
 from gateway.redisurl import redacted
 
-CHANNEL = "gateway_keys"
 SCHEMES = ("postgresql", "postgres")
 _FIELDS = (
     "id", "key_hash", "hint", "name", "permissions", "allowed_ips", "environment", "created_at", "expires_at",
@@ -260,7 +260,7 @@ class PostgresStore(PostgresUsers):
 
     async def list(
         self, *, environment: str | None = None, status: str | None = None, now: datetime | None = None,
-        limit: int | None = None, offset: int = 0,
+        limit: int | None = None, offset: int = 0, created_by: str | None = None,
     ) -> list[KeyRecord]:
         clauses: builtins.list[str] = []
         args: builtins.list[Any] = []
@@ -271,6 +271,8 @@ class PostgresStore(PostgresUsers):
 
         if environment is not None:
             clauses.append(f"environment = {arg(environment)}")
+        if created_by is not None:
+            clauses.append(f"created_by = {arg(created_by)}")
         if status == "revoked":
             clauses.append("revoked_at IS NOT NULL")
         elif status == "expired":

@@ -19,14 +19,29 @@ from typing import Any
 from gateway.keys.postgres.text import unstorable
 from gateway.keys.sqlite_users import day_range  # the same days for every store
 from gateway.keys.store import Conflict
-from gateway.keys.users import EXPIRED, REUSED, REVOKED, SPENT, UNKNOWN, RefreshRecord, UserRecord, email_key
+from gateway.keys.users import (
+    EXPIRED,
+    REUSED,
+    REVOKED,
+    SPENT,
+    UNKNOWN,
+    USER_INVALIDATION,
+    USER_STANDING,
+    RefreshRecord,
+    UserRecord,
+    email_key,
+)
 
-_USER_FIELDS = ("id", "email", "role", "password_hash", "status", "created_at", "last_login_at")
+# The invalidation channel: the trigger of migrations/0001_keys.sql sends a changed key's hash on it, and
+# update_user "user:<id>" for a change to a user's standing (gateway.accounts.status).
+CHANNEL = "gateway_keys"
+_USER_FIELDS = ("id", "email", "role", "password_hash", "status", "created_at", "last_login_at",
+                "password_changed_at")
 _USER_COLUMNS = ", ".join(_USER_FIELDS)
 _REFRESH_FIELDS = ("token_hash", "family", "user_id", "created_at", "expires_at", "used_at", "revoked_at")
 _REFRESH_COLUMNS = ", ".join(_REFRESH_FIELDS)
 _INSERT_REFRESH = f"INSERT INTO refresh_tokens ({_REFRESH_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7)"
-USER_UPDATABLE = frozenset({"role", "status", "password_hash", "last_login_at"})
+USER_UPDATABLE = frozenset({"role", "status", "password_hash", "last_login_at", "password_changed_at"})
 # Per key and UTC day, added to by every usage flush in its transaction (keys that exist only).
 USAGE_DAILY = """
 INSERT INTO usage_daily (key_id, day, count)
@@ -68,10 +83,10 @@ class PostgresUsers:
             # The row lock of an INSERT ... ON CONFLICT DO NOTHING settles two adds of one address at once: the
             # second sees the first's row and inserts nothing.
             added = await conn.fetchval(
-                f"INSERT INTO users ({_USER_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7)"
+                f"INSERT INTO users ({_USER_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
                 " ON CONFLICT DO NOTHING RETURNING 1",
                 user.id, email_key(user.email), user.role, user.password_hash, user.status, user.created_at,
-                user.last_login_at)
+                user.last_login_at, user.password_changed_at)
             if added is None:
                 raise Conflict("conflict.user_exists")
 
@@ -102,6 +117,9 @@ class PostgresUsers:
                 sets = ", ".join(f"{name} = ${i}" for i, name in enumerate(names, start=2))
                 await conn.execute(f"UPDATE users SET {sets} WHERE id = $1", user_id, *(changes[n] for n in names))
             row = await conn.fetchrow(f"SELECT {_USER_COLUMNS} FROM users WHERE id = $1", user_id)
+            if row is not None and USER_STANDING & set(names):
+                # Sent when the transaction commits, on the keys' channel (gateway.accounts.status listens).
+                await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, USER_INVALIDATION + user_id)
         return _user(row) if row is not None else None
 
     # --- refresh tokens ----------------------------------------------------------------------------------------
