@@ -33,7 +33,9 @@ cleanup() {
   trap - EXIT INT TERM
   if [ -n "$gw_pid" ]; then kill -TERM "$gw_pid" 2>/dev/null || true; wait "$gw_pid" 2>/dev/null || true; fi
   if [ -n "$redis_pid" ]; then kill -TERM "$redis_pid" 2>/dev/null || true; wait "$redis_pid" 2>/dev/null || true; fi
-  rm -rf "$work"
+  # granian's worker process can still be writing its last usage flush into the store when its parent has
+  # exited (the whole group got the signal at once): try again until the directory is really gone.
+  for _ in 1 2 3 4 5 6 7 8 9 10; do rm -rf "$work" 2>/dev/null; [ -e "$work" ] || break; sleep 0.2; done
 }
 trap cleanup EXIT
 trap 'exit 143' TERM

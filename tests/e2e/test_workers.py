@@ -192,8 +192,13 @@ def test_sigterm_drains_every_worker(make_gateway: Callable[..., Gateway], fresh
     proc = gw.proc
     proc.send_signal(signal.SIGTERM)
     sent = time.monotonic()
-    time.sleep(0.5)
-    # During the drain both workers keep answering, readiness says 503 draining on every connection.
+
+    def draining() -> set[int]:
+        return {d["pid"] for d in json_lines(gw) if d.get("message", "").startswith("draining: readiness now answers 503")}
+
+    # The parent passes the signal on: once every worker has said it is draining (on a busy machine that can take
+    # longer than a fixed pause), both keep answering and readiness says 503 draining on every connection.
+    wait_for(lambda: draining() == workers, timeout=2.5, what="every worker draining")
     for _ in range(4):
         with httpx.Client(base_url=gw.url, timeout=2) as c:
             ready = c.get("/readyz")
@@ -204,9 +209,7 @@ def test_sigterm_drains_every_worker(make_gateway: Callable[..., Gateway], fresh
         t.join(30)
     assert [out for _, out in in_flight] == [{"value": 200}] * len(in_flight)
     assert proc.wait(30) == 0
-    docs = json_lines(gw)
-    draining = {d["pid"] for d in docs if d.get("message", "").startswith("draining: readiness now answers 503")}
-    assert draining == workers
+    assert draining() == workers
     assert "Traceback" not in gw.log()
 
 
