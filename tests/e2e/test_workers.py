@@ -194,7 +194,8 @@ def test_sigterm_drains_every_worker(make_gateway: Callable[..., Gateway], fresh
     sent = time.monotonic()
 
     def draining() -> set[int]:
-        return {d["pid"] for d in json_lines(gw) if d.get("message", "").startswith("draining: readiness now answers 503")}
+        said = "draining: readiness now answers 503"
+        return {d["pid"] for d in json_lines(gw) if d.get("message", "").startswith(said)}
 
     # The parent passes the signal on: once every worker has said it is draining (on a busy machine that can take
     # longer than a fixed pause), both keep answering and readiness says 503 draining on every connection.
