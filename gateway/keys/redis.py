@@ -37,6 +37,7 @@ from typing import Any
 from redis.exceptions import RedisError
 
 from gateway import redisconn
+from gateway.background import Background
 from gateway.keys.record import AuditEvent, KeyRecord, parse_iso, to_iso, utcnow
 from gateway.keys.redis_users import INVALIDATE_CHANNEL, RedisUsers, usage_daily_key
 from gateway.keys.store import Conflict, StoreError, UsageUpdate
@@ -499,20 +500,15 @@ class InvalidationListener:
         self._redis = client(url, max(timeout_ms, 250.0), max_connections=2)
         self._cache = cache
         self._where = redacted(url)
-        self._task: asyncio.Task[None] | None = None
+        self._task = Background("key-invalidations")
         self.connected = False
         self.received = 0
 
     def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._run(), name="key-invalidations")
+        self._task.start(self._run)
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self._task.stop()
         with contextlib.suppress(RedisError, OSError, TimeoutError):
             await asyncio.wait_for(self._redis.aclose(), 1.0)
 

@@ -16,6 +16,7 @@ import logging
 import time
 from datetime import UTC, datetime
 
+from gateway.background import Background
 from gateway.keys.store import KeyStore, StoreError, UsageUpdate
 
 log = logging.getLogger("gateway.usage")
@@ -26,7 +27,7 @@ class UsageRecorder:
         self._store = store
         self._interval = flush_seconds
         self._pending: dict[str, list[object]] = {}
-        self._task: asyncio.Task[None] | None = None
+        self._task = Background("usage-flush")
         self._writing: asyncio.Task[None] | None = None
 
     def note(self, key_id: str, client_ip: object | None) -> None:
@@ -88,15 +89,8 @@ class UsageRecorder:
             await self.flush()
 
     def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._run())
+        self._task.start(self._run)
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
+        await self._task.stop()
         await self.flush()

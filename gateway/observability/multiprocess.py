@@ -26,7 +26,6 @@ What a scrape shows of the other workers is at most :data:`PUBLISH_SECONDS` old.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import re
 import time
@@ -38,6 +37,7 @@ from prometheus_client.exposition import generate_latest
 from prometheus_client.metrics_core import Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 
+from gateway.background import Background
 from gateway.observability.metrics import Metrics
 
 PUBLISH_SECONDS = 1.0
@@ -85,7 +85,7 @@ class SharedMetrics:
         self.registry = CollectorRegistry(auto_describe=False)
         MultiProcessCollector(self.registry, path)  # type: ignore[no-untyped-call]
         self.registry.register(WorkerProcesses(path))
-        self._task: asyncio.Task[None] | None = None
+        self._task = Background("metrics-publisher")
 
     def publish(self) -> None:
         """Write this worker's current values (only those that changed; every gauge, with the time now)."""
@@ -113,7 +113,7 @@ class SharedMetrics:
     def start(self) -> None:
         """Write now, and then every :data:`PUBLISH_SECONDS` (a task on the running loop)."""
         self.publish()
-        self._task = asyncio.create_task(self._every_second(), name="metrics-publisher")
+        self._task.start(self._every_second)
 
     async def _every_second(self) -> None:
         while True:
@@ -122,11 +122,7 @@ class SharedMetrics:
 
     async def stop(self) -> None:
         """Stop the task and write the last values (at shutdown, after the last request)."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self._task.stop()
         self.publish()
 
 

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+from gateway.background import Background
 from gateway.config.settings import Settings, parse_duration
 from gateway.keys.hashing import Pepper
 from gateway.keys.lease import Lease, lease_for, wait_for_lease
@@ -269,19 +270,14 @@ class RotationTask:
     def __init__(self, runner: RotationRunner, interval: float) -> None:
         self.runner = runner
         self.interval = interval
-        self._task: asyncio.Task[None] | None = None
+        self._task = Background("key-rotation")
         self.passes = 0
 
     def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._run(), name="key-rotation")
+        self._task.start(self._run)
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self._task.stop()
         with contextlib.suppress(Exception):
             await self.runner.lease.release()
 

@@ -15,12 +15,12 @@ is back. Meanwhile ``cache.ttl_seconds`` remains the bound.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from typing import Any
 
 import asyncpg
 
+from gateway.background import Background
 from gateway.keys.postgres.store import CHANNEL, PostgresStore
 from gateway.keys.store import StoreError
 
@@ -38,20 +38,15 @@ class InvalidationListener:
     def __init__(self, store: PostgresStore, cache: Any) -> None:
         self._store = store
         self._cache = cache
-        self._task: asyncio.Task[None] | None = None
+        self._task = Background("key-invalidations")
         self.connected = False
         self.received = 0
 
     def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._run(), name="key-invalidations")
+        self._task.start(self._run)
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self._task.stop()
 
     def _notified(self, conn: Any, pid: int, channel: str, payload: str) -> None:
         self.received += 1
