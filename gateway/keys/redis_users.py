@@ -24,7 +24,6 @@ from datetime import date, datetime
 from typing import Any
 
 from gateway.keys.record import parse_iso, to_iso
-from gateway.keys.sqlite_users import USER_UPDATABLE, day_range
 from gateway.keys.store import Conflict
 from gateway.keys.users import (
     REUSED,
@@ -33,8 +32,10 @@ from gateway.keys.users import (
     UNKNOWN,
     USER_INVALIDATION,
     USER_STANDING,
+    USER_UPDATABLE,
     RefreshRecord,
     UserRecord,
+    day_range,
     email_key,
 )
 

@@ -16,9 +16,22 @@ from contextlib import AbstractContextManager
 from datetime import date, datetime, timedelta
 from typing import Any, TypeVar
 
-from gateway.keys.record import parse_iso, to_iso, utcnow
+from gateway.keys.record import parse_iso, to_iso
 from gateway.keys.store import Conflict
-from gateway.keys.users import EXPIRED, REUSED, REVOKED, SPENT, UNKNOWN, RefreshRecord, UserRecord, email_key
+from gateway.keys.users import (
+    EXPIRED,
+    REFRESH_FIELDS,
+    REUSED,
+    REVOKED,
+    SPENT,
+    UNKNOWN,
+    USER_FIELDS,
+    USER_UPDATABLE,
+    RefreshRecord,
+    UserRecord,
+    day_range,
+    email_key,
+)
 
 T = TypeVar("T")
 
@@ -56,12 +69,8 @@ USAGE_DAILY_SQL = (
     "INSERT INTO usage_daily (key_id, day, count) VALUES (?, ?, ?)"
     " ON CONFLICT (key_id, day) DO UPDATE SET count = count + excluded.count"
 )
-_USER_FIELDS = ("id", "email", "role", "password_hash", "status", "created_at", "last_login_at",
-                "password_changed_at")
-_USER_COLUMNS = ", ".join(_USER_FIELDS)
-_REFRESH_FIELDS = ("token_hash", "family", "user_id", "created_at", "expires_at", "used_at", "revoked_at")
-_REFRESH_COLUMNS = ", ".join(_REFRESH_FIELDS)
-USER_UPDATABLE = frozenset({"role", "status", "password_hash", "last_login_at", "password_changed_at"})
+_USER_COLUMNS = ", ".join(USER_FIELDS)
+_REFRESH_COLUMNS = ", ".join(REFRESH_FIELDS)
 
 
 def _user(row: Sequence[Any]) -> UserRecord:
@@ -204,15 +213,6 @@ class SQLiteUsers:
                           (key_id, first.isoformat()))
         counts = {date.fromisoformat(day): int(count) for day, count in rows}
         return [(d, counts.get(d, 0)) for d in span]
-
-
-def day_range(days: int) -> tuple[date, builtins.list[date]]:
-    """The first day and every day of the last ``days`` UTC days, today included, oldest first."""
-    if days < 1:
-        raise ValueError("days must be at least 1")
-    today = utcnow().date()
-    span = [today - timedelta(days=n) for n in range(days - 1, -1, -1)]
-    return span[0], span
 
 
 def iter_days(updates: Sequence[Any]) -> Iterator[tuple[str, str, int]]:

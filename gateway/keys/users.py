@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime, timedelta
+
+from gateway.keys.record import utcnow
 
 USER_STATUSES = ("active", "disabled")
 # A change to these fields of a user is published on the store's invalidation channel (Redis pub/sub, PostgreSQL
@@ -53,7 +55,24 @@ class RefreshRecord:
     revoked_at: datetime | None = None
 
 
+
+# The columns of the SQL stores (and fields of the Redis hashes), in the records' order.
+USER_FIELDS = tuple(f.name for f in dataclasses.fields(UserRecord))
+REFRESH_FIELDS = tuple(f.name for f in dataclasses.fields(RefreshRecord))
+# What update_user may change (the rest is set when a user is made).
+USER_UPDATABLE = frozenset({"role", "status", "password_hash", "last_login_at", "password_changed_at"})
+
 def email_key(email: str) -> str:
     """The form an address is looked up by: the whole address lower-cased (two accounts that differ only in the
     case of the local part would confuse people, even if RFC 5321 lets a server tell them apart)."""
     return email.strip().lower()
+
+
+def day_range(days: int) -> tuple[date, list[date]]:
+    """The first day and every day of the last ``days`` UTC days, today included, oldest first (the span of a
+    usage chart, the same in every store)."""
+    if days < 1:
+        raise ValueError("days must be at least 1")
+    today = utcnow().date()
+    span = [today - timedelta(days=n) for n in range(days - 1, -1, -1)]
+    return span[0], span

@@ -17,31 +17,30 @@ from datetime import date, datetime, timedelta
 from typing import Any
 
 from gateway.keys.postgres.text import unstorable
-from gateway.keys.sqlite_users import day_range  # the same days for every store
 from gateway.keys.store import Conflict
 from gateway.keys.users import (
     EXPIRED,
+    REFRESH_FIELDS,
     REUSED,
     REVOKED,
     SPENT,
     UNKNOWN,
+    USER_FIELDS,
     USER_INVALIDATION,
     USER_STANDING,
+    USER_UPDATABLE,
     RefreshRecord,
     UserRecord,
+    day_range,
     email_key,
 )
 
 # The invalidation channel: the trigger of migrations/0001_keys.sql sends a changed key's hash on it, and
 # update_user "user:<id>" for a change to a user's standing (gateway.accounts.status).
 CHANNEL = "gateway_keys"
-_USER_FIELDS = ("id", "email", "role", "password_hash", "status", "created_at", "last_login_at",
-                "password_changed_at")
-_USER_COLUMNS = ", ".join(_USER_FIELDS)
-_REFRESH_FIELDS = ("token_hash", "family", "user_id", "created_at", "expires_at", "used_at", "revoked_at")
-_REFRESH_COLUMNS = ", ".join(_REFRESH_FIELDS)
+_USER_COLUMNS = ", ".join(USER_FIELDS)
+_REFRESH_COLUMNS = ", ".join(REFRESH_FIELDS)
 _INSERT_REFRESH = f"INSERT INTO refresh_tokens ({_REFRESH_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7)"
-USER_UPDATABLE = frozenset({"role", "status", "password_hash", "last_login_at", "password_changed_at"})
 # Per key and UTC day, added to by every usage flush in its transaction (keys that exist only).
 USAGE_DAILY = """
 INSERT INTO usage_daily (key_id, day, count)
@@ -52,15 +51,15 @@ ON CONFLICT (key_id, day) DO UPDATE SET count = usage_daily.count + excluded.cou
 
 
 def _user(row: Mapping[str, Any]) -> UserRecord:
-    return UserRecord(**{name: row[name] for name in _USER_FIELDS})
+    return UserRecord(**{name: row[name] for name in USER_FIELDS})
 
 
 def _refresh(row: Mapping[str, Any]) -> RefreshRecord:
-    return RefreshRecord(**{name: row[name] for name in _REFRESH_FIELDS})
+    return RefreshRecord(**{name: row[name] for name in REFRESH_FIELDS})
 
 
 def _refresh_args(r: RefreshRecord) -> tuple[Any, ...]:
-    return tuple(getattr(r, name) for name in _REFRESH_FIELDS)
+    return tuple(getattr(r, name) for name in REFRESH_FIELDS)
 
 
 class PostgresUsers:
