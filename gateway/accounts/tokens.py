@@ -29,7 +29,7 @@ from cachetools import TTLCache
 from gateway.accounts.signing import ALGORITHM, SigningKeys
 from gateway.accounts.status import Standing, UserStatus
 from gateway.errors import ExpiredJWT, InvalidJWT, JWTNoKey, StoreUnavailable
-from gateway.gate import KeyIdUnknown
+from gateway.gate import VerifyLater
 from gateway.keys.store import StoreError
 
 _CACHE_SIZE = 10_000
@@ -149,7 +149,7 @@ class TokenIssuer:
                          issued_ts=float(iat))
 
 
-class UserStatusUnknown(KeyIdUnknown):
+class UserStatusUnknown(VerifyLater):
     """One of this gateway's tokens whose user's status is not cached: the gate awaits
     :meth:`CombinedVerifier.verify_refreshed` (one store read) for this request, as it awaits the store on a
     key-cache miss."""

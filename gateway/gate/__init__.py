@@ -84,14 +84,21 @@ def looks_like_jwt(token: str) -> bool:
     return shape(token)
 
 
-class KeyIdUnknown(JWTNoKey):
+class VerifyLater(Exception):
+    """Raised by a JWT verifier's ``verify`` when it cannot answer without an await (a key set to fetch again, a
+    user's standing to read from the store): the gate then awaits ``verify_refreshed`` for that request alone, as
+    it awaits the store on a key-cache miss."""
+
+
+class KeyIdUnknown(JWTNoKey, VerifyLater):
     """A JWT naming a ``kid`` the JWKS URL's key set does not hold (yet): the gate fetches the set again (at
     most once per ``jwt.jwks_min_refresh_seconds``) and tries once more; still unknown, the client gets the
     answer of :class:`~gateway.errors.JWTNoKey`."""
 
 
 class Verifier(Protocol):
-    """What the gate needs of the JWT verifier (gateway.gate.jwt.JWTVerifier)."""
+    """What the gate needs of a JWT verifier (gateway.gate.jwt.JWTVerifier; with accounts on, the combined one of
+    gateway.accounts.tokens): ``verify`` answers at once or raises :class:`VerifyLater`."""
 
     def verify(self, token: str, now: float | None = None) -> Any: ...
 
@@ -373,7 +380,7 @@ class Gate:
                     raise JWTNotAccepted()
                 try:
                     return self._jwt.verify(token, self.clock())
-                except KeyIdUnknown:
+                except VerifyLater:
                     return _Load("", token)
             raise token_error(raw)
         if route is not None and "api_key" not in route.credentials:
