@@ -138,14 +138,13 @@ async def make_keys(config: Path, count: int, out: Path) -> float:
     store = open_store(settings)
     # Bulk loading only: one fsync per key (synchronous=FULL) would take minutes; the rows are the same.
     store._db.execute("PRAGMA synchronous=OFF")  # type: ignore[attr-defined]
-    tiers = tuple(settings.rate_limits.tiers)
     t0 = time.monotonic()
     fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as fh:
         for n in range(count):
             value, _record = await create_key(
                 store, pepper, settings.key_format, name=f"soak-{n}", permissions=["servers:read"],
-                allowed_ips=["127.0.0.0/8"], rate_limit_tier="bench", tiers=tiers)
+                allowed_ips=["127.0.0.0/8"], rate_limit_tier="bench")
             fh.write(value + "\n")
     store._db.execute("PRAGMA synchronous=FULL")  # type: ignore[attr-defined]
     await store.close()

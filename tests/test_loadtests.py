@@ -307,3 +307,37 @@ def test_locust_sh_keeps_users_and_time_bounded(args: list[str], message: str) -
     assert result.returncode == 2
     assert message in result.stderr
     assert not any(p.name.startswith("gw-locust.") for p in Path("/tmp").iterdir()), "a refused run left files"
+
+
+def test_the_soak_makes_its_keys_with_the_products_own_create_key(tmp_path: Path) -> None:
+    """soak_memory.py's key loader against today's create_key: three keys in a real SQLite store, each one the
+    gateway then accepts (a changed signature once broke the 5-minute soak only after it had started)."""
+    sys.path.insert(0, str(LOAD))
+    try:
+        import soak_memory
+    finally:
+        sys.path.remove(str(LOAD))
+    import asyncio
+
+    from gateway.config.settings import load_settings
+    from gateway.keys.backends import open_store
+    from gateway.keys.hashing import load_pepper
+
+    config = soak_memory.write_config(tmp_path, free_port(), "http://127.0.0.1:9")
+    keys_file = tmp_path / "keys.txt"
+    asyncio.run(soak_memory.make_keys(config, 3, keys_file))
+    assert stat.S_IMODE(keys_file.stat().st_mode) == 0o600
+    values = keys_file.read_text().split()
+    assert len(set(values)) == 3
+
+    async def records() -> list[object]:
+        settings = load_settings(config, environ={})
+        pepper, _ = load_pepper(settings)
+        store = open_store(settings)
+        try:
+            return [await store.get_by_hash(pepper.hash(v)) for v in values]
+        finally:
+            await store.close()
+
+    found = asyncio.run(records())
+    assert all(r is not None and r.rate_limit_tier == "bench" for r in found)  # type: ignore[attr-defined]
