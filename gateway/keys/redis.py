@@ -337,7 +337,7 @@ class RedisStore(RedisUsers):
 
     async def list(
         self, *, environment: str | None = None, status: str | None = None, now: datetime | None = None,
-        limit: int | None = None, offset: int = 0, created_by: str | None = None,
+        limit: int | None = None, offset: int = 0, created_by: str | None = None, watched: bool = False,
     ) -> list[KeyRecord]:
         now = now or utcnow()
         ids = await self._call("list", self.redis.zrange(_IDS, 0, -1))
@@ -352,6 +352,8 @@ class RedisStore(RedisUsers):
                 if not raw:
                     continue
                 record = _decode(raw)
+                if watched and not (record.auto_rotate or record.notification_email):
+                    continue
                 if environment is not None and record.environment != environment:
                     continue
                 if created_by is not None and record.created_by != created_by:

@@ -108,7 +108,8 @@ class RotationRunner:
 
     async def due(self, now: datetime | None = None) -> list[KeyRecord]:
         now = now or utcnow()
-        return [r for r in await self._store.list(status="active", now=now) if r.rotation_state(now) == "due"]
+        watched = await self._store.list(status="active", now=now, watched=True)
+        return [r for r in watched if r.rotation_state(now) == "due"]
 
     async def run_once(self, now: datetime | None = None) -> list[Outcome]:
         """Rotate what is due and send the notices due; the lease must be held (see :class:`RotationTask`
@@ -200,7 +201,7 @@ class RotationRunner:
         """Every notice due, or due again, on the active keys that have an address. After a failed delivery the
         rest wait for the next pass: a mail server that is down or hung costs one attempt a pass, not one per
         notice."""
-        for record in await self._store.list(status="active", now=now):
+        for record in await self._store.list(status="active", now=now, watched=True):
             if not record.notification_email or not self._holding():
                 continue
             states = notices.states(record)

@@ -291,7 +291,7 @@ def test_a_schema_1_store_gets_the_new_columns_when_opened(tmp_path: Path) -> No
     shown = json.loads(gw.cli("keys", "show", "key_old1", "--json").stdout)
     assert (shown["grace_period"], shown["notification_email"]) == ("12h", OWNER)
     with closing(sqlite3.connect(db)) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == 4  # the current schema, with the user tables
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 5  # the current schema, with the user tables
         columns = {row[1] for row in conn.execute("PRAGMA table_info(api_keys)")}
         assert conn.execute("SELECT count(*) FROM users").fetchone()[0] == 0
     assert {"grace_period", "notification_email", "held_value", "notices"} <= columns

@@ -125,6 +125,74 @@ def test_same_behaviour_as_sqlite(store_url: str) -> None:
     run(check, store_url)
 
 
+def test_the_rotation_pass_lists_only_the_keys_it_looks_after(store_url: str) -> None:
+    """list(watched=True): the auto-rotating keys and those with a notification address, with the other filters
+    and in the usual order; every other key is left out (the rotation pass reads only these)."""
+    async def check(store: KeyStore) -> None:
+        _, plain = await create_key(store, PEPPER, FMT, name="plain", permissions=["servers:read"])
+        _, rotating = await create_key(store, PEPPER, FMT, name="rotating", permissions=["servers:read"],
+                                       auto_rotate=True, rotation_period="30d")
+        _, mailed = await create_key(store, PEPPER, FMT, name="mailed", permissions=["servers:read"],
+                                     notification_email="ops@example.com", environment="test")
+        _, gone = await create_key(store, PEPPER, FMT, name="gone", permissions=["servers:read"],
+                                   auto_rotate=True, rotation_period="30d")
+        await revoke_key(store, gone.id)
+        order = [r.id for r in sorted([rotating, mailed], key=lambda r: (r.created_at, r.id))]
+        assert [r.id for r in await store.list(status="active", watched=True)] == order
+        assert [r.id for r in await store.list(watched=True, environment="test")] == [mailed.id]
+        assert {r.id for r in await store.list(watched=True)} == {rotating.id, mailed.id, gone.id}
+        assert plain.id in {r.id for r in await store.list(status="active")}
+
+    run(check, store_url)
+
+
+def test_sqlite_answers_the_rotation_pass_from_its_index(tmp_path: Path) -> None:
+    """The watched listing of a SQLite store is served by the partial index (schema 5), not by a scan of every
+    key: the plan of the very statement the store runs names the index."""
+    seen: list[str] = []
+
+    async def check(store: KeyStore) -> None:
+        db = cast(SQLiteStore, store)._db
+        db.set_trace_callback(seen.append)  # the statement as run, its parameters bound
+        await store.list(status="active", watched=True)
+        db.set_trace_callback(None)
+        listing = [q for q in seen if q.lstrip().startswith("SELECT") and "api_keys" in q]
+        assert listing, seen
+        plan = db.execute("EXPLAIN QUERY PLAN " + listing[-1]).fetchall()
+        assert any("USING INDEX api_keys_watched" in row[-1] for row in plan), plan
+
+    run(check, f"sqlite:///{tmp_path / 'keys.db'}")
+
+
+def test_a_schema_4_sqlite_file_gets_the_index_when_opened(tmp_path: Path) -> None:
+    """A store written by the gateway before the index (schema 4) is brought to schema 5 when a gateway opens
+    it; its keys are kept."""
+    import sqlite3
+
+    path = tmp_path / "keys.db"
+
+    async def make(store: KeyStore) -> None:
+        await create_key(store, PEPPER, FMT, name="kept", permissions=["servers:read"])
+
+    run(make, f"sqlite:///{path}")
+    db = sqlite3.connect(path)
+    db.execute("DROP INDEX api_keys_watched")
+    db.execute("PRAGMA user_version=4")
+    db.commit()
+    db.close()
+
+    async def reopen(store: KeyStore) -> None:
+        assert [r.name for r in await store.list()] == ["kept"]
+
+    run(reopen, f"sqlite:///{path}")
+    db = sqlite3.connect(path)
+    try:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == 5
+        assert db.execute("SELECT 1 FROM sqlite_master WHERE name = 'api_keys_watched'").fetchone() == (1,)
+    finally:
+        db.close()
+
+
 def test_concurrent_rotations_exactly_one_wins(store_url: str) -> None:
     async def check(store: KeyStore) -> None:
         _, rec = await create_key(store, PEPPER, FMT, name="r", permissions=["servers:read"])

@@ -168,7 +168,7 @@ def test_a_schema_2_store_gains_the_user_tables_when_opened(tmp_path: Path) -> N
     db = sqlite3.connect(path)
     tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     assert {"users", "refresh_tokens", "usage_daily", "api_keys"} <= tables
-    assert db.execute("PRAGMA user_version").fetchone()[0] == 4
+    assert db.execute("PRAGMA user_version").fetchone()[0] == 5
     db.close()
 
 

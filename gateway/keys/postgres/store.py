@@ -260,7 +260,7 @@ class PostgresStore(PostgresUsers):
 
     async def list(
         self, *, environment: str | None = None, status: str | None = None, now: datetime | None = None,
-        limit: int | None = None, offset: int = 0, created_by: str | None = None,
+        limit: int | None = None, offset: int = 0, created_by: str | None = None, watched: bool = False,
     ) -> list[KeyRecord]:
         clauses: builtins.list[str] = []
         args: builtins.list[Any] = []
@@ -269,6 +269,8 @@ class PostgresStore(PostgresUsers):
             args.append(value)
             return f"${len(args)}"
 
+        if watched:
+            clauses.append("(auto_rotate OR notification_email IS NOT NULL)")  # the partial index api_keys_watched
         if environment is not None:
             clauses.append(f"environment = {arg(environment)}")
         if created_by is not None:
