@@ -4,15 +4,15 @@
 # these shared machines. Used to judge each hot-path change (loadtests/RESULTS.md). Counts user-space
 # instructions only: system calls are not in it (compare them with `strace -c`, or cpu_per_request.sh).
 #
-# Usage: loadtests/instructions_per_request.sh gateway|lean [N] [OUTDIR]   (GW_LIMITER=redis works as in
-#        serve_for_bench.sh; the lean peer needs compare.sh's venv, made by running compare.sh once)
+# Usage: loadtests/instructions_per_request.sh gateway|lean|raw [N] [OUTDIR]   (GW_LIMITER=redis works as in
+#        serve_for_bench.sh; the lean and raw peers need compare.sh's venv, made by running compare.sh once)
 # The proxy runs under callgrind on CPU 0 with instrumentation off; after 300 warm-up requests it is switched
 # on for exactly N requests (default 2000, 32 connections, fixed_requests.py on CPU 1, an nginx upstream
 # answering compare.sh's JSON), then off. Prints: requests, instructions, instructions per request, non-2xx.
 # With OUTDIR the callgrind file is kept there (callgrind_annotate OUTDIR/callgrind.out.* shows where).
 # Needs valgrind (Debian package) and nginx. A run takes about a minute.
 set -u
-what=${1:?gateway or lean} N=${2:-2000} keep=${3:-}
+what=${1:?gateway, lean or raw} N=${2:-2000} keep=${3:-}
 here=$(cd "$(dirname "$0")/.." && pwd)
 work=$(mktemp -d /tmp/gw-instr.XXXXXX)
 . "$here/loadtests/bench_lib.sh"
@@ -21,7 +21,11 @@ command -v valgrind > /dev/null || { echo "instructions_per_request.sh: valgrind
 up=$(free_port) port=$(free_port)
 start_nginx_upstream "$up"
 vg=(valgrind --tool=callgrind --instr-atstart=no "--callgrind-out-file=$work/callgrind.out")
-if [ "$what" = lean ]; then
+if [ "$what" = raw ]; then
+  (cd "$here/../shared/bench" && exec setsid taskset -c 0 "${vg[@]}" "${BENCH_VENV:-/tmp/gw-bench-venv}/bin/python" \
+    raw_peer.py "$port" "$up") > "$work/log" 2>&1 & gw=$!
+  key=dep_live_benchbenchbenchbenchbenchbench01
+elif [ "$what" = lean ]; then
   (cd "$here/../shared/bench" && PEER_UPSTREAM=http://127.0.0.1:$up exec setsid taskset -c 0 "${vg[@]}" \
     "${BENCH_VENV:-/tmp/gw-bench-venv}/bin/python" -m uvicorn lean_peer:app --host 127.0.0.1 --log-level warning \
     --no-access-log --port "$port") > "$work/log" 2>&1 & gw=$!
@@ -36,7 +40,7 @@ else
     taskset -c 0 "$here/loadtests/serve_for_bench.sh" > "$work/log" 2>&1 & gw=$!
 fi
 for _ in $(seq 1200); do (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.1; done
-[ "$what" = lean ] || key=$(tr -d '[:space:]' < "$work/key")
+[ "$what" = lean ] || [ "$what" = raw ] || key=$(tr -d '[:space:]' < "$work/key")
 pid=$(pgrep -n -f -- "callgrind-out-file=$work/") || { echo "the proxy did not start:"; tail -5 "$work/log"; exit 1; }
 load() { taskset -c 1 python3 "$here/loadtests/fixed_requests.py" 127.0.0.1 "$port" "$key" "$1" 32; }
 load 300 > /dev/null
