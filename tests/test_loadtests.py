@@ -312,12 +312,17 @@ def test_locust_sh_keeps_users_and_time_bounded(args: list[str], message: str) -
 def test_the_soak_makes_its_keys_with_the_products_own_create_key(tmp_path: Path) -> None:
     """soak_memory.py's key loader against today's create_key: three keys in a real SQLite store, each one the
     gateway then accepts (a changed signature once broke the 5-minute soak only after it had started)."""
-    sys.path.insert(0, str(LOAD))
+    import asyncio
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("soak_memory", LOAD / "soak_memory.py")
+    assert spec is not None and spec.loader is not None
+    soak_memory = importlib.util.module_from_spec(spec)
+    sys.path.insert(0, str(LOAD))  # it imports harness.py from beside it
     try:
-        import soak_memory
+        spec.loader.exec_module(soak_memory)
     finally:
         sys.path.remove(str(LOAD))
-    import asyncio
 
     from gateway.config.settings import load_settings
     from gateway.keys.backends import open_store

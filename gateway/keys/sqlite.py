@@ -212,8 +212,8 @@ class SQLiteStore(SQLiteUsers):
 
     def _migrate(self) -> None:
         """Bring the file to :data:`SCHEMA_VERSION` in one IMMEDIATE transaction: the tables if there are none,
-        the columns a schema-1 store lacks, the index of schema 5. Another process opening the same file at the same moment waits
-        for the lock and then finds the work done."""
+        the columns a schema-1 store lacks, the index of schema 5. Another process opening the same file at the
+        same moment waits for the lock and then finds the work done."""
         db = self._db
         db.execute("BEGIN IMMEDIATE")
         try:
