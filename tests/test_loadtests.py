@@ -310,8 +310,9 @@ def test_locust_sh_keeps_users_and_time_bounded(args: list[str], message: str) -
 
 
 def test_the_soak_makes_its_keys_with_the_products_own_create_key(tmp_path: Path) -> None:
-    """soak_memory.py's key loader against today's create_key: three keys in a real SQLite store, each one the
-    gateway then accepts (a changed signature once broke the 5-minute soak only after it had started)."""
+    """soak_memory.py's key loader against today's create_key: three distinct keys written (mode 600) and each
+    found in the real SQLite store by its hash, with the bench tier (a changed signature once broke the 5-minute
+    soak only after it had started)."""
     import asyncio
     import importlib.util
 
@@ -327,6 +328,7 @@ def test_the_soak_makes_its_keys_with_the_products_own_create_key(tmp_path: Path
     from gateway.config.settings import load_settings
     from gateway.keys.backends import open_store
     from gateway.keys.hashing import load_pepper
+    from gateway.keys.record import KeyRecord
 
     config = soak_memory.write_config(tmp_path, free_port(), "http://127.0.0.1:9")
     keys_file = tmp_path / "keys.txt"
@@ -335,7 +337,7 @@ def test_the_soak_makes_its_keys_with_the_products_own_create_key(tmp_path: Path
     values = keys_file.read_text().split()
     assert len(set(values)) == 3
 
-    async def records() -> list[object]:
+    async def records() -> list[KeyRecord | None]:
         settings = load_settings(config, environ={})
         pepper, _ = load_pepper(settings)
         store = open_store(settings)
@@ -345,4 +347,4 @@ def test_the_soak_makes_its_keys_with_the_products_own_create_key(tmp_path: Path
             await store.close()
 
     found = asyncio.run(records())
-    assert all(r is not None and r.rate_limit_tier == "bench" for r in found)  # type: ignore[attr-defined]
+    assert all(r is not None and r.rate_limit_tier == "bench" for r in found)

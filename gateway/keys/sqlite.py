@@ -41,7 +41,7 @@ SCHEMA_VERSION = 5
 # api_keys_watched (schema 5), so a pass over a store of 100,000 keys reads the few it needs, not every row.
 _WATCHED = "(auto_rotate = 1 OR notification_email IS NOT NULL)"
 # Made once the columns it names exist (a schema-1 file gets them in _migrate first).
-_WATCHED_INDEX = f"CREATE INDEX IF NOT EXISTS api_keys_watched ON api_keys (created_at, id) WHERE {_WATCHED[1:-1]}"
+_WATCHED_INDEX = f"CREATE INDEX IF NOT EXISTS api_keys_watched ON api_keys (created_at, id) WHERE {_WATCHED}"
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS api_keys (
     id              TEXT PRIMARY KEY,

@@ -55,12 +55,12 @@ class RefreshRecord:
     revoked_at: datetime | None = None
 
 
-
 # The columns of the SQL stores (and fields of the Redis hashes), in the records' order.
 USER_FIELDS = tuple(f.name for f in dataclasses.fields(UserRecord))
 REFRESH_FIELDS = tuple(f.name for f in dataclasses.fields(RefreshRecord))
 # What update_user may change (the rest is set when a user is made).
 USER_UPDATABLE = frozenset({"role", "status", "password_hash", "last_login_at", "password_changed_at"})
+
 
 def email_key(email: str) -> str:
     """The form an address is looked up by: the whole address lower-cased (two accounts that differ only in the

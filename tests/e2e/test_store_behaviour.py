@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sqlite3
 import time
 from collections.abc import Callable
 from datetime import timedelta
@@ -167,8 +168,6 @@ def test_sqlite_answers_the_rotation_pass_from_its_index(tmp_path: Path) -> None
 def test_a_schema_4_sqlite_file_gets_the_index_when_opened(tmp_path: Path) -> None:
     """A store written by the gateway before the index (schema 4) is brought to schema 5 when a gateway opens
     it; its keys are kept."""
-    import sqlite3
-
     path = tmp_path / "keys.db"
 
     async def make(store: KeyStore) -> None:
